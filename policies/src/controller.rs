@@ -1,0 +1,840 @@
+//! The state machine of one group: WSFC's resource failure rules in sans-I/O form.
+//!
+//! The runtime feeds [`Input`]s with the current [`Time`] into [`GroupController::step`] and
+//! carries out the returned [`Effect`]s. After every input the controller *reconciles*: it walks
+//! the dependency DAG and starts whatever may come online (providers first) and stops whatever
+//! must go offline (dependents first), so ordering is a property of one function rather than of
+//! every rule.
+//!
+//! The rules, as the seeds give them:
+//! - a failed `looks_alive` asks for an immediate `is_alive`; a failed `is_alive`, a failure
+//!   signal, or an `online` that fails or times out makes the resource `failed`;
+//! - a failed resource is terminated, then restarted on this node while fewer than
+//!   `restart_threshold` restarts happened within `restart_period`;
+//! - past that, `restart_action` decides: `no_restart` leaves it failed, `restart_no_failover`
+//!   waits `retry_period_on_failure`, `restart_then_failover` asks for the group to fail over
+//!   and waits the retry period if that does not succeed;
+//! - after the retry period it gets one final attempt; if that fails it stays failed until an
+//!   administrator acts;
+//! - an `offline` that fails or times out makes the resource failed and is followed by
+//!   `terminate`;
+//! - a provider that is not online takes its dependents offline; they come back when it is
+//!   online again;
+//! - an administrator's offline (`offline_by_admin`) is never restarted.
+
+use crate::reason::{CheckKind, FailureReason, Operation};
+use crate::spec::{GroupSpec, ResourceId, RestartAction};
+use crate::time::Time;
+use serde::Serialize;
+use std::fmt;
+
+/// The externally visible state of a resource.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum State {
+    /// Not running, and may be brought online when its providers are.
+    Offline,
+    /// `online` is running.
+    OnlinePending,
+    /// Running and monitored.
+    Online,
+    /// `offline` is running.
+    OfflinePending,
+    /// Failed; being terminated, restarted, waiting for a retry or for an administrator.
+    Failed,
+    /// Taken offline by an administrator: never restarted, never failed over.
+    OfflineByAdmin,
+}
+
+impl State {
+    /// Every state, in the order metrics list them.
+    pub const ALL: [State; 6] = [
+        State::Offline,
+        State::OnlinePending,
+        State::Online,
+        State::OfflinePending,
+        State::Failed,
+        State::OfflineByAdmin,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            State::Offline => "offline",
+            State::OnlinePending => "online_pending",
+            State::Online => "online",
+            State::OfflinePending => "offline_pending",
+            State::Failed => "failed",
+            State::OfflineByAdmin => "offline_by_admin",
+        }
+    }
+
+    /// Offline in any way (nothing of it should be running).
+    pub const fn is_down(self) -> bool {
+        matches!(self, State::Offline | State::Failed | State::OfflineByAdmin)
+    }
+}
+
+impl fmt::Display for State {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What the group as a whole is asked to do on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GroupMode {
+    /// Do nothing yet (the runtime is re-adopting resources that survived a restart).
+    Passive,
+    /// Keep the group online here.
+    Active,
+    /// Take every resource offline, dependents first, and restart nothing.
+    Stopping,
+}
+
+/// An administrator's command.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AdminCommand {
+    /// Bring a resource (and the providers it needs) online; clears a failure.
+    Online(ResourceId),
+    /// Take a resource offline (its dependents first): `offline_by_admin`.
+    Offline(ResourceId),
+    /// Forget a failure and the restart history, and let the resource come online again.
+    Clear(ResourceId),
+    /// Bring every resource of the group online.
+    GroupOnline,
+    /// Take every resource of the group offline.
+    GroupOffline,
+}
+
+/// An input to the controller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// The resource survived an agent restart and is alive: it is online without being started.
+    Adopted(ResourceId),
+    /// Start keeping the group online.
+    Activate,
+    /// Take the group offline (agent stopping with `stop_on_exit`, or ownership lost).
+    Deactivate,
+    /// A health check returned.
+    CheckCompleted {
+        /// Which resource.
+        resource: ResourceId,
+        /// Which check.
+        check: CheckKind,
+        /// Success, or why it failed (a runtime timeout is [`FailureReason::Timeout`]).
+        outcome: Result<(), FailureReason>,
+    },
+    /// The resource reported a failure between polls.
+    FailureSignalled {
+        /// Which resource.
+        resource: ResourceId,
+        /// What it saw.
+        reason: FailureReason,
+    },
+    /// An operation returned within its pending timeout.
+    OperationCompleted {
+        /// Which resource.
+        resource: ResourceId,
+        /// Which operation.
+        operation: Operation,
+        /// Success, or why it failed.
+        outcome: Result<(), FailureReason>,
+    },
+    /// An operation did not return within its pending timeout.
+    OperationTimedOut {
+        /// Which resource.
+        resource: ResourceId,
+        /// Which operation.
+        operation: Operation,
+    },
+    /// An administrator's command.
+    Admin(AdminCommand),
+    /// The answer to [`Effect::RequestFailover`].
+    FailoverCompleted {
+        /// `true` if another node took the group; `false` if there was nowhere to go.
+        moved: bool,
+    },
+    /// Time passed (the runtime calls this at [`GroupController::next_timer`]).
+    Tick,
+}
+
+/// Why a transition happened; logged with every transition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum Cause {
+    /// Found alive when the agent started.
+    Adopted,
+    /// All providers are online and the group should be online.
+    DependenciesOnline,
+    /// `online` returned success.
+    OnlineCompleted,
+    /// `offline` returned success.
+    OfflineCompleted,
+    /// `terminate` returned (or timed out: there is nothing more forceful).
+    Terminated,
+    /// A check failed.
+    CheckFailed {
+        /// Which check.
+        check: CheckKind,
+        /// Why.
+        reason: FailureReason,
+    },
+    /// The resource's failure signal fired.
+    FailureSignalled {
+        /// Why.
+        reason: FailureReason,
+    },
+    /// An operation returned an error.
+    OperationFailed {
+        /// Which operation.
+        operation: Operation,
+        /// Why.
+        reason: FailureReason,
+    },
+    /// An operation outlived its pending timeout.
+    OperationTimedOut {
+        /// Which operation.
+        operation: Operation,
+    },
+    /// A provider is not online (or about to stop), so this resource goes offline.
+    ProviderDown,
+    /// The group is being taken offline on this node.
+    GroupStopping,
+    /// A restart within the threshold.
+    Restart,
+    /// The final attempt after `retry_period_on_failure`.
+    Retry,
+    /// An administrator's command.
+    Admin,
+}
+
+impl fmt::Display for Cause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Cause::Adopted => f.write_str("adopted"),
+            Cause::DependenciesOnline => f.write_str("dependencies_online"),
+            Cause::OnlineCompleted => f.write_str("online_completed"),
+            Cause::OfflineCompleted => f.write_str("offline_completed"),
+            Cause::Terminated => f.write_str("terminated"),
+            Cause::CheckFailed { check, reason } => write!(f, "{check}_failed:{reason}"),
+            Cause::FailureSignalled { reason } => write!(f, "failure_signal:{reason}"),
+            Cause::OperationFailed { operation, reason } => {
+                write!(f, "{operation}_failed:{reason}")
+            }
+            Cause::OperationTimedOut { operation } => write!(f, "{operation}_timeout"),
+            Cause::ProviderDown => f.write_str("provider_down"),
+            Cause::GroupStopping => f.write_str("group_stopping"),
+            Cause::Restart => f.write_str("restart"),
+            Cause::Retry => f.write_str("retry"),
+            Cause::Admin => f.write_str("admin"),
+        }
+    }
+}
+
+/// What the controller asks of the runtime, in the order it decided it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Effect {
+    /// A state transition to record (metrics, event log, status).
+    Transition {
+        /// Which resource.
+        resource: ResourceId,
+        /// Old state.
+        from: State,
+        /// New state.
+        to: State,
+        /// Why.
+        cause: Cause,
+    },
+    /// Run `online()` under the pending timeout.
+    Online(ResourceId),
+    /// Run `offline()` under the pending timeout.
+    Offline(ResourceId),
+    /// Run `terminate()`.
+    Terminate(ResourceId),
+    /// Start polling the resource's checks (it just came online).
+    Monitor {
+        /// Which resource.
+        resource: ResourceId,
+        /// Whether `looks_alive` is polled (not when a failure signal replaces it).
+        looks_alive: bool,
+    },
+    /// Stop polling (it left `online`).
+    Unmonitor(ResourceId),
+    /// Run `is_alive()` now (a `looks_alive` failed).
+    RunIsAlive(ResourceId),
+    /// A restart was decided; `restarts_in_period` counts it.
+    RestartScheduled {
+        /// Which resource.
+        resource: ResourceId,
+        /// Restarts within the period, this one included.
+        restarts_in_period: u32,
+    },
+    /// Fail the group over to another node; answer with [`Input::FailoverCompleted`].
+    RequestFailover {
+        /// The resource whose failures exceeded the threshold.
+        resource: ResourceId,
+    },
+    /// The failover did not happen; the resource waits for its retry.
+    FailoverFailed,
+    /// The final attempt is due at `at`.
+    RetryScheduled {
+        /// Which resource.
+        resource: ResourceId,
+        /// When.
+        at: Time,
+    },
+    /// No more automatic attempts: the resource stays failed until an administrator acts.
+    GaveUp {
+        /// Which resource.
+        resource: ResourceId,
+    },
+    /// An administrator's command was not applied; nothing changed.
+    Refused {
+        /// The command.
+        command: AdminCommand,
+        /// Why, for the operator.
+        why: &'static str,
+    },
+}
+
+/// Where a failed resource is on the road from restart to "an administrator must act".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Escalation {
+    /// Normal operation: failures are restarted within the threshold.
+    None,
+    /// Asked the coordinator to fail the group over.
+    AwaitingFailover,
+    /// Waiting for `retry_period_on_failure` to pass.
+    WaitingRetry(Time),
+    /// The final attempt is running; its failure is final.
+    FinalAttempt,
+    /// Stays failed until an administrator acts.
+    NeedsAdmin,
+}
+
+/// What follows the `terminate` in flight.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AfterTerminate {
+    /// Go to `offline` so that reconcile brings it online again.
+    Restart,
+    /// Stay `failed`.
+    StayFailed,
+    /// Go to `offline` (or `offline_by_admin`): the terminate finished a stop.
+    Offline,
+}
+
+#[derive(Clone, Debug)]
+struct ResourceRuntime {
+    state: State,
+    pending: Option<Operation>,
+    after_terminate: AfterTerminate,
+    admin_offline: bool,
+    escalation: Escalation,
+    restarts: crate::restart::RestartWindow,
+    /// The `online` now running is a restart or a retry, for the transition's cause.
+    next_online_cause: Option<Cause>,
+    /// Decided to go offline (a provider left online): stays decided until it is down, so a
+    /// provider that comes back quickly does not leave half of the subtree running.
+    stopping: bool,
+}
+
+impl ResourceRuntime {
+    fn new() -> Self {
+        ResourceRuntime {
+            state: State::Offline,
+            pending: None,
+            after_terminate: AfterTerminate::Offline,
+            admin_offline: false,
+            escalation: Escalation::None,
+            restarts: Default::default(),
+            next_online_cause: None,
+            stopping: false,
+        }
+    }
+}
+
+/// A read-only view of one resource's policy state, for status pages.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct ResourceView {
+    /// Current state.
+    pub state: State,
+    /// The operation in flight, if any.
+    pub pending: Option<Operation>,
+    /// An administrator took it offline.
+    pub admin_offline: bool,
+    /// When the final attempt is due, if the resource waits for one.
+    pub retry_at: Option<Time>,
+    /// Stays failed until an administrator acts.
+    pub needs_admin: bool,
+}
+
+/// The lifecycle state machine of one group.
+#[derive(Clone, Debug)]
+pub struct GroupController {
+    spec: GroupSpec,
+    mode: GroupMode,
+    resources: Vec<ResourceRuntime>,
+    failover_requested: bool,
+}
+
+impl GroupController {
+    /// A controller for `spec` with every resource `offline`, in [`GroupMode::Passive`]: feed
+    /// [`Input::Adopted`] for resources found alive, then [`Input::Activate`].
+    pub fn new(spec: GroupSpec) -> Self {
+        let resources = spec
+            .resources()
+            .iter()
+            .map(|_| ResourceRuntime::new())
+            .collect();
+        GroupController {
+            spec,
+            mode: GroupMode::Passive,
+            resources,
+            failover_requested: false,
+        }
+    }
+
+    /// The group's spec.
+    pub fn spec(&self) -> &GroupSpec {
+        &self.spec
+    }
+
+    /// What the group is asked to do.
+    pub fn mode(&self) -> GroupMode {
+        self.mode
+    }
+
+    /// The state of one resource.
+    pub fn state(&self, id: ResourceId) -> State {
+        self.resources[id.0].state
+    }
+
+    /// A view of one resource for status pages.
+    pub fn view(&self, id: ResourceId) -> ResourceView {
+        let r = &self.resources[id.0];
+        ResourceView {
+            state: r.state,
+            pending: r.pending,
+            admin_offline: r.admin_offline,
+            retry_at: match r.escalation {
+                Escalation::WaitingRetry(at) => Some(at),
+                _ => None,
+            },
+            needs_admin: r.escalation == Escalation::NeedsAdmin,
+        }
+    }
+
+    /// The operation in flight for a resource.
+    pub fn pending(&self, id: ResourceId) -> Option<Operation> {
+        self.resources[id.0].pending
+    }
+
+    /// Restarts of `id` counted within its period at `now`.
+    pub fn restarts_in_period(&mut self, id: ResourceId, now: Time) -> u32 {
+        let period = self.spec.resource(id).policy.restart_period;
+        self.resources[id.0].restarts.count(now, period)
+    }
+
+    /// When the runtime must send [`Input::Tick`] next, if ever.
+    pub fn next_timer(&self) -> Option<Time> {
+        self.resources
+            .iter()
+            .filter_map(|r| match r.escalation {
+                Escalation::WaitingRetry(at) => Some(at),
+                _ => None,
+            })
+            .min()
+    }
+
+    /// Nothing is in flight and, when stopping, everything is down.
+    pub fn is_settled(&self) -> bool {
+        self.resources.iter().all(|r| r.pending.is_none())
+            && (self.mode != GroupMode::Stopping
+                || self.resources.iter().all(|r| r.state.is_down()))
+    }
+
+    /// Applies one input at `now` and returns what to do.
+    pub fn step(&mut self, now: Time, input: Input) -> Vec<Effect> {
+        let mut out = Vec::new();
+        self.apply(now, input, &mut out);
+        self.reconcile(&mut out);
+        out
+    }
+
+    fn apply(&mut self, now: Time, input: Input, out: &mut Vec<Effect>) {
+        match input {
+            Input::Adopted(id) => {
+                if self.mode == GroupMode::Passive && self.resources[id.0].state == State::Offline {
+                    self.transition(id, State::Online, Cause::Adopted, out);
+                    out.push(Effect::Monitor {
+                        resource: id,
+                        looks_alive: self.spec.resource(id).policy.polls_looks_alive(),
+                    });
+                }
+            }
+            Input::Activate => {
+                self.mode = GroupMode::Active;
+            }
+            Input::Deactivate => {
+                self.mode = GroupMode::Stopping;
+                self.failover_requested = false;
+                for r in &mut self.resources {
+                    r.escalation = Escalation::None;
+                }
+            }
+            Input::CheckCompleted {
+                resource,
+                check,
+                outcome,
+            } => {
+                let Err(reason) = outcome else { return };
+                if self.resources[resource.0].state != State::Online {
+                    return; // a late answer from before the resource left online
+                }
+                match check {
+                    CheckKind::LooksAlive => out.push(Effect::RunIsAlive(resource)),
+                    CheckKind::IsAlive => {
+                        self.fail(now, resource, Cause::CheckFailed { check, reason }, out)
+                    }
+                }
+            }
+            Input::FailureSignalled { resource, reason } => {
+                if self.resources[resource.0].state == State::Online {
+                    self.fail(now, resource, Cause::FailureSignalled { reason }, out);
+                }
+            }
+            Input::OperationCompleted {
+                resource,
+                operation,
+                outcome,
+            } => {
+                if self.resources[resource.0].pending != Some(operation) {
+                    return;
+                }
+                self.resources[resource.0].pending = None;
+                match (operation, outcome) {
+                    (Operation::Online, Ok(())) => {
+                        let r = &mut self.resources[resource.0];
+                        if r.escalation == Escalation::FinalAttempt {
+                            r.escalation = Escalation::None;
+                        }
+                        self.transition(resource, State::Online, Cause::OnlineCompleted, out);
+                        out.push(Effect::Monitor {
+                            resource,
+                            looks_alive: self.spec.resource(resource).policy.polls_looks_alive(),
+                        });
+                    }
+                    (Operation::Online, Err(reason)) => self.fail(
+                        now,
+                        resource,
+                        Cause::OperationFailed { operation, reason },
+                        out,
+                    ),
+                    (Operation::Offline, Ok(())) => {
+                        let to = self.down_state(resource);
+                        self.transition(resource, to, Cause::OfflineCompleted, out);
+                    }
+                    (Operation::Offline, Err(reason)) => self.offline_failed(
+                        resource,
+                        Cause::OperationFailed { operation, reason },
+                        out,
+                    ),
+                    (Operation::Terminate, _) => self.terminated(resource, out),
+                }
+            }
+            Input::OperationTimedOut {
+                resource,
+                operation,
+            } => {
+                if self.resources[resource.0].pending != Some(operation) {
+                    return;
+                }
+                self.resources[resource.0].pending = None;
+                let cause = Cause::OperationTimedOut { operation };
+                match operation {
+                    Operation::Online => self.fail(now, resource, cause, out),
+                    Operation::Offline => self.offline_failed(resource, cause, out),
+                    Operation::Terminate => self.terminated(resource, out),
+                }
+            }
+            Input::Admin(command) => self.admin(command, out),
+            Input::FailoverCompleted { moved } => {
+                if !std::mem::take(&mut self.failover_requested) {
+                    return;
+                }
+                if moved {
+                    self.apply(now, Input::Deactivate, out);
+                    return;
+                }
+                out.push(Effect::FailoverFailed);
+                for i in 0..self.resources.len() {
+                    if self.resources[i].escalation == Escalation::AwaitingFailover {
+                        self.wait_for_retry(now, ResourceId(i), out);
+                    }
+                }
+            }
+            Input::Tick => {
+                for i in 0..self.resources.len() {
+                    let r = &mut self.resources[i];
+                    let due = matches!(r.escalation, Escalation::WaitingRetry(at) if at <= now);
+                    if due && r.state == State::Failed && r.pending.is_none() {
+                        r.escalation = Escalation::FinalAttempt;
+                        r.next_online_cause = Some(Cause::Retry);
+                        self.transition(ResourceId(i), State::Offline, Cause::Retry, out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The resource failed: decide between restart, failover, waiting and giving up.
+    fn fail(&mut self, now: Time, id: ResourceId, cause: Cause, out: &mut Vec<Effect>) {
+        let was_online = self.resources[id.0].state == State::Online;
+        self.transition(id, State::Failed, cause, out);
+        if was_online {
+            out.push(Effect::Unmonitor(id));
+        }
+        let policy = &self.spec.resource(id).policy;
+        let r = &mut self.resources[id.0];
+        let after = if r.admin_offline || self.mode != GroupMode::Active {
+            AfterTerminate::Offline
+        } else if r.escalation == Escalation::FinalAttempt
+            || policy.restart_action == RestartAction::NoRestart
+        {
+            r.escalation = Escalation::NeedsAdmin;
+            out.push(Effect::GaveUp { resource: id });
+            AfterTerminate::StayFailed
+        } else if r
+            .restarts
+            .allows(now, policy.restart_period, policy.restart_threshold)
+        {
+            r.restarts.record(now);
+            r.next_online_cause = Some(Cause::Restart);
+            out.push(Effect::RestartScheduled {
+                resource: id,
+                restarts_in_period: r.restarts.count(now, policy.restart_period),
+            });
+            AfterTerminate::Restart
+        } else if policy.restart_action == RestartAction::RestartThenFailover {
+            r.escalation = Escalation::AwaitingFailover;
+            if !self.failover_requested {
+                self.failover_requested = true;
+                out.push(Effect::RequestFailover { resource: id });
+            }
+            AfterTerminate::StayFailed
+        } else {
+            self.wait_for_retry(now, id, out);
+            AfterTerminate::StayFailed
+        };
+        self.start_terminate(id, after, out);
+    }
+
+    fn wait_for_retry(&mut self, now: Time, id: ResourceId, out: &mut Vec<Effect>) {
+        let at = now.after(self.spec.resource(id).policy.retry_period_on_failure);
+        self.resources[id.0].escalation = Escalation::WaitingRetry(at);
+        out.push(Effect::RetryScheduled { resource: id, at });
+    }
+
+    /// An `offline` failed or timed out: the resource is failed, and terminated.
+    fn offline_failed(&mut self, id: ResourceId, cause: Cause, out: &mut Vec<Effect>) {
+        self.transition(id, State::Failed, cause, out);
+        self.start_terminate(id, AfterTerminate::Offline, out);
+    }
+
+    fn start_terminate(&mut self, id: ResourceId, after: AfterTerminate, out: &mut Vec<Effect>) {
+        let r = &mut self.resources[id.0];
+        r.pending = Some(Operation::Terminate);
+        r.after_terminate = after;
+        out.push(Effect::Terminate(id));
+    }
+
+    fn terminated(&mut self, id: ResourceId, out: &mut Vec<Effect>) {
+        match self.resources[id.0].after_terminate {
+            AfterTerminate::StayFailed => {}
+            AfterTerminate::Restart
+                if self.mode == GroupMode::Active && !self.resources[id.0].admin_offline =>
+            {
+                self.transition(id, State::Offline, Cause::Restart, out);
+            }
+            AfterTerminate::Restart | AfterTerminate::Offline => {
+                let to = self.down_state(id);
+                self.transition(id, to, Cause::Terminated, out);
+            }
+        }
+    }
+
+    fn down_state(&self, id: ResourceId) -> State {
+        if self.resources[id.0].admin_offline {
+            State::OfflineByAdmin
+        } else {
+            State::Offline
+        }
+    }
+
+    fn admin(&mut self, command: AdminCommand, out: &mut Vec<Effect>) {
+        match command {
+            AdminCommand::Online(id) => {
+                for p in self.spec.with_providers(id) {
+                    self.admin_online(p, out);
+                }
+                self.mode = GroupMode::Active;
+            }
+            AdminCommand::GroupOnline => {
+                for i in 0..self.resources.len() {
+                    self.admin_online(ResourceId(i), out);
+                }
+                self.mode = GroupMode::Active;
+            }
+            AdminCommand::Offline(id) => self.admin_offline(id, out),
+            AdminCommand::GroupOffline => {
+                for i in 0..self.resources.len() {
+                    self.admin_offline(ResourceId(i), out);
+                }
+            }
+            AdminCommand::Clear(id) => {
+                let r = &mut self.resources[id.0];
+                if r.state != State::Failed {
+                    out.push(Effect::Refused {
+                        command,
+                        why: "the resource is not failed",
+                    });
+                } else if r.pending.is_some() {
+                    out.push(Effect::Refused {
+                        command,
+                        why: "the resource is still being terminated",
+                    });
+                } else {
+                    r.escalation = Escalation::None;
+                    r.restarts.clear();
+                    let to = self.down_state(id);
+                    self.transition(id, to, Cause::Admin, out);
+                }
+            }
+        }
+    }
+
+    fn admin_online(&mut self, id: ResourceId, out: &mut Vec<Effect>) {
+        let r = &mut self.resources[id.0];
+        r.admin_offline = false;
+        if r.pending.is_some() {
+            return; // a terminate in flight ends in `offline`, then reconcile starts it
+        }
+        match r.state {
+            State::OfflineByAdmin => self.transition(id, State::Offline, Cause::Admin, out),
+            State::Failed => {
+                r.escalation = Escalation::None;
+                self.transition(id, State::Offline, Cause::Admin, out);
+            }
+            _ => {}
+        }
+    }
+
+    fn admin_offline(&mut self, id: ResourceId, out: &mut Vec<Effect>) {
+        let r = &mut self.resources[id.0];
+        r.admin_offline = true;
+        r.escalation = Escalation::None;
+        r.next_online_cause = None;
+        if r.pending.is_none() && matches!(r.state, State::Offline | State::Failed) {
+            self.transition(id, State::OfflineByAdmin, Cause::Admin, out);
+        }
+        // Online resources are stopped by reconcile, once their dependents are down.
+    }
+
+    /// Whether each resource should be kept online, providers before dependents.
+    fn wanted_online(&self) -> Vec<bool> {
+        let mut keep = vec![false; self.resources.len()];
+        for &id in self.spec.online_order() {
+            let r = &self.resources[id.0];
+            keep[id.0] = self.mode == GroupMode::Active
+                && !r.admin_offline
+                && !r.stopping
+                && r.state != State::Failed
+                && self.spec.resource(id).depends_on.iter().all(|p| keep[p.0]);
+        }
+        keep
+    }
+
+    /// Starts what may come online and stops what must go offline, until nothing changes.
+    fn reconcile(&mut self, out: &mut Vec<Effect>) {
+        if self.mode == GroupMode::Passive {
+            return;
+        }
+        loop {
+            let keep = self.wanted_online();
+            for (r, keep) in self.resources.iter_mut().zip(&keep) {
+                if !keep && matches!(r.state, State::Online | State::OnlinePending) {
+                    r.stopping = true;
+                }
+            }
+            let order = self.spec.online_order().to_vec();
+            let mut changed = false;
+            for &id in &order {
+                let r = &self.resources[id.0];
+                let providers_online = self
+                    .spec
+                    .resource(id)
+                    .depends_on
+                    .iter()
+                    .all(|p| self.resources[p.0].state == State::Online);
+                if r.pending.is_none()
+                    && r.state == State::Offline
+                    && keep[id.0]
+                    && providers_online
+                {
+                    let cause = self.resources[id.0]
+                        .next_online_cause
+                        .take()
+                        .unwrap_or(Cause::DependenciesOnline);
+                    self.resources[id.0].pending = Some(Operation::Online);
+                    self.transition(id, State::OnlinePending, cause, out);
+                    out.push(Effect::Online(id));
+                    changed = true;
+                }
+            }
+            for &id in order.iter().rev() {
+                let r = &self.resources[id.0];
+                if r.pending.is_some() || r.state != State::Online || keep[id.0] {
+                    continue;
+                }
+                let dependents_down = self.spec.dependents(id).iter().all(|d| {
+                    let d = &self.resources[d.0];
+                    d.pending.is_none() && d.state.is_down()
+                });
+                if dependents_down {
+                    let cause = if self.mode == GroupMode::Stopping {
+                        Cause::GroupStopping
+                    } else if r.admin_offline {
+                        Cause::Admin
+                    } else {
+                        Cause::ProviderDown
+                    };
+                    self.resources[id.0].pending = Some(Operation::Offline);
+                    self.transition(id, State::OfflinePending, cause, out);
+                    out.push(Effect::Unmonitor(id));
+                    out.push(Effect::Offline(id));
+                    changed = true;
+                }
+            }
+            if !changed {
+                break;
+            }
+        }
+    }
+
+    fn transition(&mut self, id: ResourceId, to: State, cause: Cause, out: &mut Vec<Effect>) {
+        if to.is_down() {
+            self.resources[id.0].stopping = false;
+        }
+        let from = std::mem::replace(&mut self.resources[id.0].state, to);
+        if from != to {
+            out.push(Effect::Transition {
+                resource: id,
+                from,
+                to,
+                cause,
+            });
+        }
+    }
+}

@@ -1,0 +1,271 @@
+//! Property tests of the controller's invariants over random groups and random input sequences:
+//! - no resource is brought online while one of its providers is not online, and once nothing
+//!   is in flight no online resource has a provider that is not online;
+//! - the restarts of a resource within any window of `restart_period` never exceed
+//!   `restart_threshold`;
+//! - a resource an administrator took offline is never started or restarted until an
+//!   administrator brings it online;
+//! - at most one operation is in flight per resource, and every pending operation ends in a
+//!   state once it completes or times out.
+
+use proptest::prelude::*;
+use resmon_policies::{
+    AdminCommand, CheckKind, Effect, FailureReason, GroupController, GroupSpec, Input, Operation,
+    ResourceId, ResourceSpec, RestartAction, RestartPolicy, State, Time,
+};
+use std::collections::HashMap;
+use std::time::Duration;
+
+#[derive(Clone, Debug)]
+enum Step {
+    Complete {
+        pick: usize,
+        result: u8,
+    },
+    Check {
+        resource: usize,
+        looks: bool,
+        ok: bool,
+    },
+    Signal {
+        resource: usize,
+    },
+    AdminOnline {
+        resource: usize,
+    },
+    AdminOffline {
+        resource: usize,
+    },
+    Clear {
+        resource: usize,
+    },
+    GroupOnline,
+    GroupOffline,
+    Failover {
+        moved: bool,
+    },
+    Tick,
+    Deactivate,
+}
+
+fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
+    let step = prop_oneof![
+        8 => (any::<usize>(), 0u8..4).prop_map(|(pick, result)| Step::Complete { pick, result }),
+        4 => (any::<usize>(), any::<bool>(), any::<bool>()).prop_map(|(resource, looks, ok)| Step::Check { resource, looks, ok }),
+        3 => any::<usize>().prop_map(|resource| Step::Signal { resource }),
+        1 => any::<usize>().prop_map(|resource| Step::AdminOnline { resource }),
+        1 => any::<usize>().prop_map(|resource| Step::AdminOffline { resource }),
+        1 => any::<usize>().prop_map(|resource| Step::Clear { resource }),
+        1 => Just(Step::GroupOnline),
+        1 => Just(Step::GroupOffline),
+        1 => any::<bool>().prop_map(|moved| Step::Failover { moved }),
+        2 => Just(Step::Tick),
+        1 => Just(Step::Deactivate),
+    ];
+    (0u64..4000, step)
+}
+
+fn group_strategy() -> impl Strategy<Value = Vec<ResourceSpec>> {
+    (1usize..6).prop_flat_map(|n| {
+        let resource = (
+            proptest::collection::vec(any::<bool>(), n),
+            0u32..4,
+            1u64..20,
+            1u64..30,
+            0u8..3,
+            any::<bool>(),
+        );
+        proptest::collection::vec(resource, n).prop_map(move |specs| {
+            specs
+                .into_iter()
+                .enumerate()
+                .map(
+                    |(i, (deps, threshold, period, retry, action, signal))| ResourceSpec {
+                        name: format!("r{i}"),
+                        depends_on: (0..i).filter(|&j| deps[j]).map(ResourceId).collect(),
+                        policy: RestartPolicy {
+                            restart_action: [
+                                RestartAction::NoRestart,
+                                RestartAction::RestartNoFailover,
+                                RestartAction::RestartThenFailover,
+                            ][action as usize],
+                            restart_threshold: threshold,
+                            restart_period: Duration::from_secs(period),
+                            retry_period_on_failure: Duration::from_secs(retry),
+                            provides_failure_signal: signal,
+                            poll_looks_alive: None,
+                        },
+                    },
+                )
+                .collect()
+        })
+    })
+}
+
+struct Checker {
+    c: GroupController,
+    n: usize,
+    in_flight: HashMap<ResourceId, Operation>,
+    admin_offline: Vec<bool>,
+    restarts: Vec<Vec<Time>>,
+}
+
+impl Checker {
+    fn feed(&mut self, now: Time, input: Input) -> Result<(), TestCaseError> {
+        let effects = self.c.step(now, input);
+        for e in &effects {
+            let (id, op) = match e {
+                Effect::Online(r) => (*r, Operation::Online),
+                Effect::Offline(r) => (*r, Operation::Offline),
+                Effect::Terminate(r) => (*r, Operation::Terminate),
+                Effect::RestartScheduled { resource, .. } => {
+                    prop_assert!(
+                        !self.admin_offline[resource.0],
+                        "restart of admin-offline {resource}"
+                    );
+                    self.restarts[resource.0].push(now);
+                    continue;
+                }
+                _ => continue,
+            };
+            prop_assert!(
+                self.in_flight.insert(id, op).is_none(),
+                "a second operation {op} for {id} while one is in flight"
+            );
+            if op == Operation::Online {
+                prop_assert!(!self.admin_offline[id.0], "online of admin-offline {id}");
+                for p in &self.c.spec().resource(id).depends_on {
+                    prop_assert_eq!(
+                        self.c.state(*p),
+                        State::Online,
+                        "{} started before provider {}",
+                        id,
+                        p
+                    );
+                }
+            }
+        }
+        for i in 0..self.n {
+            let id = ResourceId(i);
+            let pending_state = matches!(
+                self.c.state(id),
+                State::OnlinePending | State::OfflinePending
+            );
+            if pending_state {
+                prop_assert!(
+                    self.in_flight.contains_key(&id),
+                    "{id} pending without an operation"
+                );
+            }
+        }
+        Ok(())
+    }
+
+    fn admin_online(&mut self, id: ResourceId) {
+        for p in self.c.spec().with_providers(id) {
+            self.admin_offline[p.0] = false;
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(512))]
+
+    #[test]
+    fn invariants_hold(specs in group_strategy(), steps in proptest::collection::vec(step_strategy(), 0..80), adopt in any::<u8>()) {
+        let n = specs.len();
+        let spec = GroupSpec::new("g", specs).unwrap();
+        let mut k = Checker {
+            c: GroupController::new(spec),
+            n,
+            in_flight: HashMap::new(),
+            admin_offline: vec![false; n],
+            restarts: vec![Vec::new(); n],
+        };
+        let mut now = Time::ZERO;
+        for i in 0..n {
+            if adopt & (1 << i) != 0 {
+                k.feed(now, Input::Adopted(ResourceId(i)))?;
+            }
+        }
+        k.feed(now, Input::Activate)?;
+        for (advance_ms, step) in steps {
+            now = now.after(Duration::from_millis(advance_ms));
+            let input = match step {
+                Step::Complete { pick, result } => {
+                    if k.in_flight.is_empty() { continue; }
+                    let mut keys: Vec<_> = k.in_flight.keys().copied().collect();
+                    keys.sort();
+                    let id = keys[pick % keys.len()];
+                    let operation = k.in_flight.remove(&id).unwrap();
+                    match result {
+                        0 => Input::OperationTimedOut { resource: id, operation },
+                        1 => Input::OperationCompleted { resource: id, operation, outcome: Err(FailureReason::Io) },
+                        _ => Input::OperationCompleted { resource: id, operation, outcome: Ok(()) },
+                    }
+                }
+                Step::Check { resource, looks, ok } => Input::CheckCompleted {
+                    resource: ResourceId(resource % n),
+                    check: if looks { CheckKind::LooksAlive } else { CheckKind::IsAlive },
+                    outcome: if ok { Ok(()) } else { Err(FailureReason::Refused) },
+                },
+                Step::Signal { resource } => Input::FailureSignalled { resource: ResourceId(resource % n), reason: FailureReason::Exited },
+                Step::AdminOnline { resource } => {
+                    k.admin_online(ResourceId(resource % n));
+                    Input::Admin(AdminCommand::Online(ResourceId(resource % n)))
+                }
+                Step::AdminOffline { resource } => {
+                    k.admin_offline[resource % n] = true;
+                    Input::Admin(AdminCommand::Offline(ResourceId(resource % n)))
+                }
+                Step::Clear { resource } => Input::Admin(AdminCommand::Clear(ResourceId(resource % n))),
+                Step::GroupOnline => {
+                    k.admin_offline.iter_mut().for_each(|a| *a = false);
+                    Input::Admin(AdminCommand::GroupOnline)
+                }
+                Step::GroupOffline => {
+                    k.admin_offline.iter_mut().for_each(|a| *a = true);
+                    Input::Admin(AdminCommand::GroupOffline)
+                }
+                Step::Failover { moved } => Input::FailoverCompleted { moved },
+                Step::Tick => Input::Tick,
+                Step::Deactivate => Input::Deactivate,
+            };
+            k.feed(now, input)?;
+        }
+
+        // Every operation in flight ends: complete them all successfully until none is left.
+        for _ in 0..(10 * n + 10) {
+            let Some((&id, &operation)) = k.in_flight.iter().next() else { break };
+            k.in_flight.remove(&id);
+            now = now.after(Duration::from_millis(10));
+            k.feed(now, Input::OperationCompleted { resource: id, operation, outcome: Ok(()) })?;
+        }
+        prop_assert!(k.in_flight.is_empty(), "operations still in flight after draining: {:?}", k.in_flight);
+        prop_assert!(k.c.is_settled());
+        for i in 0..n {
+            let id = ResourceId(i);
+            let s = k.c.state(id);
+            prop_assert!(!matches!(s, State::OnlinePending | State::OfflinePending), "{id} stuck in {s}");
+            if s == State::Online {
+                for p in &k.c.spec().resource(id).depends_on {
+                    prop_assert_eq!(k.c.state(*p), State::Online, "{} online while provider {} is not", id, p);
+                }
+            }
+            if k.admin_offline[i] {
+                prop_assert!(s.is_down(), "admin-offline {id} is {s}");
+            }
+        }
+
+        // Restarts within any window of one restart_period never exceed the threshold.
+        for i in 0..n {
+            let policy = &k.c.spec().resource(ResourceId(i)).policy;
+            let times = &k.restarts[i];
+            for (j, start) in times.iter().enumerate() {
+                let in_window = times[j..].iter().filter(|t| **t < start.after(policy.restart_period)).count();
+                prop_assert!(in_window as u32 <= policy.restart_threshold,
+                    "r{i}: {in_window} restarts within {:?} of {start} (threshold {})", policy.restart_period, policy.restart_threshold);
+            }
+        }
+    }
+}

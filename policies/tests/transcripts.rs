@@ -1,0 +1,353 @@
+//! Transcript tests: every file in `testdata/` is a sequence of commands, each followed by
+//! `----` and the effects the controller must return, one per line (the format of raft-rs's
+//! datadriven tests). Run with `REWRITE=1` to regenerate the expected blocks after a deliberate
+//! change, then read the diff.
+//!
+//! Commands:
+//! - `resource NAME [after=A,B] [action=..] [threshold=N] [period=D] [retry=D] [signal]
+//!   [poll_looks_alive=true|false]` declares a resource (no output);
+//! - `start [adopt=A,B]` builds the controller, adopts the named resources and activates it;
+//! - `at T INPUT` feeds an input at time T: `op NAME online|offline|terminate ok|timeout|REASON`,
+//!   `check NAME looks_alive|is_alive ok|REASON`, `signal NAME REASON`,
+//!   `admin online|offline|clear NAME`, `admin group-online|group-offline`,
+//!   `failover moved|nowhere`, `tick`, `deactivate`;
+//! - `states` prints every resource's state.
+
+use resmon_policies::{
+    AdminCommand, CheckKind, Effect, FailureReason, GroupController, GroupSpec, Input, Operation,
+    ResourceId, ResourceSpec, RestartAction, RestartPolicy, Time,
+};
+use std::time::Duration;
+
+fn parse_duration(s: &str) -> Duration {
+    // Compound durations such as `1h3m` or `30m21s`.
+    let mut total = Duration::ZERO;
+    let mut rest = s;
+    while !rest.is_empty() {
+        let digits = rest
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let n: u64 = rest[..digits]
+            .parse()
+            .unwrap_or_else(|_| panic!("bad duration {s}"));
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        total += match &rest[..unit_len] {
+            "ms" => Duration::from_millis(n),
+            "s" | "" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n * 60),
+            "h" => Duration::from_secs(n * 3600),
+            _ => panic!("bad duration unit in {s}"),
+        };
+        rest = &rest[unit_len..];
+    }
+    total
+}
+
+struct Harness {
+    declared: Vec<(String, Vec<String>, RestartPolicy)>,
+    controller: Option<GroupController>,
+}
+
+impl Harness {
+    fn id(&self, name: &str) -> ResourceId {
+        self.controller
+            .as_ref()
+            .expect("start first")
+            .spec()
+            .find(name)
+            .unwrap_or_else(|| panic!("unknown resource {name}"))
+    }
+
+    fn name(&self, id: ResourceId) -> &str {
+        &self.controller.as_ref().unwrap().spec().resource(id).name
+    }
+
+    fn render(&self, effects: &[Effect]) -> Vec<String> {
+        effects
+            .iter()
+            .map(|e| match e {
+                Effect::Transition {
+                    resource,
+                    from,
+                    to,
+                    cause,
+                } => {
+                    format!("{}: {from} -> {to} ({cause})", self.name(*resource))
+                }
+                Effect::Online(r) => format!("online {}", self.name(*r)),
+                Effect::Offline(r) => format!("offline {}", self.name(*r)),
+                Effect::Terminate(r) => format!("terminate {}", self.name(*r)),
+                Effect::Monitor {
+                    resource,
+                    looks_alive,
+                } => format!(
+                    "monitor {} looks_alive={}",
+                    self.name(*resource),
+                    if *looks_alive { "on" } else { "off" }
+                ),
+                Effect::Unmonitor(r) => format!("unmonitor {}", self.name(*r)),
+                Effect::RunIsAlive(r) => format!("run is_alive {}", self.name(*r)),
+                Effect::RestartScheduled {
+                    resource,
+                    restarts_in_period,
+                } => {
+                    format!(
+                        "restart {} ({restarts_in_period} in period)",
+                        self.name(*resource)
+                    )
+                }
+                Effect::RequestFailover { resource } => {
+                    format!("request failover ({})", self.name(*resource))
+                }
+                Effect::FailoverFailed => "failover failed".to_string(),
+                Effect::RetryScheduled { resource, at } => {
+                    format!("retry {} at {at}", self.name(*resource))
+                }
+                Effect::GaveUp { resource } => format!("gave up {}", self.name(*resource)),
+                Effect::Refused { command, why } => format!("refused {command:?}: {why}"),
+            })
+            .collect()
+    }
+
+    fn run(&mut self, line: &str) -> Vec<String> {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["resource", name, opts @ ..] => {
+                let mut deps = Vec::new();
+                let mut policy = RestartPolicy::default();
+                for opt in opts {
+                    let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
+                    match k {
+                        "after" => deps = v.split(',').map(String::from).collect(),
+                        "action" => {
+                            policy.restart_action = match v {
+                                "no_restart" => RestartAction::NoRestart,
+                                "restart_no_failover" => RestartAction::RestartNoFailover,
+                                "restart_then_failover" => RestartAction::RestartThenFailover,
+                                _ => panic!("bad action {v}"),
+                            }
+                        }
+                        "threshold" => policy.restart_threshold = v.parse().unwrap(),
+                        "period" => policy.restart_period = parse_duration(v),
+                        "retry" => policy.retry_period_on_failure = parse_duration(v),
+                        "signal" => policy.provides_failure_signal = true,
+                        "poll_looks_alive" => policy.poll_looks_alive = Some(v == "true"),
+                        _ => panic!("bad option {opt}"),
+                    }
+                }
+                self.declared.push((name.to_string(), deps, policy));
+                vec![]
+            }
+            ["start", opts @ ..] => {
+                let names: Vec<String> = self.declared.iter().map(|d| d.0.clone()).collect();
+                let specs = self
+                    .declared
+                    .iter()
+                    .map(|(name, deps, policy)| ResourceSpec {
+                        name: name.clone(),
+                        depends_on: deps
+                            .iter()
+                            .map(|d| {
+                                ResourceId(
+                                    names
+                                        .iter()
+                                        .position(|n| n == d)
+                                        .expect("unknown dependency"),
+                                )
+                            })
+                            .collect(),
+                        policy: policy.clone(),
+                    })
+                    .collect();
+                self.controller = Some(GroupController::new(
+                    GroupSpec::new("g", specs).expect("valid group"),
+                ));
+                let mut effects = Vec::new();
+                for opt in opts {
+                    if let Some(list) = opt.strip_prefix("adopt=") {
+                        for name in list.split(',') {
+                            let id = self.id(name);
+                            effects.extend(
+                                self.controller
+                                    .as_mut()
+                                    .unwrap()
+                                    .step(Time::ZERO, Input::Adopted(id)),
+                            );
+                        }
+                    }
+                }
+                effects.extend(
+                    self.controller
+                        .as_mut()
+                        .unwrap()
+                        .step(Time::ZERO, Input::Activate),
+                );
+                self.render(&effects)
+            }
+            ["states"] => {
+                let c = self.controller.as_ref().unwrap();
+                (0..c.spec().resources().len())
+                    .map(|i| {
+                        let v = c.view(ResourceId(i));
+                        let mut s = format!("{}: {}", self.name(ResourceId(i)), v.state);
+                        if let Some(p) = v.pending {
+                            s += &format!(" pending={p}");
+                        }
+                        if let Some(at) = v.retry_at {
+                            s += &format!(" retry_at={at}");
+                        }
+                        if v.needs_admin {
+                            s += " needs_admin";
+                        }
+                        s
+                    })
+                    .collect()
+            }
+            ["at", t, rest @ ..] => {
+                let now = Time::from_elapsed(parse_duration(t));
+                let input = self.input(rest);
+                let effects = self.controller.as_mut().unwrap().step(now, input);
+                self.render(&effects)
+            }
+            _ => panic!("unknown command: {line}"),
+        }
+    }
+
+    fn input(&self, words: &[&str]) -> Input {
+        let outcome = |w: &str| -> Result<(), FailureReason> {
+            if w == "ok" {
+                Ok(())
+            } else {
+                Err(FailureReason::parse(w).unwrap_or_else(|| panic!("bad reason {w}")))
+            }
+        };
+        let operation = |w: &str| match w {
+            "online" => Operation::Online,
+            "offline" => Operation::Offline,
+            "terminate" => Operation::Terminate,
+            _ => panic!("bad operation {w}"),
+        };
+        match words {
+            ["op", name, op, "timeout"] => Input::OperationTimedOut {
+                resource: self.id(name),
+                operation: operation(op),
+            },
+            ["op", name, op, result] => Input::OperationCompleted {
+                resource: self.id(name),
+                operation: operation(op),
+                outcome: outcome(result),
+            },
+            ["check", name, kind, result] => Input::CheckCompleted {
+                resource: self.id(name),
+                check: match *kind {
+                    "looks_alive" => CheckKind::LooksAlive,
+                    "is_alive" => CheckKind::IsAlive,
+                    _ => panic!("bad check {kind}"),
+                },
+                outcome: outcome(result),
+            },
+            ["signal", name, reason] => Input::FailureSignalled {
+                resource: self.id(name),
+                reason: FailureReason::parse(reason).expect("reason"),
+            },
+            ["admin", "online", name] => Input::Admin(AdminCommand::Online(self.id(name))),
+            ["admin", "offline", name] => Input::Admin(AdminCommand::Offline(self.id(name))),
+            ["admin", "clear", name] => Input::Admin(AdminCommand::Clear(self.id(name))),
+            ["admin", "group-online"] => Input::Admin(AdminCommand::GroupOnline),
+            ["admin", "group-offline"] => Input::Admin(AdminCommand::GroupOffline),
+            ["failover", "moved"] => Input::FailoverCompleted { moved: true },
+            ["failover", "nowhere"] => Input::FailoverCompleted { moved: false },
+            ["tick"] => Input::Tick,
+            ["deactivate"] => Input::Deactivate,
+            _ => panic!("bad input {words:?}"),
+        }
+    }
+}
+
+/// Runs one transcript; returns the file rewritten with the actual output.
+fn run_file(text: &str) -> String {
+    let mut h = Harness {
+        declared: Vec::new(),
+        controller: None,
+    };
+    let mut out = String::new();
+    let mut lines = text.lines().peekable();
+    while let Some(line) = lines.next() {
+        if line.trim().is_empty() || line.starts_with('#') {
+            out.push_str(line);
+            out.push('\n');
+            continue;
+        }
+        // A block: command lines up to `----`, then expected lines up to a blank line.
+        let mut commands = vec![line];
+        out.push_str(line);
+        out.push('\n');
+        for l in lines.by_ref() {
+            out.push_str(l);
+            out.push('\n');
+            if l == "----" {
+                break;
+            }
+            commands.push(l);
+        }
+        while let Some(l) = lines.peek() {
+            if l.trim().is_empty() {
+                break;
+            }
+            lines.next();
+        }
+        for c in commands {
+            for effect in h.run(c) {
+                out.push_str(&effect);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn transcripts() {
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no transcripts in {}", dir.display());
+    let mut failed = Vec::new();
+    for path in files {
+        let text = std::fs::read_to_string(&path).unwrap();
+        let actual = run_file(&text);
+        if actual != text {
+            if std::env::var_os("REWRITE").is_some() {
+                std::fs::write(&path, &actual).unwrap();
+            } else {
+                failed.push(format!("--- {}\n{}", path.display(), diff(&text, &actual)));
+            }
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "transcripts differ (REWRITE=1 regenerates):\n{}",
+        failed.join("\n")
+    );
+}
+
+fn diff(expected: &str, actual: &str) -> String {
+    let (e, a): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
+    let mut out = String::new();
+    for i in 0..e.len().max(a.len()) {
+        let (x, y) = (
+            e.get(i).copied().unwrap_or("<eof>"),
+            a.get(i).copied().unwrap_or("<eof>"),
+        );
+        if x != y {
+            out += &format!("line {}: expected `{x}`\n         actual   `{y}`\n", i + 1);
+        }
+    }
+    out
+}
