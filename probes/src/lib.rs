@@ -1,1 +1,23 @@
-//! placeholder
+//! `resmon-probes`: the resource contract and one module per resource type.
+//!
+//! A resource type does I/O and reports what it saw; it decides nothing (the policy does) and
+//! owns no deadline (the runtime wraps every call in its timeout and turns an elapsed deadline
+//! into [`FailureReason::Timeout`](resmon_policies::FailureReason::Timeout)).
+//!
+//! # Layout
+//!
+//! - [`resource`]: the [`Resource`] trait (the resource DLL's entry points: online, offline,
+//!   terminate, looks_alive, is_alive, the failure signal, adoption after an agent restart) and
+//!   [`Failure`], a typed reason plus a detail for the log.
+//! - [`config`]: the shared pieces of resource configuration: [`HumanDuration`], the
+//!   [`ResourceConfig`] enum over every type's private properties, and [`BuildContext`].
+//! - [`process`]: a command resmon supervises itself (its exit is the failure signal).
+//! - [`tcp`]: a TCP connect.
+
+pub mod config;
+pub mod process;
+pub mod resource;
+pub mod tcp;
+
+pub use config::{BuildContext, ConfigError, HumanDuration, ResourceConfig, RESOURCE_TYPES};
+pub use resource::{Failure, Resource};

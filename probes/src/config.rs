@@ -1,0 +1,235 @@
+//! Resource configuration shared by every type: durations, targets, the enum over each type's
+//! private properties, and what a resource needs to know about where it runs.
+//!
+//! Each type's private-properties struct lives beside its code (`process.rs`, `tcp.rs`) and
+//! rejects unknown keys; validating newtypes ([`HumanDuration`], [`HostPort`], [`Argv`]) reject
+//! bad values while the file is parsed, so the error carries the key's line.
+
+use crate::resource::Resource;
+use serde::{Deserialize, Deserializer};
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Every resource type name the agent knows.
+pub const RESOURCE_TYPES: &[&str] = &["process", "tcp"];
+
+/// A duration written for humans: `"500ms"`, `"5s"`, `"1m30s"`, `"1h"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HumanDuration(pub Duration);
+
+impl FromStr for HumanDuration {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        humantime::parse_duration(s)
+            .map(HumanDuration)
+            .map_err(|e| format!("invalid duration {s:?} ({e}); write it like \"500ms\", \"5s\", \"1m30s\" or \"1h\""))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for HumanDuration {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        resmon_policies::time::fmt_duration(self.0, f)
+    }
+}
+
+/// A `host:port` target (`127.0.0.1:25`, `[::1]:443`, `mail.example:25`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct HostPort {
+    /// The host part, without IPv6 brackets.
+    pub host: String,
+    /// The port.
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = || {
+            format!("invalid address {s:?}: expected host:port, such as \"127.0.0.1:8080\" or \"[::1]:25\"")
+        };
+        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+        let host = host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(host);
+        if host.is_empty() || (host.contains(':') && !s.starts_with('[')) {
+            return Err(bad());
+        }
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if port == 0 {
+            return Err(format!(
+                "invalid address {s:?}: port 0 cannot be connected to"
+            ));
+        }
+        Ok(HostPort {
+            host: host.to_string(),
+            port,
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for HostPort {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A command line as a list: program first, then its arguments. Never empty.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Argv(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for Argv {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let v = Vec::<String>::deserialize(d)?;
+        if v.first().is_none_or(|p| p.is_empty()) {
+            return Err(serde::de::Error::custom(
+                "a command must name a program: write it as a list, such as [\"sleep\", \"60\"]",
+            ));
+        }
+        Ok(Argv(v))
+    }
+}
+
+/// Where a resource runs: what it may need besides its own properties.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// The agent's state directory (pid files, logs of supervised processes).
+    pub state_dir: PathBuf,
+    /// The group's name.
+    pub group: String,
+    /// The resource's name.
+    pub resource: String,
+}
+
+impl BuildContext {
+    /// A file of this resource's under the state directory: `<state_dir>/<group>/<resource>.<ext>`.
+    pub fn state_file(&self, extension: &str) -> PathBuf {
+        self.state_dir
+            .join(&self.group)
+            .join(format!("{}.{extension}", self.resource))
+    }
+}
+
+/// A problem in a type's private properties that only shows once they are all read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key the problem is about, relative to the resource.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The private properties of one resource, by type.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ResourceConfig {
+    /// See [`crate::process`].
+    Process(crate::process::ProcessConfig),
+    /// See [`crate::tcp`].
+    Tcp(crate::tcp::TcpConfig),
+}
+
+impl ResourceConfig {
+    /// Reads the private properties of a resource of type `type_name`; `Ok(None)` when the type
+    /// is unknown (the caller names the valid ones).
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        type_name: &str,
+        d: D,
+    ) -> Result<Option<Self>, D::Error> {
+        Ok(Some(match type_name {
+            "process" => ResourceConfig::Process(Deserialize::deserialize(d)?),
+            "tcp" => ResourceConfig::Tcp(Deserialize::deserialize(d)?),
+            _ => return Ok(None),
+        }))
+    }
+
+    /// The type's name.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            ResourceConfig::Process(_) => "process",
+            ResourceConfig::Tcp(_) => "tcp",
+        }
+    }
+
+    /// Checks that need several keys at once.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        match self {
+            ResourceConfig::Process(c) => c.validate(),
+            ResourceConfig::Tcp(_) => Vec::new(),
+        }
+    }
+
+    /// Whether resources of this config report failures between polls.
+    pub fn provides_failure_signal(&self) -> bool {
+        matches!(self, ResourceConfig::Process(_))
+    }
+
+    /// Builds the runnable resource (WSFC's Open: no side effect on the service).
+    pub fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        match self {
+            ResourceConfig::Process(c) => {
+                Arc::new(crate::process::ProcessResource::new(c.clone(), cx))
+            }
+            ResourceConfig::Tcp(c) => Arc::new(crate::tcp::TcpResource::new(c.clone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_targets_parse_or_explain() {
+        assert_eq!(
+            "1m30s".parse::<HumanDuration>().unwrap().0,
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            "250ms".parse::<HumanDuration>().unwrap().0,
+            Duration::from_millis(250)
+        );
+        assert!("5 parsecs"
+            .parse::<HumanDuration>()
+            .unwrap_err()
+            .contains("invalid duration"));
+        assert_eq!(
+            "[::1]:25".parse::<HostPort>().unwrap(),
+            HostPort {
+                host: "::1".into(),
+                port: 25
+            }
+        );
+        assert_eq!(
+            "[::1]:25".parse::<HostPort>().unwrap().to_string(),
+            "[::1]:25"
+        );
+        assert!("::1:25".parse::<HostPort>().is_err());
+        assert!("localhost".parse::<HostPort>().is_err());
+        assert!("localhost:0"
+            .parse::<HostPort>()
+            .unwrap_err()
+            .contains("port 0"));
+    }
+}

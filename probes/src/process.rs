@@ -1,0 +1,616 @@
+//! `process`: a command resmon supervises itself, where there is no service manager (and in
+//! tests).
+//!
+//! - online spawns `command` as the leader of its own process group (so one signal reaches
+//!   everything it forks, and a terminal's Ctrl-C does not), writes a pid file, and returns once
+//!   it is ready: `ready_tcp` accepts a connection or `ready_command` exits 0 (or at once when
+//!   neither is set). If the process exits first, online fails.
+//! - offline sends `SIGTERM` to the group and waits for the leader to exit; terminate sends
+//!   `SIGKILL` to the group.
+//! - looks_alive: the leader is running; is_alive: it is running and the readiness check passes.
+//! - failure signal: the leader's exit, reported the moment it happens.
+//! - adoption: the pid file holds the pid and the process's start time (field 22 of
+//!   `/proc/<pid>/stat`); after an agent restart a process whose pid *and* start time match is
+//!   the same process (a recycled pid has another start time), and it is watched through a
+//!   pidfd, which reports the exit of a process that is not our child.
+
+use crate::config::{Argv, BuildContext, ConfigError, HostPort, HumanDuration};
+use crate::resource::{Failure, Resource};
+use async_trait::async_trait;
+use resmon_policies::FailureReason;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::io::unix::AsyncFd;
+use tokio::sync::watch;
+
+/// Private properties of a `process` resource.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessConfig {
+    /// Program and arguments, e.g. `["nginx", "-c", "/etc/nginx.conf"]`. It must stay in the
+    /// foreground: the process resmon starts is the one it watches.
+    pub command: Argv,
+    /// Extra environment variables.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory (default: the agent's).
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+    /// Ready once this address accepts a TCP connection.
+    #[serde(default)]
+    pub ready_tcp: Option<HostPort>,
+    /// Ready once this command exits 0.
+    #[serde(default)]
+    pub ready_command: Option<Argv>,
+    /// How often readiness is tried while coming online.
+    #[serde(default = "default_ready_interval")]
+    pub ready_interval: HumanDuration,
+    /// Pid file (default `<state_dir>/<group>/<resource>.pid`).
+    #[serde(default)]
+    pub pid_file: Option<PathBuf>,
+    /// Where stdout and stderr go, appended (default `<state_dir>/<group>/<resource>.log`).
+    #[serde(default)]
+    pub log_file: Option<PathBuf>,
+}
+
+fn default_ready_interval() -> HumanDuration {
+    HumanDuration(Duration::from_millis(100))
+}
+
+impl ProcessConfig {
+    /// Checks that need more than one key.
+    pub fn validate(&self) -> Vec<ConfigError> {
+        let mut errors = Vec::new();
+        if self.ready_tcp.is_some() && self.ready_command.is_some() {
+            errors.push(ConfigError {
+                key: "ready_command",
+                message: "set either ready_tcp or ready_command, not both".into(),
+            });
+        }
+        if self.ready_interval.0.is_zero() {
+            errors.push(ConfigError {
+                key: "ready_interval",
+                message: "must be longer than zero".into(),
+            });
+        }
+        errors
+    }
+}
+
+/// The running instance: its pid (also its process group) and a channel that receives its exit.
+struct Instance {
+    pid: i32,
+    exit: watch::Receiver<Option<Failure>>,
+}
+
+impl Instance {
+    fn exited(&self) -> Option<Failure> {
+        self.exit.borrow().clone()
+    }
+}
+
+/// A supervised command.
+pub struct ProcessResource {
+    config: ProcessConfig,
+    pid_file: PathBuf,
+    log_file: PathBuf,
+    /// The instance started or adopted last; `None` when nothing is known to run.
+    current: Mutex<Option<Instance>>,
+}
+
+impl ProcessResource {
+    /// Builds it from its config; touches nothing.
+    pub fn new(config: ProcessConfig, cx: &BuildContext) -> Self {
+        let pid_file = config
+            .pid_file
+            .clone()
+            .unwrap_or_else(|| cx.state_file("pid"));
+        let log_file = config
+            .log_file
+            .clone()
+            .unwrap_or_else(|| cx.state_file("log"));
+        ProcessResource {
+            config,
+            pid_file,
+            log_file,
+            current: Mutex::new(None),
+        }
+    }
+
+    /// The pid of the running instance, if any.
+    pub fn pid(&self) -> Option<i32> {
+        self.lock()
+            .as_ref()
+            .filter(|i| i.exited().is_none())
+            .map(|i| i.pid)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Option<Instance>> {
+        // A panic elsewhere while holding this lock leaves plain data behind: keep going.
+        self.current.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn running(&self) -> Result<(i32, watch::Receiver<Option<Failure>>), Failure> {
+        let guard = self.lock();
+        let Some(instance) = guard.as_ref() else {
+            return Err(Failure::new(
+                FailureReason::NotRunning,
+                "no process started",
+            ));
+        };
+        if let Some(exit) = instance.exited() {
+            return Err(exit);
+        }
+        Ok((instance.pid, instance.exit.clone()))
+    }
+
+    fn spawn(&self) -> Result<Instance, Failure> {
+        let argv = &self.config.command.0;
+        for dir in [self.pid_file.parent(), self.log_file.parent()]
+            .into_iter()
+            .flatten()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| {
+                Failure::new(
+                    FailureReason::Spawn,
+                    format!("create {}: {e}", dir.display()),
+                )
+            })?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log_file)
+            .map_err(|e| {
+                Failure::new(
+                    FailureReason::Spawn,
+                    format!("open {}: {e}", self.log_file.display()),
+                )
+            })?;
+        let log_err = log
+            .try_clone()
+            .map_err(|e| Failure::new(FailureReason::Spawn, format!("dup log: {e}")))?;
+        let mut cmd = tokio::process::Command::new(&argv[0]);
+        cmd.args(&argv[1..])
+            .envs(&self.config.env)
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(log_err)
+            .process_group(0)
+            .kill_on_drop(false);
+        if let Some(cwd) = &self.config.cwd {
+            cmd.current_dir(cwd);
+        }
+        let mut child = cmd
+            .spawn()
+            .map_err(|e| Failure::new(FailureReason::Spawn, format!("spawn {}: {e}", argv[0])))?;
+        let pid = child
+            .id()
+            .ok_or_else(|| Failure::new(FailureReason::Exited, "exited at once"))?
+            as i32;
+        // Read before anything can reap the child, so the start time is the child's own.
+        let start_time = process_start_time(pid);
+        if let Some(start_time) = start_time {
+            write_pid_file(&self.pid_file, pid, start_time).map_err(|e| {
+                Failure::new(
+                    FailureReason::Spawn,
+                    format!("write {}: {e}", self.pid_file.display()),
+                )
+            })?;
+        }
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let failure = match child.wait().await {
+                Ok(status) => describe_exit(status),
+                Err(e) => Failure::new(FailureReason::Io, format!("wait: {e}")),
+            };
+            let _ = tx.send(Some(failure));
+        });
+        Ok(Instance { pid, exit: rx })
+    }
+
+    /// Finds the process named in the pid file if it is still the same process.
+    fn find_from_pid_file(&self) -> Option<Instance> {
+        let text = std::fs::read_to_string(&self.pid_file).ok()?;
+        let mut words = text.split_whitespace();
+        let pid: i32 = words.next()?.parse().ok()?;
+        let recorded: u64 = words.next()?.parse().ok()?;
+        if pid <= 1 || process_start_time(pid) != Some(recorded) {
+            return None;
+        }
+        let fd = pidfd_open(pid).ok()?;
+        let (tx, rx) = watch::channel(None);
+        // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until it drops.
+        let fd =
+            unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
+        tokio::spawn(async move {
+            // A pidfd becomes readable when the process exits.
+            let _ = fd.readable().await;
+            let _ = tx.send(Some(Failure::new(
+                FailureReason::Exited,
+                format!("adopted process {pid} exited"),
+            )));
+        });
+        Some(Instance { pid, exit: rx })
+    }
+
+    async fn ready(&self) -> Result<(), Failure> {
+        if let Some(target) = &self.config.ready_tcp {
+            tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                .await
+                .map(|s| crate::tcp::close_with_reset(&s))
+                .map_err(|e| {
+                    Failure::new(FailureReason::NotReady, format!("ready_tcp {target}: {e}"))
+                })
+        } else if let Some(argv) = &self.config.ready_command {
+            let status = tokio::process::Command::new(&argv.0[0])
+                .args(&argv.0[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .kill_on_drop(true)
+                .status()
+                .await
+                .map_err(|e| {
+                    Failure::new(
+                        FailureReason::NotReady,
+                        format!("ready_command {}: {e}", argv.0[0]),
+                    )
+                })?;
+            if status.success() {
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    FailureReason::NotReady,
+                    format!("ready_command {}: {status}", argv.0[0]),
+                ))
+            }
+        } else {
+            Ok(())
+        }
+    }
+
+    /// Signals the group and waits for the leader's exit.
+    async fn signal_and_wait(&self, signal: nix::sys::signal::Signal) -> Result<(), Failure> {
+        let found = {
+            let mut guard = self.lock();
+            if guard.as_ref().is_none_or(|i| i.exited().is_some()) {
+                *guard = self.find_from_pid_file();
+            }
+            guard.as_ref().map(|i| (i.pid, i.exit.clone()))
+        };
+        let Some((pid, mut exit)) = found else {
+            let _ = std::fs::remove_file(&self.pid_file);
+            return Ok(()); // nothing runs: already offline
+        };
+        if exit.borrow().is_none() {
+            match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal) {
+                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                Err(e) => {
+                    return Err(Failure::new(
+                        FailureReason::Io,
+                        format!("kill -{signal} -{pid}: {e}"),
+                    ))
+                }
+            }
+            wait_exit(&mut exit).await;
+        }
+        // The leader is gone: make sure nothing it left in its group survives a terminate.
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+        let _ = std::fs::remove_file(&self.pid_file);
+        *self.lock() = None;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Resource for ProcessResource {
+    async fn adopt(&self) -> Result<bool, Failure> {
+        let Some(instance) = self.find_from_pid_file() else {
+            let _ = std::fs::remove_file(&self.pid_file);
+            return Ok(false);
+        };
+        *self.lock() = Some(instance);
+        Ok(self.is_alive().await.is_ok())
+    }
+
+    async fn online(&self) -> Result<(), Failure> {
+        let (pid, mut exit) = {
+            let mut guard = self.lock();
+            if guard.as_ref().is_none_or(|i| i.exited().is_some()) {
+                *guard = Some(self.spawn()?);
+            }
+            let i = guard.as_ref().expect("an instance was just stored");
+            (i.pid, i.exit.clone())
+        };
+        let mut tick = tokio::time::interval(self.config.ready_interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                failure = wait_exit(&mut exit) => {
+                    return Err(Failure::new(failure.reason, format!("process {pid} {} before it was ready", failure.detail)));
+                }
+                _ = tick.tick() => {
+                    if self.ready().await.is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
+        }
+    }
+
+    async fn offline(&self) -> Result<(), Failure> {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
+            .await
+    }
+
+    async fn terminate(&self) -> Result<(), Failure> {
+        self.signal_and_wait(nix::sys::signal::Signal::SIGKILL)
+            .await
+    }
+
+    async fn looks_alive(&self) -> Result<(), Failure> {
+        self.running().map(|_| ())
+    }
+
+    async fn is_alive(&self) -> Result<(), Failure> {
+        self.running()?;
+        self.ready().await
+    }
+
+    fn provides_failure_signal(&self) -> bool {
+        true
+    }
+
+    async fn failure(&self) -> Failure {
+        let mut exit = match self.running() {
+            Ok((_, exit)) => exit,
+            Err(failure) => return failure,
+        };
+        wait_exit(&mut exit).await
+    }
+}
+
+/// Waits for the instance's exit and returns how it ended.
+async fn wait_exit(exit: &mut watch::Receiver<Option<Failure>>) -> Failure {
+    let seen = exit.wait_for(|e| e.is_some()).await.map(|e| e.clone());
+    match seen {
+        Ok(Some(failure)) => failure,
+        _ => Failure::new(FailureReason::NotRunning, "exit watcher ended"),
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> Failure {
+    match (status.code(), status.signal()) {
+        (_, Some(sig)) => Failure::new(
+            FailureReason::Killed,
+            format!(
+                "killed by {}",
+                nix::sys::signal::Signal::try_from(sig)
+                    .map_or_else(|_| sig.to_string(), |s| s.to_string())
+            ),
+        ),
+        (Some(code), _) => {
+            Failure::new(FailureReason::Exited, format!("exited with status {code}"))
+        }
+        _ => Failure::new(FailureReason::Exited, "exited"),
+    }
+}
+
+/// Field 22 of `/proc/<pid>/stat`: the start time in clock ticks since boot.
+fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last ')'.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    after_name.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn write_pid_file(path: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
+    let tmp = path.with_extension("pid.tmp");
+    std::fs::write(&tmp, format!("{pid} {start_time}\n"))?;
+    std::fs::rename(tmp, path)
+}
+
+fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    fn resource(dir: &Path, command: &[&str], extra: &str) -> ProcessResource {
+        let list = command
+            .iter()
+            .map(|a| format!("{a:?}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let config: ProcessConfig =
+            toml::from_str(&format!("command = [{list}]\n{extra}")).unwrap();
+        assert!(config.validate().is_empty());
+        ProcessResource::new(
+            config,
+            &BuildContext {
+                state_dir: dir.to_path_buf(),
+                group: "g".into(),
+                resource: "p".into(),
+            },
+        )
+    }
+
+    fn alive(pid: i32) -> bool {
+        process_start_time(pid).is_some()
+            && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    }
+
+    #[tokio::test]
+    async fn online_offline_and_the_exit_signal() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = resource(dir.path(), &["sleep", "30"], "");
+        assert_eq!(
+            r.looks_alive().await.unwrap_err().reason,
+            FailureReason::NotRunning
+        );
+        r.online().await.unwrap();
+        let pid = r.pid().unwrap();
+        assert_eq!(
+            nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
+                .unwrap()
+                .as_raw(),
+            pid
+        );
+        r.looks_alive().await.unwrap();
+        r.is_alive().await.unwrap();
+        assert!(std::fs::read_to_string(dir.path().join("g/p.pid"))
+            .unwrap()
+            .starts_with(&pid.to_string()));
+
+        let killed_at = Instant::now();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let failure = r.failure().await;
+        assert_eq!(failure.reason, FailureReason::Killed, "{failure}");
+        assert!(killed_at.elapsed() < Duration::from_secs(1));
+        assert_eq!(
+            r.looks_alive().await.unwrap_err().reason,
+            FailureReason::Killed
+        );
+
+        r.online().await.unwrap();
+        let pid = r.pid().unwrap();
+        r.offline().await.unwrap();
+        assert!(!alive(pid));
+        assert!(!dir.path().join("g/p.pid").exists());
+        r.offline().await.unwrap(); // nothing left to stop: still fine
+    }
+
+    #[tokio::test]
+    async fn readiness_waits_for_the_port_and_fails_when_the_process_dies() {
+        let dir = tempfile::tempdir().unwrap();
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let r = resource(
+            dir.path(),
+            &["sh", "-c", "sleep 30"],
+            &format!("ready_tcp = \"{addr}\""),
+        );
+        let online = tokio::spawn(async move {
+            let result = r.online().await;
+            (r, result)
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(
+            !online.is_finished(),
+            "online returned before the port accepted"
+        );
+        let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+        let (r, result) = online.await.unwrap();
+        result.unwrap();
+        r.is_alive().await.unwrap();
+        drop(listener);
+        assert_eq!(
+            r.is_alive().await.unwrap_err().reason,
+            FailureReason::NotReady
+        );
+        r.terminate().await.unwrap();
+
+        let quitter = resource(
+            dir.path(),
+            &["sh", "-c", "exit 3"],
+            "ready_command = [\"false\"]",
+        );
+        let err = quitter.online().await.unwrap_err();
+        assert_eq!(err.reason, FailureReason::Exited, "{err}");
+        assert!(err.detail.contains("status 3"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn terminate_kills_a_group_that_ignores_sigterm() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("trap-set");
+        let script = format!("trap '' TERM; touch {}; sleep 30 & wait", flag.display());
+        let r = resource(
+            dir.path(),
+            &["sh", "-c", &script],
+            &format!(
+                "ready_command = [\"test\", \"-e\", {:?}]",
+                flag.display().to_string()
+            ),
+        );
+        r.online().await.unwrap();
+        let pid = r.pid().unwrap();
+        let offline = tokio::time::timeout(Duration::from_millis(500), r.offline()).await;
+        assert!(
+            offline.is_err(),
+            "a process that ignores SIGTERM should not stop"
+        );
+        assert!(alive(pid));
+        r.terminate().await.unwrap();
+        assert!(!alive(pid));
+    }
+
+    #[tokio::test]
+    async fn a_new_agent_adopts_a_running_process_and_sees_its_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = resource(dir.path(), &["sleep", "30"], "");
+        first.online().await.unwrap();
+        let pid = first.pid().unwrap();
+        drop(first); // the agent went away; the process did not
+
+        let second = resource(dir.path(), &["sleep", "30"], "");
+        assert!(second.adopt().await.unwrap());
+        assert_eq!(second.pid(), Some(pid));
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let failure = tokio::time::timeout(Duration::from_secs(5), second.failure())
+            .await
+            .unwrap();
+        assert_eq!(failure.reason, FailureReason::Exited, "{failure}");
+
+        // A pid file whose start time does not match is someone else's pid: not adopted.
+        std::fs::write(
+            dir.path().join("g/p.pid"),
+            format!("{} 1\n", std::process::id()),
+        )
+        .unwrap();
+        let third = resource(dir.path(), &["sleep", "30"], "");
+        assert!(!third.adopt().await.unwrap());
+    }
+
+    #[test]
+    fn config_errors_are_explained() {
+        let err = toml::from_str::<ProcessConfig>("command = []").unwrap_err();
+        assert!(
+            err.to_string().contains("a command must name a program"),
+            "{err}"
+        );
+        let both: ProcessConfig = toml::from_str(
+            "command = [\"x\"]\nready_tcp = \"127.0.0.1:1\"\nready_command = [\"true\"]",
+        )
+        .unwrap();
+        assert_eq!(both.validate()[0].key, "ready_command");
+    }
+}

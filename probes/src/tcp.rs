@@ -1,0 +1,109 @@
+//! `tcp`: a TCP connect to `address`. There is nothing to start or stop: online succeeds once
+//! the address accepts a connection, offline and terminate do nothing.
+//!
+//! The connection is closed with a reset (`SO_LINGER` 0), as HAProxy's health checks do, so that
+//! thousands of checks a second leave no `TIME_WAIT` sockets behind to exhaust local ports.
+
+use crate::config::HostPort;
+use crate::resource::{Failure, Resource};
+use async_trait::async_trait;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// Private properties of a `tcp` resource.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TcpConfig {
+    /// `host:port` to connect to.
+    pub address: HostPort,
+}
+
+/// A resource that is alive while its address accepts TCP connections.
+pub struct TcpResource {
+    config: TcpConfig,
+}
+
+impl TcpResource {
+    /// Builds it from its config.
+    pub fn new(config: TcpConfig) -> Self {
+        TcpResource { config }
+    }
+
+    async fn connect(&self) -> Result<(), Failure> {
+        let target = &self.config.address;
+        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            .await
+            .map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?;
+        close_with_reset(&stream);
+        Ok(())
+    }
+}
+
+/// Makes the coming close send a reset instead of a FIN. Best effort: a failure only costs a
+/// `TIME_WAIT` entry. (A zero linger never blocks, unlike the linger tokio deprecates.)
+pub(crate) fn close_with_reset(stream: &tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+#[async_trait]
+impl Resource for TcpResource {
+    async fn online(&self) -> Result<(), Failure> {
+        self.connect().await
+    }
+
+    async fn offline(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn terminate(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn looks_alive(&self) -> Result<(), Failure> {
+        self.connect().await
+    }
+
+    async fn is_alive(&self) -> Result<(), Failure> {
+        self.connect().await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use resmon_policies::FailureReason;
+
+    fn resource(address: &str) -> TcpResource {
+        TcpResource::new(TcpConfig {
+            address: address.parse().unwrap(),
+        })
+    }
+
+    #[tokio::test]
+    async fn alive_while_listening_refused_after() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let r = resource(&addr);
+        r.is_alive().await.unwrap();
+        r.online().await.unwrap();
+        drop(listener);
+        let err = r.is_alive().await.unwrap_err();
+        assert_eq!(err.reason, FailureReason::Refused, "{err}");
+        assert!(err.detail.contains(&addr), "{err}");
+    }
+
+    #[tokio::test]
+    async fn ipv6_loopback_is_reachable() {
+        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
+            return; // no IPv6 on this host: nothing to test
+        };
+        let addr = listener.local_addr().unwrap().to_string();
+        resource(&addr).is_alive().await.unwrap();
+    }
+
+    #[test]
+    fn unknown_keys_are_rejected() {
+        let err = toml::from_str::<TcpConfig>("address = \"127.0.0.1:1\"\nport = 2\n").unwrap_err();
+        assert!(err.to_string().contains("unknown field `port`"), "{err}");
+    }
+}
