@@ -1,1 +1,2 @@
-//! placeholder
+//! `resmon`: the agent.
+pub mod config;

@@ -1,0 +1,675 @@
+//! The configuration file: TOML, read in three steps.
+//!
+//! 1. *Parse*: TOML syntax, reported with the line and column `toml` gives.
+//! 2. *Shape*: serde structs that deny unknown keys, with named default functions and validating
+//!    newtypes. Each resource table is split into its header (`name`, `type`, `depends_on`), the
+//!    common properties shared with `[resource_types.<type>]`, and the type's private
+//!    properties, each read on its own (serde's `flatten` would lose unknown-key checks).
+//! 3. [`validate`](RawConfig::validate): what needs the whole file: duplicate names, unknown
+//!    dependencies, cycles, settings that defeat each other.
+//!
+//! Every problem becomes a [`Diagnostic`] naming the file, line, key path and what is wrong; the
+//! key path is mapped back to a line through the span-preserving `toml_edit` document
+//! ([`locate`]). `resmon validate` and a reload run exactly this code.
+
+mod locate;
+mod props;
+
+pub use props::{CommonProps, PendingTimeout, ResourceProps};
+
+use resmon_policies::{GroupSpec, ResourceId, ResourceSpec, RestartAction, SpecError};
+use resmon_probes::{BuildContext, HumanDuration, ResourceConfig as PrivateConfig, RESOURCE_TYPES};
+use serde::Deserialize;
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// Where the agent looks for its config when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/resmon/resmon.toml";
+
+/// How bad a diagnostic is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    /// The config is rejected.
+    Error,
+    /// The config is accepted, but something in it is probably not what was meant.
+    Warning,
+}
+
+/// One problem found in a config file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Diagnostic {
+    /// Error or warning.
+    pub severity: Severity,
+    /// The file.
+    pub file: PathBuf,
+    /// 1-based line and column, when the key could be found in the file.
+    pub position: Option<(usize, usize)>,
+    /// Dotted key path, e.g. `groups[0].resources[2].depends_on[1]`.
+    pub path: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let severity = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{severity}: {}", self.file.display())?;
+        if let Some((line, column)) = self.position {
+            write!(f, ":{line}:{column}")?;
+        }
+        if !self.path.is_empty() {
+            write!(f, ": {}", self.path)?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// The config could not be used; every error found is listed.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<Diagnostic>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, d) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{d}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// A name used in metrics labels, file names and the API: letters, digits, `_`, `-`, `.`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Name(String);
+
+impl Name {
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = !s.is_empty()
+            && s.len() <= 64
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+            && !s.starts_with('.');
+        if ok {
+            Ok(Name(s))
+        } else {
+            Err(serde::de::Error::custom(format!(
+                "invalid name {s:?}: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"
+            )))
+        }
+    }
+}
+
+/// `[agent]`: the agent itself.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentConfig {
+    /// Address of the HTTP endpoint (`/metrics`, `/healthz`, `/api/v1/status`).
+    #[serde(default = "default_listen", deserialize_with = "socket_addr")]
+    pub listen: SocketAddr,
+    /// This node's name (defaults to the host name).
+    #[serde(default = "default_node")]
+    pub node: String,
+    /// Pid files and logs of supervised processes; what re-adoption after a restart needs.
+    #[serde(default = "default_state_dir")]
+    pub state_dir: PathBuf,
+    /// On SIGTERM, stop every group (dependents first) before exiting. Off by default: an agent
+    /// restart or upgrade must not stop the services it keeps.
+    #[serde(default)]
+    pub stop_on_exit: bool,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 9477))
+}
+
+fn socket_addr<'de, D: serde::Deserializer<'de>>(d: D) -> Result<SocketAddr, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(|_| {
+        serde::de::Error::custom(format!(
+            "invalid listen address {s:?}: expected ip:port, such as \"127.0.0.1:9477\" or \"[::1]:9477\""
+        ))
+    })
+}
+
+fn default_node() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+fn default_state_dir() -> PathBuf {
+    PathBuf::from("/var/lib/resmon")
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            listen: default_listen(),
+            node: default_node(),
+            state_dir: default_state_dir(),
+            stop_on_exit: false,
+        }
+    }
+}
+
+/// The file's top level, as read.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    agent: AgentConfig,
+    #[serde(default)]
+    resource_types: BTreeMap<String, toml::Value>,
+    #[serde(default)]
+    groups: Vec<RawGroup>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGroup {
+    name: Name,
+    #[serde(default)]
+    resources: Vec<toml::Table>,
+}
+
+/// The keys of a resource table that say what it is and where it sits.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ResourceHeader {
+    name: Name,
+    #[serde(rename = "type")]
+    type_name: String,
+    #[serde(default)]
+    depends_on: Vec<String>,
+}
+
+/// One resource, validated and with its type defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ResourceConfig {
+    /// Unique within its group.
+    pub name: Name,
+    /// Names of the resources it needs online first.
+    pub depends_on: Vec<String>,
+    /// Intervals, timeouts and restart policy, resolved.
+    pub props: ResourceProps,
+    /// The type's private properties.
+    pub private: PrivateConfig,
+}
+
+impl ResourceConfig {
+    /// The type's name (a metric label).
+    pub fn type_name(&self) -> &'static str {
+        self.private.type_name()
+    }
+}
+
+/// One group, validated.
+#[derive(Clone, Debug)]
+pub struct GroupConfig {
+    /// The group's name.
+    pub name: Name,
+    /// Its resources, in file order.
+    pub resources: Vec<ResourceConfig>,
+    /// The dependency DAG the policy runs on.
+    pub spec: GroupSpec,
+}
+
+impl PartialEq for GroupConfig {
+    /// The spec is derived from the resources.
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name && self.resources == other.resources
+    }
+}
+
+impl GroupConfig {
+    /// What a resource of this group needs to be built.
+    pub fn build_context(&self, agent: &AgentConfig, resource: &ResourceConfig) -> BuildContext {
+        BuildContext {
+            state_dir: agent.state_dir.clone(),
+            group: self.name.to_string(),
+            resource: resource.name.to_string(),
+        }
+    }
+}
+
+/// A validated config.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The file it came from.
+    pub source: PathBuf,
+    /// `[agent]`.
+    pub agent: AgentConfig,
+    /// `[[groups]]`.
+    pub groups: Vec<GroupConfig>,
+}
+
+/// A config that passed validation, and its warnings.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The config.
+    pub config: Config,
+    /// Things that are allowed but probably wrong.
+    pub warnings: Vec<Diagnostic>,
+}
+
+/// Reads and validates the config at `path`.
+pub fn load(path: &Path) -> Result<Loaded, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![Diagnostic {
+            severity: Severity::Error,
+            file: path.to_path_buf(),
+            position: None,
+            path: String::new(),
+            message: format!("cannot read the config file: {e}"),
+        }])
+    })?;
+    parse(path, &text)
+}
+
+/// Validates config text; `path` names it in diagnostics.
+pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
+    let mut cx = Diagnostics {
+        file: path.to_path_buf(),
+        doc: locate::Document::parse(text),
+        found: Vec::new(),
+    };
+    let value: toml::Value = match toml::from_str(text) {
+        Ok(v) => v,
+        Err(e) => {
+            let position = e.span().map(|s| locate::line_column(text, s.start));
+            cx.found.push(Diagnostic {
+                severity: Severity::Error,
+                file: path.to_path_buf(),
+                position,
+                path: String::new(),
+                message: format!("invalid TOML: {}", e.message()),
+            });
+            return Err(ConfigErrors(cx.found));
+        }
+    };
+    let raw: RawConfig = match cx.read(value, &[]) {
+        Some(raw) => raw,
+        None => return Err(ConfigErrors(cx.found)),
+    };
+    let config = raw.validate(path, &mut cx);
+    let (errors, warnings): (Vec<_>, Vec<_>) = cx
+        .found
+        .into_iter()
+        .partition(|d| d.severity == Severity::Error);
+    match config {
+        Some(config) if errors.is_empty() => Ok(Loaded { config, warnings }),
+        _ => Err(ConfigErrors(errors)),
+    }
+}
+
+/// Collects diagnostics and knows where each key is in the file.
+struct Diagnostics {
+    file: PathBuf,
+    doc: locate::Document,
+    found: Vec<Diagnostic>,
+}
+
+/// One step of a key path.
+#[derive(Clone, Debug)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn render_path(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+impl Diagnostics {
+    fn push(&mut self, severity: Severity, path: &[Seg], message: impl Into<String>) {
+        self.found.push(Diagnostic {
+            severity,
+            file: self.file.clone(),
+            position: self.doc.position(path),
+            path: render_path(path),
+            message: message.into(),
+        });
+    }
+
+    fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.push(Severity::Error, path, message)
+    }
+
+    fn warning(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.push(Severity::Warning, path, message)
+    }
+
+    /// Deserializes `value` found at `base`, turning a serde error into a diagnostic at the
+    /// exact key.
+    fn read<T: serde::de::DeserializeOwned>(
+        &mut self,
+        value: toml::Value,
+        base: &[Seg],
+    ) -> Option<T> {
+        self.read_with(value, base, |d| T::deserialize(d))
+    }
+
+    fn read_with<T>(
+        &mut self,
+        value: toml::Value,
+        base: &[Seg],
+        f: impl FnOnce(
+            serde_path_to_error::Deserializer<'_, '_, toml::Value>,
+        ) -> Result<T, toml::de::Error>,
+    ) -> Option<T> {
+        let mut track = serde_path_to_error::Track::new();
+        let result = f(serde_path_to_error::Deserializer::new(value, &mut track));
+        match result {
+            Ok(v) => Some(v),
+            Err(e) => {
+                let mut path = base.to_vec();
+                for seg in track.path().iter() {
+                    match seg {
+                        serde_path_to_error::Segment::Map { key } => {
+                            path.push(Seg::Key(key.clone()))
+                        }
+                        serde_path_to_error::Segment::Seq { index } => {
+                            path.push(Seg::Index(*index))
+                        }
+                        _ => {}
+                    }
+                }
+                self.error(&path, e.message().to_string());
+                None
+            }
+        }
+    }
+}
+
+impl RawConfig {
+    fn validate(self, source: &Path, cx: &mut Diagnostics) -> Option<Config> {
+        let mut type_defaults: HashMap<String, CommonProps> = HashMap::new();
+        for (type_name, value) in self.resource_types {
+            let path = [
+                Seg::Key("resource_types".into()),
+                Seg::Key(type_name.clone()),
+            ];
+            if !RESOURCE_TYPES.contains(&type_name.as_str()) {
+                cx.error(
+                    &path,
+                    format!(
+                        "unknown resource type {type_name:?}; known types: {}",
+                        RESOURCE_TYPES.join(", ")
+                    ),
+                );
+                continue;
+            }
+            if let Some(props) = cx.read::<CommonProps>(value, &path) {
+                props.check(&path, cx);
+                type_defaults.insert(type_name, props);
+            }
+        }
+
+        let mut groups = Vec::new();
+        let mut group_names: HashMap<Name, usize> = HashMap::new();
+        let mut ok = true;
+        for (gi, group) in self.groups.into_iter().enumerate() {
+            let gpath = vec![Seg::Key("groups".into()), Seg::Index(gi)];
+            if let Some(first) = group_names.insert(group.name.clone(), gi) {
+                let mut p = gpath.clone();
+                p.push(Seg::Key("name".into()));
+                cx.error(
+                    &p,
+                    format!(
+                        "duplicate group name {:?} (first used by groups[{first}])",
+                        group.name.as_str()
+                    ),
+                );
+                ok = false;
+            }
+            match read_group(group, &gpath, &type_defaults, cx) {
+                Some(g) => groups.push(g),
+                None => ok = false,
+            }
+        }
+        ok.then(|| Config {
+            source: source.to_path_buf(),
+            agent: self.agent,
+            groups,
+        })
+    }
+}
+
+fn read_group(
+    group: RawGroup,
+    gpath: &[Seg],
+    type_defaults: &HashMap<String, CommonProps>,
+    cx: &mut Diagnostics,
+) -> Option<GroupConfig> {
+    let mut resources = Vec::new();
+    let mut ok = true;
+    let mut names: HashMap<Name, usize> = HashMap::new();
+    for (ri, table) in group.resources.into_iter().enumerate() {
+        let mut rpath = gpath.to_vec();
+        rpath.extend([Seg::Key("resources".into()), Seg::Index(ri)]);
+        match read_resource(table, &rpath, type_defaults, cx) {
+            Some(r) => {
+                if let Some(first) = names.insert(r.name.clone(), ri) {
+                    let mut p = rpath.clone();
+                    p.push(Seg::Key("name".into()));
+                    cx.error(
+                        &p,
+                        format!(
+                            "duplicate resource name {:?} in group {:?} (first used by resources[{first}])",
+                            r.name.as_str(),
+                            group.name.as_str()
+                        ),
+                    );
+                    ok = false;
+                }
+                resources.push(r);
+            }
+            None => ok = false,
+        }
+    }
+    if !ok {
+        return None;
+    }
+
+    // Dependencies by name, then the DAG check the policy itself relies on.
+    let mut specs = Vec::new();
+    for (ri, r) in resources.iter().enumerate() {
+        let mut depends_on = Vec::new();
+        for (di, dep) in r.depends_on.iter().enumerate() {
+            match resources.iter().position(|o| o.name.as_str() == dep) {
+                Some(i) => depends_on.push(ResourceId(i)),
+                None => {
+                    let mut p = gpath.to_vec();
+                    p.extend([
+                        Seg::Key("resources".into()),
+                        Seg::Index(ri),
+                        Seg::Key("depends_on".into()),
+                        Seg::Index(di),
+                    ]);
+                    let known: Vec<&str> = resources.iter().map(|o| o.name.as_str()).collect();
+                    cx.error(
+                        &p,
+                        format!(
+                            "unknown resource {dep:?}: group {:?} has {}",
+                            group.name.as_str(),
+                            known.join(", ")
+                        ),
+                    );
+                    ok = false;
+                }
+            }
+        }
+        specs.push(ResourceSpec {
+            name: r.name.to_string(),
+            depends_on,
+            policy: r.props.restart_policy(r.private.provides_failure_signal()),
+        });
+    }
+    if !ok {
+        return None;
+    }
+    match GroupSpec::new(group.name.to_string(), specs) {
+        Ok(spec) => Some(GroupConfig {
+            name: group.name,
+            resources,
+            spec,
+        }),
+        Err(e) => {
+            let at = |ri: usize, key: &str, di: Option<usize>| {
+                let mut p = gpath.to_vec();
+                p.extend([
+                    Seg::Key("resources".into()),
+                    Seg::Index(ri),
+                    Seg::Key(key.into()),
+                ]);
+                p.extend(di.map(Seg::Index));
+                p
+            };
+            match e {
+                SpecError::Cycle { path } => {
+                    let names: Vec<&str> =
+                        path.iter().map(|r| resources[r.0].name.as_str()).collect();
+                    let first = path[0].0;
+                    let message = if path.len() == 2 {
+                        format!("resource {:?} depends on itself", names[0])
+                    } else {
+                        format!("dependency cycle: {}", names.join(" -> "))
+                    };
+                    cx.error(&at(first, "depends_on", None), message);
+                }
+                SpecError::DuplicateDependency { resource, position } => {
+                    cx.error(
+                        &at(resource.0, "depends_on", Some(position)),
+                        format!(
+                            "{:?} is listed twice",
+                            resources[resource.0].depends_on[position]
+                        ),
+                    );
+                }
+                SpecError::UnknownDependency { resource, position } => {
+                    cx.error(
+                        &at(resource.0, "depends_on", Some(position)),
+                        "unknown resource",
+                    );
+                }
+            }
+            None
+        }
+    }
+}
+
+fn read_resource(
+    table: toml::Table,
+    rpath: &[Seg],
+    type_defaults: &HashMap<String, CommonProps>,
+    cx: &mut Diagnostics,
+) -> Option<ResourceConfig> {
+    let header_keys = props::struct_fields::<ResourceHeader>();
+    let common_keys = props::struct_fields::<CommonProps>();
+    let (mut header, mut common, mut private) =
+        (toml::Table::new(), toml::Table::new(), toml::Table::new());
+    for (k, v) in table {
+        if header_keys.contains(&k.as_str()) {
+            header.insert(k, v);
+        } else if common_keys.contains(&k.as_str()) {
+            common.insert(k, v);
+        } else {
+            private.insert(k, v);
+        }
+    }
+    let header: ResourceHeader = cx.read(toml::Value::Table(header), rpath)?;
+    if !RESOURCE_TYPES.contains(&header.type_name.as_str()) {
+        let mut p = rpath.to_vec();
+        p.push(Seg::Key("type".into()));
+        cx.error(
+            &p,
+            format!(
+                "unknown resource type {:?}; known types: {}",
+                header.type_name,
+                RESOURCE_TYPES.join(", ")
+            ),
+        );
+        return None;
+    }
+    let own: CommonProps = cx.read(toml::Value::Table(common), rpath)?;
+    own.check(rpath, cx);
+    let type_name = header.type_name.clone();
+    let before = cx.found.len();
+    let private = cx.read_with(toml::Value::Table(private), rpath, |d| {
+        PrivateConfig::deserialize(&type_name, d).map(|c| c.expect("type name checked above"))
+    });
+    if let Some(d) = cx.found.get_mut(before) {
+        if d.message.starts_with("unknown field") {
+            d.message = format!(
+                "{} in a {type_name} resource (or a common key: {})",
+                d.message,
+                header_keys
+                    .iter()
+                    .chain(common_keys)
+                    .copied()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+        }
+    }
+    let private = private?;
+    let mut ok = true;
+    for problem in private.validate() {
+        let mut p = rpath.to_vec();
+        p.push(Seg::Key(problem.key.into()));
+        cx.error(&p, problem.message);
+        ok = false;
+    }
+    let props = own.resolve(type_defaults.get(&type_name));
+    props.warn(rpath, cx);
+    ok.then_some(ResourceConfig {
+        name: header.name,
+        depends_on: header.depends_on,
+        props,
+        private,
+    })
+}
+
+/// Shorthand used by `props` for durations in messages.
+fn show(d: std::time::Duration) -> String {
+    HumanDuration(d).to_string()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+//! The common resource properties: set in `[resource_types.<type>]` as defaults, overridden on
+//! each resource, and resolved against built-in defaults taken from WSFC.
+
+use super::{show, Diagnostics, Seg};
+use resmon_policies::{RestartAction, RestartPolicy};
+use resmon_probes::HumanDuration;
+use serde::Deserialize;
+use std::time::Duration;
+
+/// `pending_timeout`: a duration, or `"never"` for operations that must not be timed out (the
+/// seeds' store mount and upgrades).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PendingTimeout {
+    /// Fail the operation after this long.
+    After(Duration),
+    /// Wait as long as it takes.
+    Never,
+}
+
+impl<'de> Deserialize<'de> for PendingTimeout {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s == "never" {
+            return Ok(PendingTimeout::Never);
+        }
+        s.parse::<HumanDuration>()
+            .map(|h| PendingTimeout::After(h.0))
+            .map_err(|e| serde::de::Error::custom(format!("{e}, or \"never\"")))
+    }
+}
+
+impl PendingTimeout {
+    /// The deadline, if any.
+    pub fn duration(self) -> Option<Duration> {
+        match self {
+            PendingTimeout::After(d) => Some(d),
+            PendingTimeout::Never => None,
+        }
+    }
+}
+
+/// Common properties as written: every key optional.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CommonProps {
+    /// How often the cheap check runs.
+    pub looks_alive_interval: Option<HumanDuration>,
+    /// How often the thorough check runs.
+    pub is_alive_interval: Option<HumanDuration>,
+    /// How long one check may take before it counts as failed (`timeout`).
+    pub check_timeout: Option<HumanDuration>,
+    /// How long online and offline may take.
+    pub pending_timeout: Option<PendingTimeout>,
+    /// What to do past the restart threshold.
+    pub restart_action: Option<RestartAction>,
+    /// Restarts allowed within `restart_period`.
+    pub restart_threshold: Option<u32>,
+    /// The window restarts are counted in.
+    pub restart_period: Option<HumanDuration>,
+    /// How long a resource that could not be restarted or failed over waits for its final try.
+    pub retry_period_on_failure: Option<HumanDuration>,
+    /// Poll looks_alive even though the type provides a failure signal (or never poll it).
+    pub poll_looks_alive: Option<bool>,
+}
+
+/// Common properties resolved: resource value, else type default, else built-in default.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResourceProps {
+    /// See [`CommonProps::looks_alive_interval`].
+    pub looks_alive_interval: Duration,
+    /// See [`CommonProps::is_alive_interval`].
+    pub is_alive_interval: Duration,
+    /// See [`CommonProps::check_timeout`].
+    pub check_timeout: Duration,
+    /// See [`CommonProps::pending_timeout`].
+    pub pending_timeout: PendingTimeout,
+    /// See [`CommonProps::restart_action`].
+    pub restart_action: RestartAction,
+    /// See [`CommonProps::restart_threshold`].
+    pub restart_threshold: u32,
+    /// See [`CommonProps::restart_period`].
+    pub restart_period: Duration,
+    /// See [`CommonProps::retry_period_on_failure`].
+    pub retry_period_on_failure: Duration,
+    /// See [`CommonProps::poll_looks_alive`].
+    pub poll_looks_alive: Option<bool>,
+}
+
+fn default_looks_alive_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_is_alive_interval() -> Duration {
+    Duration::from_secs(60)
+}
+fn default_check_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_pending_timeout() -> PendingTimeout {
+    PendingTimeout::After(Duration::from_secs(180))
+}
+fn default_restart_action() -> RestartAction {
+    RestartAction::RestartThenFailover
+}
+fn default_restart_threshold() -> u32 {
+    3
+}
+fn default_restart_period() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_retry_period_on_failure() -> Duration {
+    Duration::from_secs(60 * 60)
+}
+
+impl CommonProps {
+    /// Checks values that are wrong on their own.
+    pub(super) fn check(&self, base: &[Seg], cx: &mut Diagnostics) {
+        let zero = |d: Option<HumanDuration>| d.is_some_and(|d| d.0.is_zero());
+        for (key, value) in [
+            ("looks_alive_interval", self.looks_alive_interval),
+            ("is_alive_interval", self.is_alive_interval),
+            ("check_timeout", self.check_timeout),
+            ("restart_period", self.restart_period),
+        ] {
+            if zero(value) {
+                let mut p = base.to_vec();
+                p.push(Seg::Key(key.into()));
+                cx.error(&p, "must be longer than zero");
+            }
+        }
+        if self.pending_timeout == Some(PendingTimeout::After(Duration::ZERO)) {
+            let mut p = base.to_vec();
+            p.push(Seg::Key("pending_timeout".into()));
+            cx.error(&p, "must be longer than zero (or \"never\")");
+        }
+    }
+
+    /// Resolves against the type's defaults, then the built-in ones.
+    pub fn resolve(&self, type_default: Option<&CommonProps>) -> ResourceProps {
+        let t = type_default.cloned().unwrap_or_default();
+        let dur =
+            |own: Option<HumanDuration>, ty: Option<HumanDuration>, builtin: fn() -> Duration| {
+                own.or(ty).map(|h| h.0).unwrap_or_else(builtin)
+            };
+        ResourceProps {
+            looks_alive_interval: dur(
+                self.looks_alive_interval,
+                t.looks_alive_interval,
+                default_looks_alive_interval,
+            ),
+            is_alive_interval: dur(
+                self.is_alive_interval,
+                t.is_alive_interval,
+                default_is_alive_interval,
+            ),
+            check_timeout: dur(self.check_timeout, t.check_timeout, default_check_timeout),
+            pending_timeout: self
+                .pending_timeout
+                .or(t.pending_timeout)
+                .unwrap_or_else(default_pending_timeout),
+            restart_action: self
+                .restart_action
+                .or(t.restart_action)
+                .unwrap_or_else(default_restart_action),
+            restart_threshold: self
+                .restart_threshold
+                .or(t.restart_threshold)
+                .unwrap_or_else(default_restart_threshold),
+            restart_period: dur(
+                self.restart_period,
+                t.restart_period,
+                default_restart_period,
+            ),
+            retry_period_on_failure: dur(
+                self.retry_period_on_failure,
+                t.retry_period_on_failure,
+                default_retry_period_on_failure,
+            ),
+            poll_looks_alive: self.poll_looks_alive.or(t.poll_looks_alive),
+        }
+    }
+}
+
+impl ResourceProps {
+    /// The policy's view of these properties.
+    pub fn restart_policy(&self, provides_failure_signal: bool) -> RestartPolicy {
+        RestartPolicy {
+            restart_action: self.restart_action,
+            restart_threshold: self.restart_threshold,
+            restart_period: self.restart_period,
+            retry_period_on_failure: self.retry_period_on_failure,
+            provides_failure_signal,
+            poll_looks_alive: self.poll_looks_alive,
+        }
+    }
+
+    /// Warns about settings that defeat each other.
+    pub(super) fn warn(&self, base: &[Seg], cx: &mut Diagnostics) {
+        let at = |key: &str| {
+            let mut p = base.to_vec();
+            p.push(Seg::Key(key.into()));
+            p
+        };
+        for (key, interval) in [
+            ("looks_alive_interval", self.looks_alive_interval),
+            ("is_alive_interval", self.is_alive_interval),
+        ] {
+            if self.check_timeout > interval {
+                cx.warning(
+                    &at("check_timeout"),
+                    format!(
+                        "check_timeout {} is longer than {key} {}: a slow check delays the next one",
+                        show(self.check_timeout),
+                        show(interval)
+                    ),
+                );
+            }
+        }
+        if self.restart_threshold == 0 && self.restart_action != RestartAction::NoRestart {
+            cx.warning(
+                &at("restart_threshold"),
+                format!(
+                    "restart_threshold = 0 never restarts on this node; restart_action = \"{}\" goes straight to its next step",
+                    self.restart_action.as_str()
+                ),
+            );
+        }
+    }
+}
+
+/// The field names a derived `Deserialize` struct accepts, read from what serde passes to
+/// `deserialize_struct`, so the lists used to split a resource table never drift from the
+/// structs.
+pub(super) fn struct_fields<'de, T: Deserialize<'de>>() -> &'static [&'static str] {
+    struct Capture<'a>(&'a mut &'static [&'static str]);
+
+    #[derive(Debug)]
+    struct Captured;
+    impl std::fmt::Display for Captured {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("captured")
+        }
+    }
+    impl std::error::Error for Captured {}
+    impl serde::de::Error for Captured {
+        fn custom<M: std::fmt::Display>(_: M) -> Self {
+            Captured
+        }
+    }
+
+    impl<'de> serde::Deserializer<'de> for Capture<'_> {
+        type Error = Captured;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Captured> {
+            Err(Captured)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> Result<V::Value, Captured> {
+            *self.0 = fields;
+            Err(Captured)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf
+            option unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier
+            ignored_any
+        }
+    }
+
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(Capture(&mut fields));
+    fields
+}

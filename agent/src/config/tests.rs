@@ -1,0 +1,162 @@
+//! The invalid-config fixtures in `testdata/invalid/`, each checked against its exact messages,
+//! plus the warnings, the defaults and the way type defaults are overridden.
+
+use super::*;
+use resmon_probes::ResourceConfig as Private;
+use std::time::Duration;
+
+fn check_file(name: &str) -> Result<Loaded, ConfigErrors> {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/invalid");
+    let text = std::fs::read_to_string(dir.join(name)).unwrap();
+    parse(Path::new(name), &text)
+}
+
+#[test]
+fn every_invalid_fixture_gives_its_exact_messages() {
+    let cases: &[(&str, &[&str])] = &[
+        ("bad_address.toml", &["error: bad_address.toml:7:1: groups[0].resources[0].address: invalid address \"127.0.0.1\": expected host:port, such as \"127.0.0.1:8080\" or \"[::1]:25\""]),
+        ("bad_duration.toml", &["error: bad_duration.toml:2:1: resource_types.tcp.is_alive_interval: invalid duration \"5 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write it like \"500ms\", \"5s\", \"1m30s\" or \"1h\""]),
+        ("bad_listen.toml", &["error: bad_listen.toml:2:1: agent.listen: invalid listen address \"localhost\": expected ip:port, such as \"127.0.0.1:9477\" or \"[::1]:9477\""]),
+        ("bad_name.toml", &["error: bad_name.toml:2:1: groups[0].name: invalid name \"vs 1\": use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"]),
+        ("cycle.toml", &["error: cycle.toml:8:1: groups[0].resources[0].depends_on: dependency cycle: a -> c -> b -> a"]),
+        ("duplicate_group.toml", &["error: duplicate_group.toml:5:1: groups[1].name: duplicate group name \"web\" (first used by groups[0])"]),
+        ("duplicate_resource.toml", &["error: duplicate_resource.toml:10:1: groups[0].resources[1].name: duplicate resource name \"site\" in group \"web\" (first used by resources[0])"]),
+        ("empty_command.toml", &["error: empty_command.toml:7:1: groups[0].resources[0].command: a command must name a program: write it as a list, such as [\"sleep\", \"60\"]"]),
+        ("missing_name.toml", &["error: missing_name.toml:4:1: groups[0].resources[0]: missing field `name`"]),
+        ("never_is_only_for_pending.toml", &["error: never_is_only_for_pending.toml:8:1: groups[0].resources[0].check_timeout: invalid duration \"never\" (expected number at 0); write it like \"500ms\", \"5s\", \"1m30s\" or \"1h\""]),
+        ("readiness_conflict.toml", &["error: readiness_conflict.toml:9:1: groups[0].resources[0].ready_command: set either ready_tcp or ready_command, not both"]),
+        ("self_dependency.toml", &["error: self_dependency.toml:8:1: groups[0].resources[0].depends_on: resource \"a\" depends on itself"]),
+        ("several_errors.toml", &["error: several_errors.toml:8:1: groups[0].resources[0].bogus: unknown field `bogus`, expected `address` in a tcp resource (or a common key: name, type, depends_on, looks_alive_interval, is_alive_interval, check_timeout, pending_timeout, restart_action, restart_threshold, restart_period, retry_period_on_failure, poll_looks_alive)", "error: several_errors.toml:15:1: groups[1].resources[0].type: unknown resource type \"nope\"; known types: process, tcp"]),
+        ("syntax.toml", &["error: syntax.toml:2:25: invalid TOML: invalid basic string"]),
+        ("unknown_agent_key.toml", &["error: unknown_agent_key.toml:3:1: agent.colour: unknown field `colour`, expected one of `listen`, `node`, `state_dir`, `stop_on_exit`"]),
+        ("unknown_dependency.toml", &["error: unknown_dependency.toml:13:21: groups[0].resources[1].depends_on[1]: unknown resource \"store\": group \"vs1\" has ip, smtp"]),
+        ("unknown_resource_key.toml", &["error: unknown_resource_key.toml:8:1: groups[0].resources[0].colour: unknown field `colour`, expected `address` in a tcp resource (or a common key: name, type, depends_on, looks_alive_interval, is_alive_interval, check_timeout, pending_timeout, restart_action, restart_threshold, restart_period, retry_period_on_failure, poll_looks_alive)"]),
+        ("unknown_type.toml", &["error: unknown_type.toml:6:1: groups[0].resources[0].type: unknown resource type \"smtpx\"; known types: process, tcp"]),
+        ("unknown_type_defaults.toml", &["error: unknown_type_defaults.toml:1:17: resource_types.bogus: unknown resource type \"bogus\"; known types: process, tcp"]),
+        ("wrong_type.toml", &["error: wrong_type.toml:8:1: groups[0].resources[0].restart_threshold: invalid type: string \"three\", expected u32"]),
+        ("zero_interval.toml", &["error: zero_interval.toml:8:1: groups[0].resources[0].is_alive_interval: must be longer than zero"]),
+    ];
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/invalid");
+    let fixtures = std::fs::read_dir(dir).unwrap().count();
+    assert_eq!(
+        fixtures,
+        cases.len(),
+        "every fixture needs a row here, and every row a fixture"
+    );
+    for (file, expected) in cases {
+        let errors = match check_file(file) {
+            Ok(_) => panic!("{file} was accepted"),
+            Err(e) => e.0.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+        };
+        assert_eq!(&errors, expected, "{file}");
+    }
+}
+
+const GOOD: &str = r#"
+[agent]
+listen = "127.0.0.1:19477"
+state_dir = "/tmp/resmon-test"
+
+[resource_types.tcp]
+is_alive_interval = "10s"
+check_timeout = "2s"
+restart_action = "restart_no_failover"
+
+[[groups]]
+name = "vs1"
+
+[[groups.resources]]
+name = "daemon"
+type = "process"
+command = ["sleep", "60"]
+pending_timeout = "never"
+
+[[groups.resources]]
+name = "port"
+type = "tcp"
+address = "127.0.0.1:8080"
+depends_on = ["daemon"]
+is_alive_interval = "1s"
+check_timeout = "3s"
+"#;
+
+#[test]
+fn type_defaults_apply_and_resource_values_win() {
+    let loaded = parse(Path::new("good.toml"), GOOD).unwrap();
+    let g = &loaded.config.groups[0];
+    let daemon = &g.resources[0];
+    assert_eq!(daemon.props.pending_timeout, PendingTimeout::Never);
+    assert_eq!(
+        daemon.props.looks_alive_interval,
+        Duration::from_secs(5),
+        "WSFC default"
+    );
+    assert_eq!(
+        daemon.props.is_alive_interval,
+        Duration::from_secs(60),
+        "WSFC default"
+    );
+    assert_eq!(daemon.props.restart_threshold, 3);
+    assert_eq!(daemon.props.restart_period, Duration::from_secs(900));
+    assert_eq!(
+        daemon.props.retry_period_on_failure,
+        Duration::from_secs(3600)
+    );
+    assert_eq!(
+        daemon.props.restart_action,
+        RestartAction::RestartThenFailover
+    );
+    assert!(matches!(daemon.private, Private::Process(_)));
+    let port = &g.resources[1];
+    assert_eq!(
+        port.props.is_alive_interval,
+        Duration::from_secs(1),
+        "resource beats type"
+    );
+    assert_eq!(
+        port.props.restart_action,
+        RestartAction::RestartNoFailover,
+        "type beats built-in"
+    );
+    assert_eq!(port.props.check_timeout, Duration::from_secs(3));
+    assert_eq!(
+        g.spec.resource(ResourceId(1)).depends_on,
+        vec![ResourceId(0)]
+    );
+    assert!(
+        g.spec
+            .resource(ResourceId(0))
+            .policy
+            .provides_failure_signal
+    );
+
+    // A timeout longer than its interval is allowed, with a warning at the key.
+    let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+    assert_eq!(
+        warnings,
+        [
+            "warning: good.toml:26:1: groups[0].resources[1].check_timeout: check_timeout 3s is longer than is_alive_interval 1s: a slow check delays the next one"
+        ]
+    );
+}
+
+#[test]
+fn an_empty_file_is_a_valid_config_with_defaults() {
+    let loaded = parse(Path::new("empty.toml"), "").unwrap();
+    assert!(loaded.config.groups.is_empty());
+    assert_eq!(
+        loaded.config.agent.listen,
+        "127.0.0.1:9477".parse().unwrap()
+    );
+    assert!(!loaded.config.agent.stop_on_exit);
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let err = load(Path::new("/nonexistent/resmon.toml")).unwrap_err();
+    assert!(
+        err.to_string()
+            .starts_with("error: /nonexistent/resmon.toml: cannot read the config file"),
+        "{err}"
+    );
+}
