@@ -1,2 +1,25 @@
-//! `resmon`: the agent.
+//! `resmon`: a high-availability agent for Linux with the semantics of a failover-cluster
+//! resource monitor. This crate is the runtime and the wiring; the decisions are in
+//! `resmon-policies` and the resource types in `resmon-probes`.
+//!
+//! # Layout
+//!
+//! - [`config`]: the TOML file: parsing, type defaults, validation with `file:line: key`
+//!   diagnostics (`resmon validate` and reloads run the same code).
+//! - [`runtime`]: groups and workers on tokio, reload on SIGHUP, shutdown; [`runtime::run`] is
+//!   `resmon run`.
+//! - [`events`]: one struct per event; `emit()` logs a JSON line and counts it.
+//! - [`metrics`]: every metric, Prometheus text format.
+//! - [`status`]: what `/api/v1/status` serves.
+//! - [`http`]: the read-only HTTP endpoint.
+//! - [`watchdog`]: systemd readiness and watchdog.
+//! - [`cli`]: the `resmon` command line.
+
+pub mod cli;
 pub mod config;
+pub mod events;
+pub mod http;
+pub mod metrics;
+pub mod runtime;
+pub mod status;
+pub mod watchdog;

@@ -1,1 +1,7 @@
-fn main() {}
+//! The `resmon` binary: parses the command line and hands over to [`resmon::cli::main`].
+
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    resmon::cli::main(resmon::cli::Cli::parse())
+}

@@ -3,11 +3,11 @@
 //! [`FailureReason`] is used as a Prometheus label value, so it is a fixed enum: a probe maps
 //! whatever went wrong onto one of these, and keeps the details for the log.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fmt;
 
 /// Why a check, an operation or a failure signal reported failure.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FailureReason {
     /// The runtime's deadline for the call elapsed before it returned.
@@ -96,7 +96,7 @@ impl fmt::Display for FailureReason {
 }
 
 /// The two health checks of the resource contract.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckKind {
     /// The cheap check (process present, socket listening).
@@ -125,7 +125,7 @@ impl fmt::Display for CheckKind {
 }
 
 /// The operations that change a resource, each run under `pending_timeout` by the runtime.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Operation {
     /// Bring the resource online.

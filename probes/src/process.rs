@@ -13,6 +13,9 @@
 //!   `/proc/<pid>/stat`); after an agent restart a process whose pid *and* start time match is
 //!   the same process (a recycled pid has another start time), and it is watched through a
 //!   pidfd, which reports the exit of a process that is not our child.
+//!
+//! The readiness connection is closed politely (FIN): it is rare, and a naive server that
+//! writes to a reset socket may die of SIGPIPE.
 
 use crate::config::{Argv, BuildContext, ConfigError, HostPort, HumanDuration};
 use crate::resource::{Failure, Resource};
@@ -244,7 +247,7 @@ impl ProcessResource {
         if let Some(target) = &self.config.ready_tcp {
             tokio::net::TcpStream::connect((target.host.as_str(), target.port))
                 .await
-                .map(|s| crate::tcp::close_with_reset(&s))
+                .map(drop)
                 .map_err(|e| {
                     Failure::new(FailureReason::NotReady, format!("ready_tcp {target}: {e}"))
                 })

@@ -17,7 +17,7 @@ mod props;
 
 pub use props::{CommonProps, PendingTimeout, ResourceProps};
 
-use resmon_policies::{GroupSpec, ResourceId, ResourceSpec, RestartAction, SpecError};
+use resmon_policies::{GroupSpec, ResourceId, ResourceSpec, SpecError};
 use resmon_probes::{BuildContext, HumanDuration, ResourceConfig as PrivateConfig, RESOURCE_TYPES};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};

@@ -1,0 +1,299 @@
+//! The `resmon` command line: `run`, `validate`, `status`.
+
+use crate::config::{self, DEFAULT_CONFIG_PATH};
+use crate::status::{AgentStatus, CheckStatus};
+use clap::{Parser, Subcommand, ValueEnum};
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// resmon: keeps a machine's services alive with the semantics of a failover-cluster resource
+/// monitor.
+#[derive(Debug, Parser)]
+#[command(name = "resmon", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the agent in the foreground (SIGHUP reloads the config, SIGTERM exits without
+    /// stopping the services it keeps unless `stop_on_exit = true`).
+    Run {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Check a config file: print every error and warning with its file, line and key, and exit
+    /// non-zero if there is an error.
+    Validate {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+    },
+    /// Show the running agent's groups and resources.
+    Status {
+        /// The config file (to find the agent's listen address).
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The agent's address, instead of reading it from the config.
+        #[arg(long)]
+        address: Option<String>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+}
+
+/// How `status` prints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// A table for people.
+    Table,
+    /// The API's JSON.
+    Json,
+}
+
+/// Runs a parsed command line.
+pub fn main(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Run { config } => {
+            init_logging();
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(rt) => rt,
+                Err(e) => {
+                    eprintln!("error: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::runtime::run(config)) {
+                Ok(()) => {
+                    // Tasks still waiting on processes are not awaited: exit now.
+                    runtime.shutdown_background();
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Validate { config } => validate(&config),
+        Command::Status {
+            config,
+            address,
+            output,
+        } => status(&config, address, output),
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("RESMON_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .json()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+fn validate(path: &std::path::Path) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                println!("{w}");
+            }
+            let c = &loaded.config;
+            let resources: usize = c.groups.iter().map(|g| g.resources.len()).sum();
+            println!(
+                "{}: ok ({} groups, {} resources, {} warnings)",
+                path.display(),
+                c.groups.len(),
+                resources,
+                loaded.warnings.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {} errors", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn status(path: &std::path::Path, address: Option<String>, output: Output) -> ExitCode {
+    let address = match address {
+        Some(a) => a,
+        None => match config::load(path) {
+            Ok(loaded) => loaded.config.agent.listen.to_string(),
+            Err(errors) => {
+                eprintln!(
+                    "{errors}\n(pass --address to reach the agent without reading the config)"
+                );
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let body = match runtime.block_on(get(&address, "/api/v1/status")) {
+        Ok(body) => body,
+        Err(e) => {
+            eprintln!("error: cannot reach the agent at {address}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if output == Output::Json {
+        println!("{body}");
+        return ExitCode::SUCCESS;
+    }
+    match serde_json::from_str::<AgentStatus>(&body) {
+        Ok(status) => {
+            print!("{}", render_table(&status, crate::events::unix_now()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "error: the agent at {address} answered something that is not its status: {e}"
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// A GET over a fresh HTTP/1 connection; returns the body of a 200.
+pub async fn get(address: &str, path: &str) -> Result<String, String> {
+    let stream = tokio::net::TcpStream::connect(address)
+        .await
+        .map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = hyper::Request::get(path)
+        .header(hyper::header::HOST, address)
+        .body(Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if !status.is_success() {
+        return Err(format!("HTTP {status}: {text}"));
+    }
+    Ok(text)
+}
+
+fn ago(now: f64, t: f64) -> String {
+    human((now - t).max(0.0))
+}
+
+fn human(secs: f64) -> String {
+    let s = secs.round() as u64;
+    if s < 120 {
+        format!("{s}s")
+    } else if s < 7200 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{}h", s / 3600)
+    }
+}
+
+fn last_check(name: &str, c: &CheckStatus, now: f64) -> Option<String> {
+    let at = c.last_at?;
+    let result = match (c.last_ok, c.last_reason) {
+        (Some(true), _) => "ok".to_string(),
+        (_, Some(reason)) => reason.to_string(),
+        _ => "?".into(),
+    };
+    let ms = c.last_duration_seconds.unwrap_or(0.0) * 1000.0;
+    Some(format!("{name} {result} {ms:.0}ms {} ago", ago(now, at)))
+}
+
+/// The table `resmon status` prints.
+pub fn render_table(status: &AgentStatus, now: f64) -> String {
+    let mut rows = vec![[
+        "GROUP",
+        "RESOURCE",
+        "TYPE",
+        "STATE",
+        "SINCE",
+        "RESTARTS",
+        "LAST CHECK",
+        "NEXT CHECK",
+    ]
+    .map(String::from)
+    .to_vec()];
+    for g in &status.groups {
+        for r in &g.resources {
+            let last = [
+                last_check("is_alive", &r.is_alive, now),
+                last_check("looks_alive", &r.looks_alive, now),
+            ]
+            .into_iter()
+            .flatten()
+            .max_by(|a, b| a.len().cmp(&b.len()).then(std::cmp::Ordering::Equal))
+            .unwrap_or_else(|| "-".into());
+            let next = [r.looks_alive.next_at, r.is_alive.next_at]
+                .into_iter()
+                .flatten()
+                .fold(None, |m: Option<f64>, t| Some(m.map_or(t, |m| m.min(t))))
+                .map_or("-".into(), |t| format!("in {}", human((t - now).max(0.0))));
+            let mut state = r.state.to_string();
+            if let Some(p) = r.pending {
+                state = format!("{state} ({p})");
+            }
+            if r.needs_admin {
+                state.push_str(" (needs admin)");
+            }
+            rows.push(vec![
+                g.name.clone(),
+                r.name.clone(),
+                r.r#type.clone(),
+                state,
+                ago(now, r.since),
+                format!("{}/{}", r.restarts_in_period, r.restart_threshold),
+                last,
+                next,
+            ]);
+        }
+    }
+    let widths: Vec<usize> = (0..rows[0].len())
+        .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = format!("node {}, resmon {}\n", status.node, status.version);
+    for row in rows {
+        let line: Vec<String> = row
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(line.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}

@@ -1,0 +1,398 @@
+//! One struct per event; [`Event::emit`] logs it as one JSON line, counts it, and keeps it in a
+//! bounded in-memory log, in one place. Tests assert which events fired by reading that log.
+//!
+//! An event line looks like
+//! `{"ts":"2026-11-22T02:40:00.123Z","event":"state_changed","group":"web","resource":"site",
+//! "type":"process","from":"online","to":"failed","cause":"failure_signal:killed"}`.
+
+use crate::metrics::{Metrics, ResourceMetrics};
+use resmon_policies::{CheckKind, FailureReason, Operation, State};
+use serde::Serialize;
+use std::collections::VecDeque;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// How many recent events the in-memory log keeps.
+const RECENT_EVENTS: usize = 2000;
+
+/// Where events go: stderr (or nowhere), the metrics, and the recent-events log.
+pub struct EventSink {
+    metrics: Arc<Metrics>,
+    recent: Mutex<VecDeque<serde_json::Value>>,
+    to_stderr: bool,
+}
+
+impl EventSink {
+    /// A sink that logs to stderr when `to_stderr` is set.
+    pub fn new(metrics: Arc<Metrics>, to_stderr: bool) -> Self {
+        EventSink {
+            metrics,
+            recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
+            to_stderr,
+        }
+    }
+
+    /// The metrics events are counted in.
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// The most recent events, oldest first.
+    pub fn recent(&self) -> Vec<serde_json::Value> {
+        self.recent
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .cloned()
+            .collect()
+    }
+
+    fn record(&self, name: &'static str, body: serde_json::Value) {
+        let mut line = serde_json::Map::new();
+        line.insert("ts".into(), serde_json::Value::String(rfc3339_now()));
+        line.insert("event".into(), serde_json::Value::String(name.into()));
+        if let serde_json::Value::Object(fields) = body {
+            line.extend(fields);
+        }
+        let line = serde_json::Value::Object(line);
+        if self.to_stderr {
+            let mut text = line.to_string();
+            text.push('\n');
+            // One write per line, so concurrent lines never interleave.
+            let _ = std::io::stderr().lock().write_all(text.as_bytes());
+        }
+        self.metrics.event(name);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.len() == RECENT_EVENTS {
+            recent.pop_front();
+        }
+        recent.push_back(line);
+    }
+}
+
+/// Something worth a line in the event log.
+pub trait Event: Serialize {
+    /// The `event` field.
+    const NAME: &'static str;
+
+    /// Updates the metrics this event moves, besides `resmon_events_total`.
+    fn count(&self, _metrics: &Metrics) {}
+
+    /// Logs, counts and remembers the event.
+    fn emit(&self, sink: &EventSink) {
+        self.count(sink.metrics());
+        sink.record(Self::NAME, serde_json::to_value(self).unwrap_or_default());
+    }
+}
+
+/// A resource's state changed.
+#[derive(Serialize)]
+pub struct StateChanged<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Resource type.
+    pub r#type: &'static str,
+    /// Old state.
+    pub from: State,
+    /// New state.
+    pub to: State,
+    /// Why (see `resmon_policies::Cause`).
+    pub cause: String,
+    /// The resource's metric handles (not logged).
+    #[serde(skip)]
+    pub metrics: &'a ResourceMetrics,
+}
+
+impl Event for StateChanged<'_> {
+    const NAME: &'static str = "state_changed";
+    fn count(&self, _: &Metrics) {
+        self.metrics.transition(self.from, self.to, unix_now());
+    }
+}
+
+/// A check reported failure (or timed out, or was skipped because the last one is stuck).
+#[derive(Serialize)]
+pub struct ProbeFailed<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Resource type.
+    pub r#type: &'static str,
+    /// Which check.
+    pub check: CheckKind,
+    /// Why, from the fixed enum.
+    pub reason: FailureReason,
+    /// What exactly happened.
+    pub detail: &'a str,
+    /// How long the check ran.
+    pub duration_seconds: f64,
+    /// The resource's metric handles (not logged).
+    #[serde(skip)]
+    pub metrics: &'a ResourceMetrics,
+}
+
+impl Event for ProbeFailed<'_> {
+    const NAME: &'static str = "probe_failed";
+    fn count(&self, m: &Metrics) {
+        m.check_failure(&self.metrics.labels, self.check.as_str(), self.reason);
+    }
+}
+
+/// A resource reported its own failure between polls.
+#[derive(Serialize)]
+pub struct FailureSignalled<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Resource type.
+    pub r#type: &'static str,
+    /// Why.
+    pub reason: FailureReason,
+    /// What exactly happened.
+    pub detail: &'a str,
+    /// The resource's metric handles (not logged).
+    #[serde(skip)]
+    pub metrics: &'a ResourceMetrics,
+}
+
+impl Event for FailureSignalled<'_> {
+    const NAME: &'static str = "failure_signalled";
+    fn count(&self, m: &Metrics) {
+        m.check_failure(&self.metrics.labels, "failure_signal", self.reason);
+    }
+}
+
+/// An online, offline or terminate returned an error.
+#[derive(Serialize)]
+pub struct OperationFailed<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Which operation.
+    pub op: Operation,
+    /// Why.
+    pub reason: FailureReason,
+    /// What exactly happened.
+    pub detail: &'a str,
+}
+
+impl Event for OperationFailed<'_> {
+    const NAME: &'static str = "operation_failed";
+}
+
+/// An operation outlived its pending timeout.
+#[derive(Serialize)]
+pub struct OperationTimedOut<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Which operation.
+    pub op: Operation,
+    /// The pending timeout that elapsed.
+    pub timeout_seconds: f64,
+    /// The resource's metric handles (not logged).
+    #[serde(skip)]
+    pub metrics: &'a ResourceMetrics,
+}
+
+impl Event for OperationTimedOut<'_> {
+    const NAME: &'static str = "operation_timed_out";
+    fn count(&self, m: &Metrics) {
+        m.operation_timeout(&self.metrics.labels, self.op);
+    }
+}
+
+/// A scheduled check was not started: the previous one is still running past its timeout.
+#[derive(Serialize)]
+pub struct CheckStuck<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Resource type.
+    pub r#type: &'static str,
+    /// Which check.
+    pub check: CheckKind,
+    /// How long the stuck check has been running.
+    pub running_seconds: f64,
+}
+
+impl Event for CheckStuck<'_> {
+    const NAME: &'static str = "check_stuck";
+    fn count(&self, m: &Metrics) {
+        m.check_skipped(self.r#type, self.check);
+    }
+}
+
+/// The policy decided to restart a resource.
+#[derive(Serialize)]
+pub struct RestartRequested<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Restarts within `restart_period`, this one included.
+    pub restarts_in_period: u32,
+    /// The resource's metric handles (not logged).
+    #[serde(skip)]
+    pub metrics: &'a ResourceMetrics,
+}
+
+impl Event for RestartRequested<'_> {
+    const NAME: &'static str = "restart_requested";
+    fn count(&self, _: &Metrics) {
+        self.metrics.restart();
+    }
+}
+
+/// The restart threshold was exceeded and the group is to fail over.
+#[derive(Serialize)]
+pub struct FailoverRequested<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// The resource whose failures exceeded the threshold.
+    pub resource: &'a str,
+}
+
+impl Event for FailoverRequested<'_> {
+    const NAME: &'static str = "failover_requested";
+}
+
+/// The group could not fail over.
+#[derive(Serialize)]
+pub struct FailoverFailed<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Why.
+    pub why: &'a str,
+}
+
+impl Event for FailoverFailed<'_> {
+    const NAME: &'static str = "failover_failed";
+}
+
+/// A failed resource will get its final attempt later.
+#[derive(Serialize)]
+pub struct RetryScheduled<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Seconds until the attempt.
+    pub in_seconds: f64,
+}
+
+impl Event for RetryScheduled<'_> {
+    const NAME: &'static str = "retry_scheduled";
+}
+
+/// No more automatic attempts: an administrator must act.
+#[derive(Serialize)]
+pub struct GaveUp<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+}
+
+impl Event for GaveUp<'_> {
+    const NAME: &'static str = "gave_up";
+}
+
+/// An administrator's command was refused; nothing changed.
+#[derive(Serialize)]
+pub struct AdminRefused<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// The command.
+    pub command: String,
+    /// Why.
+    pub why: &'a str,
+}
+
+impl Event for AdminRefused<'_> {
+    const NAME: &'static str = "admin_refused";
+}
+
+/// A new config was applied on SIGHUP.
+#[derive(Serialize)]
+pub struct ConfigReloaded {
+    /// Groups started, restarted with a new definition, or let go.
+    pub added: Vec<String>,
+    /// Groups whose definition changed.
+    pub changed: Vec<String>,
+    /// Groups no longer in the config (left running, no longer kept).
+    pub removed: Vec<String>,
+    /// Groups left as they were.
+    pub unchanged: usize,
+}
+
+impl Event for ConfigReloaded {
+    const NAME: &'static str = "config_reloaded";
+    fn count(&self, m: &Metrics) {
+        m.config_reload(true);
+    }
+}
+
+/// A config read on SIGHUP was invalid; the running one stays.
+#[derive(Serialize)]
+pub struct ConfigRejected {
+    /// Every problem found.
+    pub errors: Vec<String>,
+}
+
+impl Event for ConfigRejected {
+    const NAME: &'static str = "config_rejected";
+    fn count(&self, m: &Metrics) {
+        m.config_reload(false);
+    }
+}
+
+/// The agent started and every group is running.
+#[derive(Serialize)]
+pub struct AgentStarted<'a> {
+    /// The version.
+    pub version: &'static str,
+    /// The config file.
+    pub config: &'a str,
+    /// Number of groups.
+    pub groups: usize,
+    /// Number of resources.
+    pub resources: usize,
+    /// The HTTP endpoint.
+    pub listen: String,
+}
+
+impl Event for AgentStarted<'_> {
+    const NAME: &'static str = "agent_started";
+}
+
+/// The agent is exiting.
+#[derive(Serialize)]
+pub struct AgentStopping {
+    /// Whether groups were stopped first (`stop_on_exit`).
+    pub stop_groups: bool,
+}
+
+impl Event for AgentStopping {
+    const NAME: &'static str = "agent_stopping";
+}
+
+/// Unix time now, in seconds.
+pub fn unix_now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+/// Now as RFC 3339 UTC with milliseconds.
+fn rfc3339_now() -> String {
+    humantime::format_rfc3339_millis(SystemTime::now()).to_string()
+}

@@ -1,0 +1,413 @@
+//! One task per group: feeds the group's [`GroupController`] with what its workers report,
+//! timestamps each input, and carries out the returned effects.
+
+use super::worker::{self, WorkerCommand, WorkerHandle};
+use super::{ResourceContext, Shared};
+use crate::config::{AgentConfig, GroupConfig};
+use crate::events::{
+    AdminRefused, Event, FailoverFailed, FailoverRequested, GaveUp, RestartRequested,
+    RetryScheduled, StateChanged,
+};
+use crate::metrics::{ResourceLabels, TypeLabel};
+use crate::status::{self, CheckStatus, GroupSlots, ResourceStatus};
+use resmon_policies::{
+    AdminCommand, Effect, GroupController, GroupMode, Input, Operation, ResourceId, State, Time,
+};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+
+/// What reaches a group task.
+pub(crate) enum GroupEvent {
+    /// An input for the controller, from a worker.
+    Input(Input),
+    /// A worker's adoption result at start-up.
+    Adopted {
+        /// Which resource.
+        resource: ResourceId,
+        /// Whether it was found alive.
+        alive: bool,
+    },
+    /// An administrator's command; the reply says whether it was applied.
+    Admin {
+        /// The command.
+        command: AdminCommand,
+        /// `Err(why)` when refused.
+        reply: oneshot::Sender<Result<(), String>>,
+    },
+    /// Let go of the group; with `stop_resources`, first take it offline (dependents first).
+    Stop {
+        /// Take the resources offline before letting go.
+        stop_resources: bool,
+        /// Told once the group task has ended.
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// The agent's end of a running group.
+pub(crate) struct GroupHandle {
+    /// The config it runs.
+    pub(crate) config: GroupConfig,
+    /// The state dir its resources were built with.
+    pub(crate) state_dir: std::path::PathBuf,
+    tx: mpsc::UnboundedSender<GroupEvent>,
+    labels: Vec<ResourceLabels>,
+}
+
+impl GroupHandle {
+    /// Lets go of the group (stopping it first if asked) and waits until its task ended.
+    pub(crate) async fn stop(self, stop_resources: bool, shared: &Shared) {
+        let (done, wait) = oneshot::channel();
+        if self
+            .tx
+            .send(GroupEvent::Stop {
+                stop_resources,
+                done,
+            })
+            .is_ok()
+        {
+            let _ = wait.await;
+        }
+        shared.status.remove(self.config.name.as_str());
+        for labels in &self.labels {
+            shared.sink.metrics().forget(labels);
+        }
+    }
+
+    /// Sends an administrator's command and waits for the answer.
+    pub(crate) async fn admin(&self, command: AdminCommand) -> Result<(), String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(GroupEvent::Admin { command, reply })
+            .map_err(|_| "the group is shutting down".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the group is shutting down".to_string())?
+    }
+}
+
+struct GroupTask {
+    name: String,
+    controller: GroupController,
+    workers: Vec<WorkerHandle>,
+    contexts: Vec<Arc<ResourceContext>>,
+    slots: Arc<GroupSlots>,
+    shared: Arc<Shared>,
+    rx: mpsc::UnboundedReceiver<GroupEvent>,
+    /// Inputs the task gives itself (the embedded coordinator's answers), handled next.
+    own_inputs: VecDeque<Input>,
+    /// The reply owed for the admin command being applied.
+    admin_reply: Option<Result<(), String>>,
+}
+
+/// Builds a group's resources and workers and starts its task.
+pub(crate) fn spawn(config: GroupConfig, agent: &AgentConfig, shared: &Arc<Shared>) -> GroupHandle {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut contexts = Vec::new();
+    let mut workers = Vec::new();
+    let mut slots = Vec::new();
+    let mut labels = Vec::new();
+    for (i, r) in config.resources.iter().enumerate() {
+        let l = ResourceLabels {
+            group: config.name.to_string(),
+            resource: r.name.to_string(),
+            kind: TypeLabel {
+                r#type: r.type_name(),
+            },
+        };
+        labels.push(l.clone());
+        let slot = Arc::new(Mutex::new(ResourceStatus {
+            name: r.name.to_string(),
+            r#type: r.type_name().into(),
+            state: State::Offline,
+            since: crate::events::unix_now(),
+            cause: "agent_started".into(),
+            pending: None,
+            depends_on: r.depends_on.clone(),
+            restarts_total: 0,
+            restarts_in_period: 0,
+            restart_threshold: r.props.restart_threshold,
+            retry_at: None,
+            needs_admin: false,
+            looks_alive: CheckStatus::default(),
+            is_alive: CheckStatus::default(),
+        }));
+        slots.push(slot.clone());
+        let cx = Arc::new(ResourceContext {
+            id: ResourceId(i),
+            group: config.name.to_string(),
+            name: r.name.to_string(),
+            type_name: r.type_name(),
+            props: r.props.clone(),
+            metrics: shared.sink.metrics().resource(l),
+            status: slot,
+            sink: shared.sink.clone(),
+        });
+        let resource = r.private.build(&config.build_context(agent, r));
+        workers.push(worker::spawn(cx.clone(), resource, tx.clone()));
+        contexts.push(cx);
+    }
+    let slots = Arc::new(GroupSlots {
+        mode: Mutex::new(GroupMode::Passive),
+        resources: slots,
+    });
+    shared.status.insert(config.name.as_str(), slots.clone());
+    let task = GroupTask {
+        name: config.name.to_string(),
+        controller: GroupController::new(config.spec.clone()),
+        workers,
+        contexts,
+        slots,
+        shared: shared.clone(),
+        rx,
+        own_inputs: VecDeque::new(),
+        admin_reply: None,
+    };
+    tokio::spawn(task.run());
+    GroupHandle {
+        config,
+        state_dir: agent.state_dir.clone(),
+        tx,
+        labels,
+    }
+}
+
+impl GroupTask {
+    fn now(&self) -> Time {
+        Time::from_elapsed(Instant::now() - self.shared.epoch)
+    }
+
+    async fn run(mut self) {
+        // Start-up: adopt what survived an agent restart before deciding anything.
+        let n = self.workers.len();
+        let mut alive = vec![None; n];
+        let mut early = Vec::new();
+        while alive.iter().any(Option::is_none) {
+            match self.rx.recv().await {
+                Some(GroupEvent::Adopted { resource, alive: a }) => alive[resource.0] = Some(a),
+                Some(GroupEvent::Stop { done, .. }) => {
+                    let _ = done.send(());
+                    return;
+                }
+                Some(other) => early.push(other),
+                None => return,
+            }
+        }
+        for (i, a) in alive.iter().enumerate() {
+            if *a == Some(true) {
+                self.step(Input::Adopted(ResourceId(i)));
+            }
+        }
+        self.step(Input::Activate);
+        for event in early {
+            if let Some(done) = self.handle(event).await {
+                let _ = done.send(());
+                return;
+            }
+        }
+
+        loop {
+            let timer = self
+                .controller
+                .next_timer()
+                .map(|t| self.shared.epoch + t.elapsed());
+            tokio::select! {
+                event = self.rx.recv() => {
+                    let Some(event) = event else { return };
+                    if let Some(done) = self.handle(event).await {
+                        let _ = done.send(());
+                        return;
+                    }
+                }
+                _ = sleep_until(timer) => self.step(Input::Tick),
+            }
+        }
+    }
+
+    /// Handles one event; returns the `done` sender when the task must end.
+    async fn handle(&mut self, event: GroupEvent) -> Option<oneshot::Sender<()>> {
+        match event {
+            GroupEvent::Input(input) => self.step(input),
+            GroupEvent::Adopted { .. } => {}
+            GroupEvent::Admin { command, reply } => {
+                self.admin_reply = Some(Ok(()));
+                self.step(Input::Admin(command));
+                let _ = reply.send(self.admin_reply.take().unwrap_or(Ok(())));
+            }
+            GroupEvent::Stop {
+                stop_resources,
+                done,
+            } => {
+                if stop_resources {
+                    self.stop_resources().await;
+                }
+                return Some(done);
+            }
+        }
+        None
+    }
+
+    /// Takes the group offline, dependents first, and waits until nothing is in flight.
+    async fn stop_resources(&mut self) {
+        self.step(Input::Deactivate);
+        while !self.controller.is_settled() {
+            match self.rx.recv().await {
+                Some(GroupEvent::Input(input)) => self.step(input),
+                Some(GroupEvent::Admin { reply, .. }) => {
+                    let _ = reply.send(Err("the group is being stopped".into()));
+                }
+                Some(GroupEvent::Stop { done, .. }) => {
+                    let _ = done.send(());
+                }
+                Some(GroupEvent::Adopted { .. }) => {}
+                None => return,
+            }
+        }
+    }
+
+    fn step(&mut self, input: Input) {
+        self.own_inputs.push_back(input);
+        while let Some(input) = self.own_inputs.pop_front() {
+            let now = self.now();
+            let finished = match input {
+                Input::OperationCompleted { resource, .. }
+                | Input::OperationTimedOut { resource, .. } => Some(resource),
+                _ => None,
+            };
+            let effects = self.controller.step(now, input);
+            for effect in effects {
+                self.apply(now, effect);
+            }
+            // An operation can end without a transition (a terminate that keeps it failed).
+            if let Some(resource) = finished {
+                self.refresh(resource, now);
+            }
+        }
+    }
+
+    fn apply(&mut self, now: Time, effect: Effect) {
+        match effect {
+            Effect::Transition {
+                resource,
+                from,
+                to,
+                cause,
+            } => {
+                let cx = self.contexts[resource.0].clone();
+                {
+                    let mut s = status::lock(&cx.status);
+                    s.state = to;
+                    s.since = crate::events::unix_now();
+                    s.cause = cause.to_string();
+                }
+                self.refresh(resource, now);
+                StateChanged {
+                    group: &self.name,
+                    resource: &cx.name,
+                    r#type: cx.type_name,
+                    from,
+                    to,
+                    cause: cause.to_string(),
+                    metrics: &cx.metrics,
+                }
+                .emit(&self.shared.sink);
+                *self.slots.mode.lock().unwrap_or_else(|e| e.into_inner()) = self.controller.mode();
+            }
+            Effect::Online(r) => self.run_operation(r, Operation::Online, now),
+            Effect::Offline(r) => self.run_operation(r, Operation::Offline, now),
+            Effect::Terminate(r) => self.run_operation(r, Operation::Terminate, now),
+            Effect::Monitor {
+                resource,
+                looks_alive,
+            } => self.workers[resource.0].send(WorkerCommand::Monitor { looks_alive }),
+            Effect::Unmonitor(r) => self.workers[r.0].send(WorkerCommand::Unmonitor),
+            Effect::RunIsAlive(r) => self.workers[r.0].send(WorkerCommand::RunIsAlive),
+            Effect::RestartScheduled {
+                resource,
+                restarts_in_period,
+            } => {
+                let cx = self.contexts[resource.0].clone();
+                status::lock(&cx.status).restarts_total += 1;
+                RestartRequested {
+                    group: &self.name,
+                    resource: &cx.name,
+                    restarts_in_period,
+                    metrics: &cx.metrics,
+                }
+                .emit(&self.shared.sink);
+                self.refresh(resource, now);
+            }
+            Effect::RequestFailover { resource } => {
+                FailoverRequested {
+                    group: &self.name,
+                    resource: &self.contexts[resource.0].name,
+                }
+                .emit(&self.shared.sink);
+                // The embedded single-node coordinator: this node owns every group and there is
+                // no other node to move to.
+                self.own_inputs
+                    .push_back(Input::FailoverCompleted { moved: false });
+            }
+            Effect::FailoverFailed => {
+                FailoverFailed {
+                    group: &self.name,
+                    why: "no other node can own the group (single-node coordinator)",
+                }
+                .emit(&self.shared.sink);
+            }
+            Effect::RetryScheduled { resource, at } => {
+                RetryScheduled {
+                    group: &self.name,
+                    resource: &self.contexts[resource.0].name,
+                    in_seconds: at.elapsed().saturating_sub(now.elapsed()).as_secs_f64(),
+                }
+                .emit(&self.shared.sink);
+                self.refresh(resource, now);
+            }
+            Effect::GaveUp { resource } => {
+                GaveUp {
+                    group: &self.name,
+                    resource: &self.contexts[resource.0].name,
+                }
+                .emit(&self.shared.sink);
+                self.refresh(resource, now);
+            }
+            Effect::Refused { command, why } => {
+                AdminRefused {
+                    group: &self.name,
+                    command: format!("{command:?}"),
+                    why,
+                }
+                .emit(&self.shared.sink);
+                self.admin_reply = Some(Err(why.to_string()));
+            }
+        }
+    }
+
+    fn run_operation(&mut self, resource: ResourceId, op: Operation, now: Time) {
+        self.workers[resource.0].send(WorkerCommand::Run(op));
+        self.refresh(resource, now);
+    }
+
+    /// Copies the policy's view of one resource into its status slot.
+    fn refresh(&mut self, resource: ResourceId, now: Time) {
+        let view = self.controller.view(resource);
+        let in_period = self.controller.restarts_in_period(resource, now);
+        let cx = &self.contexts[resource.0];
+        let mut s = status::lock(&cx.status);
+        s.pending = view.pending;
+        s.needs_admin = view.needs_admin;
+        s.restarts_in_period = in_period;
+        s.retry_at = view.retry_at.map(|at| {
+            crate::events::unix_now() + at.elapsed().saturating_sub(now.elapsed()).as_secs_f64()
+        });
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}

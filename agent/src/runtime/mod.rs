@@ -1,0 +1,284 @@
+//! The runtime: groups and their workers on tokio, config reload, shutdown, and the liveness of
+//! the agent itself (systemd readiness and watchdog).
+//!
+//! - [`group`]: one task per group, driving the policy's state machine;
+//! - [`worker`]: one task per resource, running its calls under deadlines;
+//! - this module: [`Agent`] (start, reload on SIGHUP with only the difference applied, exit
+//!   without touching services unless `stop_on_exit`) and [`run`], what `resmon run` does.
+
+pub(crate) mod group;
+pub(crate) mod worker;
+
+use crate::config::{self, Config, ConfigErrors, ResourceProps};
+use crate::events::{
+    AgentStarted, AgentStopping, ConfigRejected, ConfigReloaded, Event, EventSink,
+};
+use crate::metrics::{Metrics, ResourceMetrics};
+use crate::status::{ResourceSlot, StatusBoard};
+use group::GroupHandle;
+use resmon_policies::{AdminCommand, ResourceId};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::time::Instant;
+
+/// State shared by every task of the agent.
+pub struct Shared {
+    /// Events, and through them the metrics.
+    pub sink: Arc<EventSink>,
+    /// What the status API shows.
+    pub status: Arc<StatusBoard>,
+    /// The origin of the policy's clock.
+    pub epoch: Instant,
+    /// This node's name.
+    pub node: String,
+    /// Milliseconds since `heartbeat_epoch` when the scheduler last ran its heartbeat task.
+    heartbeat_ms: AtomicU64,
+    heartbeat_epoch: std::time::Instant,
+}
+
+impl Shared {
+    /// Fresh shared state.
+    pub fn new(metrics: Arc<Metrics>, log_events: bool, node: String) -> Arc<Self> {
+        Arc::new(Shared {
+            sink: Arc::new(EventSink::new(metrics, log_events)),
+            status: Arc::new(StatusBoard::default()),
+            epoch: Instant::now(),
+            node,
+            heartbeat_ms: AtomicU64::new(0),
+            heartbeat_epoch: std::time::Instant::now(),
+        })
+    }
+
+    /// How long ago the scheduler last proved it runs.
+    pub fn heartbeat_age(&self) -> Duration {
+        let now = self.heartbeat_epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
+    }
+
+    fn beat(&self) {
+        let now = self.heartbeat_epoch.elapsed().as_millis() as u64;
+        self.heartbeat_ms.store(now, Ordering::Relaxed);
+    }
+}
+
+/// What a worker knows about its resource.
+pub(crate) struct ResourceContext {
+    pub(crate) id: ResourceId,
+    pub(crate) group: String,
+    pub(crate) name: String,
+    pub(crate) type_name: &'static str,
+    pub(crate) props: ResourceProps,
+    pub(crate) metrics: ResourceMetrics,
+    pub(crate) status: ResourceSlot,
+    pub(crate) sink: Arc<EventSink>,
+}
+
+/// The running groups of one config.
+pub struct Agent {
+    config: Config,
+    shared: Arc<Shared>,
+    groups: BTreeMap<String, GroupHandle>,
+}
+
+impl Agent {
+    /// Starts every group of `config`.
+    pub fn start(config: Config, shared: Arc<Shared>) -> Agent {
+        let mut groups = BTreeMap::new();
+        for g in &config.groups {
+            groups.insert(
+                g.name.to_string(),
+                group::spawn(g.clone(), &config.agent, &shared),
+            );
+        }
+        Agent {
+            config,
+            shared,
+            groups,
+        }
+    }
+
+    /// The config running now.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// Re-reads the config file; applies only what changed, or keeps everything as it is when
+    /// the new file is invalid.
+    ///
+    /// An unchanged group keeps running untouched. A changed group is let go of without
+    /// stopping anything and started again from the new definition, which re-adopts whatever
+    /// is still alive. A removed group is let go of: its services keep running, unmanaged.
+    pub async fn reload(&mut self, path: &Path) -> Result<(), ConfigErrors> {
+        let loaded = match config::load(path) {
+            Ok(loaded) => loaded,
+            Err(errors) => {
+                ConfigRejected {
+                    errors: errors.0.iter().map(|d| d.to_string()).collect(),
+                }
+                .emit(&self.shared.sink);
+                return Err(errors);
+            }
+        };
+        for w in &loaded.warnings {
+            tracing::warn!("{w}");
+        }
+        let new = loaded.config;
+        if new.agent.listen != self.config.agent.listen {
+            tracing::warn!(
+                old = %self.config.agent.listen,
+                new = %new.agent.listen,
+                "a new listen address takes effect at the next start"
+            );
+        }
+        let mut event = ConfigReloaded {
+            added: Vec::new(),
+            changed: Vec::new(),
+            removed: Vec::new(),
+            unchanged: 0,
+        };
+        let mut old = std::mem::take(&mut self.groups);
+        for g in &new.groups {
+            let name = g.name.to_string();
+            match old.remove(&name) {
+                Some(running)
+                    if running.config == *g && running.state_dir == new.agent.state_dir =>
+                {
+                    event.unchanged += 1;
+                    self.groups.insert(name, running);
+                }
+                Some(running) => {
+                    running.stop(false, &self.shared).await;
+                    self.groups.insert(
+                        name.clone(),
+                        group::spawn(g.clone(), &new.agent, &self.shared),
+                    );
+                    event.changed.push(name);
+                }
+                None => {
+                    self.groups.insert(
+                        name.clone(),
+                        group::spawn(g.clone(), &new.agent, &self.shared),
+                    );
+                    event.added.push(name);
+                }
+            }
+        }
+        for (name, running) in old {
+            running.stop(false, &self.shared).await;
+            event.removed.push(name);
+        }
+        event.emit(&self.shared.sink);
+        self.config = new;
+        Ok(())
+    }
+
+    /// Applies an administrator's command to a group.
+    pub async fn admin(&self, group: &str, command: AdminCommand) -> Result<(), String> {
+        match self.groups.get(group) {
+            Some(g) => g.admin(command).await,
+            None => Err(format!("no group {group:?}")),
+        }
+    }
+
+    /// Lets go of every group; with `stop_groups`, takes each offline first (dependents
+    /// first, groups in parallel).
+    pub async fn shutdown(self, stop_groups: bool) {
+        AgentStopping { stop_groups }.emit(&self.shared.sink);
+        let shared = self.shared.clone();
+        let stops = self.groups.into_values().map(|g| {
+            let shared = shared.clone();
+            async move { g.stop(stop_groups, &shared).await }
+        });
+        futures::future::join_all(stops).await;
+    }
+}
+
+/// Why `resmon run` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The config file is invalid.
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    /// The HTTP endpoint could not be opened.
+    #[error("cannot listen on {address} (agent.listen in {config}): {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// The config file.
+        config: PathBuf,
+        /// The error.
+        source: std::io::Error,
+    },
+    /// A signal handler could not be installed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+/// `resmon run`: loads the config, serves HTTP, runs every group, reloads on SIGHUP and exits
+/// on SIGTERM or SIGINT.
+pub async fn run(path: PathBuf) -> Result<(), RunError> {
+    let loaded = config::load(&path)?;
+    for w in &loaded.warnings {
+        eprintln!("{w}");
+    }
+    let config = loaded.config;
+    let listener = tokio::net::TcpListener::bind(config.agent.listen)
+        .await
+        .map_err(|source| RunError::Listen {
+            address: config.agent.listen,
+            config: path.clone(),
+            source,
+        })?;
+    let listen = listener.local_addr().unwrap_or(config.agent.listen);
+    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
+    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
+
+    let shared = Shared::new(Arc::new(Metrics::new()), true, config.agent.node.clone());
+    tokio::spawn(crate::http::serve(listener, shared.clone()));
+    tokio::spawn(heartbeat(shared.clone()));
+
+    let resources = config.groups.iter().map(|g| g.resources.len()).sum();
+    let groups = config.groups.len();
+    let mut agent = Agent::start(config, shared.clone());
+    AgentStarted {
+        version: env!("CARGO_PKG_VERSION"),
+        config: &path.display().to_string(),
+        groups,
+        resources,
+        listen: listen.to_string(),
+    }
+    .emit(&shared.sink);
+    crate::watchdog::ready(shared.clone());
+
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                crate::watchdog::reloading();
+                if let Err(errors) = agent.reload(&path).await {
+                    tracing::error!("the new config was rejected; the running one stays:\n{errors}");
+                }
+                crate::watchdog::reloaded();
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    crate::watchdog::stopping();
+    let stop = agent.config().agent.stop_on_exit;
+    agent.shutdown(stop).await;
+    Ok(())
+}
+
+/// Proves every 250 ms that the scheduler runs; `/healthz` and the watchdog read it.
+async fn heartbeat(shared: Arc<Shared>) {
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
+    loop {
+        tick.tick().await;
+        shared.beat();
+    }
+}

@@ -1,0 +1,647 @@
+//! One task per resource: the resource monitor's wrapper threads in tokio form.
+//!
+//! The worker runs every call into the resource type on a task of its own, so a panic is caught
+//! at the task boundary (reason `panic`) and a hung call never blocks the worker; each call is
+//! raced against its deadline (`check_timeout`, `pending_timeout`), and an elapsed deadline is
+//! reported as [`FailureReason::Timeout`]. A check that does not return after its deadline and
+//! its cancellation is *stuck*: it is counted, the next check of that kind is not started while
+//! it lasts, and each skipped check reports [`FailureReason::Stuck`], as Exres.dll's wrapper
+//! threads report a hung IsAlive.
+//!
+//! Checks run on a fixed-rate schedule whose phase is derived from the resource's name, so
+//! 10,000 resources with the same interval are spread over the whole interval instead of
+//! firing in the same millisecond.
+
+use super::group::GroupEvent;
+use super::ResourceContext;
+use crate::events::{
+    CheckStuck, Event, FailureSignalled, OperationFailed, OperationTimedOut, ProbeFailed,
+};
+use crate::status;
+use resmon_policies::{CheckKind, FailureReason, Input, Operation};
+use resmon_probes::{Failure, Resource};
+use std::future::Future;
+use std::hash::{Hash, Hasher};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
+use tokio::time::Instant;
+
+/// What the group task asks of a worker.
+#[derive(Debug)]
+pub(crate) enum WorkerCommand {
+    /// Run an operation under `pending_timeout`.
+    Run(Operation),
+    /// Start polling; `looks_alive` says whether the cheap check is polled too.
+    Monitor { looks_alive: bool },
+    /// Stop polling.
+    Unmonitor,
+    /// Run `is_alive` now.
+    RunIsAlive,
+}
+
+/// The group task's end of a worker.
+pub(crate) struct WorkerHandle {
+    tx: mpsc::UnboundedSender<WorkerCommand>,
+}
+
+impl WorkerHandle {
+    pub(crate) fn send(&self, command: WorkerCommand) {
+        // A worker only ends when this handle drops, so the send cannot fail while we hold it.
+        let _ = self.tx.send(command);
+    }
+}
+
+/// A call in flight.
+struct Running<T> {
+    handle: JoinHandle<T>,
+    started: Instant,
+    deadline: Option<Instant>,
+    /// The deadline passed and the failure was reported; waiting for the task to end.
+    timed_out: bool,
+    /// The monitoring generation it belongs to; results of older ones are stale.
+    generation: u64,
+}
+
+struct Monitoring {
+    looks_alive: bool,
+    next_looks_alive: Instant,
+    next_is_alive: Instant,
+}
+
+struct Worker {
+    cx: Arc<ResourceContext>,
+    resource: Arc<dyn Resource>,
+    group: mpsc::UnboundedSender<GroupEvent>,
+    commands: mpsc::UnboundedReceiver<WorkerCommand>,
+    monitoring: Option<Monitoring>,
+    generation: u64,
+    looks_alive_check: Option<Running<Result<(), Failure>>>,
+    is_alive_check: Option<Running<Result<(), Failure>>>,
+    operation: Option<Running<Result<(), Failure>>>,
+    /// Which operation `operation` runs.
+    operation_kind: Operation,
+    adoption: Option<Running<Result<bool, Failure>>>,
+    signal: Option<JoinHandle<Failure>>,
+}
+
+/// Starts a resource's worker; it first tries to adopt a surviving instance and reports
+/// [`GroupEvent::Adopted`].
+pub(crate) fn spawn(
+    cx: Arc<ResourceContext>,
+    resource: Arc<dyn Resource>,
+    group: mpsc::UnboundedSender<GroupEvent>,
+) -> WorkerHandle {
+    let (tx, commands) = mpsc::unbounded_channel();
+    let mut worker = Worker {
+        cx,
+        resource,
+        group,
+        commands,
+        monitoring: None,
+        generation: 0,
+        looks_alive_check: None,
+        is_alive_check: None,
+        operation: None,
+        operation_kind: Operation::Online,
+        adoption: None,
+        signal: None,
+    };
+    tokio::spawn(async move {
+        worker.start_adoption();
+        worker.run().await;
+    });
+    WorkerHandle { tx }
+}
+
+/// Awaits the task in `slot`, or never when there is none.
+async fn join<T>(slot: &mut Option<Running<T>>) -> Result<T, JoinError> {
+    match slot {
+        Some(running) => (&mut running.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_task<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
+    match slot {
+        Some(handle) => handle.await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Sleeps until `at`, or never.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn live_deadline<T>(slot: &Option<Running<T>>) -> Option<Instant> {
+    slot.as_ref()
+        .filter(|r| !r.timed_out)
+        .and_then(|r| r.deadline)
+}
+
+/// What a task's failure to finish means: a panic is the resource type's fault.
+fn join_failure(e: JoinError) -> Option<Failure> {
+    if e.is_panic() {
+        let payload = e.into_panic();
+        let message = payload
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "panic".into());
+        Some(Failure::new(
+            FailureReason::Panic,
+            format!("the resource type panicked: {message}"),
+        ))
+    } else {
+        None // cancelled by us
+    }
+}
+
+impl Worker {
+    async fn run(&mut self) {
+        loop {
+            let looks_deadline = live_deadline(&self.looks_alive_check);
+            let is_deadline = live_deadline(&self.is_alive_check);
+            let op_deadline = self.operation.as_ref().and_then(|r| r.deadline);
+            let adopt_deadline = live_deadline(&self.adoption);
+            let next_check = self.next_check();
+            tokio::select! {
+                command = self.commands.recv() => match command {
+                    Some(command) => self.command(command),
+                    None => break,
+                },
+                result = join(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
+                result = join(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
+                _ = sleep_until(looks_deadline) => self.check_timed_out(CheckKind::LooksAlive),
+                _ = sleep_until(is_deadline) => self.check_timed_out(CheckKind::IsAlive),
+                result = join(&mut self.operation) => self.operation_returned(result),
+                _ = sleep_until(op_deadline) => self.operation_timed_out(),
+                result = join(&mut self.adoption) => self.adoption_returned(result),
+                _ = sleep_until(adopt_deadline) => self.adoption_timed_out(),
+                result = join_task(&mut self.signal) => self.signalled(result),
+                _ = sleep_until(next_check) => self.start_due_checks(),
+            }
+        }
+        // The group let go of this resource (agent exit, reload): stop watching, touch nothing.
+        for running in [self.looks_alive_check.take(), self.is_alive_check.take()]
+            .into_iter()
+            .flatten()
+        {
+            running.handle.abort();
+        }
+        if let Some(running) = self.operation.take() {
+            running.handle.abort();
+        }
+        if let Some(signal) = self.signal.take() {
+            signal.abort();
+        }
+    }
+
+    fn report(&self, input: Input) {
+        let _ = self.group.send(GroupEvent::Input(input));
+    }
+
+    fn spawn_call<T, F>(&self, deadline: Option<Duration>, call: F) -> Running<T>
+    where
+        T: Send + 'static,
+        F: Future<Output = T> + Send + 'static,
+    {
+        let started = Instant::now();
+        Running {
+            handle: tokio::spawn(call),
+            started,
+            deadline: deadline.map(|d| started + d),
+            timed_out: false,
+            generation: self.generation,
+        }
+    }
+
+    fn command(&mut self, command: WorkerCommand) {
+        match command {
+            WorkerCommand::Run(op) => self.start_operation(op),
+            WorkerCommand::Monitor { looks_alive } => self.start_monitoring(looks_alive),
+            WorkerCommand::Unmonitor => self.stop_monitoring(),
+            WorkerCommand::RunIsAlive => {
+                if self.monitoring.is_some() {
+                    self.start_check(CheckKind::IsAlive, None);
+                }
+            }
+        }
+    }
+
+    // --- adoption -------------------------------------------------------------------------
+
+    fn start_adoption(&mut self) {
+        let resource = self.resource.clone();
+        self.adoption = Some(
+            self.spawn_call(Some(self.cx.props.check_timeout), async move {
+                resource.adopt().await
+            }),
+        );
+    }
+
+    fn adoption_returned(&mut self, result: Result<Result<bool, Failure>, JoinError>) {
+        let Some(running) = self.adoption.take() else {
+            return;
+        };
+        if running.timed_out {
+            return;
+        }
+        let alive = matches!(result, Ok(Ok(true)));
+        let _ = self.group.send(GroupEvent::Adopted {
+            resource: self.cx.id,
+            alive,
+        });
+    }
+
+    fn adoption_timed_out(&mut self) {
+        if let Some(running) = self.adoption.as_mut() {
+            running.timed_out = true;
+            running.handle.abort();
+        }
+        self.adoption = None;
+        let _ = self.group.send(GroupEvent::Adopted {
+            resource: self.cx.id,
+            alive: false,
+        });
+    }
+
+    // --- operations -----------------------------------------------------------------------
+
+    fn start_operation(&mut self, op: Operation) {
+        if let Some(running) = self.operation.take() {
+            // The policy never overlaps operations; a stray one is stopped rather than raced.
+            let previous = self.operation_kind;
+            tracing::warn!(group = %self.cx.group, resource = %self.cx.name, %previous, next = %op, "operation replaced");
+            running.handle.abort();
+        }
+        let resource = self.resource.clone();
+        let call = async move {
+            match op {
+                Operation::Online => resource.online().await,
+                Operation::Offline => resource.offline().await,
+                Operation::Terminate => resource.terminate().await,
+            }
+        };
+        self.operation = Some(self.spawn_call(self.cx.props.pending_timeout.duration(), call));
+        self.operation_kind = op;
+    }
+
+    fn operation_returned(&mut self, result: Result<Result<(), Failure>, JoinError>) {
+        let Some(running) = self.operation.take() else {
+            return;
+        };
+        let op = self.operation_kind;
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => match join_failure(e) {
+                Some(failure) => Err(failure),
+                None => return,
+            },
+        };
+        let elapsed = running.started.elapsed().as_secs_f64();
+        self.cx
+            .sink
+            .metrics()
+            .operation_duration(self.cx.type_name, op, elapsed);
+        if let Err(failure) = &outcome {
+            OperationFailed {
+                group: &self.cx.group,
+                resource: &self.cx.name,
+                op,
+                reason: failure.reason,
+                detail: &failure.detail,
+            }
+            .emit(&self.cx.sink);
+        }
+        self.report(Input::OperationCompleted {
+            resource: self.cx.id,
+            operation: op,
+            outcome: outcome.map_err(|f| f.reason),
+        });
+    }
+
+    fn operation_timed_out(&mut self) {
+        let Some(running) = self.operation.take() else {
+            return;
+        };
+        let op = self.operation_kind;
+        running.handle.abort();
+        OperationTimedOut {
+            group: &self.cx.group,
+            resource: &self.cx.name,
+            op,
+            timeout_seconds: running.started.elapsed().as_secs_f64(),
+            metrics: &self.cx.metrics,
+        }
+        .emit(&self.cx.sink);
+        self.report(Input::OperationTimedOut {
+            resource: self.cx.id,
+            operation: op,
+        });
+    }
+
+    // --- monitoring -----------------------------------------------------------------------
+
+    fn start_monitoring(&mut self, looks_alive: bool) {
+        self.generation += 1;
+        let now = Instant::now();
+        self.monitoring = Some(Monitoring {
+            looks_alive,
+            next_looks_alive: now
+                + self.phase(CheckKind::LooksAlive, self.cx.props.looks_alive_interval),
+            next_is_alive: now + self.phase(CheckKind::IsAlive, self.cx.props.is_alive_interval),
+        });
+        if self.resource.provides_failure_signal() {
+            let resource = self.resource.clone();
+            self.signal = Some(tokio::spawn(async move { resource.failure().await }));
+        }
+        self.publish_schedule();
+    }
+
+    fn stop_monitoring(&mut self) {
+        self.generation += 1;
+        self.monitoring = None;
+        if let Some(signal) = self.signal.take() {
+            signal.abort();
+        }
+        for running in [
+            self.looks_alive_check.as_mut(),
+            self.is_alive_check.as_mut(),
+        ]
+        .into_iter()
+        .flatten()
+        {
+            running.handle.abort();
+        }
+        self.publish_schedule();
+    }
+
+    /// Where in its interval this resource's checks fall: a hash of its identity, so the
+    /// schedule is spread and stable across restarts.
+    fn phase(&self, kind: CheckKind, interval: Duration) -> Duration {
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (&self.cx.group, &self.cx.name, kind.as_str()).hash(&mut h);
+        let micros = interval.as_micros().max(1) as u64;
+        Duration::from_micros(h.finish() % micros)
+    }
+
+    fn next_check(&self) -> Option<Instant> {
+        let m = self.monitoring.as_ref()?;
+        Some(if m.looks_alive {
+            m.next_looks_alive.min(m.next_is_alive)
+        } else {
+            m.next_is_alive
+        })
+    }
+
+    fn start_due_checks(&mut self) {
+        let now = Instant::now();
+        let Some(m) = self.monitoring.as_mut() else {
+            return;
+        };
+        let mut due = Vec::with_capacity(2);
+        if m.looks_alive && m.next_looks_alive <= now {
+            due.push((CheckKind::LooksAlive, m.next_looks_alive));
+            m.next_looks_alive =
+                advance(m.next_looks_alive, self.cx.props.looks_alive_interval, now);
+        }
+        if m.next_is_alive <= now {
+            due.push((CheckKind::IsAlive, m.next_is_alive));
+            m.next_is_alive = advance(m.next_is_alive, self.cx.props.is_alive_interval, now);
+        }
+        for (kind, scheduled) in due {
+            self.start_check(kind, Some(scheduled));
+        }
+        self.publish_schedule();
+    }
+
+    fn slot(&mut self, kind: CheckKind) -> &mut Option<Running<Result<(), Failure>>> {
+        match kind {
+            CheckKind::LooksAlive => &mut self.looks_alive_check,
+            CheckKind::IsAlive => &mut self.is_alive_check,
+        }
+    }
+
+    fn start_check(&mut self, kind: CheckKind, scheduled: Option<Instant>) {
+        let now = Instant::now();
+        if let Some(running) = self.slot(kind).as_ref() {
+            let (stuck, running_for) = (running.timed_out, now - running.started);
+            CheckStuck {
+                group: &self.cx.group,
+                resource: &self.cx.name,
+                r#type: self.cx.type_name,
+                check: kind,
+                running_seconds: running_for.as_secs_f64(),
+            }
+            .emit(&self.cx.sink);
+            if stuck {
+                let failure = Failure::new(
+                    FailureReason::Stuck,
+                    format!(
+                        "the previous {kind} has not returned for {:.1}s",
+                        running_for.as_secs_f64()
+                    ),
+                );
+                self.check_failed(kind, &failure, 0.0);
+            }
+            return;
+        }
+        if let Some(scheduled) = scheduled {
+            self.cx
+                .sink
+                .metrics()
+                .check_lateness((now - scheduled).as_secs_f64());
+        }
+        let resource = self.resource.clone();
+        let call = async move {
+            match kind {
+                CheckKind::LooksAlive => resource.looks_alive().await,
+                CheckKind::IsAlive => resource.is_alive().await,
+            }
+        };
+        let running = self.spawn_call(Some(self.cx.props.check_timeout), call);
+        *self.slot(kind) = Some(running);
+    }
+
+    fn check_returned(&mut self, kind: CheckKind, result: Result<Result<(), Failure>, JoinError>) {
+        let Some(running) = self.slot(kind).take() else {
+            return;
+        };
+        if running.timed_out {
+            self.cx.metrics.stuck(kind, -1);
+            return; // its failure was reported when the deadline passed
+        }
+        let elapsed = running.started.elapsed().as_secs_f64();
+        let outcome = match result {
+            Ok(outcome) => outcome,
+            Err(e) => match join_failure(e) {
+                Some(failure) => Err(failure),
+                None => return, // cancelled when monitoring stopped
+            },
+        };
+        if running.generation != self.generation {
+            return;
+        }
+        self.cx.metrics.check_duration(kind, elapsed);
+        match outcome {
+            Ok(()) => {
+                self.record(kind, None, elapsed);
+                self.report(Input::CheckCompleted {
+                    resource: self.cx.id,
+                    check: kind,
+                    outcome: Ok(()),
+                });
+            }
+            Err(failure) => self.check_failed(kind, &failure, elapsed),
+        }
+    }
+
+    fn check_timed_out(&mut self, kind: CheckKind) {
+        let timeout = self.cx.props.check_timeout;
+        let Some(running) = self.slot(kind).as_mut() else {
+            return;
+        };
+        running.timed_out = true;
+        // Cancel it; a cooperative task ends at once and is never counted as stuck for long.
+        running.handle.abort();
+        let current = running.generation == self.generation;
+        self.cx.metrics.stuck(kind, 1);
+        if current {
+            self.cx.metrics.check_duration(kind, timeout.as_secs_f64());
+            let failure = Failure::new(
+                FailureReason::Timeout,
+                format!(
+                    "no answer within check_timeout {}",
+                    resmon_probes::HumanDuration(timeout)
+                ),
+            );
+            self.check_failed(kind, &failure, timeout.as_secs_f64());
+        }
+    }
+
+    fn check_failed(&mut self, kind: CheckKind, failure: &Failure, elapsed: f64) {
+        ProbeFailed {
+            group: &self.cx.group,
+            resource: &self.cx.name,
+            r#type: self.cx.type_name,
+            check: kind,
+            reason: failure.reason,
+            detail: &failure.detail,
+            duration_seconds: elapsed,
+            metrics: &self.cx.metrics,
+        }
+        .emit(&self.cx.sink);
+        self.record(kind, Some(failure), elapsed);
+        if failure.reason == FailureReason::Panic {
+            // A panicking resource type is failed outright, not merely re-checked.
+            self.report(Input::FailureSignalled {
+                resource: self.cx.id,
+                reason: FailureReason::Panic,
+            });
+        }
+        self.report(Input::CheckCompleted {
+            resource: self.cx.id,
+            check: kind,
+            outcome: Err(failure.reason),
+        });
+    }
+
+    fn signalled(&mut self, result: Result<Failure, JoinError>) {
+        self.signal = None;
+        let failure = match result {
+            Ok(failure) => failure,
+            Err(e) => match join_failure(e) {
+                Some(failure) => failure,
+                None => return,
+            },
+        };
+        FailureSignalled {
+            group: &self.cx.group,
+            resource: &self.cx.name,
+            r#type: self.cx.type_name,
+            reason: failure.reason,
+            detail: &failure.detail,
+            metrics: &self.cx.metrics,
+        }
+        .emit(&self.cx.sink);
+        self.report(Input::FailureSignalled {
+            resource: self.cx.id,
+            reason: failure.reason,
+        });
+    }
+
+    // --- status ---------------------------------------------------------------------------
+
+    fn record(&self, kind: CheckKind, failure: Option<&Failure>, elapsed: f64) {
+        let mut s = status::lock(&self.cx.status);
+        let c = match kind {
+            CheckKind::LooksAlive => &mut s.looks_alive,
+            CheckKind::IsAlive => &mut s.is_alive,
+        };
+        c.last_at = Some(crate::events::unix_now());
+        c.last_ok = Some(failure.is_none());
+        c.last_reason = failure.map(|f| f.reason);
+        c.last_detail = failure.map(|f| f.detail.clone());
+        c.last_duration_seconds = Some(elapsed);
+    }
+
+    fn publish_schedule(&self) {
+        let now = Instant::now();
+        let unix = crate::events::unix_now();
+        let at = |t: Instant| unix + t.saturating_duration_since(now).as_secs_f64();
+        let mut s = status::lock(&self.cx.status);
+        match &self.monitoring {
+            Some(m) => {
+                s.looks_alive.polled = m.looks_alive;
+                s.looks_alive.next_at = m.looks_alive.then(|| at(m.next_looks_alive));
+                s.is_alive.polled = true;
+                s.is_alive.next_at = Some(at(m.next_is_alive));
+            }
+            None => {
+                s.looks_alive.polled = false;
+                s.looks_alive.next_at = None;
+                s.is_alive.polled = false;
+                s.is_alive.next_at = None;
+            }
+        }
+    }
+}
+
+/// The next slot of a fixed-rate schedule after `now`: late checks are not bunched up.
+fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
+    let mut next = scheduled + interval;
+    if next <= now {
+        let behind = now - next;
+        let skipped = behind.as_nanos() / interval.as_nanos().max(1) + 1;
+        next += interval * skipped as u32;
+    }
+    next
+}
+
+#[cfg(test)]
+mod tests {
+    use super::advance;
+    use std::time::Duration;
+    use tokio::time::Instant;
+
+    #[test]
+    fn a_late_schedule_skips_to_the_next_future_slot() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        assert_eq!(advance(t0, s, t0), t0 + s);
+        assert_eq!(
+            advance(t0, s, t0 + Duration::from_millis(3500)),
+            t0 + Duration::from_secs(4)
+        );
+        assert_eq!(
+            advance(t0, s, t0 + Duration::from_secs(2)),
+            t0 + Duration::from_secs(3)
+        );
+    }
+}
