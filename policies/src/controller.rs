@@ -308,7 +308,8 @@ enum Escalation {
     AwaitingFailover,
     /// Waiting for `retry_period_on_failure` to pass.
     WaitingRetry(Time),
-    /// The final attempt is running; its failure is final.
+    /// The final attempt is running, or came online less than `restart_period` ago: a failure
+    /// now is final. Staying online for a whole `restart_period` ends the escalation.
     FinalAttempt,
     /// Stays failed until an administrator acts.
     NeedsAdmin,
@@ -335,6 +336,8 @@ struct ResourceRuntime {
     restarts: crate::restart::RestartWindow,
     /// The `online` now running is a restart or a retry, for the transition's cause.
     next_online_cause: Option<Cause>,
+    /// When it last came online, to tell a final attempt that held from one that did not.
+    online_since: Option<Time>,
     /// Decided to go offline (a provider left online): stays decided until it is down, so a
     /// provider that comes back quickly does not leave half of the subtree running.
     stopping: bool,
@@ -350,6 +353,7 @@ impl ResourceRuntime {
             escalation: Escalation::None,
             restarts: Default::default(),
             next_online_cause: None,
+            online_since: None,
             stopping: false,
         }
     }
@@ -482,6 +486,7 @@ impl GroupController {
         match input {
             Input::Adopted(id) => {
                 if self.mode == GroupMode::Passive && self.resources[id.0].state == State::Offline {
+                    self.resources[id.0].online_since = Some(now);
                     self.transition(id, State::Online, Cause::Adopted, out);
                     out.push(Effect::Monitor {
                         resource: id,
@@ -531,10 +536,7 @@ impl GroupController {
                 self.resources[resource.0].pending = None;
                 match (operation, outcome) {
                     (Operation::Online, Ok(())) => {
-                        let r = &mut self.resources[resource.0];
-                        if r.escalation == Escalation::FinalAttempt {
-                            r.escalation = Escalation::None;
-                        }
+                        self.resources[resource.0].online_since = Some(now);
                         self.transition(resource, State::Online, Cause::OnlineCompleted, out);
                         out.push(Effect::Monitor {
                             resource,
@@ -613,6 +615,12 @@ impl GroupController {
         }
         let policy = &self.spec.resource(id).policy;
         let r = &mut self.resources[id.0];
+        let held = r
+            .online_since
+            .is_some_and(|t| t.after(policy.restart_period) <= now);
+        if was_online && held && r.escalation == Escalation::FinalAttempt {
+            r.escalation = Escalation::None; // the final attempt held for a whole period
+        }
         let after = if r.admin_offline || self.mode != GroupMode::Active {
             AfterTerminate::Offline
         } else if r.escalation == Escalation::FinalAttempt

@@ -1,0 +1,56 @@
+//! `resmon-testd`: a small daemon the end-to-end tests supervise as a `process` resource.
+//!
+//! `resmon-testd [--listen ADDR] [--ignore-term] [--exit-after MS] [--banner TEXT]`:
+//! listens on ADDR (answering each connection with TEXT and closing it), ignores SIGTERM when
+//! asked, and exits with status 3 after MS milliseconds when asked.
+
+use std::io::Write;
+use std::time::Duration;
+
+fn main() {
+    let mut args = std::env::args().skip(1);
+    let mut listen = None;
+    let mut ignore_term = false;
+    let mut exit_after = None;
+    let mut banner = String::from("hello\r\n");
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--listen" => listen = args.next(),
+            "--ignore-term" => ignore_term = true,
+            "--exit-after" => exit_after = args.next().and_then(|v| v.parse::<u64>().ok()),
+            "--banner" => banner = args.next().unwrap_or_default(),
+            other => {
+                eprintln!("resmon-testd: unknown argument {other}");
+                std::process::exit(2);
+            }
+        }
+    }
+    // SAFETY: setting signal dispositions before any thread starts.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_IGN);
+        if ignore_term {
+            libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
+    if let Some(ms) = exit_after {
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::exit(3);
+        });
+    }
+    match listen {
+        Some(addr) => {
+            let listener = std::net::TcpListener::bind(&addr).unwrap_or_else(|e| {
+                eprintln!("resmon-testd: cannot listen on {addr}: {e}");
+                std::process::exit(1);
+            });
+            for conn in listener.incoming().flatten() {
+                let mut conn = conn;
+                let _ = conn.write_all(banner.as_bytes());
+            }
+        }
+        None => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+    }
+}

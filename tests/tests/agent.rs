@@ -1,0 +1,460 @@
+//! End-to-end tests of the core agent: the real `resmon` binary, real processes, real sockets on
+//! loopback. Durations in these configs are short so that the restart policy plays out in
+//! seconds; every wait is bounded.
+
+use resmon_e2e::{event_time, free_port, process_alive, testd, unix_now, Agent};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(20);
+
+fn server(name: &str, port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[[groups.resources]]
+name = "{name}"
+type = "process"
+command = ["{testd}", "--listen", "127.0.0.1:{port}"]
+ready_tcp = "127.0.0.1:{port}"
+is_alive_interval = "1m"
+{extra}
+"#,
+        testd = testd()
+    )
+}
+
+#[test]
+fn a_killed_process_is_restarted_through_its_failure_signal_within_100ms() {
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "[[groups]]\nname = \"app\"\n{}",
+        server("daemon", port, "")
+    ));
+    agent.wait_state("app", "daemon", "online", LONG);
+    let pid = agent.pid_of("app", "daemon").expect("pid file");
+
+    let killed_at = unix_now();
+    // SAFETY: SIGKILL to the daemon this test's agent started.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    agent.wait_for("the restart", LONG, |a| {
+        !a.events_of("restart_requested", "daemon").is_empty()
+    });
+    agent.wait_state("app", "daemon", "online", LONG);
+    let signalled = &agent.events_of("failure_signalled", "daemon")[0];
+    assert_eq!(signalled["reason"], "killed", "{signalled}");
+    let restart = &agent.events_of("restart_requested", "daemon")[0];
+    let delay = event_time(restart) - killed_at;
+    assert!(
+        delay < 0.100,
+        "restart began {:.0} ms after the kill",
+        delay * 1000.0
+    );
+    // Nothing polled it: is_alive runs once a minute and looks_alive is off for a process.
+    assert!(agent.events_of("probe_failed", "daemon").is_empty());
+    let new_pid = agent.pid_of("app", "daemon").unwrap();
+    assert_ne!(new_pid, pid);
+    assert!(process_alive(new_pid));
+
+    let transitions = agent.transitions("daemon");
+    assert_eq!(
+        transitions,
+        [
+            "offline->online_pending(dependencies_online)",
+            "online_pending->online(online_completed)",
+            "online->failed(failure_signal:killed)",
+            "failed->offline(restart)",
+            "offline->online_pending(restart)",
+            "online_pending->online(online_completed)",
+        ]
+    );
+    let metrics = agent.metrics();
+    assert!(
+        metrics.contains(
+            r#"resmon_resource_restarts_total{group="app",resource="daemon",type="process"} 1"#
+        ),
+        "{metrics}"
+    );
+    assert!(metrics.contains(
+        r#"resmon_check_failures_total{check="failure_signal",reason="killed",group="app",resource="daemon",type="process"} 1"#
+    ));
+    assert!(metrics.contains(
+        r#"resmon_resource_state{state="online",group="app",resource="daemon",type="process"} 1"#
+    ));
+}
+
+#[test]
+fn a_process_that_ignores_sigterm_is_terminated_after_pending_timeout() {
+    let port = free_port();
+    // `stubborn` depends on `base`; when `base` dies, `stubborn` must go offline, ignores
+    // SIGTERM, and is killed once pending_timeout has passed.
+    let body = format!(
+        r#"[[groups]]
+name = "app"
+{base}
+[[groups.resources]]
+name = "stubborn"
+type = "process"
+command = ["{testd}", "--ignore-term"]
+depends_on = ["base"]
+pending_timeout = "1s"
+"#,
+        base = server("base", port, "restart_action = \"no_restart\""),
+        testd = testd()
+    );
+    let agent = Agent::start(&body);
+    agent.wait_state("app", "stubborn", "online", LONG);
+    let stubborn = agent.pid_of("app", "stubborn").unwrap();
+    let base = agent.pid_of("app", "base").unwrap();
+    unsafe { libc::kill(base, libc::SIGKILL) };
+
+    agent.wait_for("the offline timeout", LONG, |a| {
+        !a.events_of("operation_timed_out", "stubborn").is_empty()
+    });
+    agent.wait_state("app", "stubborn", "offline", LONG);
+    let timed_out = &agent.events_of("operation_timed_out", "stubborn")[0];
+    assert_eq!(timed_out["op"], "offline");
+    let offline_at = event_time(
+        agent
+            .events_of("state_changed", "stubborn")
+            .iter()
+            .find(|e| e["to"] == "offline_pending")
+            .unwrap(),
+    );
+    let waited = event_time(timed_out) - offline_at;
+    assert!(
+        (0.9..2.0).contains(&waited),
+        "offline timed out after {waited:.2}s, pending_timeout is 1s"
+    );
+    assert!(!process_alive(stubborn), "terminate must have killed it");
+    assert_eq!(
+        agent.transitions("stubborn")[2..],
+        [
+            "online->offline_pending(provider_down)",
+            "offline_pending->failed(offline_timeout)",
+            "failed->offline(terminated)",
+        ]
+    );
+    assert!(agent
+        .metrics()
+        .contains(r#"resmon_operation_timeouts_total{op="offline",group="app",resource="stubborn",type="process"} 1"#));
+    // base does not restart (no_restart): it stays failed, so stubborn stays offline.
+    assert_eq!(agent.state("app", "base"), "failed");
+    assert!(agent.resource("app", "base")["needs_admin"]
+        .as_bool()
+        .unwrap());
+}
+
+#[test]
+fn past_the_restart_threshold_the_resource_waits_for_its_retry() {
+    let body = format!(
+        r#"[[groups]]
+name = "app"
+
+[[groups.resources]]
+name = "flaky"
+type = "process"
+command = ["{testd}", "--exit-after", "300"]
+restart_action = "restart_no_failover"
+restart_threshold = 2
+restart_period = "1m"
+retry_period_on_failure = "2s"
+"#,
+        testd = testd()
+    );
+    let agent = Agent::start(&body);
+    agent.wait_for("the final attempt to fail", LONG, |a| {
+        !a.events_of("gave_up", "flaky").is_empty()
+    });
+    agent.wait_state("app", "flaky", "failed", LONG);
+
+    let restarts = agent.events_of("restart_requested", "flaky");
+    assert_eq!(restarts.len(), 2, "exactly restart_threshold restarts");
+    assert_eq!(restarts[1]["restarts_in_period"], 2);
+    let retry = &agent.events_of("retry_scheduled", "flaky")[0];
+    assert_eq!(retry["in_seconds"], 2.0);
+    let final_attempt = agent
+        .events_of("state_changed", "flaky")
+        .into_iter()
+        .find(|e| e["cause"] == "retry")
+        .expect("a final attempt");
+    let waited = event_time(&final_attempt) - event_time(retry);
+    assert!(
+        (1.9..3.0).contains(&waited),
+        "retried after {waited:.2}s, retry_period_on_failure is 2s"
+    );
+    // The final attempt failed too: no further restart, and the status says an admin must act.
+    std::thread::sleep(Duration::from_millis(800));
+    assert_eq!(agent.events_of("restart_requested", "flaky").len(), 2);
+    let status = agent.resource("app", "flaky");
+    assert_eq!(status["needs_admin"], true);
+    assert_eq!(status["restarts_total"], 2);
+    assert!(agent.metrics().contains(
+        r#"resmon_resource_restarts_total{group="app",resource="flaky",type="process"} 2"#
+    ));
+}
+
+#[test]
+fn a_dependency_chain_comes_up_in_order_goes_down_in_reverse_and_follows_its_provider() {
+    let port = free_port();
+    let body = format!(
+        r#"[[groups]]
+name = "vs1"
+{web}
+[[groups.resources]]
+name = "port"
+type = "tcp"
+address = "127.0.0.1:{port}"
+depends_on = ["web"]
+is_alive_interval = "1m"
+
+[[groups.resources]]
+name = "worker"
+type = "process"
+command = ["sleep", "600"]
+depends_on = ["port"]
+"#,
+        web = server("web", port, ""),
+    );
+    let agent = Agent::start(&body);
+    agent.wait_state("vs1", "worker", "online", LONG);
+    let order: Vec<String> = agent
+        .events_of("state_changed", "")
+        .iter()
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["resource"].as_str().unwrap(),
+                e["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    assert_eq!(
+        order,
+        [
+            "web:online_pending",
+            "web:online",
+            "port:online_pending",
+            "port:online",
+            "worker:online_pending",
+            "worker:online",
+        ]
+    );
+
+    let before = agent.events().len();
+    unsafe { libc::kill(agent.pid_of("vs1", "web").unwrap(), libc::SIGKILL) };
+    agent.wait_for("the chain to come back", LONG, |a| {
+        a.events()[before..]
+            .iter()
+            .filter(|e| e["event"] == "state_changed" && e["to"] == "online")
+            .count()
+            == 3
+    });
+    let after: Vec<String> = agent.events()[before..]
+        .iter()
+        .filter(|e| e["event"] == "state_changed")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["resource"].as_str().unwrap(),
+                e["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let pos = |s: &str| {
+        after
+            .iter()
+            .position(|x| x == s)
+            .unwrap_or_else(|| panic!("no {s} in {after:?}"))
+    };
+    // Dependents go offline in reverse order, then everything comes back in order.
+    assert!(
+        pos("worker:offline") < pos("port:offline_pending"),
+        "{after:?}"
+    );
+    assert!(
+        pos("port:offline") < pos("port:online_pending"),
+        "{after:?}"
+    );
+    assert!(pos("web:online") < pos("port:online_pending"), "{after:?}");
+    assert!(
+        pos("port:online") < pos("worker:online_pending"),
+        "{after:?}"
+    );
+    assert_eq!(agent.state("vs1", "worker"), "online");
+}
+
+#[test]
+fn sighup_with_a_bad_config_keeps_the_running_one_and_a_good_one_applies_only_the_difference() {
+    let port = free_port();
+    let body = format!("[[groups]]\nname = \"app\"\n{}", server("daemon", port, ""));
+    let mut agent = Agent::start(&body);
+    agent.wait_state("app", "daemon", "online", LONG);
+    let pid = agent.pid_of("app", "daemon").unwrap();
+
+    agent.rewrite_config(&format!("{body}\nbogus_key = 1\n"));
+    agent.signal(libc::SIGHUP);
+    agent.wait_for("the rejection", LONG, |a| {
+        !a.events_of("config_rejected", "").is_empty()
+    });
+    let rejected = &agent.events_of("config_rejected", "")[0];
+    let message = rejected["errors"][0].as_str().unwrap();
+    assert!(
+        message.contains("resmon.toml:") && message.contains("bogus_key"),
+        "{message}"
+    );
+    assert!(agent.is_running());
+    assert_eq!(agent.state("app", "daemon"), "online");
+    assert_eq!(
+        agent.pid_of("app", "daemon"),
+        Some(pid),
+        "nothing was restarted"
+    );
+    assert!(agent
+        .metrics()
+        .contains(r#"resmon_config_reloads_total{result="rejected"} 1"#));
+
+    // A valid change that adds a group leaves the unchanged one alone.
+    agent.rewrite_config(&format!(
+        "{body}\n[[groups]]\nname = \"extra\"\n\n[[groups.resources]]\nname = \"nap\"\ntype = \"process\"\ncommand = [\"sleep\", \"600\"]\n"
+    ));
+    agent.signal(libc::SIGHUP);
+    agent.wait_state("extra", "nap", "online", LONG);
+    let reloaded = &agent.events_of("config_reloaded", "")[0];
+    assert_eq!(reloaded["added"], serde_json::json!(["extra"]));
+    assert_eq!(reloaded["unchanged"], 1);
+    assert_eq!(agent.pid_of("app", "daemon"), Some(pid));
+    assert_eq!(
+        agent.transitions("daemon").len(),
+        2,
+        "the daemon saw no transition since start"
+    );
+}
+
+#[test]
+fn sigterm_leaves_services_running_and_the_next_agent_adopts_them() {
+    let port = free_port();
+    let body = format!("[[groups]]\nname = \"app\"\n{}", server("daemon", port, ""));
+    let mut agent = Agent::start(&body);
+    agent.wait_state("app", "daemon", "online", LONG);
+    let pid = agent.pid_of("app", "daemon").unwrap();
+
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG), Some(0));
+    assert!(
+        process_alive(pid),
+        "the agent's exit must not stop the service"
+    );
+
+    agent.spawn();
+    agent.wait_state("app", "daemon", "online", LONG);
+    assert_eq!(agent.transitions("daemon"), ["offline->online(adopted)"]);
+    assert_eq!(agent.pid_of("app", "daemon"), Some(pid));
+
+    // The adopted process is watched too: its death is seen through its pidfd.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    agent.wait_for("the restart", LONG, |a| {
+        !a.events_of("restart_requested", "daemon").is_empty()
+    });
+    agent.wait_state("app", "daemon", "online", LONG);
+    assert_ne!(agent.pid_of("app", "daemon"), Some(pid));
+}
+
+#[test]
+fn stop_on_exit_stops_groups_in_reverse_dependency_order() {
+    let port = free_port();
+    let body = format!(
+        r#"[[groups]]
+name = "app"
+{web}
+[[groups.resources]]
+name = "worker"
+type = "process"
+command = ["sleep", "600"]
+depends_on = ["web"]
+"#,
+        web = server("web", port, "")
+    );
+    let mut agent = Agent::start_with(&body, "stop_on_exit = true");
+    agent.wait_state("app", "worker", "online", LONG);
+    let (web, worker) = (
+        agent.pid_of("app", "web").unwrap(),
+        agent.pid_of("app", "worker").unwrap(),
+    );
+    agent.signal(libc::SIGTERM);
+    assert_eq!(agent.wait_exit(LONG), Some(0));
+    assert!(!process_alive(web) && !process_alive(worker));
+    let stops: Vec<String> = agent
+        .events_of("state_changed", "")
+        .iter()
+        .filter(|e| e["cause"] == "group_stopping")
+        .map(|e| e["resource"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(stops, ["worker", "web"]);
+}
+
+#[test]
+fn metrics_pass_promtool() {
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "[[groups]]\nname = \"app\"\n{}",
+        server("daemon", port, "")
+    ));
+    agent.wait_state("app", "daemon", "online", LONG);
+    unsafe { libc::kill(agent.pid_of("app", "daemon").unwrap(), libc::SIGKILL) };
+    agent.wait_for("the restart", LONG, |a| {
+        !a.events_of("restart_requested", "daemon").is_empty()
+    });
+    let metrics = agent.metrics();
+    let mut promtool = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool (Debian package prometheus) is installed by the test script");
+    use std::io::Write;
+    promtool
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = promtool.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn validate_reports_errors_with_file_line_and_key_and_exits_non_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = resmon_e2e::write_file(
+        dir.path(),
+        "bad.toml",
+        "[[groups]]\nname = \"g\"\n\n[[groups.resources]]\nname = \"a\"\ntype = \"tcp\"\naddress = \"127.0.0.1:1\"\ndepends_on = [\"b\"]\n",
+    );
+    let out = std::process::Command::new(resmon_e2e::binary("resmon"))
+        .args(["validate", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "error: {}:8:15: groups[0].resources[0].depends_on[0]: unknown resource \"b\": group \"g\" has a",
+            bad.display()
+        )),
+        "{stderr}"
+    );
+    // `run` refuses the same file and starts nothing.
+    let out = std::process::Command::new(resmon_e2e::binary("resmon"))
+        .args(["run", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+}
