@@ -103,12 +103,25 @@ struct GroupTask {
 
 /// Builds a group's resources and workers and starts its task.
 pub(crate) fn spawn(config: GroupConfig, agent: &AgentConfig, shared: &Arc<Shared>) -> GroupHandle {
+    let build =
+        |r: &crate::config::ResourceConfig| r.private.build(&config.build_context(agent, r));
+    let resources = config.resources.iter().map(build).collect();
+    spawn_with(config, agent, shared, resources)
+}
+
+/// Starts a group whose resources are already built (tests bring their own resource types).
+pub(crate) fn spawn_with(
+    config: GroupConfig,
+    agent: &AgentConfig,
+    shared: &Arc<Shared>,
+    resources: Vec<Arc<dyn resmon_probes::Resource>>,
+) -> GroupHandle {
     let (tx, rx) = mpsc::unbounded_channel();
     let mut contexts = Vec::new();
     let mut workers = Vec::new();
     let mut slots = Vec::new();
     let mut labels = Vec::new();
-    for (i, r) in config.resources.iter().enumerate() {
+    for ((i, r), resource) in config.resources.iter().enumerate().zip(resources) {
         let l = ResourceLabels {
             group: config.name.to_string(),
             resource: r.name.to_string(),
@@ -144,7 +157,6 @@ pub(crate) fn spawn(config: GroupConfig, agent: &AgentConfig, shared: &Arc<Share
             status: slot,
             sink: shared.sink.clone(),
         });
-        let resource = r.private.build(&config.build_context(agent, r));
         workers.push(worker::spawn(cx.clone(), resource, tx.clone()));
         contexts.push(cx);
     }

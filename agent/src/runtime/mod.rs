@@ -282,3 +282,6 @@ async fn heartbeat(shared: Arc<Shared>) {
         shared.beat();
     }
 }
+
+#[cfg(test)]
+mod tests;

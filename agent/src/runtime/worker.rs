@@ -382,13 +382,8 @@ impl Worker {
         self.publish_schedule();
     }
 
-    /// Where in its interval this resource's checks fall: a hash of its identity, so the
-    /// schedule is spread and stable across restarts.
     fn phase(&self, kind: CheckKind, interval: Duration) -> Duration {
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        (&self.cx.group, &self.cx.name, kind.as_str()).hash(&mut h);
-        let micros = interval.as_micros().max(1) as u64;
-        Duration::from_micros(h.finish() % micros)
+        phase(&self.cx.group, &self.cx.name, kind, interval)
     }
 
     fn next_check(&self) -> Option<Instant> {
@@ -613,6 +608,15 @@ impl Worker {
     }
 }
 
+/// Where in its interval a resource's checks fall: a hash of its identity, so schedules are
+/// spread evenly and stay put across agent restarts.
+pub(crate) fn phase(group: &str, resource: &str, kind: CheckKind, interval: Duration) -> Duration {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (group, resource, kind.as_str()).hash(&mut h);
+    let micros = interval.as_micros().max(1) as u64;
+    Duration::from_micros(h.finish() % micros)
+}
+
 /// The next slot of a fixed-rate schedule after `now`: late checks are not bunched up.
 fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
     let mut next = scheduled + interval;
@@ -626,9 +630,28 @@ fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::advance;
+    use super::{advance, phase};
+    use resmon_policies::CheckKind;
     use std::time::Duration;
     use tokio::time::Instant;
+
+    #[test]
+    fn ten_thousand_resources_do_not_fire_in_the_same_millisecond() {
+        let interval = Duration::from_secs(1);
+        let mut per_ms = vec![0u32; 1000];
+        for i in 0..10_000 {
+            let p = phase("g", &format!("r{i}"), CheckKind::IsAlive, interval);
+            assert!(p < interval);
+            per_ms[p.as_millis() as usize] += 1;
+        }
+        // 10 per millisecond on average; a uniform spread stays well under 30 in any one.
+        let busiest = *per_ms.iter().max().unwrap();
+        assert!(busiest < 30, "{busiest} checks share one millisecond");
+        assert!(
+            per_ms.iter().filter(|&&n| n == 0).count() < 5,
+            "the spread leaves holes"
+        );
+    }
 
     #[test]
     fn a_late_schedule_skips_to_the_next_future_slot() {

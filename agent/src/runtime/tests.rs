@@ -1,0 +1,229 @@
+//! The runtime's isolation guarantees, with resource types that misbehave on purpose: one that
+//! panics, one whose check blocks its thread, one whose online takes longer than a timeout.
+//! Real time, short durations; every wait is bounded.
+
+use super::group::{self, GroupHandle};
+use super::Shared;
+use crate::config;
+use crate::metrics::Metrics;
+use async_trait::async_trait;
+use resmon_probes::{Failure, Resource};
+use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// A resource whose behaviour the test chooses.
+#[derive(Default)]
+struct Scripted {
+    panic_in_is_alive: bool,
+    /// Blocks the calling thread (a resource type doing blocking I/O on the runtime: a bug, but
+    /// one the runtime must survive).
+    block_in_is_alive: Option<Duration>,
+    online_takes: Option<Duration>,
+    is_alive_calls: AtomicUsize,
+    running_now: AtomicUsize,
+    max_running: AtomicUsize,
+}
+
+#[async_trait]
+impl Resource for Scripted {
+    async fn adopt(&self) -> Result<bool, Failure> {
+        Ok(false)
+    }
+    async fn online(&self) -> Result<(), Failure> {
+        if let Some(d) = self.online_takes {
+            tokio::time::sleep(d).await;
+        }
+        Ok(())
+    }
+    async fn offline(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+    async fn terminate(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+    async fn looks_alive(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+    async fn is_alive(&self) -> Result<(), Failure> {
+        self.is_alive_calls.fetch_add(1, Ordering::SeqCst);
+        let now = self.running_now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max_running.fetch_max(now, Ordering::SeqCst);
+        if self.panic_in_is_alive {
+            self.running_now.fetch_sub(1, Ordering::SeqCst);
+            panic!("scripted panic");
+        }
+        if let Some(d) = self.block_in_is_alive {
+            std::thread::sleep(d);
+        }
+        self.running_now.fetch_sub(1, Ordering::SeqCst);
+        Ok(())
+    }
+}
+
+fn start(toml: &str, resources: Vec<Arc<Scripted>>) -> (Arc<Shared>, GroupHandle) {
+    let loaded = config::parse(Path::new("test.toml"), toml).expect("valid test config");
+    let shared = Shared::new(Arc::new(Metrics::new()), false, "test".into());
+    let group_config = loaded.config.groups[0].clone();
+    let resources = resources
+        .into_iter()
+        .map(|r| r as Arc<dyn Resource>)
+        .collect();
+    let handle = group::spawn_with(group_config, &loaded.config.agent, &shared, resources);
+    (shared, handle)
+}
+
+fn resources(names_and_props: &[(&str, &str)]) -> String {
+    let mut s = String::from("[[groups]]\nname = \"g\"\n");
+    for (name, props) in names_and_props {
+        s += &format!("\n[[groups.resources]]\nname = \"{name}\"\ntype = \"tcp\"\naddress = \"127.0.0.1:9\"\n{props}\n");
+    }
+    s
+}
+
+fn state_of(shared: &Shared, resource: &str) -> String {
+    let status = shared.status.snapshot("test");
+    let r = status.groups[0]
+        .resources
+        .iter()
+        .find(|r| r.name == resource)
+        .unwrap();
+    r.state.to_string()
+}
+
+async fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    for _ in 0..500 {
+        if cond() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+fn events(shared: &Shared, name: &str, resource: &str) -> Vec<serde_json::Value> {
+    shared
+        .sink
+        .recent()
+        .into_iter()
+        .filter(|e| e["event"] == name && e["resource"] == resource)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_resource_type_fails_only_its_own_resource() {
+    let bad = Arc::new(Scripted {
+        panic_in_is_alive: true,
+        ..Default::default()
+    });
+    let good = Arc::new(Scripted::default());
+    let props =
+        "is_alive_interval = \"30ms\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"";
+    let (shared, _group) = start(
+        &resources(&[("bad", props), ("good", props)]),
+        vec![bad.clone(), good.clone()],
+    );
+
+    wait_until("bad to fail", || state_of(&shared, "bad") == "failed").await;
+    let failed = events(&shared, "state_changed", "bad");
+    assert!(
+        failed
+            .iter()
+            .any(|e| e["to"] == "failed" && e["cause"] == "failure_signal:panic"),
+        "{failed:?}"
+    );
+    let probe = &events(&shared, "probe_failed", "bad")[0];
+    assert_eq!(probe["reason"], "panic");
+    assert!(probe["detail"].as_str().unwrap().contains("scripted panic"));
+
+    // The other resource, the group task and the agent go on.
+    let before = good.is_alive_calls.load(Ordering::SeqCst);
+    wait_until("good to keep being checked", || {
+        good.is_alive_calls.load(Ordering::SeqCst) >= before + 3
+    })
+    .await;
+    assert_eq!(state_of(&shared, "good"), "online");
+    assert!(shared
+        .sink
+        .metrics()
+        .encode_text()
+        .contains(r#"resmon_check_failures_total{check="is_alive",reason="panic",group="g",resource="bad",type="tcp"} 1"#));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+async fn a_stuck_check_times_out_is_counted_and_never_runs_twice() {
+    let stuck = Arc::new(Scripted {
+        block_in_is_alive: Some(Duration::from_millis(800)),
+        ..Default::default()
+    });
+    let other = Arc::new(Scripted::default());
+    let props = "is_alive_interval = \"50ms\"\ncheck_timeout = \"100ms\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"";
+    let (shared, _group) = start(
+        &resources(&[("stuck", props), ("other", props)]),
+        vec![stuck.clone(), other.clone()],
+    );
+
+    wait_until("the timeout", || {
+        !events(&shared, "probe_failed", "stuck").is_empty()
+    })
+    .await;
+    let first = &events(&shared, "probe_failed", "stuck")[0];
+    assert_eq!(first["reason"], "timeout", "{first}");
+    wait_until("stuck to fail", || state_of(&shared, "stuck") == "failed").await;
+    // While the blocked call has not returned it counts as stuck.
+    let metrics = shared.sink.metrics().encode_text();
+    assert!(
+        metrics.contains(r#"resmon_checks_stuck{type="tcp",check="is_alive"} 1"#),
+        "{metrics}"
+    );
+    assert_eq!(
+        stuck.max_running.load(Ordering::SeqCst),
+        1,
+        "a stuck check is never started again"
+    );
+    // Once it returns, the gauge comes back down.
+    wait_until("the stuck check to return", || {
+        shared
+            .sink
+            .metrics()
+            .encode_text()
+            .contains(r#"resmon_checks_stuck{type="tcp",check="is_alive"} 0"#)
+    })
+    .await;
+    assert_eq!(stuck.max_running.load(Ordering::SeqCst), 1);
+    assert_eq!(state_of(&shared, "other"), "online");
+    assert!(
+        other.is_alive_calls.load(Ordering::SeqCst) >= 3,
+        "the other resource kept its schedule"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pending_timeout_never_waits_while_a_finite_one_fails_the_resource() {
+    let patient = Arc::new(Scripted {
+        online_takes: Some(Duration::from_millis(600)),
+        ..Default::default()
+    });
+    let hasty = Arc::new(Scripted {
+        online_takes: Some(Duration::from_millis(600)),
+        ..Default::default()
+    });
+    let toml = resources(&[
+        ("store", "pending_timeout = \"never\""),
+        (
+            "hasty",
+            "pending_timeout = \"100ms\"\nrestart_action = \"no_restart\"",
+        ),
+    ]);
+    let (shared, _group) = start(&toml, vec![patient, hasty]);
+    wait_until("hasty to fail", || state_of(&shared, "hasty") == "failed").await;
+    assert_eq!(state_of(&shared, "store"), "online_pending");
+    let timed_out = &events(&shared, "operation_timed_out", "hasty")[0];
+    assert_eq!(timed_out["op"], "online");
+    wait_until("store to come online", || {
+        state_of(&shared, "store") == "online"
+    })
+    .await;
+    assert!(events(&shared, "operation_timed_out", "store").is_empty());
+}
