@@ -8,6 +8,13 @@
 //!
 //! Workers resolve their metric handles once ([`ResourceMetrics`]) so the hot path is an
 //! atomic add, not a label lookup.
+//!
+//! The four per-resource families (state, last check duration, restarts, last transition) are
+//! 10 of the ~12 series per resource: 120,000 series at 10,000 resources. They are kept as plain
+//! atomics with each resource's label block rendered once, and written by [`ResourceSeries`]'s
+//! own encoder, because the generic label encoding of `prometheus-client` takes ~45 ms for them
+//! while a scrape must stay well under 100 ms. Everything else (histograms per type, sparse
+//! failure and timeout counters, events) is a `prometheus-client` family.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -16,7 +23,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use resmon_policies::{CheckKind, FailureReason, Operation, State};
-use std::sync::atomic::AtomicU64;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
 
 /// `group`, `resource`, `type`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -38,23 +48,9 @@ pub struct TypeLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StateLabels {
-    state: &'static str,
-    #[prometheus(flatten)]
-    resource: ResourceLabels,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct TypeCheckLabels {
     r#type: &'static str,
     check: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResourceCheckLabels {
-    check: &'static str,
-    #[prometheus(flatten)]
-    resource: ResourceLabels,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -99,9 +95,6 @@ struct BuildLabels {
     version: &'static str,
 }
 
-/// A gauge holding seconds (or a timestamp) as a float.
-type FloatGauge = Gauge<f64, AtomicU64>;
-
 fn check_buckets() -> impl Iterator<Item = f64> {
     [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
@@ -126,17 +119,15 @@ fn operation_buckets() -> impl Iterator<Item = f64> {
 /// The agent's metrics.
 pub struct Metrics {
     registry: Registry,
-    resource_state: Family<StateLabels, Gauge>,
+    /// The per-resource series, by (group, resource).
+    series: RwLock<BTreeMap<(String, String), Arc<ResourceSeries>>>,
     check_duration: Family<TypeCheckLabels, Histogram>,
-    check_last_duration: Family<ResourceCheckLabels, FloatGauge>,
     check_failures: Family<FailureLabels, Counter>,
     check_lateness: Histogram,
     checks_stuck: Family<TypeCheckLabels, Gauge>,
     checks_skipped: Family<SkipLabels, Counter>,
-    restarts: Family<ResourceLabels, Counter>,
     operation_timeouts: Family<OperationLabels, Counter>,
     operation_duration: Family<TypeOperationLabels, Histogram>,
-    last_transition: Family<ResourceLabels, FloatGauge>,
     events: Family<EventLabels, Counter>,
     config_reloads: Family<ResultLabels, Counter>,
     resources: Gauge,
@@ -152,12 +143,6 @@ impl Metrics {
     /// Registers every metric.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let resource_state = Family::<StateLabels, Gauge>::default();
-        registry.register(
-            "resmon_resource_state",
-            "Current state of each resource: 1 for the state it is in, 0 for the others",
-            resource_state.clone(),
-        );
         let check_duration = Family::<TypeCheckLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(check_buckets())
         });
@@ -165,12 +150,6 @@ impl Metrics {
             "resmon_check_duration_seconds",
             "Duration of looks_alive and is_alive checks, per resource type and check",
             check_duration.clone(),
-        );
-        let check_last_duration = Family::<ResourceCheckLabels, FloatGauge>::default();
-        registry.register(
-            "resmon_check_last_duration_seconds",
-            "Duration of each resource's last check of each kind",
-            check_last_duration.clone(),
         );
         let check_failures = Family::<FailureLabels, Counter>::default();
         registry.register(
@@ -196,12 +175,6 @@ impl Metrics {
             "Scheduled checks not started because the previous one of the same resource was still running",
             checks_skipped.clone(),
         );
-        let restarts = Family::<ResourceLabels, Counter>::default();
-        registry.register(
-            "resmon_resource_restarts",
-            "Restarts of each resource decided by the restart policy",
-            restarts.clone(),
-        );
         let operation_timeouts = Family::<OperationLabels, Counter>::default();
         registry.register(
             "resmon_operation_timeouts",
@@ -216,12 +189,6 @@ impl Metrics {
             "resmon_operation_duration_seconds",
             "Duration of online, offline and terminate operations that returned",
             operation_duration.clone(),
-        );
-        let last_transition = Family::<ResourceLabels, FloatGauge>::default();
-        registry.register(
-            "resmon_resource_last_transition_timestamp_seconds",
-            "Unix time of each resource's last state transition",
-            last_transition.clone(),
         );
         let events = Family::<EventLabels, Counter>::default();
         registry.register("resmon_events", "Events emitted, by kind", events.clone());
@@ -250,17 +217,14 @@ impl Metrics {
         );
         Metrics {
             registry,
-            resource_state,
+            series: RwLock::new(BTreeMap::new()),
             check_duration,
-            check_last_duration,
             check_failures,
             check_lateness,
             checks_stuck,
             checks_skipped,
-            restarts,
             operation_timeouts,
             operation_duration,
-            last_transition,
             events,
             config_reloads,
             resources,
@@ -269,23 +233,6 @@ impl Metrics {
 
     /// Resolves the handles of one resource's series and creates them (state `offline`).
     pub fn resource(&self, labels: ResourceLabels) -> ResourceMetrics {
-        let state = State::ALL.map(|state| {
-            self.resource_state
-                .get_or_create(&StateLabels {
-                    resource: labels.clone(),
-                    state: state.as_str(),
-                })
-                .clone()
-        });
-        state[0].set(1);
-        let last_duration = CheckKind::ALL.map(|check| {
-            self.check_last_duration
-                .get_or_create(&ResourceCheckLabels {
-                    resource: labels.clone(),
-                    check: check.as_str(),
-                })
-                .clone()
-        });
         let duration = CheckKind::ALL.map(|check| {
             self.check_duration
                 .get_or_create(&TypeCheckLabels {
@@ -302,37 +249,43 @@ impl Metrics {
                 })
                 .clone()
         });
-        let restarts = self.restarts.get_or_create(&labels).clone();
-        let last_transition = self.last_transition.get_or_create(&labels).clone();
-        self.resources.inc();
+        let series = Arc::new(ResourceSeries::new(&labels));
+        let previous = self
+            .series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(
+                (labels.group.clone(), labels.resource.clone()),
+                series.clone(),
+            );
+        if previous.is_none() {
+            self.resources.inc();
+        }
         ResourceMetrics {
             labels,
-            state,
-            last_duration,
+            series,
             duration,
             stuck,
-            restarts,
-            last_transition,
         }
     }
 
     /// Removes one resource's series (it left the config).
     pub fn forget(&self, labels: &ResourceLabels) {
-        for state in State::ALL {
-            self.resource_state.remove(&StateLabels {
-                resource: labels.clone(),
-                state: state.as_str(),
-            });
+        let key = (labels.group.clone(), labels.resource.clone());
+        if self
+            .series
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key)
+            .is_some()
+        {
+            self.resources.dec();
         }
-        for check in CheckKind::ALL {
-            self.check_last_duration.remove(&ResourceCheckLabels {
-                resource: labels.clone(),
-                check: check.as_str(),
-            });
+        for check in ["looks_alive", "is_alive", "failure_signal"] {
             for reason in FailureReason::ALL {
                 self.check_failures.remove(&FailureLabels {
                     resource: labels.clone(),
-                    check: check.as_str(),
+                    check,
                     reason: reason.as_str(),
                 });
             }
@@ -343,9 +296,6 @@ impl Metrics {
                 op: op.as_str(),
             });
         }
-        self.restarts.remove(labels);
-        self.last_transition.remove(labels);
-        self.resources.dec();
     }
 
     /// Counts an event.
@@ -415,14 +365,110 @@ impl Metrics {
     /// The Prometheus text exposition format (version 0.0.4), which `promtool check metrics`
     /// and every Prometheus version read.
     pub fn encode_text(&self) -> String {
-        openmetrics_to_text(&self.encode_openmetrics())
+        let mut out = self.encode_series(false);
+        out.push_str(&openmetrics_to_text(&self.encode_registry()));
+        out
     }
 
     /// The OpenMetrics text format, for scrapers that ask for it.
     pub fn encode_openmetrics(&self) -> String {
+        let mut out = self.encode_series(true);
+        out.push_str(&self.encode_registry());
+        out
+    }
+
+    fn encode_registry(&self) -> String {
         let mut out = String::with_capacity(1 << 16);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The per-resource families. The only difference between the two formats is how a
+    /// counter family is named in its `# HELP`/`# TYPE` lines.
+    fn encode_series(&self, openmetrics: bool) -> String {
+        let series: Vec<Arc<ResourceSeries>> = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut out = String::with_capacity(series.len() * 1000 + 1024);
+        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+            let suffix = if kind == "counter" && !openmetrics {
+                "_total"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "# HELP {name}{suffix} {help}\n# TYPE {name}{suffix} {kind}"
+            );
+        };
+        family(
+            &mut out,
+            "resmon_resource_state",
+            "gauge",
+            "Current state of each resource: 1 for the state it is in, 0 for the others.",
+        );
+        for s in &series {
+            let current = s.state.load(Ordering::Relaxed);
+            for (i, state) in State::ALL.iter().enumerate() {
+                let _ = writeln!(
+                    out,
+                    "resmon_resource_state{{state=\"{}\",{}}} {}",
+                    state.as_str(),
+                    s.labels,
+                    u8::from(i == current)
+                );
+            }
+        }
+        family(
+            &mut out,
+            "resmon_check_last_duration_seconds",
+            "gauge",
+            "Duration of each resource's last check of each kind.",
+        );
+        for s in &series {
+            for (i, check) in CheckKind::ALL.iter().enumerate() {
+                let v = f64::from_bits(s.last_duration[i].load(Ordering::Relaxed));
+                let _ = writeln!(
+                    out,
+                    "resmon_check_last_duration_seconds{{check=\"{}\",{}}} {v}",
+                    check.as_str(),
+                    s.labels
+                );
+            }
+        }
+        family(
+            &mut out,
+            "resmon_resource_restarts",
+            "counter",
+            "Restarts of each resource decided by the restart policy.",
+        );
+        for s in &series {
+            let _ = writeln!(
+                out,
+                "resmon_resource_restarts_total{{{}}} {}",
+                s.labels,
+                s.restarts.load(Ordering::Relaxed)
+            );
+        }
+        family(
+            &mut out,
+            "resmon_resource_last_transition_timestamp_seconds",
+            "gauge",
+            "Unix time of each resource's last state transition.",
+        );
+        for s in &series {
+            let v = f64::from_bits(s.last_transition.load(Ordering::Relaxed));
+            let _ = writeln!(
+                out,
+                "resmon_resource_last_transition_timestamp_seconds{{{}}} {v}",
+                s.labels
+            );
+        }
         out
     }
 }
@@ -432,32 +478,85 @@ impl Metrics {
 /// OpenMetrics-only `# UNIT` and `# EOF` lines go.
 fn openmetrics_to_text(om: &str) -> String {
     let mut out = String::with_capacity(om.len());
-    let mut help: Option<&str> = None;
-    for line in om.lines() {
-        if line.starts_with("# HELP ") {
-            help = Some(line);
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = rest.split_once(' ').unwrap_or((rest, ""));
+    let mut rest = om;
+    // Sample lines are copied in bulk; only the few comment lines are looked at.
+    while !rest.is_empty() {
+        let comment = rest
+            .find("# ")
+            .filter(|&i| i == 0 || rest.as_bytes()[i - 1] == b'\n');
+        let Some(at) = comment.or_else(|| rest.find("\n# ").map(|i| i + 1)) else {
+            out.push_str(rest);
+            break;
+        };
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let end = rest.find('\n').map_or(rest.len(), |i| i + 1);
+        let line = &rest[..end];
+        rest = &rest[end..];
+        let line = line.trim_end_matches('\n');
+        if let Some(help) = line.strip_prefix("# HELP ") {
+            // The TYPE line follows its HELP line: read it now to learn the family's kind.
+            let type_end = rest.find('\n').map_or(rest.len(), |i| i + 1);
+            let type_line = rest[..type_end].trim_end_matches('\n');
+            let suffix = if type_line.ends_with(" counter") {
+                "_total"
+            } else {
+                ""
+            };
+            let (name, text) = help.split_once(' ').unwrap_or((help, ""));
+            out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
+        } else if let Some(t) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = t.split_once(' ').unwrap_or((t, ""));
             let suffix = if kind == "counter" { "_total" } else { "" };
-            if let Some(h) = help.take() {
-                let text = h
-                    .strip_prefix("# HELP ")
-                    .and_then(|h| h.split_once(' '))
-                    .map_or("", |(_, t)| t);
-                out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
-            }
             out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
-            continue;
+        } else if line.starts_with("# UNIT ") || line == "# EOF" {
+            // OpenMetrics only.
+        } else {
+            out.push_str(line);
+            out.push('\n');
         }
-        if line.starts_with("# UNIT ") || line == "# EOF" {
-            continue;
-        }
-        out.push_str(line);
-        out.push('\n');
     }
     out
+}
+
+/// One resource's own series: atomics, and its label block rendered once.
+pub struct ResourceSeries {
+    /// `group="…",resource="…",type="…"`; names are validated to need no escaping.
+    labels: String,
+    /// Index of the current state in [`State::ALL`].
+    state: AtomicUsize,
+    /// Last check durations (f64 bits), by [`CheckKind::ALL`] order.
+    last_duration: [AtomicU64; 2],
+    restarts: AtomicU64,
+    /// Unix seconds (f64 bits).
+    last_transition: AtomicU64,
+}
+
+impl ResourceSeries {
+    fn new(labels: &ResourceLabels) -> Self {
+        ResourceSeries {
+            labels: format!(
+                "group=\"{}\",resource=\"{}\",type=\"{}\"",
+                escape(&labels.group),
+                escape(&labels.resource),
+                labels.kind.r#type
+            ),
+            state: AtomicUsize::new(state_index(State::Offline)),
+            last_duration: [
+                AtomicU64::new(0f64.to_bits()),
+                AtomicU64::new(0f64.to_bits()),
+            ],
+            restarts: AtomicU64::new(0),
+            last_transition: AtomicU64::new(0f64.to_bits()),
+        }
+    }
+}
+
+/// Escapes a label value (config names never need it; this keeps the output valid regardless).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 /// One resource's metric handles.
@@ -465,26 +564,24 @@ fn openmetrics_to_text(om: &str) -> String {
 pub struct ResourceMetrics {
     /// Its labels.
     pub labels: ResourceLabels,
-    state: [Gauge; 6],
-    last_duration: [FloatGauge; 2],
+    series: Arc<ResourceSeries>,
     duration: [Histogram; 2],
     stuck: [Gauge; 2],
-    restarts: Counter,
-    last_transition: FloatGauge,
 }
 
 impl ResourceMetrics {
     /// Records a transition at `unix_seconds`.
-    pub fn transition(&self, from: State, to: State, unix_seconds: f64) {
-        self.state[state_index(from)].set(0);
-        self.state[state_index(to)].set(1);
-        self.last_transition.set(unix_seconds);
+    pub fn transition(&self, _from: State, to: State, unix_seconds: f64) {
+        self.series.state.store(state_index(to), Ordering::Relaxed);
+        self.series
+            .last_transition
+            .store(unix_seconds.to_bits(), Ordering::Relaxed);
     }
 
     /// Records a check's duration.
     pub fn check_duration(&self, check: CheckKind, seconds: f64) {
         let i = check_index(check);
-        self.last_duration[i].set(seconds);
+        self.series.last_duration[i].store(seconds.to_bits(), Ordering::Relaxed);
         self.duration[i].observe(seconds);
     }
 
@@ -495,7 +592,7 @@ impl ResourceMetrics {
 
     /// Counts a restart.
     pub fn restart(&self) {
-        self.restarts.inc();
+        self.series.restarts.fetch_add(1, Ordering::Relaxed);
     }
 }
 
@@ -544,5 +641,31 @@ mod tests {
         assert!(!text.contains("# EOF"));
         m.forget(&r.labels);
         assert!(!m.encode_text().contains("resource=\"r\""));
+    }
+}
+
+#[cfg(test)]
+mod scrape_timing {
+    use super::*;
+
+    #[test]
+    #[ignore = "prints timings; run with --release --ignored"]
+    fn encode_timing() {
+        let m = Metrics::new();
+        let mut keep = Vec::new();
+        for i in 0..10_000 {
+            let r = m.resource(ResourceLabels {
+                group: format!("g{}", i / 100),
+                resource: format!("r{i}"),
+                kind: TypeLabel { r#type: "tcp" },
+            });
+            r.check_duration(CheckKind::IsAlive, 0.001);
+            keep.push(r);
+        }
+        for _ in 0..3 {
+            let t = std::time::Instant::now();
+            let text = m.encode_text();
+            println!("encode_text {:?} size {}", t.elapsed(), text.len());
+        }
     }
 }

@@ -130,14 +130,6 @@ async fn join_task<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> 
     }
 }
 
-/// Sleeps until `at`, or never.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
 fn live_deadline<T>(slot: &Option<Running<T>>) -> Option<Instant> {
     slot.as_ref()
         .filter(|r| !r.timed_out)
@@ -164,12 +156,17 @@ fn join_failure(e: JoinError) -> Option<Failure> {
 
 impl Worker {
     async fn run(&mut self) {
+        // One timer for every deadline and schedule of this resource, reset rather than
+        // re-created: a timer registration per loop turn costs more than the check itself.
+        let timer = tokio::time::sleep_until(Instant::now());
+        tokio::pin!(timer);
         loop {
-            let looks_deadline = live_deadline(&self.looks_alive_check);
-            let is_deadline = live_deadline(&self.is_alive_check);
-            let op_deadline = self.operation.as_ref().and_then(|r| r.deadline);
-            let adopt_deadline = live_deadline(&self.adoption);
-            let next_check = self.next_check();
+            let wake = self.next_wake();
+            if let Some(at) = wake {
+                if timer.deadline() != at {
+                    timer.as_mut().reset(at);
+                }
+            }
             tokio::select! {
                 command = self.commands.recv() => match command {
                     Some(command) => self.command(command),
@@ -177,14 +174,10 @@ impl Worker {
                 },
                 result = join(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
                 result = join(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
-                _ = sleep_until(looks_deadline) => self.check_timed_out(CheckKind::LooksAlive),
-                _ = sleep_until(is_deadline) => self.check_timed_out(CheckKind::IsAlive),
                 result = join(&mut self.operation) => self.operation_returned(result),
-                _ = sleep_until(op_deadline) => self.operation_timed_out(),
                 result = join(&mut self.adoption) => self.adoption_returned(result),
-                _ = sleep_until(adopt_deadline) => self.adoption_timed_out(),
                 result = join_task(&mut self.signal) => self.signalled(result),
-                _ = sleep_until(next_check) => self.start_due_checks(),
+                _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
             }
         }
         // The group let go of this resource (agent exit, reload): stop watching, touch nothing.
@@ -199,6 +192,40 @@ impl Worker {
         }
         if let Some(signal) = self.signal.take() {
             signal.abort();
+        }
+    }
+
+    /// The earliest deadline or scheduled check, if any.
+    fn next_wake(&self) -> Option<Instant> {
+        [
+            live_deadline(&self.looks_alive_check),
+            live_deadline(&self.is_alive_check),
+            self.operation.as_ref().and_then(|r| r.deadline),
+            live_deadline(&self.adoption),
+            self.next_check(),
+        ]
+        .into_iter()
+        .flatten()
+        .min()
+    }
+
+    /// Handles every deadline that has passed and starts the checks that are due.
+    fn on_timer(&mut self, now: Instant) {
+        let passed = |d: Option<Instant>| d.is_some_and(|d| d <= now);
+        if passed(live_deadline(&self.adoption)) {
+            self.adoption_timed_out();
+        }
+        if passed(self.operation.as_ref().and_then(|r| r.deadline)) {
+            self.operation_timed_out();
+        }
+        if passed(live_deadline(&self.looks_alive_check)) {
+            self.check_timed_out(CheckKind::LooksAlive);
+        }
+        if passed(live_deadline(&self.is_alive_check)) {
+            self.check_timed_out(CheckKind::IsAlive);
+        }
+        if passed(self.next_check()) {
+            self.start_due_checks();
         }
     }
 
@@ -485,14 +512,9 @@ impl Worker {
         }
         self.cx.metrics.check_duration(kind, elapsed);
         match outcome {
-            Ok(()) => {
-                self.record(kind, None, elapsed);
-                self.report(Input::CheckCompleted {
-                    resource: self.cx.id,
-                    check: kind,
-                    outcome: Ok(()),
-                });
-            }
+            // A passing check changes nothing in the policy: it is recorded, not reported, which
+            // spares the group task a wake-up per check.
+            Ok(()) => self.record(kind, None, elapsed),
             Err(failure) => self.check_failed(kind, &failure, elapsed),
         }
     }
