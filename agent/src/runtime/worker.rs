@@ -454,6 +454,14 @@ impl Worker {
         let now = Instant::now();
         if let Some(running) = self.slot(kind).as_ref() {
             let (stuck, running_for) = (running.timed_out, now - running.started);
+            if !stuck {
+                // Still within its timeout (a timeout longer than the interval): just skip.
+                self.cx
+                    .sink
+                    .metrics()
+                    .check_skipped(self.cx.type_name, kind);
+                return;
+            }
             CheckStuck {
                 group: &self.cx.group,
                 resource: &self.cx.name,
@@ -462,16 +470,14 @@ impl Worker {
                 running_seconds: running_for.as_secs_f64(),
             }
             .emit(&self.cx.sink);
-            if stuck {
-                let failure = Failure::new(
-                    FailureReason::Stuck,
-                    format!(
-                        "the previous {kind} has not returned for {:.1}s",
-                        running_for.as_secs_f64()
-                    ),
-                );
-                self.check_failed(kind, &failure, 0.0);
-            }
+            let failure = Failure::new(
+                FailureReason::Stuck,
+                format!(
+                    "the previous {kind} has not returned for {:.1}s",
+                    running_for.as_secs_f64()
+                ),
+            );
+            self.check_failed(kind, &failure, 0.0);
             return;
         }
         if let Some(scheduled) = scheduled {
