@@ -63,15 +63,9 @@ pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config } => {
             init_logging();
-            let runtime = match tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()
-            {
+            let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+                Err(code) => return code,
             };
             match runtime.block_on(crate::runtime::run(config)) {
                 Ok(()) => {
@@ -92,6 +86,15 @@ pub fn main(cli: Cli) -> ExitCode {
             output,
         } => status(&config, address, output),
     }
+}
+
+fn build_runtime(
+    mut builder: tokio::runtime::Builder,
+) -> Result<tokio::runtime::Runtime, ExitCode> {
+    builder.enable_all().build().map_err(|e| {
+        eprintln!("error: cannot start the runtime: {e}");
+        ExitCode::FAILURE
+    })
 }
 
 fn init_logging() {
@@ -142,15 +145,9 @@ fn status(path: &std::path::Path, address: Option<String>, output: Output) -> Ex
             }
         },
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(code) => return code,
     };
     let body = match runtime.block_on(get(&address, "/api/v1/status")) {
         Ok(body) => body,

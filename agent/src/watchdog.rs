@@ -11,9 +11,7 @@ use std::time::Duration;
 /// Tells systemd the agent is ready and starts petting the watchdog if one is configured.
 pub fn ready(shared: Arc<Shared>) {
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
-    let mut usec = 0;
-    if sd_notify::watchdog_enabled(false, &mut usec) && usec > 0 {
-        let period = Duration::from_micros(usec);
+    if let Some(period) = watchdog_period() {
         let spawned = std::thread::Builder::new()
             .name("resmon-watchdog".into())
             .spawn(move || loop {
@@ -27,6 +25,18 @@ pub fn ready(shared: Arc<Shared>) {
             tracing::error!("cannot start the watchdog thread: {e}");
         }
     }
+}
+
+/// `WATCHDOG_USEC`, when the watchdog is meant for this process. As sd_watchdog_enabled(3)
+/// says, a missing `WATCHDOG_PID` means it is (the `sd-notify` crate insists on one).
+fn watchdog_period() -> Option<Duration> {
+    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    if let Ok(pid) = std::env::var("WATCHDOG_PID") {
+        if pid.parse::<u32>().ok()? != std::process::id() {
+            return None;
+        }
+    }
+    (usec > 0).then(|| Duration::from_micros(usec))
 }
 
 /// A reload begins.

@@ -85,6 +85,7 @@ pub struct Agent {
     /// The HTTP endpoint.
     pub address: String,
     log: PathBuf,
+    env: Vec<(String, String)>,
 }
 
 impl Agent {
@@ -96,6 +97,11 @@ impl Agent {
 
     /// Like [`Agent::start`], with extra `[agent]` keys.
     pub fn start_with(body: &str, agent_extra: &str) -> Agent {
+        Self::start_env(body, agent_extra, &[])
+    }
+
+    /// Like [`Agent::start_with`], with extra environment variables for the agent.
+    pub fn start_env(body: &str, agent_extra: &str, env: &[(&str, &str)]) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("resmon-e2e")
             .tempdir()
@@ -118,6 +124,10 @@ impl Agent {
             dir,
             config,
             address,
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         agent.spawn();
         agent
@@ -141,6 +151,7 @@ impl Agent {
             .arg("run")
             .arg("--config")
             .arg(&self.config)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)

@@ -458,3 +458,73 @@ fn validate_reports_errors_with_file_line_and_key_and_exits_non_zero() {
         .unwrap();
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn under_systemd_the_agent_reports_ready_and_pets_the_watchdog() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let port = free_port();
+    let _agent = Agent::start_env(
+        &format!("[[groups]]\nname = \"app\"\n{}", server("daemon", port, "")),
+        "",
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+        ],
+    );
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 256];
+    while seen
+        .iter()
+        .filter(|m: &&String| m.contains("WATCHDOG=1"))
+        .count()
+        < 3
+    {
+        let n = socket.recv(&mut buf).expect("a notification within 5 s");
+        seen.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+    }
+    assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
+}
+
+#[test]
+fn resmon_status_prints_a_table_and_json() {
+    let port = free_port();
+    let agent = Agent::start(&format!(
+        "[[groups]]\nname = \"app\"\n{}",
+        server("daemon", port, "")
+    ));
+    agent.wait_state("app", "daemon", "online", LONG);
+    let run = |extra: &[&str]| {
+        let out = std::process::Command::new(resmon_e2e::binary("resmon"))
+            .args(["status", "--config"])
+            .arg(&agent.config)
+            .args(extra)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let table = run(&[]);
+    let header = table.lines().nth(1).unwrap();
+    assert!(
+        header.starts_with("GROUP") && header.contains("STATE") && header.contains("NEXT CHECK"),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.starts_with("app")).expect(&table);
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        &cells[..4],
+        ["app", "daemon", "process", "online"],
+        "{table}"
+    );
+    let json: serde_json::Value = serde_json::from_str(&run(&["--output", "json"])).unwrap();
+    assert_eq!(json["groups"][0]["resources"][0]["state"], "online");
+}
