@@ -129,6 +129,8 @@ pub struct Metrics {
     operation_timeouts: Family<OperationLabels, Counter>,
     operation_duration: Family<TypeOperationLabels, Histogram>,
     events: Family<EventLabels, Counter>,
+    tls_not_after: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
+    tls_not_before: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     config_reloads: Family<ResultLabels, Counter>,
     resources: Gauge,
 }
@@ -192,6 +194,18 @@ impl Metrics {
         );
         let events = Family::<EventLabels, Counter>::default();
         registry.register("resmon_events", "Events emitted, by kind", events.clone());
+        let tls_not_after = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "resmon_tls_cert_not_after_timestamp_seconds",
+            "NotAfter of the TLS peer certificate each resource saw last, as Unix time",
+            tls_not_after.clone(),
+        );
+        let tls_not_before = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "resmon_tls_cert_not_before_timestamp_seconds",
+            "NotBefore of the TLS peer certificate each resource saw last, as Unix time",
+            tls_not_before.clone(),
+        );
         let config_reloads = Family::<ResultLabels, Counter>::default();
         registry.register(
             "resmon_config_reloads",
@@ -226,6 +240,8 @@ impl Metrics {
             operation_timeouts,
             operation_duration,
             events,
+            tls_not_after,
+            tls_not_before,
             config_reloads,
             resources,
         }
@@ -290,12 +306,20 @@ impl Metrics {
                 });
             }
         }
+        self.tls_not_after.remove(labels);
+        self.tls_not_before.remove(labels);
         for op in Operation::ALL {
             self.operation_timeouts.remove(&OperationLabels {
                 resource: labels.clone(),
                 op: op.as_str(),
             });
         }
+    }
+
+    /// Records the validity of the TLS certificate a resource's check saw.
+    pub fn tls_certificate(&self, labels: &ResourceLabels, not_before: f64, not_after: f64) {
+        self.tls_not_before.get_or_create(labels).set(not_before);
+        self.tls_not_after.get_or_create(labels).set(not_after);
     }
 
     /// Counts an event.

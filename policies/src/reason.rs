@@ -14,6 +14,21 @@ pub enum FailureReason {
     Timeout,
     /// The peer refused the TCP connection.
     Refused,
+    /// The TCP connection was not established before the deadline.
+    ConnectTimeout,
+    /// Connected, but the server's greeting did not come before the deadline.
+    BannerTimeout,
+    /// The greeting (or another answer) was not the one expected.
+    UnexpectedBanner,
+    /// The TLS handshake failed or did not finish (certificate not trusted, wrong name...).
+    TlsHandshake,
+    /// The peer's certificate has expired, is not valid yet, or expires within the configured
+    /// window.
+    TlsExpired,
+    /// The HTTP status was not one of the expected ones.
+    HttpStatus,
+    /// The HTTP body did not hold what was expected.
+    HttpBody,
     /// The network or host is unreachable.
     Unreachable,
     /// The peer reset or closed the connection too early.
@@ -44,9 +59,16 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every reason, for tests and for pre-declaring label values.
-    pub const ALL: [FailureReason; 15] = [
+    pub const ALL: [FailureReason; 22] = [
         FailureReason::Timeout,
         FailureReason::Refused,
+        FailureReason::ConnectTimeout,
+        FailureReason::BannerTimeout,
+        FailureReason::UnexpectedBanner,
+        FailureReason::TlsHandshake,
+        FailureReason::TlsExpired,
+        FailureReason::HttpStatus,
+        FailureReason::HttpBody,
         FailureReason::Unreachable,
         FailureReason::Reset,
         FailureReason::UnexpectedResponse,
@@ -67,6 +89,13 @@ impl FailureReason {
         match self {
             FailureReason::Timeout => "timeout",
             FailureReason::Refused => "refused",
+            FailureReason::ConnectTimeout => "connect_timeout",
+            FailureReason::BannerTimeout => "banner_timeout",
+            FailureReason::UnexpectedBanner => "unexpected_banner",
+            FailureReason::TlsHandshake => "tls_handshake",
+            FailureReason::TlsExpired => "tls_expired",
+            FailureReason::HttpStatus => "http_status",
+            FailureReason::HttpBody => "http_body",
             FailureReason::Unreachable => "unreachable",
             FailureReason::Reset => "reset",
             FailureReason::UnexpectedResponse => "unexpected_response",

@@ -13,11 +13,13 @@
 //!   [`ResourceConfig`] enum over every type's private properties, and [`BuildContext`].
 //! - [`process`]: a command resmon supervises itself (its exit is the failure signal).
 //! - [`tcp`]: a TCP connect.
+//! - [`net`]: connection helpers shared by the network types.
 
 pub mod config;
+pub mod net;
 pub mod process;
 pub mod resource;
 pub mod tcp;
 
 pub use config::{BuildContext, ConfigError, HumanDuration, ResourceConfig, RESOURCE_TYPES};
-pub use resource::{Failure, Resource};
+pub use resource::{escape_bytes, CertValidity, Failure, Progress, Resource, Stage};

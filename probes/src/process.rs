@@ -18,7 +18,7 @@
 //! writes to a reset socket may die of SIGPIPE.
 
 use crate::config::{Argv, BuildContext, ConfigError, HostPort, HumanDuration};
-use crate::resource::{Failure, Resource};
+use crate::resource::{Failure, Progress, Resource};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
@@ -323,7 +323,7 @@ impl Resource for ProcessResource {
             return Ok(false);
         };
         *self.lock() = Some(instance);
-        Ok(self.is_alive().await.is_ok())
+        Ok(self.is_alive(&Progress::default()).await.is_ok())
     }
 
     async fn online(&self) -> Result<(), Failure> {
@@ -361,11 +361,11 @@ impl Resource for ProcessResource {
             .await
     }
 
-    async fn looks_alive(&self) -> Result<(), Failure> {
+    async fn looks_alive(&self, _progress: &Progress) -> Result<(), Failure> {
         self.running().map(|_| ())
     }
 
-    async fn is_alive(&self) -> Result<(), Failure> {
+    async fn is_alive(&self, _progress: &Progress) -> Result<(), Failure> {
         self.running()?;
         self.ready().await
     }
@@ -467,7 +467,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let r = resource(dir.path(), &["sleep", "30"], "");
         assert_eq!(
-            r.looks_alive().await.unwrap_err().reason,
+            r.looks_alive(&Progress::default())
+                .await
+                .unwrap_err()
+                .reason,
             FailureReason::NotRunning
         );
         r.online().await.unwrap();
@@ -478,8 +481,8 @@ mod tests {
                 .as_raw(),
             pid
         );
-        r.looks_alive().await.unwrap();
-        r.is_alive().await.unwrap();
+        r.looks_alive(&Progress::default()).await.unwrap();
+        r.is_alive(&Progress::default()).await.unwrap();
         assert!(std::fs::read_to_string(dir.path().join("g/p.pid"))
             .unwrap()
             .starts_with(&pid.to_string()));
@@ -494,7 +497,10 @@ mod tests {
         assert_eq!(failure.reason, FailureReason::Killed, "{failure}");
         assert!(killed_at.elapsed() < Duration::from_secs(1));
         assert_eq!(
-            r.looks_alive().await.unwrap_err().reason,
+            r.looks_alive(&Progress::default())
+                .await
+                .unwrap_err()
+                .reason,
             FailureReason::Killed
         );
 
@@ -529,10 +535,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
         let (r, result) = online.await.unwrap();
         result.unwrap();
-        r.is_alive().await.unwrap();
+        r.is_alive(&Progress::default()).await.unwrap();
         drop(listener);
         assert_eq!(
-            r.is_alive().await.unwrap_err().reason,
+            r.is_alive(&Progress::default()).await.unwrap_err().reason,
             FailureReason::NotReady
         );
         r.terminate().await.unwrap();

@@ -3,6 +3,7 @@
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use std::fmt;
+use std::sync::Mutex;
 
 /// Why a call failed: a reason from the fixed enum (a metric label) and a detail for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +47,117 @@ impl fmt::Display for Failure {
 
 impl std::error::Error for Failure {}
 
+/// How far a check has got: the runtime reads it when the check's deadline passes, to tell a
+/// connect that hung from a banner that never came (probes own no deadlines, so they cannot
+/// tell themselves), and when the check ends, to export what it learnt on the way (the TLS
+/// peer certificate's validity), also when the check failed.
+#[derive(Debug, Default)]
+pub struct Progress {
+    inner: Mutex<ProgressState>,
+}
+
+/// The stages a check goes through; the one it is in when its deadline passes names the reason.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Stage {
+    /// Nothing started yet, or a stage with no reason of its own.
+    #[default]
+    Other,
+    /// Opening the TCP connection.
+    Connect,
+    /// The TLS handshake.
+    TlsHandshake,
+    /// Waiting for the server's greeting.
+    Banner,
+    /// A later exchange (a command's answer, an HTTP response).
+    Exchange,
+}
+
+/// A certificate's validity period, in Unix seconds.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct CertValidity {
+    /// NotBefore.
+    pub not_before: f64,
+    /// NotAfter.
+    pub not_after: f64,
+}
+
+#[derive(Debug, Default)]
+struct ProgressState {
+    stage: Stage,
+    received: Vec<u8>,
+    peer_certificate: Option<CertValidity>,
+}
+
+/// How many received bytes are kept to explain a failure.
+pub const KEPT_BYTES: usize = 128;
+
+impl Progress {
+    fn state(&self) -> std::sync::MutexGuard<'_, ProgressState> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Enters a stage.
+    pub fn stage(&self, stage: Stage) {
+        self.state().stage = stage;
+    }
+
+    /// Keeps the first bytes received, for the failure's detail.
+    pub fn received(&self, bytes: &[u8]) {
+        let mut s = self.state();
+        let room = KEPT_BYTES.saturating_sub(s.received.len());
+        s.received
+            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+    }
+
+    /// Records the TLS peer certificate's validity.
+    pub fn peer_certificate(&self, validity: CertValidity) {
+        self.state().peer_certificate = Some(validity);
+    }
+
+    /// The certificate seen, if any.
+    pub fn certificate(&self) -> Option<CertValidity> {
+        self.state().peer_certificate
+    }
+
+    /// The failure a deadline means at the current stage.
+    pub fn timed_out(&self, limit: &str) -> Failure {
+        let s = self.state();
+        let (reason, doing) = match s.stage {
+            Stage::Connect => (FailureReason::ConnectTimeout, "connecting"),
+            Stage::TlsHandshake => (FailureReason::TlsHandshake, "in the TLS handshake"),
+            Stage::Banner => (FailureReason::BannerTimeout, "waiting for the banner"),
+            Stage::Exchange => (FailureReason::Timeout, "waiting for an answer"),
+            Stage::Other => (FailureReason::Timeout, "running"),
+        };
+        let mut detail = format!("still {doing} when {limit} passed");
+        if !s.received.is_empty() {
+            detail += &format!("; received {}", escape_bytes(&s.received));
+        }
+        Failure::new(reason, detail)
+    }
+}
+
+/// Bytes as an escaped, quoted string for a log line: `"220-mail\r\n"`.
+pub fn escape_bytes(bytes: &[u8]) -> String {
+    let mut out = String::from("\"");
+    for &b in bytes.iter().take(KEPT_BYTES) {
+        match b {
+            b'\r' => out.push_str("\\r"),
+            b'\n' => out.push_str("\\n"),
+            b'\t' => out.push_str("\\t"),
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            0x20..=0x7e => out.push(b as char),
+            _ => out.push_str(&format!("\\x{b:02x}")),
+        }
+    }
+    out.push('"');
+    if bytes.len() > KEPT_BYTES {
+        out.push_str("...");
+    }
+    out
+}
+
 /// One kept thing, as a resource DLL keeps it for the cluster's resource monitor.
 ///
 /// Every method may be slow or hang: the runtime runs each under its own deadline on a task of
@@ -58,7 +170,7 @@ pub trait Resource: Send + Sync + 'static {
     /// `Ok(true)` when it is there and alive: the runtime then marks it online without starting
     /// it again. The default asks `is_alive`.
     async fn adopt(&self) -> Result<bool, Failure> {
-        Ok(self.is_alive().await.is_ok())
+        Ok(self.is_alive(&Progress::default()).await.is_ok())
     }
 
     /// Brings the resource online; returns once it is ready.
@@ -70,11 +182,11 @@ pub trait Resource: Send + Sync + 'static {
     /// Stops it forcefully; must not hang.
     async fn terminate(&self) -> Result<(), Failure>;
 
-    /// The cheap check.
-    async fn looks_alive(&self) -> Result<(), Failure>;
+    /// The cheap check; `progress` tells the runtime how far it got.
+    async fn looks_alive(&self, progress: &Progress) -> Result<(), Failure>;
 
-    /// The thorough check.
-    async fn is_alive(&self) -> Result<(), Failure>;
+    /// The thorough check; `progress` tells the runtime how far it got.
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure>;
 
     /// Whether [`Resource::failure`] ever resolves.
     fn provides_failure_signal(&self) -> bool {

@@ -5,10 +5,9 @@
 //! thousands of checks a second leave no `TIME_WAIT` sockets behind to exhaust local ports.
 
 use crate::config::HostPort;
-use crate::resource::{Failure, Resource};
+use crate::resource::{Failure, Progress, Resource};
 use async_trait::async_trait;
 use serde::Deserialize;
-use std::time::Duration;
 
 /// Private properties of a `tcp` resource.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -29,26 +28,17 @@ impl TcpResource {
         TcpResource { config }
     }
 
-    async fn connect(&self) -> Result<(), Failure> {
-        let target = &self.config.address;
-        let stream = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
-            .await
-            .map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?;
-        close_with_reset(&stream);
+    async fn connect(&self, progress: &Progress) -> Result<(), Failure> {
+        let stream = crate::net::connect(&self.config.address, progress).await?;
+        crate::net::close_with_reset(&stream);
         Ok(())
     }
-}
-
-/// Makes the coming close send a reset instead of a FIN. Best effort: a failure only costs a
-/// `TIME_WAIT` entry. (A zero linger never blocks, unlike the linger tokio deprecates.)
-pub(crate) fn close_with_reset(stream: &tokio::net::TcpStream) {
-    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
 }
 
 #[async_trait]
 impl Resource for TcpResource {
     async fn online(&self) -> Result<(), Failure> {
-        self.connect().await
+        self.connect(&Progress::default()).await
     }
 
     async fn offline(&self) -> Result<(), Failure> {
@@ -59,12 +49,12 @@ impl Resource for TcpResource {
         Ok(())
     }
 
-    async fn looks_alive(&self) -> Result<(), Failure> {
-        self.connect().await
+    async fn looks_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        self.connect(progress).await
     }
 
-    async fn is_alive(&self) -> Result<(), Failure> {
-        self.connect().await
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        self.connect(progress).await
     }
 }
 
@@ -84,10 +74,10 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let r = resource(&addr);
-        r.is_alive().await.unwrap();
+        r.is_alive(&Progress::default()).await.unwrap();
         r.online().await.unwrap();
         drop(listener);
-        let err = r.is_alive().await.unwrap_err();
+        let err = r.is_alive(&Progress::default()).await.unwrap_err();
         assert_eq!(err.reason, FailureReason::Refused, "{err}");
         assert!(err.detail.contains(&addr), "{err}");
     }
@@ -98,7 +88,10 @@ mod tests {
             return; // no IPv6 on this host: nothing to test
         };
         let addr = listener.local_addr().unwrap().to_string();
-        resource(&addr).is_alive().await.unwrap();
+        resource(&addr)
+            .is_alive(&Progress::default())
+            .await
+            .unwrap();
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::Shared;
 use crate::config;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
-use resmon_probes::{Failure, Resource};
+use resmon_probes::{Failure, Progress, Resource};
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -43,10 +43,10 @@ impl Resource for Scripted {
     async fn terminate(&self) -> Result<(), Failure> {
         Ok(())
     }
-    async fn looks_alive(&self) -> Result<(), Failure> {
+    async fn looks_alive(&self, _: &Progress) -> Result<(), Failure> {
         Ok(())
     }
-    async fn is_alive(&self) -> Result<(), Failure> {
+    async fn is_alive(&self, _: &Progress) -> Result<(), Failure> {
         self.is_alive_calls.fetch_add(1, Ordering::SeqCst);
         let now = self.running_now.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);

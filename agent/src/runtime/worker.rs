@@ -19,7 +19,7 @@ use crate::events::{
 };
 use crate::status;
 use resmon_policies::{CheckKind, FailureReason, Input, Operation};
-use resmon_probes::{Failure, Resource};
+use resmon_probes::{Failure, Progress, Resource};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::sync::Arc;
@@ -79,6 +79,8 @@ struct Worker {
     generation: u64,
     looks_alive_check: Option<Running<Result<(), Failure>>>,
     is_alive_check: Option<Running<Result<(), Failure>>>,
+    /// What the check in flight of each kind has got to, by [`CheckKind::ALL`] order.
+    progress: [Arc<Progress>; 2],
     operation: Option<Running<Result<(), Failure>>>,
     /// Which operation `operation` runs.
     operation_kind: Operation,
@@ -103,6 +105,7 @@ pub(crate) fn spawn(
         generation: 0,
         looks_alive_check: None,
         is_alive_check: None,
+        progress: Default::default(),
         operation: None,
         operation_kind: Operation::Online,
         adoption: None,
@@ -487,10 +490,12 @@ impl Worker {
                 .check_lateness((now - scheduled).as_secs_f64());
         }
         let resource = self.resource.clone();
+        let progress = Arc::new(Progress::default());
+        self.progress[kind_index(kind)] = progress.clone();
         let call = async move {
             match kind {
-                CheckKind::LooksAlive => resource.looks_alive().await,
-                CheckKind::IsAlive => resource.is_alive().await,
+                CheckKind::LooksAlive => resource.looks_alive(&progress).await,
+                CheckKind::IsAlive => resource.is_alive(&progress).await,
             }
         };
         let running = self.spawn_call(Some(self.cx.props.check_timeout), call);
@@ -516,6 +521,7 @@ impl Worker {
         if running.generation != self.generation {
             return;
         }
+        self.export_certificate(kind);
         self.cx.metrics.check_duration(kind, elapsed);
         match outcome {
             // A passing check changes nothing in the policy: it is recorded, not reported, which
@@ -599,6 +605,17 @@ impl Worker {
         });
     }
 
+    /// Exports the TLS certificate a check saw, also when the check failed because of it.
+    fn export_certificate(&self, kind: CheckKind) {
+        if let Some(cert) = self.progress[kind_index(kind)].certificate() {
+            self.cx.sink.metrics().tls_certificate(
+                &self.cx.metrics.labels,
+                cert.not_before,
+                cert.not_after,
+            );
+        }
+    }
+
     // --- status ---------------------------------------------------------------------------
 
     fn record(&self, kind: CheckKind, failure: Option<&Failure>, elapsed: f64) {
@@ -633,6 +650,13 @@ impl Worker {
                 s.is_alive.next_at = None;
             }
         }
+    }
+}
+
+fn kind_index(kind: CheckKind) -> usize {
+    match kind {
+        CheckKind::LooksAlive => 0,
+        CheckKind::IsAlive => 1,
     }
 }
 

@@ -1,0 +1,24 @@
+//! Connection helpers shared by the network resource types.
+
+use crate::config::HostPort;
+use crate::resource::{Failure, Progress, Stage};
+use std::time::Duration;
+use tokio::net::TcpStream;
+
+/// Opens a TCP connection to `target`, in [`Stage::Connect`] so that a deadline passing now
+/// reads as `connect_timeout`.
+pub async fn connect(target: &HostPort, progress: &Progress) -> Result<TcpStream, Failure> {
+    progress.stage(Stage::Connect);
+    let stream = TcpStream::connect((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?;
+    let _ = stream.set_nodelay(true);
+    progress.stage(Stage::Other);
+    Ok(stream)
+}
+
+/// Makes the coming close send a reset instead of a FIN. Best effort: a failure only costs a
+/// `TIME_WAIT` entry. (A zero linger never blocks, unlike the linger tokio deprecates.)
+pub fn close_with_reset(stream: &TcpStream) {
+    let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
