@@ -5,6 +5,7 @@
 //! rejects unknown keys; validating newtypes ([`HumanDuration`], [`HostPort`], [`Argv`]) reject
 //! bad values while the file is parsed, so the error carries the key's line.
 
+use crate::banner::BannerResource;
 use crate::resource::Resource;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -14,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Every resource type name the agent knows.
-pub const RESOURCE_TYPES: &[&str] = &["process", "tcp"];
+pub const RESOURCE_TYPES: &[&str] = &["process", "tcp", "smtp", "pop3", "imap"];
 
 /// A duration written for humans: `"500ms"`, `"5s"`, `"1m30s"`, `"1h"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -148,6 +149,12 @@ pub enum ResourceConfig {
     Process(crate::process::ProcessConfig),
     /// See [`crate::tcp`].
     Tcp(crate::tcp::TcpConfig),
+    /// See [`crate::smtp`].
+    Smtp(crate::smtp::SmtpConfig),
+    /// See [`crate::pop3`].
+    Pop3(crate::pop3::Pop3Config),
+    /// See [`crate::imap`].
+    Imap(crate::imap::ImapConfig),
 }
 
 impl ResourceConfig {
@@ -160,6 +167,9 @@ impl ResourceConfig {
         Ok(Some(match type_name {
             "process" => ResourceConfig::Process(Deserialize::deserialize(d)?),
             "tcp" => ResourceConfig::Tcp(Deserialize::deserialize(d)?),
+            "smtp" => ResourceConfig::Smtp(Deserialize::deserialize(d)?),
+            "pop3" => ResourceConfig::Pop3(Deserialize::deserialize(d)?),
+            "imap" => ResourceConfig::Imap(Deserialize::deserialize(d)?),
             _ => return Ok(None),
         }))
     }
@@ -169,15 +179,25 @@ impl ResourceConfig {
         match self {
             ResourceConfig::Process(_) => "process",
             ResourceConfig::Tcp(_) => "tcp",
+            ResourceConfig::Smtp(_) => "smtp",
+            ResourceConfig::Pop3(_) => "pop3",
+            ResourceConfig::Imap(_) => "imap",
         }
     }
 
     /// Checks that need several keys at once.
     pub fn validate(&self) -> Vec<ConfigError> {
-        match self {
-            ResourceConfig::Process(c) => c.validate(),
+        let pairs = match self {
+            ResourceConfig::Process(c) => return c.validate(),
             ResourceConfig::Tcp(_) => Vec::new(),
-        }
+            ResourceConfig::Smtp(c) => c.validate(),
+            ResourceConfig::Pop3(c) => c.validate(),
+            ResourceConfig::Imap(c) => c.validate(),
+        };
+        pairs
+            .into_iter()
+            .map(|(key, message)| ConfigError { key, message })
+            .collect()
     }
 
     /// Whether resources of this config report failures between polls.
@@ -192,6 +212,24 @@ impl ResourceConfig {
                 Arc::new(crate::process::ProcessResource::new(c.clone(), cx))
             }
             ResourceConfig::Tcp(c) => Arc::new(crate::tcp::TcpResource::new(c.clone())),
+            ResourceConfig::Smtp(c) => Arc::new(BannerResource::new(
+                c.address.clone(),
+                c.tls,
+                c.tls_options.clone(),
+                c.script(),
+            )),
+            ResourceConfig::Pop3(c) => Arc::new(BannerResource::new(
+                c.address.clone(),
+                c.tls,
+                c.tls_options.clone(),
+                c.script(),
+            )),
+            ResourceConfig::Imap(c) => Arc::new(BannerResource::new(
+                c.address.clone(),
+                c.tls,
+                c.tls_options.clone(),
+                c.script(),
+            )),
         }
     }
 }

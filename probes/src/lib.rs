@@ -13,13 +13,24 @@
 //!   [`ResourceConfig`] enum over every type's private properties, and [`BuildContext`].
 //! - [`process`]: a command resmon supervises itself (its exit is the failure signal).
 //! - [`tcp`]: a TCP connect.
+//! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
+//!   its presets.
+//! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
 //! - [`net`]: connection helpers shared by the network types.
 
+pub mod banner;
 pub mod config;
+pub mod imap;
 pub mod net;
+pub mod pop3;
 pub mod process;
 pub mod resource;
+pub mod smtp;
 pub mod tcp;
+pub mod tls;
+
+#[cfg(test)]
+mod testing;
 
 pub use config::{BuildContext, ConfigError, HumanDuration, ResourceConfig, RESOURCE_TYPES};
 pub use resource::{escape_bytes, CertValidity, Failure, Progress, Resource, Stage};

@@ -1,0 +1,747 @@
+//! The banner engine shared by `smtp`, `pop3` and `imap`: a check is a script of expect/send
+//! steps over TCP (optionally TLS from the start, optionally upgraded by STARTTLS), as
+//! blackbox_exporter's `query_response` is data, not code. Each protocol module is a preset that
+//! writes the script; users may replace the expected greeting and add steps.
+//!
+//! Reads are capped per line and per reply, so a server that streams forever fails with
+//! `unexpected_banner` instead of exhausting memory; every byte received is kept (the first 128)
+//! to explain a failure. Probes own no deadlines: the runtime's deadline, and the
+//! [`Stage`] the engine is in when it passes, make `connect_timeout` or `banner_timeout`.
+
+use crate::config::HostPort;
+use crate::resource::{escape_bytes, Failure, Progress, Stage};
+use crate::tls::{TlsClient, TlsOptions};
+use resmon_policies::FailureReason;
+use serde::{Deserialize, Deserializer};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
+use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
+
+/// Longest line accepted.
+pub const MAX_LINE: usize = 4096;
+/// Most bytes accepted in one reply (all lines of a multi-line answer).
+pub const MAX_REPLY: usize = 64 * 1024;
+
+/// How a connection is secured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TlsMode {
+    /// Plain TCP.
+    #[default]
+    None,
+    /// Plain, then upgraded with the protocol's STARTTLS (`STARTTLS`, `STLS`).
+    Starttls,
+    /// TLS from the first byte (ports 465, 995, 993).
+    Implicit,
+}
+
+/// What a reply must look like.
+#[derive(Clone, Debug)]
+pub enum Matcher {
+    /// The reply's last line starts with this text.
+    Prefix(String),
+    /// The reply (all its lines) matches this regular expression.
+    Regex(regex::Regex),
+}
+
+impl PartialEq for Matcher {
+    fn eq(&self, other: &Self) -> bool {
+        match (self, other) {
+            (Matcher::Prefix(a), Matcher::Prefix(b)) => a == b,
+            (Matcher::Regex(a), Matcher::Regex(b)) => a.as_str() == b.as_str(),
+            _ => false,
+        }
+    }
+}
+
+impl Matcher {
+    /// Whether `reply` (its lines, without line ends) matches.
+    pub fn matches(&self, reply: &Reply) -> bool {
+        match self {
+            Matcher::Prefix(p) => reply.last_line().starts_with(p.as_bytes()),
+            Matcher::Regex(r) => r.is_match(&String::from_utf8_lossy(&reply.joined())),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Matcher::Prefix(p) => format!("a reply starting with {p:?}"),
+            Matcher::Regex(r) => format!("a reply matching /{}/", r.as_str()),
+        }
+    }
+}
+
+/// Where a reply ends.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Framing {
+    /// One line.
+    Line,
+    /// SMTP: `250-...` lines continue, the line whose fourth byte is a space ends it.
+    Smtp,
+    /// IMAP: untagged `* ...` lines until the line starting with this tag.
+    Tagged(String),
+}
+
+/// One step of a script.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// Read a reply and check it.
+    Expect {
+        /// How the reply is framed.
+        framing: Framing,
+        /// What it must look like.
+        matcher: Matcher,
+        /// The first reply of the session: its absence is a `banner_timeout`.
+        greeting: bool,
+    },
+    /// Read a reply and check that one of its lines (after the status code) names a capability.
+    Capability {
+        /// How the reply is framed.
+        framing: Framing,
+        /// The capability, compared case-insensitively (`STARTTLS`, `PIPELINING`).
+        name: String,
+    },
+    /// Send a line (CRLF is added).
+    Send(String),
+    /// Upgrade the connection to TLS (after the protocol's STARTTLS was accepted).
+    StartTls,
+}
+
+/// A reply: its lines without line ends.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    /// The lines.
+    pub lines: Vec<Vec<u8>>,
+}
+
+impl Reply {
+    fn last_line(&self) -> &[u8] {
+        self.lines.last().map_or(&[][..], |l| l.as_slice())
+    }
+
+    fn joined(&self) -> Vec<u8> {
+        self.lines.join(&b"\n"[..])
+    }
+
+    /// Whether a line, after its first 4 bytes (`250-`, `250 `), names `capability`.
+    pub fn has_capability(&self, capability: &str) -> bool {
+        self.lines.iter().any(|l| {
+            let rest = l.get(4..).unwrap_or_default();
+            let word = rest.split(|b| *b == b' ').next().unwrap_or_default();
+            word.eq_ignore_ascii_case(capability.as_bytes())
+        })
+    }
+}
+
+/// Whether `line` ends a reply under `framing`.
+pub fn ends_reply(framing: &Framing, line: &[u8]) -> bool {
+    match framing {
+        Framing::Line => true,
+        Framing::Smtp => line.get(3) != Some(&b'-'),
+        Framing::Tagged(tag) => {
+            line.starts_with(tag.as_bytes()) && line.get(tag.len()) == Some(&b' ')
+        }
+    }
+}
+
+/// Splits a line off the front of `buf` under the caps: `Ok(Some(len))` when a whole line
+/// (through its `\n`) is there, `Ok(None)` when more bytes are needed.
+pub fn line_end(buf: &[u8], so_far: usize) -> Result<Option<usize>, String> {
+    match buf.iter().position(|b| *b == b'\n') {
+        Some(i) if so_far + i < MAX_LINE => Ok(Some(i + 1)),
+        Some(_) => Err(format!("a line longer than {MAX_LINE} bytes")),
+        None if so_far + buf.len() >= MAX_LINE => {
+            Err(format!("a line longer than {MAX_LINE} bytes"))
+        }
+        None => Ok(None),
+    }
+}
+
+/// A connection that may be upgraded to TLS in the middle.
+enum Conn {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_flush(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            Conn::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Conn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A check's script, built by a preset.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Script {
+    /// The steps, greeting first.
+    pub steps: Vec<Step>,
+    /// The polite goodbye sent at the end (`QUIT`, `a9 LOGOUT`), its answer not checked.
+    pub goodbye: Option<String>,
+}
+
+/// Runs a banner exchange against one target.
+pub struct BannerClient {
+    target: HostPort,
+    tls_mode: TlsMode,
+    tls: TlsClient,
+}
+
+impl BannerClient {
+    /// A client for `target` secured per `tls_mode`.
+    pub fn new(target: HostPort, tls_mode: TlsMode, tls_options: TlsOptions) -> Self {
+        let tls = TlsClient::new(tls_options, &target.host);
+        BannerClient {
+            target,
+            tls_mode,
+            tls,
+        }
+    }
+
+    /// The cheap check: a TCP connect.
+    pub async fn connect_only(&self, progress: &Progress) -> Result<(), Failure> {
+        let stream = crate::net::connect(&self.target, progress).await?;
+        crate::net::close_with_reset(&stream);
+        Ok(())
+    }
+
+    /// Runs `script`: connect, TLS if implicit, every step, then the goodbye.
+    pub async fn run(&self, script: &Script, progress: &Progress) -> Result<(), Failure> {
+        let stream = crate::net::connect(&self.target, progress).await?;
+        let conn = if self.tls_mode == TlsMode::Implicit {
+            Conn::Tls(Box::new(self.tls.handshake(stream, progress).await?))
+        } else {
+            Conn::Plain(stream)
+        };
+        let mut reader = BufReader::new(conn);
+        for step in &script.steps {
+            match step {
+                Step::Expect {
+                    framing,
+                    matcher,
+                    greeting,
+                } => {
+                    progress.stage(if *greeting {
+                        Stage::Banner
+                    } else {
+                        Stage::Exchange
+                    });
+                    let reply = read_reply(&mut reader, framing, progress).await?;
+                    if !matcher.matches(&reply) {
+                        return Err(Failure::new(
+                            FailureReason::UnexpectedBanner,
+                            format!(
+                                "{} answered {}, expected {}",
+                                self.target,
+                                escape_bytes(&reply.joined()),
+                                matcher.describe()
+                            ),
+                        ));
+                    }
+                }
+                Step::Capability { framing, name } => {
+                    progress.stage(Stage::Exchange);
+                    let reply = read_reply(&mut reader, framing, progress).await?;
+                    if !reply.has_capability(name) {
+                        return Err(Failure::new(
+                            FailureReason::UnexpectedBanner,
+                            format!(
+                                "{} does not offer {name}: {}",
+                                self.target,
+                                escape_bytes(&reply.joined())
+                            ),
+                        ));
+                    }
+                }
+                Step::Send(line) => {
+                    progress.stage(Stage::Exchange);
+                    send(&mut reader, line).await?;
+                }
+                Step::StartTls => {
+                    // Bytes the server sent after accepting STARTTLS would be read as if they
+                    // came over TLS: a known injection, so refuse.
+                    if !reader.buffer().is_empty() {
+                        return Err(Failure::new(
+                            FailureReason::UnexpectedBanner,
+                            "data after the STARTTLS answer, before the handshake",
+                        ));
+                    }
+                    let Conn::Plain(stream) = reader.into_inner() else {
+                        return Err(Failure::new(
+                            FailureReason::TlsHandshake,
+                            "STARTTLS over TLS",
+                        ));
+                    };
+                    reader = BufReader::new(Conn::Tls(Box::new(
+                        self.tls.handshake(stream, progress).await?,
+                    )));
+                }
+            }
+        }
+        if let Some(goodbye) = &script.goodbye {
+            // Politeness only: the check has passed whatever happens now.
+            if send(&mut reader, goodbye).await.is_ok() {
+                let _ = read_line(&mut reader, progress).await;
+            }
+        }
+        let _ = reader.get_mut().shutdown().await;
+        Ok(())
+    }
+}
+
+async fn send(reader: &mut BufReader<Conn>, line: &str) -> Result<(), Failure> {
+    let conn = reader.get_mut();
+    conn.write_all(format!("{line}\r\n").as_bytes())
+        .await
+        .map_err(|e| Failure::from_io("send", &e))?;
+    conn.flush().await.map_err(|e| Failure::from_io("send", &e))
+}
+
+/// Reads one line under [`MAX_LINE`]; `\r\n` or `\n` ends it, and is not returned.
+async fn read_line<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    progress: &Progress,
+) -> Result<Vec<u8>, Failure> {
+    let mut line = Vec::new();
+    loop {
+        let buf = reader
+            .fill_buf()
+            .await
+            .map_err(|e| Failure::from_io("read", &e))?;
+        if buf.is_empty() {
+            let detail = if line.is_empty() {
+                "the server closed the connection".to_string()
+            } else {
+                format!(
+                    "the server closed the connection after {}",
+                    escape_bytes(&line)
+                )
+            };
+            return Err(Failure::new(FailureReason::Reset, detail));
+        }
+        match line_end(buf, line.len()) {
+            Ok(Some(n)) => {
+                line.extend_from_slice(&buf[..n]);
+                progress.received(&buf[..n]);
+                reader.consume(n);
+                while matches!(line.last(), Some(b'\n' | b'\r')) {
+                    line.pop();
+                }
+                return Ok(line);
+            }
+            Ok(None) => {
+                let n = buf.len();
+                line.extend_from_slice(buf);
+                progress.received(buf);
+                reader.consume(n);
+            }
+            Err(why) => {
+                progress.received(buf);
+                return Err(Failure::new(
+                    FailureReason::UnexpectedBanner,
+                    format!("{why}: {}", escape_bytes(&line)),
+                ));
+            }
+        }
+    }
+}
+
+async fn read_reply<R: AsyncBufRead + Unpin>(
+    reader: &mut R,
+    framing: &Framing,
+    progress: &Progress,
+) -> Result<Reply, Failure> {
+    let mut reply = Reply::default();
+    let mut size = 0;
+    loop {
+        let line = read_line(reader, progress).await?;
+        size += line.len() + 2;
+        let done = ends_reply(framing, &line);
+        reply.lines.push(line);
+        if done {
+            return Ok(reply);
+        }
+        if size > MAX_REPLY {
+            return Err(Failure::new(
+                FailureReason::UnexpectedBanner,
+                format!(
+                    "a reply longer than {MAX_REPLY} bytes: {}",
+                    escape_bytes(&reply.joined())
+                ),
+            ));
+        }
+    }
+}
+
+/// `expect = "..."` (a prefix) or `expect_regex = "..."`: a user's replacement for the preset's
+/// expected greeting.
+pub fn greeting_matcher(
+    prefix: Option<&str>,
+    regex: Option<&regex::Regex>,
+    default: &str,
+) -> Matcher {
+    match (prefix, regex) {
+        (_, Some(r)) => Matcher::Regex(r.clone()),
+        (Some(p), None) => Matcher::Prefix(p.to_string()),
+        (None, None) => Matcher::Prefix(default.to_string()),
+    }
+}
+
+/// A regular expression in the config, checked while the file is read.
+#[derive(Clone, Debug)]
+pub struct ConfigRegex(pub regex::Regex);
+
+impl PartialEq for ConfigRegex {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl<'de> Deserialize<'de> for ConfigRegex {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        regex::Regex::new(&s)
+            .map(ConfigRegex)
+            .map_err(|e| serde::de::Error::custom(format!("invalid regular expression: {e}")))
+    }
+}
+
+/// `steps = [{ send = "NOOP" }, { expect = "250" }]`: extra steps after the preset's.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraStep {
+    /// A line to send.
+    #[serde(default)]
+    pub send: Option<String>,
+    /// A prefix the next reply must start with.
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// A regular expression the next reply must match.
+    #[serde(default)]
+    pub expect_regex: Option<ConfigRegex>,
+}
+
+impl ExtraStep {
+    /// The engine's steps for this entry, framed as the protocol frames replies.
+    pub fn steps(&self, framing: &Framing) -> Vec<Step> {
+        let mut out = Vec::new();
+        if let Some(line) = &self.send {
+            out.push(Step::Send(line.clone()));
+        }
+        let matcher = match (&self.expect, &self.expect_regex) {
+            (_, Some(r)) => Some(Matcher::Regex(r.0.clone())),
+            (Some(p), None) => Some(Matcher::Prefix(p.clone())),
+            (None, None) => None,
+        };
+        if let Some(matcher) = matcher {
+            out.push(Step::Expect {
+                framing: framing.clone(),
+                matcher,
+                greeting: false,
+            });
+        }
+        out
+    }
+}
+
+/// Checks a list of extra steps: each needs something to do.
+pub fn validate_steps(steps: &[ExtraStep]) -> Vec<(&'static str, String)> {
+    steps
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| s.send.is_none() && s.expect.is_none() && s.expect_regex.is_none())
+        .map(|(i, _)| ("steps", format!("step {i} has neither send nor expect")))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(lines: &[&str]) -> Reply {
+        Reply {
+            lines: lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
+        }
+    }
+
+    #[test]
+    fn smtp_replies_continue_on_dash() {
+        assert!(!ends_reply(&Framing::Smtp, b"220-mail.example ESMTP"));
+        assert!(ends_reply(&Framing::Smtp, b"220 mail.example ESMTP"));
+        assert!(ends_reply(&Framing::Smtp, b"22"));
+        assert!(ends_reply(&Framing::Tagged("a1".into()), b"a1 OK done"));
+        assert!(!ends_reply(
+            &Framing::Tagged("a1".into()),
+            b"* CAPABILITY IMAP4rev1"
+        ));
+        assert!(!ends_reply(&Framing::Tagged("a1".into()), b"a10 OK"));
+    }
+
+    #[test]
+    fn capabilities_are_words_after_the_code() {
+        let r = reply(&[
+            "250-localhost",
+            "250-PIPELINING",
+            "250-STARTTLS",
+            "250 8BITMIME",
+        ]);
+        assert!(r.has_capability("starttls"));
+        assert!(r.has_capability("8BITMIME"));
+        assert!(!r.has_capability("localhost-x"));
+        assert!(!r.has_capability("AUTH"));
+    }
+
+    #[test]
+    fn lines_are_capped() {
+        assert_eq!(line_end(b"220 ok\r\nmore", 0), Ok(Some(8)));
+        assert_eq!(line_end(b"220 ok", 0), Ok(None));
+        assert!(line_end(&vec![b'x'; MAX_LINE], 0).is_err());
+        assert!(line_end(b"x\n", MAX_LINE).is_err());
+    }
+
+    #[test]
+    fn matchers_look_at_the_last_line_or_the_whole_reply() {
+        let r = reply(&["220-first", "220 second"]);
+        assert!(Matcher::Prefix("220".into()).matches(&r));
+        assert!(!Matcher::Prefix("250".into()).matches(&r));
+        assert!(Matcher::Regex(regex::Regex::new("(?m)^220-first$").unwrap()).matches(&r));
+    }
+}
+
+/// A protocol resource built on the engine: online succeeds once the exchange passes (the
+/// protocol rides on the service that serves it), offline and terminate do nothing,
+/// `looks_alive` is a TCP connect and `is_alive` the whole exchange.
+pub struct BannerResource {
+    client: BannerClient,
+    script: Script,
+}
+
+impl BannerResource {
+    /// A resource running `script` against `target`.
+    pub fn new(
+        target: HostPort,
+        tls_mode: TlsMode,
+        tls_options: TlsOptions,
+        script: Script,
+    ) -> Self {
+        BannerResource {
+            client: BannerClient::new(target, tls_mode, tls_options),
+            script,
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::resource::Resource for BannerResource {
+    async fn online(&self) -> Result<(), Failure> {
+        self.client.run(&self.script, &Progress::default()).await
+    }
+
+    async fn offline(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn terminate(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn looks_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        self.client.connect_only(progress).await
+    }
+
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        self.client.run(&self.script, progress).await
+    }
+}
+
+/// Keys every banner protocol shares, checked in one place.
+pub fn validate_common(
+    tls: TlsMode,
+    tls_options: &TlsOptions,
+    steps: &[ExtraStep],
+) -> Vec<(&'static str, String)> {
+    let mut errors = validate_steps(steps);
+    if tls != TlsMode::None || tls_options != &TlsOptions::default() {
+        errors.extend(tls_options.validate());
+    }
+    errors
+}
+
+/// The adversarial servers of `testing`, each giving its exact failure reason within the
+/// deadline (played here by the test as the runtime would).
+#[cfg(test)]
+mod adversarial {
+    use super::*;
+    use crate::resource::Resource;
+    use crate::testing::{self, TestCa};
+    use std::time::Duration;
+
+    fn smtp(addr: impl std::fmt::Display, extra: &str) -> BannerResource {
+        let c: crate::smtp::SmtpConfig =
+            toml::from_str(&format!("address = \"{addr}\"\n{extra}")).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        BannerResource::new(c.address.clone(), c.tls, c.tls_options.clone(), c.script())
+    }
+
+    /// Runs is_alive under a deadline the way the runtime does.
+    async fn check(r: &BannerResource, limit: Duration) -> (Result<(), Failure>, Progress) {
+        let progress = Progress::default();
+        let result = match tokio::time::timeout(limit, r.is_alive(&progress)).await {
+            Ok(result) => result,
+            Err(_) => Err(progress.timed_out("the deadline")),
+        };
+        (result, progress)
+    }
+
+    async fn failure(r: &BannerResource) -> Failure {
+        check(r, Duration::from_millis(1500)).await.0.unwrap_err()
+    }
+
+    #[tokio::test]
+    async fn silent_server_is_a_banner_timeout() {
+        let f = failure(&smtp(testing::silent().await, "")).await;
+        assert_eq!(f.reason, FailureReason::BannerTimeout, "{f}");
+    }
+
+    #[tokio::test]
+    async fn one_byte_a_second_is_a_banner_timeout_with_what_came() {
+        let f = failure(&smtp(testing::slow("220 slow\r\n").await, "")).await;
+        assert_eq!(f.reason, FailureReason::BannerTimeout, "{f}");
+        assert!(f.detail.contains("received \"22"), "{f}");
+    }
+
+    #[tokio::test]
+    async fn a_wrong_banner_is_unexpected() {
+        let addr = testing::serve_script(vec![testing::Answer::Send("554 not today\r\n")]).await;
+        let f = failure(&smtp(addr, "")).await;
+        assert_eq!(f.reason, FailureReason::UnexpectedBanner, "{f}");
+        assert!(f.detail.contains(r#""554 not today""#), "{f}");
+    }
+
+    #[tokio::test]
+    async fn an_endless_banner_is_cut_off() {
+        let f = failure(&smtp(testing::endless().await, "")).await;
+        assert_eq!(f.reason, FailureReason::UnexpectedBanner, "{f}");
+        assert!(f.detail.contains("longer than 4096 bytes"), "{f}");
+    }
+
+    #[tokio::test]
+    async fn a_server_that_closes_at_once_is_a_reset() {
+        let f = failure(&smtp(testing::rude().await, "")).await;
+        assert_eq!(f.reason, FailureReason::Reset, "{f}");
+    }
+
+    #[tokio::test]
+    async fn nothing_listening_is_refused() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let f = failure(&smtp(format!("127.0.0.1:{port}"), "")).await;
+        assert_eq!(f.reason, FailureReason::Refused, "{f}");
+    }
+
+    #[tokio::test]
+    async fn a_full_accept_queue_is_a_connect_timeout() {
+        let (_listener, _filled, addr) = testing::black_hole();
+        let f = failure(&smtp(addr, "")).await;
+        assert_eq!(f.reason, FailureReason::ConnectTimeout, "{f}");
+    }
+
+    #[tokio::test]
+    async fn a_stalled_tls_handshake_is_reported_as_such() {
+        let f = failure(&smtp(testing::tls_staller().await, "tls = \"implicit\"")).await;
+        assert_eq!(f.reason, FailureReason::TlsHandshake, "{f}");
+    }
+
+    #[tokio::test]
+    async fn certificates_valid_expired_wrong_name_and_expiring() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let ca_file = ca.write(dir.path());
+        let opts = |extra: &str| {
+            format!(
+                "tls = \"implicit\"\ntls_options = {{ ca_file = {:?}, server_name = \"localhost\"{extra} }}",
+                ca_file.display().to_string()
+            )
+        };
+
+        let good = testing::tls_server(ca.issue(&["localhost"], -1, 90), "220 tls ok\r\n").await;
+        let (result, progress) = check(&smtp(good, &opts("")), Duration::from_secs(5)).await;
+        result.unwrap();
+        let cert = progress.certificate().expect("validity recorded");
+        assert!(cert.not_after > cert.not_before);
+
+        let (result, _) = check(
+            &smtp(good, &opts(", fail_if_expires_within = \"100d\"")),
+            Duration::from_secs(5),
+        )
+        .await;
+        let f = result.unwrap_err();
+        assert_eq!(f.reason, FailureReason::TlsExpired, "{f}");
+        assert!(f.detail.contains("expires in"), "{f}");
+
+        let expired = testing::tls_server(ca.issue(&["localhost"], -30, -1), "220 old\r\n").await;
+        let (result, progress) = check(&smtp(expired, &opts("")), Duration::from_secs(5)).await;
+        let f = result.unwrap_err();
+        assert_eq!(f.reason, FailureReason::TlsExpired, "{f}");
+        let cert = progress
+            .certificate()
+            .expect("validity recorded even though the check failed");
+        assert!(cert.not_after < crate::tls::tests_now());
+
+        let wrong =
+            testing::tls_server(ca.issue(&["elsewhere.test"], -1, 90), "220 wrong\r\n").await;
+        let (result, _) = check(&smtp(wrong, &opts("")), Duration::from_secs(5)).await;
+        let f = result.unwrap_err();
+        assert_eq!(f.reason, FailureReason::TlsHandshake, "{f}");
+        assert!(f.detail.contains("localhost"), "{f}");
+
+        // An explicit key turns verification off, and the validity is still recorded.
+        let (result, progress) = check(
+            &smtp(
+                wrong,
+                "tls = \"implicit\"\ntls_options = { insecure_skip_verify = true }",
+            ),
+            Duration::from_secs(5),
+        )
+        .await;
+        result.unwrap();
+        assert!(progress.certificate().is_some());
+    }
+}

@@ -1,0 +1,95 @@
+//! `imap`: the IMAP banner check. Expects `* OK`; optionally upgrades with `STARTTLS`
+//! (`tls = "starttls"`) or speaks TLS from the start (`tls = "implicit"`, port 993). Ends with
+//! `LOGOUT`.
+
+use crate::banner::{
+    greeting_matcher, validate_common, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step,
+    TlsMode,
+};
+use crate::config::HostPort;
+use crate::tls::TlsOptions;
+use serde::Deserialize;
+
+/// Private properties of an `imap` resource.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImapConfig {
+    /// `host:port` of the IMAP service.
+    pub address: HostPort,
+    /// `none`, `starttls` or `implicit`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Trust and certificate checks.
+    #[serde(default)]
+    pub tls_options: TlsOptions,
+    /// Expected start of the greeting (default `* OK`).
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Or a regular expression the greeting must match.
+    #[serde(default)]
+    pub expect_regex: Option<ConfigRegex>,
+    /// Extra steps after the preset's (their replies are single lines).
+    #[serde(default)]
+    pub steps: Vec<ExtraStep>,
+}
+
+impl ImapConfig {
+    /// Checks that need several keys.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        validate_common(self.tls, &self.tls_options, &self.steps)
+    }
+
+    /// The exchange.
+    pub fn script(&self) -> Script {
+        let mut steps = vec![Step::Expect {
+            framing: Framing::Line,
+            matcher: greeting_matcher(
+                self.expect.as_deref(),
+                self.expect_regex.as_ref().map(|r| &r.0),
+                "* OK",
+            ),
+            greeting: true,
+        }];
+        if self.tls == TlsMode::Starttls {
+            steps.push(Step::Send("r1 STARTTLS".into()));
+            steps.push(Step::Expect {
+                framing: Framing::Tagged("r1".into()),
+                matcher: Matcher::Prefix("r1 OK".into()),
+                greeting: false,
+            });
+            steps.push(Step::StartTls);
+        }
+        for extra in &self.steps {
+            steps.extend(extra.steps(&Framing::Line));
+        }
+        Script {
+            steps,
+            goodbye: Some("r9 LOGOUT".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{serve_script, Answer};
+    use crate::Resource;
+
+    #[tokio::test]
+    async fn greeting_then_logout() {
+        let addr = serve_script(vec![
+            Answer::Send("* OK [CAPABILITY IMAP4rev1] ready\r\n"),
+            Answer::Expect("r9 LOGOUT"),
+            Answer::Send("* BYE\r\nr9 OK\r\n"),
+        ])
+        .await;
+        let c: ImapConfig = toml::from_str(&format!("address = \"{addr}\"")).unwrap();
+        let r = crate::banner::BannerResource::new(
+            c.address.clone(),
+            c.tls,
+            c.tls_options.clone(),
+            c.script(),
+        );
+        r.is_alive(&Default::default()).await.unwrap();
+    }
+}

@@ -1,0 +1,116 @@
+//! `pop3`: the POP3 banner check. Expects `+OK`; optionally upgrades with `STLS`
+//! (`tls = "starttls"`) or speaks TLS from the start (`tls = "implicit"`, port 995). Ends with
+//! `QUIT`.
+
+use crate::banner::{
+    greeting_matcher, validate_common, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step,
+    TlsMode,
+};
+use crate::config::HostPort;
+use crate::tls::TlsOptions;
+use serde::Deserialize;
+
+/// Private properties of a `pop3` resource.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pop3Config {
+    /// `host:port` of the POP3 service.
+    pub address: HostPort,
+    /// `none`, `starttls` or `implicit`.
+    #[serde(default)]
+    pub tls: TlsMode,
+    /// Trust and certificate checks.
+    #[serde(default)]
+    pub tls_options: TlsOptions,
+    /// Expected start of the greeting (default `+OK`).
+    #[serde(default)]
+    pub expect: Option<String>,
+    /// Or a regular expression the greeting must match.
+    #[serde(default)]
+    pub expect_regex: Option<ConfigRegex>,
+    /// Extra steps after the preset's.
+    #[serde(default)]
+    pub steps: Vec<ExtraStep>,
+}
+
+impl Pop3Config {
+    /// Checks that need several keys.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        validate_common(self.tls, &self.tls_options, &self.steps)
+    }
+
+    /// The exchange.
+    pub fn script(&self) -> Script {
+        let mut steps = vec![Step::Expect {
+            framing: Framing::Line,
+            matcher: greeting_matcher(
+                self.expect.as_deref(),
+                self.expect_regex.as_ref().map(|r| &r.0),
+                "+OK",
+            ),
+            greeting: true,
+        }];
+        if self.tls == TlsMode::Starttls {
+            steps.push(Step::Send("STLS".into()));
+            steps.push(Step::Expect {
+                framing: Framing::Line,
+                matcher: Matcher::Prefix("+OK".into()),
+                greeting: false,
+            });
+            steps.push(Step::StartTls);
+        }
+        for extra in &self.steps {
+            steps.extend(extra.steps(&Framing::Line));
+        }
+        Script {
+            steps,
+            goodbye: Some("QUIT".into()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{serve_script, Answer};
+    use crate::Resource;
+    use resmon_policies::FailureReason;
+
+    #[tokio::test]
+    async fn greeting_and_an_extra_step() {
+        let addr = serve_script(vec![
+            Answer::Send("+OK POP3 ready\r\n"),
+            Answer::Expect("CAPA"),
+            Answer::Send("+OK\r\n"),
+            Answer::Expect("QUIT"),
+            Answer::Send("+OK bye\r\n"),
+        ])
+        .await;
+        let c: Pop3Config = toml::from_str(&format!(
+            "address = \"{addr}\"\nsteps = [{{ send = \"CAPA\", expect = \"+OK\" }}]"
+        ))
+        .unwrap();
+        let r = crate::banner::BannerResource::new(
+            c.address.clone(),
+            c.tls,
+            c.tls_options.clone(),
+            c.script(),
+        );
+        r.is_alive(&Default::default()).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn an_error_greeting_is_unexpected() {
+        let addr = serve_script(vec![Answer::Send("-ERR go away\r\n")]).await;
+        let c: Pop3Config = toml::from_str(&format!("address = \"{addr}\"")).unwrap();
+        let r = crate::banner::BannerResource::new(
+            c.address.clone(),
+            c.tls,
+            c.tls_options.clone(),
+            c.script(),
+        );
+        let err = r.is_alive(&Default::default()).await.unwrap_err();
+        assert_eq!(err.reason, FailureReason::UnexpectedBanner);
+        assert!(err.detail.contains(r#""-ERR go away""#), "{err}");
+    }
+}
