@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Every resource type name the agent knows.
-pub const RESOURCE_TYPES: &[&str] = &["process", "tcp", "smtp", "pop3", "imap"];
+pub const RESOURCE_TYPES: &[&str] = &["process", "tcp", "smtp", "pop3", "imap", "http"];
 
 /// A duration written for humans: `"500ms"`, `"5s"`, `"1m30s"`, `"1h"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -155,6 +155,8 @@ pub enum ResourceConfig {
     Pop3(crate::pop3::Pop3Config),
     /// See [`crate::imap`].
     Imap(crate::imap::ImapConfig),
+    /// See [`crate::http`].
+    Http(crate::http::HttpConfig),
 }
 
 impl ResourceConfig {
@@ -170,6 +172,7 @@ impl ResourceConfig {
             "smtp" => ResourceConfig::Smtp(Deserialize::deserialize(d)?),
             "pop3" => ResourceConfig::Pop3(Deserialize::deserialize(d)?),
             "imap" => ResourceConfig::Imap(Deserialize::deserialize(d)?),
+            "http" => ResourceConfig::Http(Deserialize::deserialize(d)?),
             _ => return Ok(None),
         }))
     }
@@ -182,6 +185,7 @@ impl ResourceConfig {
             ResourceConfig::Smtp(_) => "smtp",
             ResourceConfig::Pop3(_) => "pop3",
             ResourceConfig::Imap(_) => "imap",
+            ResourceConfig::Http(_) => "http",
         }
     }
 
@@ -193,6 +197,7 @@ impl ResourceConfig {
             ResourceConfig::Smtp(c) => c.validate(),
             ResourceConfig::Pop3(c) => c.validate(),
             ResourceConfig::Imap(c) => c.validate(),
+            ResourceConfig::Http(c) => c.validate(),
         };
         pairs
             .into_iter()
@@ -230,6 +235,7 @@ impl ResourceConfig {
                 c.tls_options.clone(),
                 c.script(),
             )),
+            ResourceConfig::Http(c) => Arc::new(crate::http::HttpResource::new(c.clone())),
         }
     }
 }

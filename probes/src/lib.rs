@@ -15,11 +15,13 @@
 //! - [`tcp`]: a TCP connect.
 //! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
 //!   its presets.
+//! - [`http`]: an HTTP GET or HEAD, plain or TLS.
 //! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
 //! - [`net`]: connection helpers shared by the network types.
 
 pub mod banner;
 pub mod config;
+pub mod http;
 pub mod imap;
 pub mod net;
 pub mod pop3;

@@ -1,0 +1,458 @@
+//! `http`: a GET (or HEAD) of a URL on hyper, over a new connection per check as a health check
+//! should, plain or TLS. Passes when the status is in `valid_status` (default 200-399) and,
+//! when asked, the body holds a substring or matches a regular expression. Redirects are never
+//! followed: a 3xx is judged by its status like any other answer.
+//!
+//! Failure reasons: `refused`, `connect_timeout`, `tls_handshake`, `tls_expired`,
+//! `http_status`, `http_body`, `reset`, `timeout`, `io`.
+
+use crate::banner::ConfigRegex;
+use crate::config::HostPort;
+use crate::resource::{escape_bytes, Failure, Progress, Resource, Stage};
+use crate::tls::{TlsClient, TlsOptions};
+use async_trait::async_trait;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use resmon_policies::FailureReason;
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// An `http://` or `https://` URL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HttpUrl {
+    /// TLS or not.
+    pub https: bool,
+    /// Where to connect.
+    pub target: HostPort,
+    /// Path and query.
+    pub path: String,
+    /// As written.
+    pub text: String,
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        let bad = |why: &str| serde::de::Error::custom(format!("invalid url {text:?}: {why}"));
+        let uri: hyper::Uri = text.parse().map_err(|_| bad("not a URL"))?;
+        let https = match uri.scheme_str() {
+            Some("http") => false,
+            Some("https") => true,
+            _ => return Err(bad("the scheme must be http or https")),
+        };
+        let host = uri.host().ok_or_else(|| bad("no host"))?;
+        let host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let path = uri
+            .path_and_query()
+            .map_or("/".to_string(), |p| p.as_str().to_string());
+        Ok(HttpUrl {
+            https,
+            target: HostPort { host, port },
+            path,
+            text,
+        })
+    }
+}
+
+/// `GET` or `HEAD`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+pub enum HttpMethod {
+    /// GET.
+    #[default]
+    #[serde(rename = "GET")]
+    Get,
+    /// HEAD.
+    #[serde(rename = "HEAD")]
+    Head,
+}
+
+/// `"200"` or `"200-399"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StatusRange(pub u16, pub u16);
+
+impl<'de> Deserialize<'de> for StatusRange {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let parse = |x: &str| {
+            x.trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|c| (100..=599).contains(c))
+        };
+        let range = match s.split_once('-') {
+            Some((a, b)) => parse(a).zip(parse(b)).filter(|(a, b)| a <= b),
+            None => parse(&s).map(|c| (c, c)),
+        };
+        range.map(|(a, b)| StatusRange(a, b)).ok_or_else(|| {
+            serde::de::Error::custom(format!(
+                "invalid status {s:?}: write a code such as \"200\" or a range such as \"200-399\""
+            ))
+        })
+    }
+}
+
+impl fmt::Display for StatusRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0 == self.1 {
+            write!(f, "{}", self.0)
+        } else {
+            write!(f, "{}-{}", self.0, self.1)
+        }
+    }
+}
+
+fn default_valid_status() -> Vec<StatusRange> {
+    vec![StatusRange(200, 399)]
+}
+
+fn default_body_limit() -> usize {
+    64 * 1024
+}
+
+/// Private properties of an `http` resource.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    /// What to fetch.
+    pub url: HttpUrl,
+    /// `GET` or `HEAD`.
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// Statuses that pass.
+    #[serde(default = "default_valid_status")]
+    pub valid_status: Vec<StatusRange>,
+    /// The body must contain this.
+    #[serde(default)]
+    pub body_contains: Option<String>,
+    /// The body must match this.
+    #[serde(default)]
+    pub body_regex: Option<ConfigRegex>,
+    /// Extra request headers.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// `Host` header to send (default: the URL's host and port).
+    #[serde(default)]
+    pub host: Option<String>,
+    /// Trust and certificate checks for `https`.
+    #[serde(default)]
+    pub tls_options: TlsOptions,
+    /// How much of the body is read to match it.
+    #[serde(default = "default_body_limit")]
+    pub body_limit: usize,
+}
+
+impl HttpConfig {
+    /// Checks that need several keys.
+    pub fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut errors = Vec::new();
+        if self.valid_status.is_empty() {
+            errors.push((
+                "valid_status",
+                "list at least one status or range".to_string(),
+            ));
+        }
+        if self.method == HttpMethod::Head
+            && (self.body_contains.is_some() || self.body_regex.is_some())
+        {
+            errors.push(("method", "a HEAD answer has no body to match".to_string()));
+        }
+        for (name, value) in &self.headers {
+            if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                || hyper::header::HeaderValue::from_str(value).is_err()
+            {
+                errors.push(("headers", format!("invalid header {name}: {value}")));
+            }
+        }
+        if self.url.https {
+            errors.extend(self.tls_options.validate());
+        }
+        errors
+    }
+}
+
+trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// An HTTP health check.
+pub struct HttpResource {
+    config: HttpConfig,
+    tls: TlsClient,
+}
+
+impl HttpResource {
+    /// Builds it from its config.
+    pub fn new(config: HttpConfig) -> Self {
+        let tls = TlsClient::new(config.tls_options.clone(), &config.url.target.host);
+        HttpResource { config, tls }
+    }
+
+    async fn fetch(&self, progress: &Progress) -> Result<(), Failure> {
+        let c = &self.config;
+        let tcp = crate::net::connect(&c.url.target, progress).await?;
+        let stream: Box<dyn Stream> = if c.url.https {
+            Box::new(self.tls.handshake(tcp, progress).await?)
+        } else {
+            Box::new(tcp)
+        };
+        progress.stage(Stage::Exchange);
+        let io_error = |e: hyper::Error| {
+            Failure::new(
+                FailureReason::Io,
+                format!("{} {}: {e}", method(c), c.url.text),
+            )
+        };
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(io_error)?;
+        let host = c.host.clone().unwrap_or_else(|| authority(&c.url));
+        let mut request = hyper::Request::builder()
+            .method(match c.method {
+                HttpMethod::Get => hyper::Method::GET,
+                HttpMethod::Head => hyper::Method::HEAD,
+            })
+            .uri(&c.url.path)
+            .header(hyper::header::HOST, host)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("resmon/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(hyper::header::CONNECTION, "close");
+        for (k, v) in &c.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let request = request
+            .body(Empty::new())
+            .map_err(|e| Failure::new(FailureReason::Io, format!("request: {e}")))?;
+
+        let exchange = async {
+            let response = sender.send_request(request).await.map_err(io_error)?;
+            let status = response.status();
+            progress.received(format!("HTTP {} ", status.as_u16()).as_bytes());
+            if !c
+                .valid_status
+                .iter()
+                .any(|r| (r.0..=r.1).contains(&status.as_u16()))
+            {
+                let expected: Vec<String> = c.valid_status.iter().map(|r| r.to_string()).collect();
+                return Err(Failure::new(
+                    FailureReason::HttpStatus,
+                    format!(
+                        "{} {} answered {status}, expected {}",
+                        method(c),
+                        c.url.text,
+                        expected.join(", ")
+                    ),
+                ));
+            }
+            if c.body_contains.is_none() && c.body_regex.is_none() {
+                return Ok(());
+            }
+            let body = read_body(response.into_body(), c.body_limit)
+                .await
+                .map_err(io_error)?;
+            progress.received(&body);
+            let text = String::from_utf8_lossy(&body);
+            let contains = c
+                .body_contains
+                .as_ref()
+                .is_none_or(|s| text.contains(s.as_str()));
+            let matches = c.body_regex.as_ref().is_none_or(|r| r.0.is_match(&text));
+            if contains && matches {
+                Ok(())
+            } else {
+                Err(Failure::new(
+                    FailureReason::HttpBody,
+                    format!(
+                        "{} {} answered {status} with a body that does not hold {}: {}",
+                        method(c),
+                        c.url.text,
+                        c.body_contains
+                            .as_ref()
+                            .map(|s| format!("{s:?}"))
+                            .or_else(|| c
+                                .body_regex
+                                .as_ref()
+                                .map(|r| format!("/{}/", r.0.as_str())))
+                            .unwrap_or_default(),
+                        escape_bytes(&body)
+                    ),
+                ))
+            }
+        };
+        // The connection is driven here, not on a task of its own, so that a check the runtime
+        // cancels leaves nothing behind.
+        let mut conn = std::pin::pin!(conn);
+        let mut exchange = std::pin::pin!(exchange);
+        let mut conn_done = false;
+        loop {
+            tokio::select! {
+                result = &mut exchange => return result,
+                ended = &mut conn, if !conn_done => {
+                    conn_done = true;
+                    ended.map_err(io_error)?;
+                }
+            }
+        }
+    }
+}
+
+fn method(c: &HttpConfig) -> &'static str {
+    match c.method {
+        HttpMethod::Get => "GET",
+        HttpMethod::Head => "HEAD",
+    }
+}
+
+fn authority(url: &HttpUrl) -> String {
+    let default = if url.https { 443 } else { 80 };
+    let host = if url.target.host.contains(':') {
+        format!("[{}]", url.target.host)
+    } else {
+        url.target.host.clone()
+    };
+    if url.target.port == default {
+        host
+    } else {
+        format!("{host}:{}", url.target.port)
+    }
+}
+
+async fn read_body(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<u8>, hyper::Error> {
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match body.frame().await {
+            Some(frame) => {
+                if let Ok(data) = frame?.into_data() {
+                    let room = limit - out.len();
+                    out.extend_from_slice(&data[..data.len().min(room)]);
+                }
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+#[async_trait]
+impl Resource for HttpResource {
+    async fn online(&self) -> Result<(), Failure> {
+        self.fetch(&Progress::default()).await
+    }
+
+    async fn offline(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn terminate(&self) -> Result<(), Failure> {
+        Ok(())
+    }
+
+    async fn looks_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        let stream = crate::net::connect(&self.config.url.target, progress).await?;
+        crate::net::close_with_reset(&stream);
+        Ok(())
+    }
+
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        self.fetch(progress).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{serve_script, Answer};
+
+    fn resource(config: &str) -> HttpResource {
+        let c: HttpConfig = toml::from_str(config).unwrap();
+        assert!(c.validate().is_empty(), "{:?}", c.validate());
+        HttpResource::new(c)
+    }
+
+    async fn server(response: &'static str) -> std::net::SocketAddr {
+        serve_script(vec![
+            Answer::Expect("GET /health HTTP/1.1"),
+            Answer::Send(response),
+        ])
+        .await
+    }
+
+    #[tokio::test]
+    async fn status_and_body_are_checked() {
+        let ok = server("HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nall is ok").await;
+        resource(&format!(
+            "url = \"http://{ok}/health\"\nbody_contains = \"is ok\""
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap();
+        resource(&format!(
+            "url = \"http://{ok}/health\"\nbody_regex = \"^all\""
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap();
+
+        let f = resource(&format!(
+            "url = \"http://{ok}/health\"\nbody_contains = \"broken\""
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpBody, "{f}");
+        assert!(f.detail.contains("\"all is ok\""), "{f}");
+
+        let down = server("HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n").await;
+        let f = resource(&format!("url = \"http://{down}/health\""))
+            .is_alive(&Progress::default())
+            .await
+            .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+        assert!(
+            f.detail.contains("503") && f.detail.contains("200-399"),
+            "{f}"
+        );
+    }
+
+    #[tokio::test]
+    async fn redirects_are_not_followed() {
+        let moved = server("HTTP/1.1 302 Found\r\nLocation: http://elsewhere.invalid/\r\nContent-Length: 0\r\n\r\n").await;
+        resource(&format!("url = \"http://{moved}/health\""))
+            .is_alive(&Progress::default())
+            .await
+            .unwrap();
+        let f = resource(&format!(
+            "url = \"http://{moved}/health\"\nvalid_status = [\"200\"]"
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+    }
+
+    #[test]
+    fn config_values_are_checked_as_read() {
+        let e = toml::from_str::<HttpConfig>("url = \"ftp://x/\"").unwrap_err();
+        assert!(
+            e.to_string().contains("the scheme must be http or https"),
+            "{e}"
+        );
+        let e = toml::from_str::<HttpConfig>("url = \"http://x/\"\nvalid_status = [\"299-200\"]")
+            .unwrap_err();
+        assert!(e.to_string().contains("invalid status"), "{e}");
+        let c: HttpConfig = toml::from_str("url = \"https://[::1]:8443/x?y=1\"").unwrap();
+        assert_eq!(
+            (c.url.target.port, c.url.path.as_str(), c.url.https),
+            (8443, "/x?y=1", true)
+        );
+        assert_eq!(authority(&c.url), "[::1]:8443");
+    }
+}
