@@ -197,6 +197,8 @@ pub struct OperationTimedOut<'a> {
     pub op: Operation,
     /// The pending timeout that elapsed.
     pub timeout_seconds: f64,
+    /// What the operation was doing (the stage, the bytes received).
+    pub detail: &'a str,
     /// The resource's metric handles (not logged).
     #[serde(skip)]
     pub metrics: &'a ResourceMetrics,

@@ -567,8 +567,8 @@ impl BannerResource {
 
 #[async_trait::async_trait]
 impl crate::resource::Resource for BannerResource {
-    async fn online(&self) -> Result<(), Failure> {
-        self.client.run(&self.script, &Progress::default()).await
+    async fn online(&self, progress: &Progress) -> Result<(), Failure> {
+        self.client.run(&self.script, progress).await
     }
 
     async fn offline(&self) -> Result<(), Failure> {

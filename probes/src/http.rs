@@ -343,8 +343,8 @@ async fn read_body(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<
 
 #[async_trait]
 impl Resource for HttpResource {
-    async fn online(&self) -> Result<(), Failure> {
-        self.fetch(&Progress::default()).await
+    async fn online(&self, progress: &Progress) -> Result<(), Failure> {
+        self.fetch(progress).await
     }
 
     async fn offline(&self) -> Result<(), Failure> {

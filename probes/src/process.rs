@@ -326,7 +326,7 @@ impl Resource for ProcessResource {
         Ok(self.is_alive(&Progress::default()).await.is_ok())
     }
 
-    async fn online(&self) -> Result<(), Failure> {
+    async fn online(&self, _progress: &Progress) -> Result<(), Failure> {
         let (pid, mut exit) = {
             let mut guard = self.lock();
             if guard.as_ref().is_none_or(|i| i.exited().is_some()) {
@@ -473,7 +473,7 @@ mod tests {
                 .reason,
             FailureReason::NotRunning
         );
-        r.online().await.unwrap();
+        r.online(&Progress::default()).await.unwrap();
         let pid = r.pid().unwrap();
         assert_eq!(
             nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(pid)))
@@ -504,7 +504,7 @@ mod tests {
             FailureReason::Killed
         );
 
-        r.online().await.unwrap();
+        r.online(&Progress::default()).await.unwrap();
         let pid = r.pid().unwrap();
         r.offline().await.unwrap();
         assert!(!alive(pid));
@@ -524,7 +524,7 @@ mod tests {
             &format!("ready_tcp = \"{addr}\""),
         );
         let online = tokio::spawn(async move {
-            let result = r.online().await;
+            let result = r.online(&Progress::default()).await;
             (r, result)
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -548,7 +548,7 @@ mod tests {
             &["sh", "-c", "exit 3"],
             "ready_command = [\"false\"]",
         );
-        let err = quitter.online().await.unwrap_err();
+        let err = quitter.online(&Progress::default()).await.unwrap_err();
         assert_eq!(err.reason, FailureReason::Exited, "{err}");
         assert!(err.detail.contains("status 3"), "{err}");
     }
@@ -566,7 +566,7 @@ mod tests {
                 flag.display().to_string()
             ),
         );
-        r.online().await.unwrap();
+        r.online(&Progress::default()).await.unwrap();
         let pid = r.pid().unwrap();
         let offline = tokio::time::timeout(Duration::from_millis(500), r.offline()).await;
         assert!(
@@ -582,7 +582,7 @@ mod tests {
     async fn a_new_agent_adopts_a_running_process_and_sees_its_exit() {
         let dir = tempfile::tempdir().unwrap();
         let first = resource(dir.path(), &["sleep", "30"], "");
-        first.online().await.unwrap();
+        first.online(&Progress::default()).await.unwrap();
         let pid = first.pid().unwrap();
         drop(first); // the agent went away; the process did not
 

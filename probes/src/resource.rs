@@ -173,8 +173,9 @@ pub trait Resource: Send + Sync + 'static {
         Ok(self.is_alive(&Progress::default()).await.is_ok())
     }
 
-    /// Brings the resource online; returns once it is ready.
-    async fn online(&self) -> Result<(), Failure>;
+    /// Brings the resource online; returns once it is ready. `progress` plays the same part as
+    /// for the checks.
+    async fn online(&self, progress: &Progress) -> Result<(), Failure>;
 
     /// Takes it offline in an orderly way; returns once it is down.
     async fn offline(&self) -> Result<(), Failure>;

@@ -37,8 +37,8 @@ impl TcpResource {
 
 #[async_trait]
 impl Resource for TcpResource {
-    async fn online(&self) -> Result<(), Failure> {
-        self.connect(&Progress::default()).await
+    async fn online(&self, progress: &Progress) -> Result<(), Failure> {
+        self.connect(progress).await
     }
 
     async fn offline(&self) -> Result<(), Failure> {
@@ -75,7 +75,7 @@ mod tests {
         let addr = listener.local_addr().unwrap().to_string();
         let r = resource(&addr);
         r.is_alive(&Progress::default()).await.unwrap();
-        r.online().await.unwrap();
+        r.online(&Progress::default()).await.unwrap();
         drop(listener);
         let err = r.is_alive(&Progress::default()).await.unwrap_err();
         assert_eq!(err.reason, FailureReason::Refused, "{err}");

@@ -3,6 +3,8 @@
 //! endpoint, and cleans up every process it started (supervised processes outlive the agent by
 //! design, so the harness kills them through their pid files).
 
+pub mod servers;
+
 use serde_json::Value;
 use std::io::{Read, Write};
 use std::net::TcpStream;

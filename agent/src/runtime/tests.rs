@@ -31,7 +31,7 @@ impl Resource for Scripted {
     async fn adopt(&self) -> Result<bool, Failure> {
         Ok(false)
     }
-    async fn online(&self) -> Result<(), Failure> {
+    async fn online(&self, _: &Progress) -> Result<(), Failure> {
         if let Some(d) = self.online_takes {
             tokio::time::sleep(d).await;
         }

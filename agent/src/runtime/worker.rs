@@ -84,6 +84,8 @@ struct Worker {
     operation: Option<Running<Result<(), Failure>>>,
     /// Which operation `operation` runs.
     operation_kind: Operation,
+    /// What the operation in flight has got to.
+    operation_progress: Arc<Progress>,
     adoption: Option<Running<Result<bool, Failure>>>,
     signal: Option<JoinHandle<Failure>>,
 }
@@ -108,6 +110,7 @@ pub(crate) fn spawn(
         progress: Default::default(),
         operation: None,
         operation_kind: Operation::Online,
+        operation_progress: Default::default(),
         adoption: None,
         signal: None,
     };
@@ -311,9 +314,11 @@ impl Worker {
             running.handle.abort();
         }
         let resource = self.resource.clone();
+        let progress = Arc::new(Progress::default());
+        self.operation_progress = progress.clone();
         let call = async move {
             match op {
-                Operation::Online => resource.online().await,
+                Operation::Online => resource.online(&progress).await,
                 Operation::Offline => resource.offline().await,
                 Operation::Terminate => resource.terminate().await,
             }
@@ -334,6 +339,7 @@ impl Worker {
                 None => return,
             },
         };
+        self.export_from(&self.operation_progress);
         let elapsed = running.started.elapsed().as_secs_f64();
         self.cx
             .sink
@@ -362,11 +368,17 @@ impl Worker {
         };
         let op = self.operation_kind;
         running.handle.abort();
+        self.export_from(&self.operation_progress);
+        let limit = format!(
+            "pending_timeout {}",
+            resmon_probes::HumanDuration(running.started.elapsed())
+        );
         OperationTimedOut {
             group: &self.cx.group,
             resource: &self.cx.name,
             op,
             timeout_seconds: running.started.elapsed().as_secs_f64(),
+            detail: &self.operation_progress.timed_out(&limit).detail,
             metrics: &self.cx.metrics,
         }
         .emit(&self.cx.sink);
@@ -607,7 +619,11 @@ impl Worker {
 
     /// Exports the TLS certificate a check saw, also when the check failed because of it.
     fn export_certificate(&self, kind: CheckKind) {
-        if let Some(cert) = self.progress[kind_index(kind)].certificate() {
+        self.export_from(&self.progress[kind_index(kind)]);
+    }
+
+    fn export_from(&self, progress: &Progress) {
+        if let Some(cert) = progress.certificate() {
             self.cx.sink.metrics().tls_certificate(
                 &self.cx.metrics.labels,
                 cert.not_before,
