@@ -247,14 +247,16 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
     .to_vec()];
     for g in &status.groups {
         for r in &g.resources {
-            let last = [
-                last_check("is_alive", &r.is_alive, now),
-                last_check("looks_alive", &r.looks_alive, now),
-            ]
-            .into_iter()
-            .flatten()
-            .max_by(|a, b| a.len().cmp(&b.len()).then(std::cmp::Ordering::Equal))
-            .unwrap_or_else(|| "-".into());
+            let last = [("is_alive", &r.is_alive), ("looks_alive", &r.looks_alive)]
+                .into_iter()
+                .filter(|(_, c)| c.last_at.is_some())
+                .max_by(|a, b| {
+                    a.1.last_at
+                        .partial_cmp(&b.1.last_at)
+                        .unwrap_or(std::cmp::Ordering::Equal)
+                })
+                .and_then(|(name, c)| last_check(name, c, now))
+                .unwrap_or_else(|| "-".into());
             let next = [r.looks_alive.next_at, r.is_alive.next_at]
                 .into_iter()
                 .flatten()

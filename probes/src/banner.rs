@@ -380,7 +380,8 @@ async fn read_line<R: AsyncBufRead + Unpin>(
     }
 }
 
-async fn read_reply<R: AsyncBufRead + Unpin>(
+/// Reads one reply under the caps (public for the fuzz target).
+pub async fn read_reply<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     framing: &Framing,
     progress: &Progress,

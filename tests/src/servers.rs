@@ -149,8 +149,12 @@ fn dir(base: &Path, name: &str) -> PathBuf {
 
 /// nginx with a 200 path (`/`), a 503 path (`/down`), over HTTP (`http`) and HTTPS (`https`).
 pub fn nginx_config(base: &Path, pki: &TestPki) -> Server {
+    nginx_config_on(base, pki, free_port(), free_port())
+}
+
+/// [`nginx_config`] on given ports.
+pub fn nginx_config_on(base: &Path, pki: &TestPki, http: u16, https: u16) -> Server {
     let d = dir(base, "nginx");
-    let (http, https) = (free_port(), free_port());
     let conf = d.join("nginx.conf");
     let dd = d.display();
     std::fs::write(
@@ -205,9 +209,18 @@ pub fn nginx(base: &Path, pki: &TestPki) -> Server {
 /// dovecot with IMAP (`imap`, STARTTLS offered), IMAPS (`imaps`), POP3 (`pop3`, STLS offered)
 /// and POP3S (`pop3s`).
 pub fn dovecot_config(base: &Path, pki: &TestPki) -> Server {
+    dovecot_config_on(
+        base,
+        pki,
+        [free_port(), free_port(), free_port(), free_port()],
+    )
+}
+
+/// [`dovecot_config`] on given ports: IMAP, IMAPS, POP3, POP3S.
+pub fn dovecot_config_on(base: &Path, pki: &TestPki, ports: [u16; 4]) -> Server {
     let d = dir(base, "dovecot");
     std::fs::create_dir_all(d.join("mail")).unwrap();
-    let (imap, imaps, pop3, pop3s) = (free_port(), free_port(), free_port(), free_port());
+    let [imap, imaps, pop3, pop3s] = ports;
     let conf = d.join("dovecot.conf");
     let dd = d.display();
     std::fs::write(
@@ -279,6 +292,11 @@ pub fn dovecot(base: &Path, pki: &TestPki) -> Server {
 
 /// postfix with SMTP (`smtp`, STARTTLS offered) and implicit TLS (`smtps`).
 pub fn postfix_config(base: &Path, pki: &TestPki) -> Server {
+    postfix_config_on(base, pki, free_port(), free_port())
+}
+
+/// [`postfix_config`] on given ports.
+pub fn postfix_config_on(base: &Path, pki: &TestPki, smtp: u16, smtps: u16) -> Server {
     let d = dir(base, "postfix");
     let conf = dir(&d, "conf");
     for sub in ["spool", "data"] {
@@ -298,7 +316,6 @@ pub fn postfix_config(base: &Path, pki: &TestPki) -> Server {
             std::fs::copy(entry.path(), conf.join(sub).join(entry.file_name())).unwrap();
         }
     }
-    let (smtp, smtps) = (free_port(), free_port());
     let master = std::fs::read_to_string("/etc/postfix/master.cf").unwrap();
     let mut lines = Vec::new();
     for line in master.lines() {

@@ -1,0 +1,537 @@
+//! `resmon-bench-protocols`: three probers side by side in one run, against the same servers,
+//! each in its own process with its CPU read from /proc:
+//!
+//! - the agent's `smtp` and `http` checks (`resmon run`, N resources);
+//! - Prometheus' blackbox_exporter (Debian `prometheus-blackbox-exporter`): a `tcp` module with
+//!   `query_response` expecting `^220`, and `http_2xx`, driven through `/probe`;
+//! - the floor: a bare tokio loop doing the same connect, read, compare and close, nothing else.
+//!
+//! Servers (a banner server and a minimal HTTP server, in this process) listen on 64 loopback
+//! addresses so that probers that close with a FIN do not run out of ports to `TIME_WAIT`.
+//! Two loads: paced at `--rate` checks per second (default 10,000: 10,000 resources at 1 s),
+//! and saturation (as many as the prober completes). Prints CPU-ms per check and the ratios.
+//!
+//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R]`
+
+use resmon_e2e::{free_port, Agent};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream};
+
+const ADDRESSES: usize = 64;
+const BANNER: &[u8] = b"220 bench.test ESMTP ready\r\n";
+
+#[derive(Clone, Copy, PartialEq)]
+enum Proto {
+    Smtp,
+    Http,
+}
+
+impl Proto {
+    fn name(self) -> &'static str {
+        match self {
+            Proto::Smtp => "smtp",
+            Proto::Http => "http",
+        }
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("--floor-child") {
+        floor_child(&args[2..]);
+        return;
+    }
+    let mut seconds = 20u64;
+    let mut rate = 10_000usize;
+    let mut i = 1;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--seconds" => seconds = args[i + 1].parse().expect("--seconds N"),
+            "--rate" => rate = args[i + 1].parse().expect("--rate N"),
+            other => panic!("unknown argument {other}"),
+        }
+        i += 2;
+    }
+    raise_fd_limit();
+    let servers = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let (smtp_port, http_port) = servers.block_on(async {
+        (
+            start_servers(Proto::Smtp).await,
+            start_servers(Proto::Http).await,
+        )
+    });
+    let measure = Duration::from_secs(seconds);
+    println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, servers on {ADDRESSES} loopback addresses");
+    println!(
+        "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9}",
+        "proto", "load", "prober", "checks/s", "cpu_ms/check", "vs_floor"
+    );
+    for proto in [Proto::Smtp, Proto::Http] {
+        let port = if proto == Proto::Smtp {
+            smtp_port
+        } else {
+            http_port
+        };
+        for (load, target_rate) in [("paced", Some(rate)), ("saturation", None)] {
+            let floor = run_floor(proto, port, target_rate, measure);
+            let agent = run_agent(
+                proto,
+                port,
+                target_rate.unwrap_or(rate),
+                target_rate.is_none(),
+                measure,
+            );
+            let blackbox = run_blackbox(proto, port, target_rate, measure);
+            for (name, r) in [
+                ("floor", &floor),
+                ("resmon", &agent),
+                ("blackbox", &blackbox),
+            ] {
+                println!(
+                    "{:<6} {:<10} {:<11} {:>10.0} {:>12.4} {:>9.2}",
+                    proto.name(),
+                    load,
+                    name,
+                    r.rate,
+                    r.cpu_ms,
+                    r.cpu_ms / floor.cpu_ms
+                );
+            }
+            if let Some(extra) = agent.note {
+                println!("{:<6} {:<10} {:<11} {extra}", "", "", "");
+            }
+        }
+    }
+}
+
+struct Measured {
+    rate: f64,
+    cpu_ms: f64,
+    note: Option<String>,
+}
+
+fn address(i: usize) -> String {
+    format!("127.0.0.{}", 1 + i % ADDRESSES)
+}
+
+/// Listeners on 127.0.0.1..64, all on one port.
+async fn start_servers(proto: Proto) -> u16 {
+    let port = free_port();
+    for i in 0..ADDRESSES {
+        let listener = TcpListener::bind((address(i).as_str(), port))
+            .await
+            .expect("bind");
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                tokio::spawn(serve(proto, stream));
+            }
+        });
+    }
+    port
+}
+
+async fn serve(proto: Proto, mut stream: TcpStream) {
+    let _ = stream.set_nodelay(true);
+    match proto {
+        Proto::Smtp => {
+            if stream.write_all(BANNER).await.is_err() {
+                return;
+            }
+            let mut buf = [0u8; 256];
+            // Answer QUIT if it comes; end when the prober closes.
+            while let Ok(n) = stream.read(&mut buf).await {
+                if n == 0 {
+                    return;
+                }
+                if buf[..n].windows(4).any(|w| w.eq_ignore_ascii_case(b"QUIT")) {
+                    let _ = stream.write_all(b"221 bye\r\n").await;
+                    return;
+                }
+            }
+        }
+        Proto::Http => {
+            let mut reader = BufReader::new(stream);
+            let mut line = String::new();
+            loop {
+                line.clear();
+                match reader.read_line(&mut line).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) if line == "\r\n" || line == "\n" => break,
+                    Ok(_) => {}
+                }
+            }
+            let _ = reader
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\nok\n")
+                .await;
+        }
+    }
+}
+
+// --- the agent ------------------------------------------------------------------------------
+
+fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Duration) -> Measured {
+    // Paced: `rate` resources at 1 s. Saturation: the same resources at 100 ms (10x the rate).
+    let interval = if saturate { "100ms" } else { "1s" };
+    let mut body = format!(
+        "[resource_types.{t}]\nis_alive_interval = \"{interval}\"\ncheck_timeout = \"100ms\"\npoll_looks_alive = false\n",
+        t = proto.name()
+    );
+    for g in 0..rate.div_ceil(100) {
+        body += &format!("\n[[groups]]\nname = \"g{g}\"\n");
+        for r in 0..100.min(rate - g * 100) {
+            let i = g * 100 + r;
+            let target = match proto {
+                Proto::Smtp => format!("address = \"{}:{port}\"", address(i)),
+                Proto::Http => format!("url = \"http://{}:{port}/\"", address(i)),
+            };
+            body += &format!(
+                "\n[[groups.resources]]\nname = \"r{i}\"\ntype = \"{}\"\n{target}\n",
+                proto.name()
+            );
+        }
+    }
+    let agent = Agent::start(&body);
+    agent.wait_for("every resource online", Duration::from_secs(120), |a| {
+        a.metrics()
+            .lines()
+            .filter(|l| {
+                l.starts_with("resmon_resource_state{state=\"online\"") && l.ends_with(" 1")
+            })
+            .count()
+            == rate
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    let pid = agent.pid();
+    let (cpu0, n0, f0) = (
+        cpu_seconds(pid),
+        checks(&agent.metrics()),
+        failures(&agent.metrics()),
+    );
+    let t0 = Instant::now();
+    std::thread::sleep(measure);
+    let metrics = agent.metrics();
+    let (cpu1, n1, f1) = (cpu_seconds(pid), checks(&metrics), failures(&metrics));
+    let elapsed = t0.elapsed().as_secs_f64();
+    let rss = peak_rss_mb(pid);
+    let n = n1 - n0;
+    Measured {
+        rate: n / elapsed,
+        cpu_ms: (cpu1 - cpu0) * 1000.0 / n,
+        note: Some(format!(
+            "resmon: {:.0}% of one core, peak RSS {rss:.1} MB, {} failed checks",
+            (cpu1 - cpu0) / elapsed * 100.0,
+            f1 - f0
+        )),
+    }
+}
+
+fn checks(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("resmon_check_duration_seconds_count"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn failures(metrics: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("resmon_check_failures_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+// --- the floor ------------------------------------------------------------------------------
+
+fn run_floor(proto: Proto, port: u16, rate: Option<usize>, measure: Duration) -> Measured {
+    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--floor-child",
+            proto.name(),
+            &port.to_string(),
+            &rate.map_or("0".to_string(), |r| r.to_string()),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("floor child");
+    let pid = child.id() as i32;
+    std::thread::sleep(Duration::from_secs(2));
+    let stdout = child.stdout.take().unwrap();
+    let counter = std::thread::spawn(move || {
+        // The child prints its running total of checks every 100 ms.
+        use std::io::BufRead;
+        let mut last = Vec::new();
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            last.push((Instant::now(), line.parse::<f64>().unwrap_or(0.0)));
+            if last.len() > 100_000 {
+                break;
+            }
+        }
+        last
+    });
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(measure);
+    let (cpu1, t1) = (cpu_seconds(pid), Instant::now());
+    let _ = child.kill();
+    let _ = child.wait();
+    let samples = counter.join().unwrap();
+    let at = |t: Instant| {
+        samples
+            .iter()
+            .filter(|(when, _)| *when <= t)
+            .last()
+            .map_or(0.0, |s| s.1)
+    };
+    let n = at(t1) - at(t0);
+    let elapsed = (t1 - t0).as_secs_f64();
+    Measured {
+        rate: n / elapsed,
+        cpu_ms: (cpu1 - cpu0) * 1000.0 / n,
+        note: None,
+    }
+}
+
+fn floor_child(args: &[String]) {
+    let proto = if args[0] == "smtp" {
+        Proto::Smtp
+    } else {
+        Proto::Http
+    };
+    let port: u16 = args[1].parse().unwrap();
+    let rate: usize = args[2].parse().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let done = Arc::new(AtomicU64::new(0));
+    rt.block_on(async move {
+        let tasks = if rate > 0 { rate } else { 64 };
+        for i in 0..tasks {
+            let done = done.clone();
+            tokio::spawn(async move {
+                let target = format!("{}:{port}", address(i));
+                let mut tick = (rate > 0).then(|| {
+                    let phase =
+                        Duration::from_micros((i as u64 * 1_000_000 / rate as u64) % 1_000_000);
+                    tokio::time::interval_at(
+                        tokio::time::Instant::now() + phase,
+                        Duration::from_secs(1),
+                    )
+                });
+                loop {
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
+                    if floor_check(proto, &target).await {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            });
+        }
+        loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            println!("{}", done.load(Ordering::Relaxed));
+        }
+    });
+}
+
+/// One check with nothing else: connect, (send), read, compare, close.
+async fn floor_check(proto: Proto, target: &str) -> bool {
+    let Ok(mut s) = TcpStream::connect(target).await else {
+        return false;
+    };
+    let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+    let mut buf = [0u8; 512];
+    match proto {
+        Proto::Smtp => {
+            let Ok(n) = s.read(&mut buf).await else {
+                return false;
+            };
+            let ok = buf[..n].starts_with(b"220");
+            let _ = s.write_all(b"QUIT\r\n").await;
+            ok
+        }
+        Proto::Http => {
+            if s.write_all(b"GET / HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
+                .await
+                .is_err()
+            {
+                return false;
+            }
+            let Ok(n) = s.read(&mut buf).await else {
+                return false;
+            };
+            buf[..n].starts_with(b"HTTP/1.1 200")
+        }
+    }
+}
+
+// --- blackbox_exporter ----------------------------------------------------------------------
+
+fn run_blackbox(proto: Proto, port: u16, rate: Option<usize>, measure: Duration) -> Measured {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("blackbox.yml");
+    std::fs::write(
+        &config,
+        "modules:\n  smtp_banner:\n    prober: tcp\n    timeout: 2s\n    tcp:\n      query_response:\n        - expect: \"^220\"\n        - send: \"QUIT\"\n  http_2xx:\n    prober: http\n    timeout: 2s\n    http:\n      preferred_ip_protocol: ip4\n",
+    )
+    .unwrap();
+    let listen = format!("127.0.0.1:{}", free_port());
+    let mut child = std::process::Command::new("prometheus-blackbox-exporter")
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--web.listen-address={listen}"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("prometheus-blackbox-exporter (Debian package) is installed");
+    let pid = child.id() as i32;
+    resmon_e2e::servers::wait_port(
+        listen.rsplit(':').next().unwrap().parse().unwrap(),
+        Duration::from_secs(10),
+    )
+    .expect("blackbox_exporter listens");
+    let (module, scheme) = match proto {
+        Proto::Smtp => ("smtp_banner", ""),
+        Proto::Http => ("http_2xx", "http://"),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let ok = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let deadline = t0 + measure;
+    rt.block_on(async {
+        let drivers = 128;
+        let mut handles = Vec::new();
+        for d in 0..drivers {
+            let (ok, stop, listen) = (ok.clone(), stop.clone(), listen.clone());
+            handles.push(tokio::spawn(async move {
+                let per_driver_interval =
+                    rate.map(|r| Duration::from_secs_f64(drivers as f64 / r as f64));
+                let mut tick = per_driver_interval.map(|p| {
+                    tokio::time::interval_at(
+                        tokio::time::Instant::now() + p.mul_f64(d as f64 / drivers as f64),
+                        p,
+                    )
+                });
+                if let Some(t) = tick.as_mut() {
+                    t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                }
+                let mut i = d;
+                let mut conn: Option<BufReader<TcpStream>> = None;
+                while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
+                    if let Some(t) = tick.as_mut() {
+                        t.tick().await;
+                    }
+                    i += drivers;
+                    let target = format!("{scheme}{}:{port}", address(i));
+                    if conn.is_none() {
+                        conn = TcpStream::connect(&listen).await.ok().map(BufReader::new);
+                    }
+                    let Some(c) = conn.as_mut() else { continue };
+                    match probe(c, &listen, module, &target).await {
+                        Some(true) => {
+                            ok.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Some(false) => {}
+                        None => conn = None,
+                    }
+                }
+            }));
+        }
+        for h in handles {
+            let _ = h.await;
+        }
+    });
+    stop.store(true, Ordering::Relaxed);
+    let (cpu1, elapsed) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
+    let _ = child.kill();
+    let _ = child.wait();
+    let n = ok.load(Ordering::Relaxed) as f64;
+    Measured {
+        rate: n / elapsed,
+        cpu_ms: (cpu1 - cpu0) * 1000.0 / n,
+        note: None,
+    }
+}
+
+/// One `/probe` over a kept-alive connection; `Some(success)`, or `None` if the connection broke.
+async fn probe(
+    conn: &mut BufReader<TcpStream>,
+    listen: &str,
+    module: &str,
+    target: &str,
+) -> Option<bool> {
+    let request =
+        format!("GET /probe?module={module}&target={target} HTTP/1.1\r\nHost: {listen}\r\n\r\n");
+    conn.get_mut().write_all(request.as_bytes()).await.ok()?;
+    let mut length = 0usize;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if conn.read_line(&mut line).await.ok()? == 0 {
+            return None;
+        }
+        if line == "\r\n" {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse().ok()?;
+        }
+    }
+    let mut body = vec![0u8; length];
+    conn.read_exact(&mut body).await.ok()?;
+    Some(String::from_utf8_lossy(&body).contains("probe_success 1"))
+}
+
+// --- /proc ----------------------------------------------------------------------------------
+
+fn raise_fd_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only means a lower limit.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+fn peak_rss_mb(pid: i32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        })
+        .unwrap_or(0.0)
+        / 1024.0
+}
