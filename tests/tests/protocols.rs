@@ -331,3 +331,73 @@ fn killing_dovecot_fails_imap_and_pop3_only_and_the_store_comes_back() {
         assert_eq!(agent.state("evs1", name), "online");
     }
 }
+
+#[test]
+fn servers_that_stream_forever_or_stall_do_not_grow_the_agents_memory() {
+    // An endless banner and a silent server, checked as fast as the agent will: every check
+    // fails within its cap or its deadline and leaves nothing behind.
+    let endless = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let (endless_addr, silent_addr) = (endless.local_addr().unwrap(), silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for conn in endless.incoming().flatten() {
+            std::thread::spawn(move || {
+                use std::io::Write;
+                let mut conn = conn;
+                let chunk = [b'2'; 4096];
+                while conn.write_all(&chunk).is_ok() {}
+            });
+        }
+    });
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for conn in silent.incoming().flatten() {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let mut body = String::from("[[groups]]\nname = \"bad\"\n");
+    for i in 0..20 {
+        let addr = if i % 2 == 0 {
+            endless_addr
+        } else {
+            silent_addr
+        };
+        body += &format!(
+            "\n[[groups.resources]]\nname = \"r{i}\"\ntype = \"smtp\"\naddress = \"{addr}\"\npending_timeout = \"200ms\"\nrestart_threshold = 100000\nrestart_period = \"1s\"\n"
+        );
+    }
+    let agent = Agent::start(&body);
+    let rss = || {
+        std::fs::read_to_string(format!("/proc/{}/status", agent.pid()))
+            .unwrap()
+            .lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok())
+            .unwrap()
+    };
+    std::thread::sleep(Duration::from_secs(3));
+    let (before, attempts_before) = (rss(), agent.events_of("restart_requested", "").len());
+    std::thread::sleep(Duration::from_secs(6));
+    let (after, attempts_after) = (rss(), agent.events_of("restart_requested", "").len());
+    assert!(
+        attempts_after - attempts_before > 200,
+        "only {} attempts",
+        attempts_after - attempts_before
+    );
+    assert!(
+        after < before + 4096,
+        "RSS grew from {before} KiB to {after} KiB over {} attempts",
+        attempts_after - attempts_before
+    );
+    let reasons: std::collections::BTreeSet<String> = agent
+        .events_of("operation_failed", "")
+        .iter()
+        .map(|e| e["reason"].as_str().unwrap().to_string())
+        .collect();
+    assert!(reasons.contains("unexpected_banner"), "{reasons:?}");
+    assert!(
+        !agent.events_of("operation_timed_out", "r1").is_empty(),
+        "the silent server's onlines time out"
+    );
+}
