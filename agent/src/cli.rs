@@ -35,6 +35,16 @@ pub enum Command {
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
     },
+    /// Print what the controller would do for a scripted series of failures, step by step,
+    /// without touching anything (the script format is in `resmon simulate --help`).
+    #[command(long_about = SIMULATE_HELP)]
+    Simulate {
+        /// The config file.
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The script file, `-` for standard input.
+        script: PathBuf,
+    },
     /// Show the running agent's groups and resources.
     Status {
         /// The config file (to find the agent's listen address).
@@ -48,6 +58,19 @@ pub enum Command {
         output: Output,
     },
 }
+
+const SIMULATE_HELP: &str =
+    "Print what the controller would do for a scripted series of failures, \
+step by step, without touching anything: the same policy code the agent runs, in a world where \
+every operation succeeds at once unless the script says otherwise.
+
+Script lines: TIME [GROUP/]RESOURCE EVENT [REASON], for example
+  0s    smtp fails                 (is_alive fails)
+  5s    smtp looks_alive_fails
+  10s   store signal exited        (the failure signal fires)
+  20s   store online_fails spawn   (its online fails until `online_ok`)
+  30s   smtp admin_offline         (also admin_online, admin_clear)
+  2h    tick                       (time passes; retry timers fire)";
 
 /// How `status` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -80,6 +103,7 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Validate { config } => validate(&config),
+        Command::Simulate { config, script } => simulate(&config, &script),
         Command::Status {
             config,
             address,
@@ -114,6 +138,11 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 println!("{w}");
             }
             let c = &loaded.config;
+            for g in &c.groups {
+                for r in &g.resources {
+                    println!("{}/{}: {}", g.name, r.name, budget(r));
+                }
+            }
             let resources: usize = c.groups.iter().map(|g| g.resources.len()).sum();
             println!(
                 "{}: ok ({} groups, {} resources, {} warnings)",
@@ -127,6 +156,81 @@ fn validate(path: &std::path::Path) -> ExitCode {
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: {} errors", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// What `validate` says of a resource: how fast a failure is seen, and what happens then.
+fn budget(r: &crate::config::ResourceConfig) -> String {
+    use resmon_policies::RestartAction;
+    let d = |x: std::time::Duration| resmon_probes::HumanDuration(x).to_string();
+    let p = &r.props;
+    let policy = p.restart_policy(r.private.provides_failure_signal());
+    let mut detection = format!(
+        "a failure is seen within {} (is_alive_interval {} + check_timeout {})",
+        d(p.is_alive_interval + p.check_timeout),
+        d(p.is_alive_interval),
+        d(p.check_timeout)
+    );
+    if policy.polls_looks_alive() && p.looks_alive_interval < p.is_alive_interval {
+        detection = format!(
+            "a failure is seen within {} (looks_alive_interval {} + check_timeout {}, then is_alive at once)",
+            d(p.looks_alive_interval + p.check_timeout * 2),
+            d(p.looks_alive_interval),
+            d(p.check_timeout)
+        );
+    }
+    if policy.provides_failure_signal {
+        detection = format!("{detection}, at once through its failure signal");
+    }
+    let next = match p.restart_action {
+        RestartAction::NoRestart => {
+            "no restart: a failure stays failed until an administrator acts".to_string()
+        }
+        action => format!(
+            "{} restarts per {}, then {}, retry after {}",
+            p.restart_threshold,
+            d(p.restart_period),
+            if action == RestartAction::RestartThenFailover {
+                "failover"
+            } else {
+                "no failover"
+            },
+            d(p.retry_period_on_failure)
+        ),
+    };
+    format!("{detection}; {next}")
+}
+
+fn simulate(path: &std::path::Path, script: &std::path::Path) -> ExitCode {
+    let config = match config::load(path) {
+        Ok(loaded) => loaded.config,
+        Err(errors) => {
+            eprintln!("{errors}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let text = if script == std::path::Path::new("-") {
+        let mut s = String::new();
+        std::io::Read::read_to_string(&mut std::io::stdin(), &mut s).map(|_| s)
+    } else {
+        std::fs::read_to_string(script)
+    };
+    let text = match text {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("error: cannot read {}: {e}", script.display());
+            return ExitCode::FAILURE;
+        }
+    };
+    match crate::simulate::simulate(&config, &text) {
+        Ok(report) => {
+            print!("{report}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {}:{e}", script.display());
             ExitCode::FAILURE
         }
     }

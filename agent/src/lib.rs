@@ -10,6 +10,7 @@
 //!   `resmon run`.
 //! - [`events`]: one struct per event; `emit()` logs a JSON line and counts it.
 //! - [`metrics`]: every metric, Prometheus text format.
+//! - [`simulate`]: `resmon simulate`, the policy replayed on a scripted series of failures.
 //! - [`status`]: what `/api/v1/status` serves.
 //! - [`http`]: the read-only HTTP endpoint.
 //! - [`watchdog`]: systemd readiness and watchdog.
@@ -21,5 +22,6 @@ pub mod events;
 pub mod http;
 pub mod metrics;
 pub mod runtime;
+pub mod simulate;
 pub mod status;
 pub mod watchdog;

@@ -463,6 +463,62 @@ impl GroupController {
                 || self.resources.iter().all(|r| r.state.is_down()))
     }
 
+    /// One effect as a line for people: transcripts, `resmon simulate`.
+    pub fn describe(&self, effect: &Effect) -> String {
+        let name = |r: &ResourceId| self.spec.resource(*r).name.as_str();
+        match effect {
+            Effect::Transition {
+                resource,
+                from,
+                to,
+                cause,
+            } => {
+                format!("{}: {from} -> {to} ({cause})", name(resource))
+            }
+            Effect::Online(r) => format!("online {}", name(r)),
+            Effect::Offline(r) => format!("offline {}", name(r)),
+            Effect::Terminate(r) => format!("terminate {}", name(r)),
+            Effect::Monitor {
+                resource,
+                looks_alive,
+            } => format!(
+                "monitor {} looks_alive={}",
+                name(resource),
+                if *looks_alive { "on" } else { "off" }
+            ),
+            Effect::Unmonitor(r) => format!("unmonitor {}", name(r)),
+            Effect::RunIsAlive(r) => format!("run is_alive {}", name(r)),
+            Effect::RestartScheduled {
+                resource,
+                restarts_in_period,
+            } => format!(
+                "restart {} ({restarts_in_period} in period)",
+                name(resource)
+            ),
+            Effect::RequestFailover { resource } => {
+                format!("request failover ({})", name(resource))
+            }
+            Effect::FailoverFailed => "failover failed".to_string(),
+            Effect::RetryScheduled { resource, at } => format!("retry {} at {at}", name(resource)),
+            Effect::GaveUp { resource } => format!("gave up {}", name(resource)),
+            Effect::Refused { command, why } => {
+                format!("refused {}: {why}", self.describe_command(command))
+            }
+        }
+    }
+
+    /// An administrator's command as words.
+    pub fn describe_command(&self, command: &AdminCommand) -> String {
+        let name = |r: &ResourceId| self.spec.resource(*r).name.as_str();
+        match command {
+            AdminCommand::Online(r) => format!("online {}", name(r)),
+            AdminCommand::Offline(r) => format!("offline {}", name(r)),
+            AdminCommand::Clear(r) => format!("clear {}", name(r)),
+            AdminCommand::GroupOnline => "online the group".into(),
+            AdminCommand::GroupOffline => "offline the group".into(),
+        }
+    }
+
     /// Applies one input at `now` and returns what to do.
     pub fn step(&mut self, now: Time, input: Input) -> Vec<Effect> {
         let mut out = Vec::new();

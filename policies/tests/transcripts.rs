@@ -66,50 +66,8 @@ impl Harness {
     }
 
     fn render(&self, effects: &[Effect]) -> Vec<String> {
-        effects
-            .iter()
-            .map(|e| match e {
-                Effect::Transition {
-                    resource,
-                    from,
-                    to,
-                    cause,
-                } => {
-                    format!("{}: {from} -> {to} ({cause})", self.name(*resource))
-                }
-                Effect::Online(r) => format!("online {}", self.name(*r)),
-                Effect::Offline(r) => format!("offline {}", self.name(*r)),
-                Effect::Terminate(r) => format!("terminate {}", self.name(*r)),
-                Effect::Monitor {
-                    resource,
-                    looks_alive,
-                } => format!(
-                    "monitor {} looks_alive={}",
-                    self.name(*resource),
-                    if *looks_alive { "on" } else { "off" }
-                ),
-                Effect::Unmonitor(r) => format!("unmonitor {}", self.name(*r)),
-                Effect::RunIsAlive(r) => format!("run is_alive {}", self.name(*r)),
-                Effect::RestartScheduled {
-                    resource,
-                    restarts_in_period,
-                } => {
-                    format!(
-                        "restart {} ({restarts_in_period} in period)",
-                        self.name(*resource)
-                    )
-                }
-                Effect::RequestFailover { resource } => {
-                    format!("request failover ({})", self.name(*resource))
-                }
-                Effect::FailoverFailed => "failover failed".to_string(),
-                Effect::RetryScheduled { resource, at } => {
-                    format!("retry {} at {at}", self.name(*resource))
-                }
-                Effect::GaveUp { resource } => format!("gave up {}", self.name(*resource)),
-                Effect::Refused { command, why } => format!("refused {command:?}: {why}"),
-            })
-            .collect()
+        let c = self.controller.as_ref().unwrap();
+        effects.iter().map(|e| c.describe(e)).collect()
     }
 
     fn run(&mut self, line: &str) -> Vec<String> {

@@ -658,6 +658,17 @@ fn read_resource(
     }
     let props = own.resolve(type_defaults.get(&type_name));
     props.warn(rpath, cx);
+    if props.poll_looks_alive == Some(false) && !private.provides_failure_signal() {
+        let mut p = rpath.to_vec();
+        p.push(Seg::Key("poll_looks_alive".into()));
+        cx.warning(
+            &p,
+            format!(
+                "a {type_name} resource reports no failure by itself: with looks_alive off, a failure waits for is_alive (every {})",
+                show(props.is_alive_interval)
+            ),
+        );
+    }
     ok.then_some(ResourceConfig {
         name: header.name,
         depends_on: header.depends_on,

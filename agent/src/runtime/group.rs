@@ -388,7 +388,7 @@ impl GroupTask {
             Effect::Refused { command, why } => {
                 AdminRefused {
                     group: &self.name,
-                    command: format!("{command:?}"),
+                    command: self.controller.describe_command(&command),
                     why,
                 }
                 .emit(&self.shared.sink);
