@@ -45,6 +45,25 @@ pub enum Command {
         /// The script file, `-` for standard input.
         script: PathBuf,
     },
+    /// Bring a group (`GROUP`) or a resource (`GROUP/RESOURCE`) online; clears a failure.
+    Online(ControlArgs),
+    /// Take a group or a resource offline as an administrator (`offline_by_admin`: never
+    /// restarted, never failed over); dependents go offline first.
+    Offline(ControlArgs),
+    /// Clear a failed resource (`GROUP/RESOURCE`): forget its failures and let it come online.
+    Clear(ControlArgs),
+    /// List the agent's recent events.
+    Events {
+        /// The config file (to find the control socket).
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The control socket, instead of reading it from the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+        /// Output format.
+        #[arg(long, short, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Show the running agent's groups and resources.
     Status {
         /// The config file (to find the agent's listen address).
@@ -71,6 +90,22 @@ Script lines: TIME [GROUP/]RESOURCE EVENT [REASON], for example
   20s   store online_fails spawn   (its online fails until `online_ok`)
   30s   smtp admin_offline         (also admin_online, admin_clear)
   2h    tick                       (time passes; retry timers fire)";
+
+/// Arguments of `online`, `offline` and `clear`.
+#[derive(Debug, clap::Args)]
+pub struct ControlArgs {
+    /// `GROUP` or `GROUP/RESOURCE`.
+    pub target: String,
+    /// The config file (to find the control socket).
+    #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+    pub config: PathBuf,
+    /// The control socket, instead of reading it from the config.
+    #[arg(long)]
+    pub socket: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
 
 /// How `status` prints.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -104,6 +139,14 @@ pub fn main(cli: Cli) -> ExitCode {
         }
         Command::Validate { config } => validate(&config),
         Command::Simulate { config, script } => simulate(&config, &script),
+        Command::Online(args) => control(args, "online"),
+        Command::Offline(args) => control(args, "offline"),
+        Command::Clear(args) => control(args, "clear"),
+        Command::Events {
+            config,
+            socket,
+            output,
+        } => events(&config, socket, output),
         Command::Status {
             config,
             address,
@@ -156,6 +199,105 @@ fn validate(path: &std::path::Path) -> ExitCode {
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: {} errors", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn control_socket(config: &std::path::Path, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
+    match socket {
+        Some(s) => Ok(s),
+        None => config::load(config)
+            .map(|l| l.config.agent.control_socket)
+            .map_err(|errors| {
+                eprintln!(
+                    "{errors}\n(pass --socket to reach the agent without reading the config)"
+                );
+                ExitCode::FAILURE
+            }),
+    }
+}
+
+fn control(args: ControlArgs, action: &str) -> ExitCode {
+    let socket = match control_socket(&args.config, args.socket) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let path = match args.target.split_once('/') {
+        Some((group, resource)) => format!("/api/v1/groups/{group}/resources/{resource}/{action}"),
+        None if action == "clear" => {
+            eprintln!("error: clear takes GROUP/RESOURCE");
+            return ExitCode::FAILURE;
+        }
+        None => format!("/api/v1/groups/{}/{action}", args.target),
+    };
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::control::request(&socket, hyper::Method::POST, &path)) {
+        Ok((status, body)) => {
+            if args.output == Output::Json {
+                println!("{body}");
+            }
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if status.is_success() {
+                if args.output == Output::Table {
+                    println!("{action} {}: accepted", args.target);
+                }
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("refused: {}", answer["error"].as_str().unwrap_or(&body));
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn events(config: &std::path::Path, socket: Option<PathBuf>, output: Output) -> ExitCode {
+    let socket = match control_socket(config, socket) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::control::request(
+        &socket,
+        hyper::Method::GET,
+        "/api/v1/events",
+    )) {
+        Ok((_, body)) if output == Output::Json => {
+            println!("{body}");
+            ExitCode::SUCCESS
+        }
+        Ok((_, body)) => {
+            let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
+            for e in events {
+                let mut line = format!(
+                    "{} {:<18}",
+                    e["ts"].as_str().unwrap_or(""),
+                    e["event"].as_str().unwrap_or("")
+                );
+                if let Some(obj) = e.as_object() {
+                    for (k, v) in obj {
+                        if k != "ts" && k != "event" {
+                            let v = v.as_str().map_or_else(|| v.to_string(), String::from);
+                            line += &format!(" {k}={v}");
+                        }
+                    }
+                }
+                println!("{line}");
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }

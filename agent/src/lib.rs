@@ -13,11 +13,13 @@
 //! - [`simulate`]: `resmon simulate`, the policy replayed on a scripted series of failures.
 //! - [`status`]: what `/api/v1/status` serves.
 //! - [`http`]: the read-only HTTP endpoint.
+//! - [`control`]: the control API on a Unix socket (online, offline, clear, events).
 //! - [`watchdog`]: systemd readiness and watchdog.
 //! - [`cli`]: the `resmon` command line.
 
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod events;
 pub mod http;
 pub mod metrics;

@@ -115,8 +115,9 @@ impl Agent {
         std::fs::write(
             &config,
             format!(
-                "[agent]\nlisten = \"{address}\"\nstate_dir = \"{}\"\n{agent_extra}\n{body}",
-                state.display()
+                "[agent]\nlisten = \"{address}\"\nstate_dir = \"{}\"\ncontrol_socket = \"{}\"\n{agent_extra}\n{body}",
+                state.display(),
+                dir.path().join("control.sock").display()
             ),
         )
         .unwrap();
@@ -194,6 +195,21 @@ impl Agent {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Runs `resmon ARGS --config <this agent's config>`: exit code, stdout, stderr.
+    pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
+        let out = Command::new(binary("resmon"))
+            .args(args)
+            .arg("--config")
+            .arg(&self.config)
+            .output()
+            .expect("run resmon");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
     }
 
     /// Whether the agent process still runs.

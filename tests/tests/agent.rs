@@ -528,3 +528,91 @@ fn resmon_status_prints_a_table_and_json() {
     let json: serde_json::Value = serde_json::from_str(&run(&["--output", "json"])).unwrap();
     assert_eq!(json["groups"][0]["resources"][0]["state"], "online");
 }
+
+#[test]
+fn the_control_api_takes_resources_offline_and_online_and_refuses_what_it_cannot_do() {
+    let port = free_port();
+    let body = format!(
+        r#"[[groups]]
+name = "app"
+{sa}
+[[groups.resources]]
+name = "store"
+type = "process"
+command = ["sleep", "600"]
+depends_on = ["sa"]
+"#,
+        sa = server("sa", port, "")
+    );
+    let agent = Agent::start(&body);
+    agent.wait_state("app", "store", "online", LONG);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(agent.dir.path().join("control.sock"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o660,
+        "the control socket is for root and the resmon group only"
+    );
+
+    let (code, out, err) = agent.cli(&["offline", "app/sa"]);
+    assert_eq!(code, 0, "{out}{err}");
+    agent.wait_state("app", "sa", "offline_by_admin", LONG);
+    assert_eq!(
+        agent.state("app", "store"),
+        "offline",
+        "the dependent went offline first"
+    );
+    let offline_order: Vec<String> = agent
+        .events_of("state_changed", "")
+        .iter()
+        .filter(|e| e["to"] == "offline_pending")
+        .map(|e| e["resource"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(offline_order, ["store", "sa"]);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        agent.state("app", "sa"),
+        "offline_by_admin",
+        "never restarted"
+    );
+    assert!(agent.pid_of("app", "sa").is_none());
+
+    // Refusals change nothing and say why.
+    let (code, _, err) = agent.cli(&["clear", "app/sa"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("app/sa: the resource is not failed"), "{err}");
+    let (code, _, err) = agent.cli(&["online", "nosuch/sa"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("no group \"nosuch\""), "{err}");
+    let (code, _, err) = agent.cli(&["offline", "app/nosuch"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("no resource \"nosuch\" in group \"app\""),
+        "{err}"
+    );
+    assert_eq!(agent.state("app", "sa"), "offline_by_admin");
+
+    // Bringing the dependent online brings its provider too.
+    let (code, out, err) = agent.cli(&["online", "app/store"]);
+    assert_eq!(code, 0, "{out}{err}");
+    agent.wait_state("app", "store", "online", LONG);
+    assert_eq!(agent.state("app", "sa"), "online");
+
+    // A failed resource is cleared by an administrator.
+    let (code, _, _) = agent.cli(&["offline", "app"]);
+    assert_eq!(code, 0);
+    agent.wait_state("app", "sa", "offline_by_admin", LONG);
+    assert_eq!(agent.state("app", "store"), "offline_by_admin");
+    let (code, _, _) = agent.cli(&["online", "app"]);
+    assert_eq!(code, 0);
+    agent.wait_state("app", "store", "online", LONG);
+
+    let (code, out, _) = agent.cli(&["events", "--output", "json"]);
+    assert_eq!(code, 0);
+    let events: Vec<serde_json::Value> = serde_json::from_str(&out).unwrap();
+    assert!(events.iter().any(|e| e["event"] == "admin_refused"));
+    assert!(events.iter().any(|e| e["cause"] == "admin"));
+}

@@ -139,6 +139,13 @@ pub struct AgentConfig {
     /// restart or upgrade must not stop the services it keeps.
     #[serde(default)]
     pub stop_on_exit: bool,
+    /// Unix socket of the control API (online, offline, clear), mode 0660.
+    #[serde(default = "default_control_socket")]
+    pub control_socket: PathBuf,
+}
+
+fn default_control_socket() -> PathBuf {
+    PathBuf::from("/run/resmon/control.sock")
 }
 
 fn default_listen() -> SocketAddr {
@@ -172,6 +179,7 @@ impl Default for AgentConfig {
             node: default_node(),
             state_dir: default_state_dir(),
             stop_on_exit: false,
+            control_socket: default_control_socket(),
         }
     }
 }

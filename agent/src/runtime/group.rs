@@ -70,13 +70,32 @@ impl GroupHandle {
             let _ = wait.await;
         }
         shared.status.remove(self.config.name.as_str());
+        shared
+            .admins
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(self.config.name.as_str());
         for labels in &self.labels {
             shared.sink.metrics().forget(labels);
         }
     }
+}
 
-    /// Sends an administrator's command and waits for the answer.
-    pub(crate) async fn admin(&self, command: AdminCommand) -> Result<(), String> {
+/// What the control API needs to steer a group: its channel and its resources' names.
+#[derive(Clone)]
+pub struct GroupAdmin {
+    tx: mpsc::UnboundedSender<GroupEvent>,
+    spec: resmon_policies::GroupSpec,
+}
+
+impl GroupAdmin {
+    /// A resource by name.
+    pub fn find(&self, resource: &str) -> Option<ResourceId> {
+        self.spec.find(resource)
+    }
+
+    /// Sends an administrator's command and waits for the answer: `Err(why)` when refused.
+    pub async fn admin(&self, command: AdminCommand) -> Result<(), String> {
         let (reply, answer) = oneshot::channel();
         self.tx
             .send(GroupEvent::Admin { command, reply })
@@ -165,6 +184,17 @@ pub(crate) fn spawn_with(
         resources: slots,
     });
     shared.status.insert(config.name.as_str(), slots.clone());
+    shared
+        .admins
+        .write()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            config.name.to_string(),
+            GroupAdmin {
+                tx: tx.clone(),
+                spec: config.spec.clone(),
+            },
+        );
     let task = GroupTask {
         name: config.name.to_string(),
         controller: GroupController::new(config.spec.clone()),

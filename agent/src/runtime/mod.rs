@@ -6,7 +6,7 @@
 //! - this module: [`Agent`] (start, reload on SIGHUP with only the difference applied, exit
 //!   without touching services unless `stop_on_exit`) and [`run`], what `resmon run` does.
 
-pub(crate) mod group;
+pub mod group;
 pub(crate) mod worker;
 
 use crate::config::{self, Config, ConfigErrors, ResourceProps};
@@ -16,7 +16,7 @@ use crate::events::{
 use crate::metrics::{Metrics, ResourceMetrics};
 use crate::status::{ResourceSlot, StatusBoard};
 use group::GroupHandle;
-use resmon_policies::{AdminCommand, ResourceId};
+use resmon_policies::ResourceId;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -35,6 +35,8 @@ pub struct Shared {
     pub epoch: Instant,
     /// This node's name.
     pub node: String,
+    /// Every running group's control handle, for the control API.
+    pub admins: std::sync::RwLock<BTreeMap<String, group::GroupAdmin>>,
     /// Milliseconds since `heartbeat_epoch` when the scheduler last ran its heartbeat task.
     heartbeat_ms: AtomicU64,
     heartbeat_epoch: std::time::Instant,
@@ -48,6 +50,7 @@ impl Shared {
             status: Arc::new(StatusBoard::default()),
             epoch: Instant::now(),
             node,
+            admins: Default::default(),
             heartbeat_ms: AtomicU64::new(0),
             heartbeat_epoch: std::time::Instant::now(),
         })
@@ -176,14 +179,6 @@ impl Agent {
         Ok(())
     }
 
-    /// Applies an administrator's command to a group.
-    pub async fn admin(&self, group: &str, command: AdminCommand) -> Result<(), String> {
-        match self.groups.get(group) {
-            Some(g) => g.admin(command).await,
-            None => Err(format!("no group {group:?}")),
-        }
-    }
-
     /// Lets go of every group; with `stop_groups`, takes each offline first (dependents
     /// first, groups in parallel).
     pub async fn shutdown(self, stop_groups: bool) {
@@ -240,6 +235,16 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
 
     let shared = Shared::new(Arc::new(Metrics::new()), true, config.agent.node.clone());
     tokio::spawn(crate::http::serve(listener, shared.clone()));
+    match crate::control::bind(&config.agent.control_socket) {
+        Ok(control) => {
+            tokio::spawn(crate::control::serve(control, shared.clone()));
+        }
+        // The agent keeps services alive without it; say why it cannot be steered.
+        Err(e) => tracing::error!(
+            "no control API: cannot open {} (agent.control_socket): {e}",
+            config.agent.control_socket.display()
+        ),
+    }
     tokio::spawn(heartbeat(shared.clone()));
 
     let resources = config.groups.iter().map(|g| g.resources.len()).sum();

@@ -1,0 +1,202 @@
+//! The control API: bring a resource or a group online or offline, clear a failed resource,
+//! list recent events. Served over HTTP on a Unix socket (`agent.control_socket`, mode 0660,
+//! group `resmon` when that group exists), so that only root and the `resmon` group can steer
+//! the agent; the TCP endpoint stays read-only.
+//!
+//! | request | effect |
+//! | --- | --- |
+//! | `POST /api/v1/groups/{g}/online` / `offline` | every resource of the group |
+//! | `POST /api/v1/groups/{g}/resources/{r}/online` / `offline` / `clear` | one resource |
+//! | `GET /api/v1/status`, `GET /api/v1/events` | as on the TCP endpoint |
+//!
+//! An administrator's offline is `offline_by_admin`: never restarted, never failed over. A
+//! refused request answers 404 (unknown name) or 409 (the policy refused) with the reason, and
+//! changes nothing.
+
+use crate::runtime::Shared;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use resmon_policies::AdminCommand;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Opens the control socket (replacing a stale one) with mode 0660 and group `resmon` if it
+/// exists.
+pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    let listener = tokio::net::UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    if let Ok(Some(group)) = nix::unistd::Group::from_name("resmon") {
+        let _ = nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(0)), Some(group.gid));
+    }
+    Ok(listener)
+}
+
+/// Serves the control API until the process exits.
+pub async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            continue;
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(req, &shared).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
+async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+    let path: Vec<String> = req
+        .uri()
+        .path()
+        .trim_matches('/')
+        .split('/')
+        .map(String::from)
+        .collect();
+    let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+    match (req.method(), parts.as_slice()) {
+        (&Method::GET, ["api", "v1", "status"]) => {
+            json(StatusCode::OK, &shared.status.snapshot(&shared.node))
+        }
+        (&Method::GET, ["api", "v1", "events"]) => json(StatusCode::OK, &shared.sink.recent()),
+        (&Method::POST, ["api", "v1", "groups", group, action]) => {
+            let command = match *action {
+                "online" => AdminCommand::GroupOnline,
+                "offline" => AdminCommand::GroupOffline,
+                _ => {
+                    return refuse(
+                        StatusCode::NOT_FOUND,
+                        format!("unknown group action {action:?}: online or offline"),
+                    )
+                }
+            };
+            apply(shared, group, None, command).await
+        }
+        (&Method::POST, ["api", "v1", "groups", group, "resources", resource, action]) => {
+            let Some(admin) = find_group(shared, group) else {
+                return refuse(StatusCode::NOT_FOUND, format!("no group {group:?}"));
+            };
+            let Some(id) = admin.find(resource) else {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("no resource {resource:?} in group {group:?}"),
+                );
+            };
+            let command = match *action {
+                "online" => AdminCommand::Online(id),
+                "offline" => AdminCommand::Offline(id),
+                "clear" => AdminCommand::Clear(id),
+                _ => {
+                    return refuse(
+                        StatusCode::NOT_FOUND,
+                        format!("unknown resource action {action:?}: online, offline or clear"),
+                    )
+                }
+            };
+            apply(shared, group, Some(resource), command).await
+        }
+        _ => refuse(
+            StatusCode::NOT_FOUND,
+            format!("no such request: {} {}", req.method(), req.uri().path()),
+        ),
+    }
+}
+
+fn find_group(shared: &Shared, group: &str) -> Option<crate::runtime::group::GroupAdmin> {
+    shared
+        .admins
+        .read()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(group)
+        .cloned()
+}
+
+async fn apply(
+    shared: &Shared,
+    group: &str,
+    resource: Option<&str>,
+    command: AdminCommand,
+) -> Response<Full<Bytes>> {
+    let Some(admin) = find_group(shared, group) else {
+        return refuse(StatusCode::NOT_FOUND, format!("no group {group:?}"));
+    };
+    let target = resource.map_or_else(|| format!("group {group}"), |r| format!("{group}/{r}"));
+    tracing::info!(%target, ?command, "administrator's command");
+    match admin.admin(command).await {
+        Ok(()) => json(
+            StatusCode::OK,
+            &serde_json::json!({ "ok": true, "target": target }),
+        ),
+        Err(why) => refuse(StatusCode::CONFLICT, format!("{target}: {why}")),
+    }
+}
+
+fn refuse(status: StatusCode, why: String) -> Response<Full<Bytes>> {
+    json(status, &serde_json::json!({ "ok": false, "error": why }))
+}
+
+fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(
+        serde_json::to_string(value).unwrap_or_default(),
+    )));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("application/json"),
+    );
+    response
+}
+
+/// A request to the control socket: the status code and the body.
+pub async fn request(
+    socket: &Path,
+    method: Method,
+    path: &str,
+) -> Result<(StatusCode, String), String> {
+    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
+        format!(
+            "cannot reach the agent's control socket {}: {e}",
+            socket.display()
+        )
+    })?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "resmon")
+        .body(Empty::<Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
