@@ -81,6 +81,12 @@ struct SkipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OwnerLabels {
+    group: String,
+    node: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct EventLabels {
     event: &'static str,
 }
@@ -129,6 +135,7 @@ pub struct Metrics {
     operation_timeouts: Family<OperationLabels, Counter>,
     operation_duration: Family<TypeOperationLabels, Histogram>,
     events: Family<EventLabels, Counter>,
+    group_owner: Family<OwnerLabels, Gauge>,
     tls_not_after: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     tls_not_before: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     config_reloads: Family<ResultLabels, Counter>,
@@ -194,6 +201,12 @@ impl Metrics {
         );
         let events = Family::<EventLabels, Counter>::default();
         registry.register("resmon_events", "Events emitted, by kind", events.clone());
+        let group_owner = Family::<OwnerLabels, Gauge>::default();
+        registry.register(
+            "resmon_group_owner",
+            "1 for each group this node owns, labelled with the node",
+            group_owner.clone(),
+        );
         let tls_not_after = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "resmon_tls_cert_not_after_timestamp_seconds",
@@ -240,6 +253,7 @@ impl Metrics {
             operation_timeouts,
             operation_duration,
             events,
+            group_owner,
             tls_not_after,
             tls_not_before,
             config_reloads,
@@ -313,6 +327,19 @@ impl Metrics {
                 resource: labels.clone(),
                 op: op.as_str(),
             });
+        }
+    }
+
+    /// This node owns `group` (`owned`), or no longer does.
+    pub fn group_owner(&self, group: &str, node: &str, owned: bool) {
+        let labels = OwnerLabels {
+            group: group.into(),
+            node: node.into(),
+        };
+        if owned {
+            self.group_owner.get_or_create(&labels).set(1);
+        } else {
+            self.group_owner.remove(&labels);
         }
     }
 

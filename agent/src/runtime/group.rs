@@ -185,6 +185,10 @@ pub(crate) fn spawn_with(
     });
     shared.status.insert(config.name.as_str(), slots.clone());
     shared
+        .sink
+        .metrics()
+        .group_owner(config.name.as_str(), &shared.node, true);
+    shared
         .admins
         .write()
         .unwrap_or_else(|e| e.into_inner())
