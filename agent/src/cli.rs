@@ -64,6 +64,12 @@ pub enum Command {
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
     },
+    /// Write the man page and shell completions into DIR (used to build the packages).
+    #[command(hide = true)]
+    GenerateDocs {
+        /// Where to write `resmon.1`, `resmon.bash`, `_resmon` and `resmon.fish`.
+        dir: PathBuf,
+    },
     /// Show the running agent's groups and resources.
     Status {
         /// The config file (to find the agent's listen address).
@@ -138,6 +144,7 @@ pub fn main(cli: Cli) -> ExitCode {
             }
         }
         Command::Validate { config } => validate(&config),
+        Command::GenerateDocs { dir } => generate_docs(&dir),
         Command::Simulate { config, script } => simulate(&config, &script),
         Command::Online(args) => control(args, "online"),
         Command::Offline(args) => control(args, "offline"),
@@ -199,6 +206,33 @@ fn validate(path: &std::path::Path) -> ExitCode {
         Err(errors) => {
             eprintln!("{errors}");
             eprintln!("{}: {} errors", path.display(), errors.0.len());
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn generate_docs(dir: &std::path::Path) -> ExitCode {
+    use clap::CommandFactory;
+    let write = || -> std::io::Result<()> {
+        std::fs::create_dir_all(dir)?;
+        let mut page = Vec::new();
+        clap_mangen::Man::new(Cli::command()).render(&mut page)?;
+        std::fs::write(dir.join("resmon.1"), page)?;
+        for (shell, file) in [
+            (clap_complete::Shell::Bash, "resmon.bash"),
+            (clap_complete::Shell::Zsh, "_resmon"),
+            (clap_complete::Shell::Fish, "resmon.fish"),
+        ] {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "resmon", &mut out);
+            std::fs::write(dir.join(file), out)?;
+        }
+        Ok(())
+    };
+    match write() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: cannot write into {}: {e}", dir.display());
             ExitCode::FAILURE
         }
     }
