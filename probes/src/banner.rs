@@ -313,10 +313,9 @@ impl BannerClient {
             }
         }
         if let Some(goodbye) = &script.goodbye {
-            // Politeness only: the check has passed whatever happens now.
-            if send(&mut reader, goodbye).await.is_ok() {
-                let _ = read_line(&mut reader, progress).await;
-            }
+            // Politeness only: the check has passed whatever happens now, and the answer is
+            // not awaited (a server that never answers QUIT must not turn a pass into a timeout).
+            let _ = send(&mut reader, goodbye).await;
         }
         let _ = reader.get_mut().shutdown().await;
         Ok(())

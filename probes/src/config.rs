@@ -15,7 +15,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Every resource type name the agent knows.
-pub const RESOURCE_TYPES: &[&str] = &["process", "tcp", "smtp", "pop3", "imap", "http"];
+pub const RESOURCE_TYPES: &[&str] = &[
+    "process", "tcp", "smtp", "pop3", "imap", "http", "exec", "ocf",
+];
 
 /// A duration written for humans: `"500ms"`, `"5s"`, `"1m30s"`, `"1h"`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -157,6 +159,10 @@ pub enum ResourceConfig {
     Imap(crate::imap::ImapConfig),
     /// See [`crate::http`].
     Http(crate::http::HttpConfig),
+    /// See [`crate::exec`].
+    Exec(crate::exec::ExecConfig),
+    /// See [`crate::ocf`].
+    Ocf(crate::ocf::OcfConfig),
 }
 
 impl ResourceConfig {
@@ -173,6 +179,8 @@ impl ResourceConfig {
             "pop3" => ResourceConfig::Pop3(Deserialize::deserialize(d)?),
             "imap" => ResourceConfig::Imap(Deserialize::deserialize(d)?),
             "http" => ResourceConfig::Http(Deserialize::deserialize(d)?),
+            "exec" => ResourceConfig::Exec(Deserialize::deserialize(d)?),
+            "ocf" => ResourceConfig::Ocf(Deserialize::deserialize(d)?),
             _ => return Ok(None),
         }))
     }
@@ -186,6 +194,8 @@ impl ResourceConfig {
             ResourceConfig::Pop3(_) => "pop3",
             ResourceConfig::Imap(_) => "imap",
             ResourceConfig::Http(_) => "http",
+            ResourceConfig::Exec(_) => "exec",
+            ResourceConfig::Ocf(_) => "ocf",
         }
     }
 
@@ -198,6 +208,8 @@ impl ResourceConfig {
             ResourceConfig::Pop3(c) => c.validate(),
             ResourceConfig::Imap(c) => c.validate(),
             ResourceConfig::Http(c) => c.validate(),
+            ResourceConfig::Exec(_) => Vec::new(),
+            ResourceConfig::Ocf(c) => c.validate(),
         };
         pairs
             .into_iter()
@@ -236,6 +248,10 @@ impl ResourceConfig {
                 c.script(),
             )),
             ResourceConfig::Http(c) => Arc::new(crate::http::HttpResource::new(c.clone())),
+            ResourceConfig::Exec(c) => Arc::new(crate::exec::ExecResource::new(c.clone())),
+            ResourceConfig::Ocf(c) => {
+                Arc::new(crate::ocf::OcfResource::new(c.clone(), &cx.resource))
+            }
         }
     }
 }

@@ -16,14 +16,19 @@
 //! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
 //!   its presets.
 //! - [`http`]: an HTTP GET or HEAD, plain or TLS.
+//! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
+//!   [`command`]: how both run a command.
 //! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
 //! - [`net`]: connection helpers shared by the network types.
 
 pub mod banner;
+pub mod command;
 pub mod config;
+pub mod exec;
 pub mod http;
 pub mod imap;
 pub mod net;
+pub mod ocf;
 pub mod pop3;
 pub mod process;
 pub mod resource;

@@ -401,3 +401,42 @@ fn servers_that_stream_forever_or_stall_do_not_grow_the_agents_memory() {
         "the silent server's onlines time out"
     );
 }
+
+#[test]
+fn the_agent_names_a_server_that_stops_answering_a_banner_timeout() {
+    // Greets while `speak` is set, then accepts and says nothing.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let speak = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = speak.clone();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        for conn in listener.incoming().flatten() {
+            let mut conn = conn;
+            if flag.load(std::sync::atomic::Ordering::SeqCst) {
+                let _ = conn.write_all(b"220 mail.test ESMTP\r\n");
+            }
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let agent = Agent::start(&format!(
+        "[[groups]]\nname = \"vs1\"\n\n[[groups.resources]]\nname = \"smtp\"\ntype = \"smtp\"\naddress = \"{addr}\"\nis_alive_interval = \"300ms\"\ncheck_timeout = \"300ms\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"\n"
+    ));
+    agent.wait_state("vs1", "smtp", "online", LONG);
+    speak.store(false, std::sync::atomic::Ordering::SeqCst);
+    agent.wait_state("vs1", "smtp", "failed", LONG);
+    let failed = &agent.events_of("probe_failed", "smtp")[0];
+    assert_eq!(failed["reason"], "banner_timeout", "{failed}");
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("waiting for the banner"),
+        "{failed}"
+    );
+    assert!(agent
+        .metrics()
+        .contains(r#"resmon_check_failures_total{check="is_alive",reason="banner_timeout",group="vs1",resource="smtp",type="smtp"} 1"#));
+}

@@ -554,14 +554,11 @@ impl Worker {
         let current = running.generation == self.generation;
         self.cx.metrics.stuck(kind, 1);
         if current {
+            self.export_certificate(kind);
             self.cx.metrics.check_duration(kind, timeout.as_secs_f64());
-            let failure = Failure::new(
-                FailureReason::Timeout,
-                format!(
-                    "no answer within check_timeout {}",
-                    resmon_probes::HumanDuration(timeout)
-                ),
-            );
+            // The stage the check was in names the reason: connect_timeout, banner_timeout...
+            let limit = format!("check_timeout {}", resmon_probes::HumanDuration(timeout));
+            let failure = self.progress[kind_index(kind)].timed_out(&limit);
             self.check_failed(kind, &failure, timeout.as_secs_f64());
         }
     }

@@ -1,0 +1,134 @@
+//! `exec`: scripts whose exit code is the answer. `check` is both checks (exit 0: alive);
+//! `start` and `stop` are online and offline when given (without them the resource only
+//! watches). Terminate runs `stop` too: there is nothing more forceful to know about.
+
+use crate::command::run;
+use crate::config::Argv;
+use crate::resource::{Failure, Progress, Resource};
+use async_trait::async_trait;
+use resmon_policies::FailureReason;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// Private properties of an `exec` resource.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExecConfig {
+    /// Exits 0 while the resource is alive.
+    pub check: Argv,
+    /// Brings it online (exit 0: done).
+    #[serde(default)]
+    pub start: Option<Argv>,
+    /// Takes it offline (exit 0: done).
+    #[serde(default)]
+    pub stop: Option<Argv>,
+    /// Extra environment variables for all three.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory.
+    #[serde(default)]
+    pub cwd: Option<PathBuf>,
+}
+
+/// A resource run by scripts.
+pub struct ExecResource {
+    config: ExecConfig,
+}
+
+impl ExecResource {
+    /// Builds it from its config.
+    pub fn new(config: ExecConfig) -> Self {
+        ExecResource { config }
+    }
+
+    async fn script(&self, what: &str, argv: &Argv, failure: FailureReason) -> Result<(), Failure> {
+        let done = run(&argv.0, &self.config.env, self.config.cwd.as_deref()).await?;
+        match done.code {
+            Some(0) => Ok(()),
+            code => Err(Failure::new(
+                failure,
+                format!(
+                    "{what} `{}` {} {}",
+                    argv.0.join(" "),
+                    code.map_or("was killed by a signal".to_string(), |c| format!(
+                        "exited {c}"
+                    )),
+                    done.output
+                )
+                .trim_end()
+                .to_string(),
+            )),
+        }
+    }
+}
+
+#[async_trait]
+impl Resource for ExecResource {
+    async fn online(&self, _: &Progress) -> Result<(), Failure> {
+        if let Some(start) = &self.config.start {
+            self.script("start", start, FailureReason::Exited).await?;
+        }
+        self.script("check", &self.config.check, FailureReason::NotReady)
+            .await
+    }
+
+    async fn offline(&self) -> Result<(), Failure> {
+        match &self.config.stop {
+            Some(stop) => self.script("stop", stop, FailureReason::Exited).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn terminate(&self) -> Result<(), Failure> {
+        self.offline().await
+    }
+
+    async fn looks_alive(&self, _: &Progress) -> Result<(), Failure> {
+        self.script("check", &self.config.check, FailureReason::NotRunning)
+            .await
+    }
+
+    async fn is_alive(&self, _: &Progress) -> Result<(), Failure> {
+        self.script("check", &self.config.check, FailureReason::NotRunning)
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_exit_code_is_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("up");
+        let c: ExecConfig = toml::from_str(&format!(
+            "check = [\"test\", \"-e\", {f:?}]\nstart = [\"touch\", {f:?}]\nstop = [\"rm\", \"-f\", {f:?}]",
+            f = flag.display().to_string()
+        ))
+        .unwrap();
+        let r = ExecResource::new(c);
+        let f = r.is_alive(&Progress::default()).await.unwrap_err();
+        assert_eq!(f.reason, FailureReason::NotRunning);
+        assert!(f.detail.contains("exited 1"), "{f}");
+        r.online(&Progress::default()).await.unwrap();
+        r.is_alive(&Progress::default()).await.unwrap();
+        r.offline().await.unwrap();
+        assert!(r.looks_alive(&Progress::default()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn output_explains_a_failure() {
+        let c: ExecConfig =
+            toml::from_str("check = [\"sh\", \"-c\", \"echo disk is full >&2; exit 3\"]").unwrap();
+        let f = ExecResource::new(c)
+            .is_alive(&Progress::default())
+            .await
+            .unwrap_err();
+        assert!(
+            f.detail.contains("exited 3") && f.detail.contains("disk is full"),
+            "{f}"
+        );
+    }
+}
