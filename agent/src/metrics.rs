@@ -136,6 +136,8 @@ pub struct Metrics {
     operation_duration: Family<TypeOperationLabels, Histogram>,
     events: Family<EventLabels, Counter>,
     group_owner: Family<OwnerLabels, Gauge>,
+    disk_free: Family<ResourceLabels, Gauge>,
+    disk_size: Family<ResourceLabels, Gauge>,
     tls_not_after: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     tls_not_before: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     config_reloads: Family<ResultLabels, Counter>,
@@ -207,6 +209,18 @@ impl Metrics {
             "1 for each group this node owns, labelled with the node",
             group_owner.clone(),
         );
+        let disk_free = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resmon_disk_free_bytes",
+            "Bytes available to unprivileged users on each disk resource's filesystem",
+            disk_free.clone(),
+        );
+        let disk_size = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resmon_disk_size_bytes",
+            "Size of each disk resource's filesystem",
+            disk_size.clone(),
+        );
         let tls_not_after = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "resmon_tls_cert_not_after_timestamp_seconds",
@@ -254,6 +268,8 @@ impl Metrics {
             operation_duration,
             events,
             group_owner,
+            disk_free,
+            disk_size,
             tls_not_after,
             tls_not_before,
             config_reloads,
@@ -321,6 +337,8 @@ impl Metrics {
             }
         }
         self.tls_not_after.remove(labels);
+        self.disk_free.remove(labels);
+        self.disk_size.remove(labels);
         self.tls_not_before.remove(labels);
         for op in Operation::ALL {
             self.operation_timeouts.remove(&OperationLabels {
@@ -341,6 +359,16 @@ impl Metrics {
         } else {
             self.group_owner.remove(&labels);
         }
+    }
+
+    /// Records a disk resource's free and total bytes.
+    pub fn disk_space(&self, labels: &ResourceLabels, free: u64, size: u64) {
+        self.disk_free
+            .get_or_create(labels)
+            .set(free.min(i64::MAX as u64) as i64);
+        self.disk_size
+            .get_or_create(labels)
+            .set(size.min(i64::MAX as u64) as i64);
     }
 
     /// Records the validity of the TLS certificate a resource's check saw.

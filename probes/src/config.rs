@@ -16,7 +16,7 @@ use std::time::Duration;
 
 /// Every resource type name the agent knows.
 pub const RESOURCE_TYPES: &[&str] = &[
-    "process", "tcp", "smtp", "pop3", "imap", "http", "exec", "ocf",
+    "process", "tcp", "smtp", "pop3", "imap", "http", "exec", "ocf", "disk",
 ];
 
 /// A duration written for humans: `"500ms"`, `"5s"`, `"1m30s"`, `"1h"`.
@@ -163,6 +163,8 @@ pub enum ResourceConfig {
     Exec(crate::exec::ExecConfig),
     /// See [`crate::ocf`].
     Ocf(crate::ocf::OcfConfig),
+    /// See [`crate::disk`].
+    Disk(crate::disk::DiskConfig),
 }
 
 impl ResourceConfig {
@@ -181,6 +183,7 @@ impl ResourceConfig {
             "http" => ResourceConfig::Http(Deserialize::deserialize(d)?),
             "exec" => ResourceConfig::Exec(Deserialize::deserialize(d)?),
             "ocf" => ResourceConfig::Ocf(Deserialize::deserialize(d)?),
+            "disk" => ResourceConfig::Disk(Deserialize::deserialize(d)?),
             _ => return Ok(None),
         }))
     }
@@ -196,6 +199,7 @@ impl ResourceConfig {
             ResourceConfig::Http(_) => "http",
             ResourceConfig::Exec(_) => "exec",
             ResourceConfig::Ocf(_) => "ocf",
+            ResourceConfig::Disk(_) => "disk",
         }
     }
 
@@ -210,6 +214,7 @@ impl ResourceConfig {
             ResourceConfig::Http(c) => c.validate(),
             ResourceConfig::Exec(_) => Vec::new(),
             ResourceConfig::Ocf(c) => c.validate(),
+            ResourceConfig::Disk(_) => Vec::new(),
         };
         pairs
             .into_iter()
@@ -251,6 +256,9 @@ impl ResourceConfig {
             ResourceConfig::Exec(c) => Arc::new(crate::exec::ExecResource::new(c.clone())),
             ResourceConfig::Ocf(c) => {
                 Arc::new(crate::ocf::OcfResource::new(c.clone(), &cx.resource))
+            }
+            ResourceConfig::Disk(c) => {
+                Arc::new(crate::disk::DiskResource::new(c.clone(), &cx.resource))
             }
         }
     }

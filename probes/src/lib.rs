@@ -16,6 +16,7 @@
 //! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
 //!   its presets.
 //! - [`http`]: an HTTP GET or HEAD, plain or TLS.
+//! - [`disk`]: a mounted filesystem with room to work (blocking calls on blocking threads).
 //! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
 //!   [`command`]: how both run a command.
 //! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
@@ -24,6 +25,7 @@
 pub mod banner;
 pub mod command;
 pub mod config;
+pub mod disk;
 pub mod exec;
 pub mod http;
 pub mod imap;

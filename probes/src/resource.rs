@@ -54,6 +54,7 @@ impl std::error::Error for Failure {}
 #[derive(Debug, Default)]
 pub struct Progress {
     inner: Mutex<ProgressState>,
+    blocking: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// The stages a check goes through; the one it is in when its deadline passes names the reason.
@@ -86,6 +87,17 @@ struct ProgressState {
     stage: Stage,
     received: Vec<u8>,
     peer_certificate: Option<CertValidity>,
+    disk_space: Option<(u64, u64)>,
+}
+
+/// Counts a blocking call while its thread runs; see [`Progress::blocking_guard`].
+#[derive(Debug)]
+pub struct BlockingGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for BlockingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// How many received bytes are kept to explain a failure.
@@ -112,6 +124,29 @@ impl Progress {
     /// Records the TLS peer certificate's validity.
     pub fn peer_certificate(&self, validity: CertValidity) {
         self.state().peer_certificate = Some(validity);
+    }
+
+    /// A guard to move into a blocking thread: while it lives, [`Progress::blocking_in_flight`]
+    /// counts the thread, so the runtime knows a timed-out check is still stuck in the kernel.
+    pub fn blocking_guard(&self) -> BlockingGuard {
+        self.blocking
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        BlockingGuard(self.blocking.clone())
+    }
+
+    /// Blocking threads of this call still running.
+    pub fn blocking_in_flight(&self) -> usize {
+        self.blocking.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Records a filesystem's free and total bytes.
+    pub fn disk_space(&self, free: u64, size: u64) {
+        self.state().disk_space = Some((free, size));
+    }
+
+    /// The free and total bytes recorded, if any.
+    pub fn space(&self) -> Option<(u64, u64)> {
+        self.state().disk_space
     }
 
     /// The certificate seen, if any.

@@ -616,3 +616,32 @@ depends_on = ["sa"]
     assert!(events.iter().any(|e| e["event"] == "admin_refused"));
     assert!(events.iter().any(|e| e["cause"] == "admin"));
 }
+
+#[test]
+fn an_ocf_agent_from_resource_agents_is_kept_online() {
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("dummy.state");
+    let agent = Agent::start(&format!(
+        "[[groups]]\nname = \"app\"\n\n[[groups.resources]]\nname = \"dummy\"\ntype = \"ocf\"\nagent = \"heartbeat/Dummy\"\nparams = {{ state = {:?} }}\nis_alive_interval = \"300ms\"\ncheck_timeout = \"5s\"\n",
+        state.display().to_string()
+    ));
+    agent.wait_state("app", "dummy", "online", LONG);
+    assert!(state.exists(), "Dummy's start wrote its state file");
+    // The service vanishes behind the agent's back: monitor says OCF_NOT_RUNNING, and the
+    // agent starts it again.
+    std::fs::remove_file(&state).unwrap();
+    agent.wait_for("the restart", LONG, |a| {
+        !a.events_of("restart_requested", "dummy").is_empty()
+    });
+    agent.wait_state("app", "dummy", "online", LONG);
+    let failed = &agent.events_of("probe_failed", "dummy")[0];
+    assert_eq!(failed["reason"], "not_running", "{failed}");
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("OCF_NOT_RUNNING (7)"),
+        "{failed}"
+    );
+    assert!(state.exists());
+}

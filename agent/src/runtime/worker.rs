@@ -81,6 +81,9 @@ struct Worker {
     is_alive_check: Option<Running<Result<(), Failure>>>,
     /// What the check in flight of each kind has got to, by [`CheckKind::ALL`] order.
     progress: [Arc<Progress>; 2],
+    /// A timed-out check whose task ended but whose blocking thread is still in the kernel
+    /// (a hung filesystem): when it started. Stuck until the thread returns.
+    stuck_blocking: [Option<Instant>; 2],
     operation: Option<Running<Result<(), Failure>>>,
     /// Which operation `operation` runs.
     operation_kind: Operation,
@@ -108,6 +111,7 @@ pub(crate) fn spawn(
         looks_alive_check: None,
         is_alive_check: None,
         progress: Default::default(),
+        stuck_blocking: [None, None],
         operation: None,
         operation_kind: Operation::Online,
         operation_progress: Default::default(),
@@ -467,6 +471,14 @@ impl Worker {
 
     fn start_check(&mut self, kind: CheckKind, scheduled: Option<Instant>) {
         let now = Instant::now();
+        if let Some(started) = self.stuck_blocking[kind_index(kind)] {
+            if self.progress[kind_index(kind)].blocking_in_flight() > 0 {
+                self.report_stuck(kind, now - started);
+                return;
+            }
+            self.stuck_blocking[kind_index(kind)] = None;
+            self.cx.metrics.stuck(kind, -1);
+        }
         if let Some(running) = self.slot(kind).as_ref() {
             let (stuck, running_for) = (running.timed_out, now - running.started);
             if !stuck {
@@ -477,22 +489,7 @@ impl Worker {
                     .check_skipped(self.cx.type_name, kind);
                 return;
             }
-            CheckStuck {
-                group: &self.cx.group,
-                resource: &self.cx.name,
-                r#type: self.cx.type_name,
-                check: kind,
-                running_seconds: running_for.as_secs_f64(),
-            }
-            .emit(&self.cx.sink);
-            let failure = Failure::new(
-                FailureReason::Stuck,
-                format!(
-                    "the previous {kind} has not returned for {:.1}s",
-                    running_for.as_secs_f64()
-                ),
-            );
-            self.check_failed(kind, &failure, 0.0);
+            self.report_stuck(kind, running_for);
             return;
         }
         if let Some(scheduled) = scheduled {
@@ -514,12 +511,36 @@ impl Worker {
         *self.slot(kind) = Some(running);
     }
 
+    /// The previous check of this kind is still stuck: count it, and fail this one.
+    fn report_stuck(&mut self, kind: CheckKind, running_for: Duration) {
+        CheckStuck {
+            group: &self.cx.group,
+            resource: &self.cx.name,
+            r#type: self.cx.type_name,
+            check: kind,
+            running_seconds: running_for.as_secs_f64(),
+        }
+        .emit(&self.cx.sink);
+        let failure = Failure::new(
+            FailureReason::Stuck,
+            format!(
+                "the previous {kind} has not returned for {:.1}s",
+                running_for.as_secs_f64()
+            ),
+        );
+        self.check_failed(kind, &failure, 0.0);
+    }
+
     fn check_returned(&mut self, kind: CheckKind, result: Result<Result<(), Failure>, JoinError>) {
         let Some(running) = self.slot(kind).take() else {
             return;
         };
         if running.timed_out {
-            self.cx.metrics.stuck(kind, -1);
+            if self.progress[kind_index(kind)].blocking_in_flight() > 0 {
+                self.stuck_blocking[kind_index(kind)] = Some(running.started);
+            } else {
+                self.cx.metrics.stuck(kind, -1);
+            }
             return; // its failure was reported when the deadline passed
         }
         let elapsed = running.started.elapsed().as_secs_f64();
@@ -620,6 +641,12 @@ impl Worker {
     }
 
     fn export_from(&self, progress: &Progress) {
+        if let Some((free, size)) = progress.space() {
+            self.cx
+                .sink
+                .metrics()
+                .disk_space(&self.cx.metrics.labels, free, size);
+        }
         if let Some(cert) = progress.certificate() {
             self.cx.sink.metrics().tls_certificate(
                 &self.cx.metrics.labels,

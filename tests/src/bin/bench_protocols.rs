@@ -11,7 +11,7 @@
 //! Two loads: paced at `--rate` checks per second (default 10,000: 10,000 resources at 1 s),
 //! and saturation (as many as the prober completes). Prints CPU-ms per check and the ratios.
 //!
-//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R]`
+//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http]`
 
 use resmon_e2e::{free_port, Agent};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -46,11 +46,19 @@ fn main() {
     }
     let mut seconds = 20u64;
     let mut rate = 10_000usize;
+    let mut protos = vec![Proto::Smtp, Proto::Http];
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
             "--seconds" => seconds = args[i + 1].parse().expect("--seconds N"),
             "--rate" => rate = args[i + 1].parse().expect("--rate N"),
+            "--proto" => {
+                protos = vec![if args[i + 1] == "smtp" {
+                    Proto::Smtp
+                } else {
+                    Proto::Http
+                }]
+            }
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -73,7 +81,7 @@ fn main() {
         "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9}",
         "proto", "load", "prober", "checks/s", "cpu_ms/check", "vs_floor"
     );
-    for proto in [Proto::Smtp, Proto::Http] {
+    for proto in protos {
         let port = if proto == Proto::Smtp {
             smtp_port
         } else {
@@ -178,8 +186,8 @@ async fn serve(proto: Proto, mut stream: TcpStream) {
 // --- the agent ------------------------------------------------------------------------------
 
 fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Duration) -> Measured {
-    // Paced: `rate` resources at 1 s. Saturation: the same resources at 100 ms (10x the rate).
-    let interval = if saturate { "100ms" } else { "1s" };
+    // Paced: `rate` resources at 1 s. Saturation: the same resources at 250 ms (4x the rate).
+    let interval = if saturate { "250ms" } else { "1s" };
     let mut body = format!(
         "[resource_types.{t}]\nis_alive_interval = \"{interval}\"\ncheck_timeout = \"1s\"\npoll_looks_alive = false\nrestart_threshold = 1000000\nrestart_period = \"1s\"\n",
         t = proto.name()
@@ -206,7 +214,7 @@ fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Dura
                 l.starts_with("resmon_resource_state{state=\"online\"") && l.ends_with(" 1")
             })
             .count()
-            >= rate * 99 / 100
+            >= if saturate { rate / 2 } else { rate * 99 / 100 }
     });
     std::thread::sleep(Duration::from_secs(2));
     let pid = agent.pid();
@@ -289,8 +297,8 @@ fn run_floor(proto: Proto, port: u16, rate: Option<usize>, measure: Duration) ->
     let at = |t: Instant| {
         samples
             .iter()
-            .filter(|(when, _)| *when <= t)
-            .last()
+            .rev()
+            .find(|(when, _)| *when <= t)
             .map_or(0.0, |s| s.1)
     };
     let n = at(t1) - at(t0);
@@ -432,23 +440,14 @@ fn run_blackbox(proto: Proto, port: u16, rate: Option<usize>, measure: Duration)
                     t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
                 }
                 let mut i = d;
-                let mut conn: Option<BufReader<TcpStream>> = None;
                 while Instant::now() < deadline && !stop.load(Ordering::Relaxed) {
                     if let Some(t) = tick.as_mut() {
                         t.tick().await;
                     }
                     i += drivers;
                     let target = format!("{scheme}{}:{port}", address(i));
-                    if conn.is_none() {
-                        conn = TcpStream::connect(&listen).await.ok().map(BufReader::new);
-                    }
-                    let Some(c) = conn.as_mut() else { continue };
-                    match probe(c, &listen, module, &target).await {
-                        Some(true) => {
-                            ok.fetch_add(1, Ordering::Relaxed);
-                        }
-                        Some(false) => {}
-                        None => conn = None,
+                    if probe(&listen, module, &target).await == Some(true) {
+                        ok.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }));
@@ -469,32 +468,15 @@ fn run_blackbox(proto: Proto, port: u16, rate: Option<usize>, measure: Duration)
     }
 }
 
-/// One `/probe` over a kept-alive connection; `Some(success)`, or `None` if the connection broke.
-async fn probe(
-    conn: &mut BufReader<TcpStream>,
-    listen: &str,
-    module: &str,
-    target: &str,
-) -> Option<bool> {
+/// One `/probe` over a connection of its own (HTTP/1.0: the exporter answers the bigger http
+/// results chunked on a kept-alive connection); `Some(success)`, `None` on a broken connection.
+async fn probe(listen: &str, module: &str, target: &str) -> Option<bool> {
+    let mut conn = TcpStream::connect(listen).await.ok()?;
     let request =
-        format!("GET /probe?module={module}&target={target} HTTP/1.1\r\nHost: {listen}\r\n\r\n");
-    conn.get_mut().write_all(request.as_bytes()).await.ok()?;
-    let mut length = 0usize;
-    let mut line = String::new();
-    loop {
-        line.clear();
-        if conn.read_line(&mut line).await.ok()? == 0 {
-            return None;
-        }
-        if line == "\r\n" {
-            break;
-        }
-        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
-            length = v.trim().parse().ok()?;
-        }
-    }
-    let mut body = vec![0u8; length];
-    conn.read_exact(&mut body).await.ok()?;
+        format!("GET /probe?module={module}&target={target} HTTP/1.0\r\nHost: {listen}\r\n\r\n");
+    conn.write_all(request.as_bytes()).await.ok()?;
+    let mut body = Vec::new();
+    conn.read_to_end(&mut body).await.ok()?;
     Some(String::from_utf8_lossy(&body).contains("probe_success 1"))
 }
 

@@ -1,0 +1,375 @@
+//! `disk`: a mounted filesystem with room to work. `looks_alive`: the mount point is mounted
+//! (optionally from a given device, with a given filesystem type); `is_alive`: that, free space
+//! and free inodes above their thresholds, and a canary file written, fsynced, read back and
+//! removed. Optional online/offline mount and unmount it.
+//!
+//! Every filesystem call runs on a blocking thread through [`blocking`]: a hung filesystem (a
+//! dead NFS server) makes the check time out instead of hanging the agent, and the thread that
+//! is still stuck in the kernel is counted by the runtime until it returns.
+
+use crate::resource::{Failure, Progress, Resource};
+use async_trait::async_trait;
+use resmon_policies::FailureReason;
+use serde::{Deserialize, Deserializer};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+
+/// A size in bytes, written `"512MiB"`, `"2GB"`, `"100k"` or as a number.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Number(n) => Ok(ByteSize(n)),
+            Raw::Text(s) => parse_size(&s).map(ByteSize).ok_or_else(|| {
+                serde::de::Error::custom(format!(
+                    "invalid size {s:?}: write it like \"512MiB\", \"2GB\" or \"100k\""
+                ))
+            }),
+        }
+    }
+}
+
+fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..split].parse().ok()?;
+    let unit = match s[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "kib" => 1 << 10,
+        "m" | "mb" => 1_000_000,
+        "mib" => 1 << 20,
+        "g" | "gb" => 1_000_000_000,
+        "gib" => 1 << 30,
+        "t" | "tb" => 1_000_000_000_000,
+        "tib" => 1 << 40,
+        _ => return None,
+    };
+    n.checked_mul(unit)
+}
+
+/// `mount = { source = "/dev/vdb1", fstype = "ext4", options = "noatime" }`: online mounts it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MountSpec {
+    /// What to mount (a device, `tmpfs`...).
+    pub source: String,
+    /// The filesystem type.
+    pub fstype: String,
+    /// Mount options, comma-separated.
+    #[serde(default)]
+    pub options: Option<String>,
+}
+
+/// Private properties of a `disk` resource.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiskConfig {
+    /// The mount point.
+    pub path: PathBuf,
+    /// It must be mounted from this source.
+    #[serde(default)]
+    pub device: Option<String>,
+    /// It must have this filesystem type.
+    #[serde(default)]
+    pub fstype: Option<String>,
+    /// Fail below this much free space (for unprivileged users).
+    #[serde(default)]
+    pub min_free: Option<ByteSize>,
+    /// Fail below this many free inodes.
+    #[serde(default)]
+    pub min_free_inodes: Option<u64>,
+    /// Write, fsync, read back and remove a canary file in `is_alive`.
+    #[serde(default = "default_canary")]
+    pub canary: bool,
+    /// Mount on online, unmount on offline.
+    #[serde(default)]
+    pub mount: Option<MountSpec>,
+}
+
+fn default_canary() -> bool {
+    true
+}
+
+/// Runs blocking filesystem work on a blocking thread. The runtime may stop waiting at its
+/// deadline; the thread is counted in `progress` until it returns, so a check stuck in the
+/// kernel is seen as stuck, and not started again, for as long as it lasts.
+pub async fn blocking<T, F>(progress: &Progress, f: F) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Failure> + Send + 'static,
+{
+    let guard = progress.blocking_guard();
+    tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        f()
+    })
+    .await
+    .map_err(|e| {
+        Failure::new(
+            FailureReason::Panic,
+            format!("blocking filesystem call: {e}"),
+        )
+    })?
+}
+
+/// What `statvfs` says.
+struct Space {
+    free: u64,
+    size: u64,
+    free_inodes: u64,
+}
+
+fn statvfs(path: &Path) -> Result<Space, Failure> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| {
+        Failure::new(
+            FailureReason::Io,
+            format!("statvfs {}: {e}", path.display()),
+        )
+    })?;
+    let frag = st.fragment_size() as u64;
+    Ok(Space {
+        free: st.blocks_available() as u64 * frag,
+        size: st.blocks() as u64 * frag,
+        free_inodes: st.files_available() as u64,
+    })
+}
+
+/// The mount of `path` in /proc/self/mountinfo: (source, fstype).
+fn mounted(path: &Path) -> Option<(String, String)> {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let target = path.to_str()?.trim_end_matches('/');
+    let target = if target.is_empty() { "/" } else { target };
+    info.lines().rev().find_map(|line| {
+        let fields: Vec<&str> = line.split(' ').collect();
+        let mount_point = fields.get(4)?.replace("\\040", " ");
+        if mount_point != target {
+            return None;
+        }
+        let sep = fields.iter().position(|f| *f == "-")?;
+        Some((
+            fields.get(sep + 2)?.to_string(),
+            fields.get(sep + 1)?.to_string(),
+        ))
+    })
+}
+
+/// A mounted filesystem.
+pub struct DiskResource {
+    config: DiskConfig,
+    canary_name: String,
+}
+
+impl DiskResource {
+    /// Builds it; `name` tells the canary files of several resources apart.
+    pub fn new(config: DiskConfig, name: &str) -> Self {
+        DiskResource {
+            config,
+            canary_name: format!(".resmon-canary-{name}"),
+        }
+    }
+
+    fn check_mounted(config: &DiskConfig) -> Result<(), Failure> {
+        let Some((source, fstype)) = mounted(&config.path) else {
+            return Err(Failure::new(
+                FailureReason::NotRunning,
+                format!("{} is not a mount point", config.path.display()),
+            ));
+        };
+        if config.device.as_ref().is_some_and(|d| *d != source) {
+            return Err(Failure::new(
+                FailureReason::UnexpectedResponse,
+                format!(
+                    "{} is mounted from {source}, not {}",
+                    config.path.display(),
+                    config.device.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        if config.fstype.as_ref().is_some_and(|t| *t != fstype) {
+            return Err(Failure::new(
+                FailureReason::UnexpectedResponse,
+                format!(
+                    "{} is {fstype}, not {}",
+                    config.path.display(),
+                    config.fstype.as_deref().unwrap_or("")
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn full_check(config: &DiskConfig, canary: &Path) -> Result<Space, Failure> {
+        Self::check_mounted(config)?;
+        let space = statvfs(&config.path)?;
+        if let Some(min) = config.min_free {
+            if space.free < min.0 {
+                return Err(Failure::new(
+                    FailureReason::UnexpectedResponse,
+                    format!(
+                        "{} has {} bytes free, below min_free {}",
+                        config.path.display(),
+                        space.free,
+                        min.0
+                    ),
+                ));
+            }
+        }
+        if let Some(min) = config.min_free_inodes {
+            if space.free_inodes < min {
+                return Err(Failure::new(
+                    FailureReason::UnexpectedResponse,
+                    format!(
+                        "{} has {} inodes free, below min_free_inodes {min}",
+                        config.path.display(),
+                        space.free_inodes
+                    ),
+                ));
+            }
+        }
+        if config.canary {
+            let io = |what: &str, e: std::io::Error| {
+                Failure::new(
+                    FailureReason::Io,
+                    format!("canary {what} {}: {e}", canary.display()),
+                )
+            };
+            let payload = b"resmon canary\n";
+            let mut f = std::fs::File::create(canary).map_err(|e| io("create", e))?;
+            let written = f.write_all(payload).and_then(|_| f.sync_all());
+            if let Err(e) = written {
+                let _ = std::fs::remove_file(canary);
+                return Err(io("write", e));
+            }
+            let mut back = Vec::new();
+            std::fs::File::open(canary)
+                .and_then(|mut f| f.read_to_end(&mut back))
+                .map_err(|e| io("read", e))?;
+            std::fs::remove_file(canary).map_err(|e| io("remove", e))?;
+            if back != payload {
+                return Err(Failure::new(
+                    FailureReason::Io,
+                    format!("canary {} read back differently", canary.display()),
+                ));
+            }
+        }
+        Ok(space)
+    }
+}
+
+#[async_trait]
+impl Resource for DiskResource {
+    async fn online(&self, progress: &Progress) -> Result<(), Failure> {
+        if let Some(spec) = self.config.mount.clone() {
+            let path = self.config.path.clone();
+            blocking(progress, move || {
+                if mounted(&path).is_some() {
+                    return Ok(());
+                }
+                std::fs::create_dir_all(&path).map_err(|e| Failure::from_io("mkdir", &e))?;
+                nix::mount::mount(
+                    Some(spec.source.as_str()),
+                    &path,
+                    Some(spec.fstype.as_str()),
+                    nix::mount::MsFlags::empty(),
+                    spec.options.as_deref(),
+                )
+                .map_err(|e| {
+                    Failure::new(
+                        FailureReason::Io,
+                        format!("mount {} on {}: {e}", spec.source, path.display()),
+                    )
+                })
+            })
+            .await?;
+        }
+        self.is_alive(progress).await
+    }
+
+    async fn offline(&self) -> Result<(), Failure> {
+        if self.config.mount.is_none() {
+            return Ok(());
+        }
+        let path = self.config.path.clone();
+        blocking(&Progress::default(), move || {
+            if mounted(&path).is_none() {
+                return Ok(());
+            }
+            nix::mount::umount(&path).map_err(|e| {
+                Failure::new(FailureReason::Io, format!("umount {}: {e}", path.display()))
+            })
+        })
+        .await
+    }
+
+    async fn terminate(&self) -> Result<(), Failure> {
+        if self.config.mount.is_none() {
+            return Ok(());
+        }
+        let path = self.config.path.clone();
+        blocking(&Progress::default(), move || {
+            // A lazy unmount: nothing more forceful exists, and it cannot hang on busy files.
+            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
+            Ok(())
+        })
+        .await
+    }
+
+    async fn looks_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        let config = self.config.clone();
+        blocking(progress, move || Self::check_mounted(&config)).await
+    }
+
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        let config = self.config.clone();
+        let canary = self.config.path.join(&self.canary_name);
+        let (result, space) = blocking(progress, move || {
+            let result = Self::full_check(&config, &canary).map(|_| ());
+            // The space is reported also when the check fails (a full disk above all).
+            let space = statvfs(&config.path).ok().map(|s| (s.free, s.size));
+            Ok((result, space))
+        })
+        .await?;
+        if let Some((free, size)) = space {
+            progress.disk_space(free, size);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_are_written_for_humans() {
+        assert_eq!(parse_size("512MiB"), Some(512 << 20));
+        assert_eq!(parse_size("2GB"), Some(2_000_000_000));
+        assert_eq!(parse_size("100 k"), Some(100_000));
+        assert_eq!(parse_size("12 parsecs"), None);
+    }
+
+    #[tokio::test]
+    async fn the_root_filesystem_is_mounted_and_a_plain_directory_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = DiskResource::new(
+            toml::from_str(&format!("path = {:?}", dir.path().display().to_string())).unwrap(),
+            "t",
+        );
+        let f = r.looks_alive(&Progress::default()).await.unwrap_err();
+        assert_eq!(f.reason, FailureReason::NotRunning, "{f}");
+        let root = DiskResource::new(toml::from_str("path = \"/\"\ncanary = false").unwrap(), "t");
+        let progress = Progress::default();
+        root.is_alive(&progress).await.unwrap();
+        let (free, size) = progress.space().unwrap();
+        assert!(size >= free && size > 0);
+    }
+}
