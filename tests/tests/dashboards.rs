@@ -102,7 +102,7 @@ fn every_panel_query_returns_data_from_a_prometheus_that_scraped_the_agent() {
     let nginx = servers::nginx(base.path(), &pki);
     let closed = free_port();
     // Something of every kind: a process that keeps exiting (restarts, failure signals), a port
-    // nothing listens on (check failures), an HTTPS check (certificate expiry).
+    // nothing listens on (check failures), an HTTPS check (certificate expiry), a disk.
     let body = format!(
         r#"[[groups]]
 name = "web"
@@ -121,6 +121,13 @@ url = "https://localhost:{https}/"
 tls_options = {{ ca_file = {ca:?} }}
 is_alive_interval = "1s"
 check_timeout = "1s"
+
+[[groups.resources]]
+name = "root"
+type = "disk"
+path = "/"
+canary = false
+is_alive_interval = "1s"
 
 [[groups.resources]]
 name = "nothing"
