@@ -29,6 +29,12 @@ pub enum FailureReason {
     HttpStatus,
     /// The HTTP body did not hold what was expected.
     HttpBody,
+    /// The name does not exist.
+    Nxdomain,
+    /// The name server failed to answer.
+    Servfail,
+    /// The name resolves, but not to the expected address.
+    WrongAddress,
     /// The network or host is unreachable.
     Unreachable,
     /// The peer reset or closed the connection too early.
@@ -59,7 +65,7 @@ pub enum FailureReason {
 
 impl FailureReason {
     /// Every reason, for tests and for pre-declaring label values.
-    pub const ALL: [FailureReason; 22] = [
+    pub const ALL: [FailureReason; 25] = [
         FailureReason::Timeout,
         FailureReason::Refused,
         FailureReason::ConnectTimeout,
@@ -69,6 +75,9 @@ impl FailureReason {
         FailureReason::TlsExpired,
         FailureReason::HttpStatus,
         FailureReason::HttpBody,
+        FailureReason::Nxdomain,
+        FailureReason::Servfail,
+        FailureReason::WrongAddress,
         FailureReason::Unreachable,
         FailureReason::Reset,
         FailureReason::UnexpectedResponse,
@@ -96,6 +105,9 @@ impl FailureReason {
             FailureReason::TlsExpired => "tls_expired",
             FailureReason::HttpStatus => "http_status",
             FailureReason::HttpBody => "http_body",
+            FailureReason::Nxdomain => "nxdomain",
+            FailureReason::Servfail => "servfail",
+            FailureReason::WrongAddress => "wrong_address",
             FailureReason::Unreachable => "unreachable",
             FailureReason::Reset => "reset",
             FailureReason::UnexpectedResponse => "unexpected_response",

@@ -16,7 +16,16 @@ use std::time::Duration;
 
 /// Every resource type name the agent knows.
 pub const RESOURCE_TYPES: &[&str] = &[
-    "process", "tcp", "smtp", "pop3", "imap", "http", "exec", "ocf", "disk",
+    "process",
+    "tcp",
+    "smtp",
+    "pop3",
+    "imap",
+    "http",
+    "exec",
+    "ocf",
+    "disk",
+    "network_name",
 ];
 
 /// A duration written for humans: `"500ms"`, `"5s"`, `"1m30s"`, `"1h"`.
@@ -165,6 +174,8 @@ pub enum ResourceConfig {
     Ocf(crate::ocf::OcfConfig),
     /// See [`crate::disk`].
     Disk(crate::disk::DiskConfig),
+    /// See [`crate::network_name`].
+    NetworkName(crate::network_name::NetworkNameConfig),
 }
 
 impl ResourceConfig {
@@ -184,6 +195,7 @@ impl ResourceConfig {
             "exec" => ResourceConfig::Exec(Deserialize::deserialize(d)?),
             "ocf" => ResourceConfig::Ocf(Deserialize::deserialize(d)?),
             "disk" => ResourceConfig::Disk(Deserialize::deserialize(d)?),
+            "network_name" => ResourceConfig::NetworkName(Deserialize::deserialize(d)?),
             _ => return Ok(None),
         }))
     }
@@ -200,6 +212,7 @@ impl ResourceConfig {
             ResourceConfig::Exec(_) => "exec",
             ResourceConfig::Ocf(_) => "ocf",
             ResourceConfig::Disk(_) => "disk",
+            ResourceConfig::NetworkName(_) => "network_name",
         }
     }
 
@@ -215,6 +228,7 @@ impl ResourceConfig {
             ResourceConfig::Exec(_) => Vec::new(),
             ResourceConfig::Ocf(c) => c.validate(),
             ResourceConfig::Disk(_) => Vec::new(),
+            ResourceConfig::NetworkName(c) => c.validate(),
         };
         pairs
             .into_iter()
@@ -259,6 +273,9 @@ impl ResourceConfig {
             }
             ResourceConfig::Disk(c) => {
                 Arc::new(crate::disk::DiskResource::new(c.clone(), &cx.resource))
+            }
+            ResourceConfig::NetworkName(c) => {
+                Arc::new(crate::network_name::NetworkNameResource::new(c.clone()))
             }
         }
     }

@@ -16,6 +16,7 @@
 //! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
 //!   its presets.
 //! - [`http`]: an HTTP GET or HEAD, plain or TLS.
+//! - [`network_name`]: a name that must resolve to the group's address (hickory).
 //! - [`disk`]: a mounted filesystem with room to work (blocking calls on blocking threads).
 //! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
 //!   [`command`]: how both run a command.
@@ -30,6 +31,7 @@ pub mod exec;
 pub mod http;
 pub mod imap;
 pub mod net;
+pub mod network_name;
 pub mod ocf;
 pub mod pop3;
 pub mod process;

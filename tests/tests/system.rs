@@ -103,3 +103,81 @@ depends_on = ["disk"]
     agent.wait_state("store", "disk", "online", LONG);
     agent.wait_state("store", "store", "online", LONG);
 }
+
+#[test]
+fn network_names_are_resolved_through_a_real_dns_server() {
+    let port = resmon_e2e::free_port();
+    let mut dnsmasq = Command::new("dnsmasq")
+        .args([
+            "-d",
+            "-k",
+            "--conf-file=/dev/null",
+            "--bind-interfaces",
+            "--listen-address=127.0.0.1",
+            "--no-resolv",
+            "--no-hosts",
+        ])
+        .arg(format!("--port={port}"))
+        .args(["--address=/svc.test/192.0.2.7", "--address=/nx.test/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("dnsmasq (Debian dnsmasq-base) is installed by the test script");
+    std::thread::sleep(Duration::from_millis(500));
+    // A name server of our own that answers every query with SERVFAIL.
+    let failing = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let failing_port = failing.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 512];
+        while let Ok((n, from)) = failing.recv_from(&mut buf) {
+            if n < 12 {
+                continue;
+            }
+            let mut answer = buf[..n].to_vec();
+            answer[2] = 0x80 | (answer[2] & 0x01); // QR, keep RD
+            answer[3] = 0x82; // RA, RCODE 2: SERVFAIL
+            let _ = failing.send_to(&answer, from);
+        }
+    });
+    let mut body = String::from("[[groups]]\nname = \"vs1\"\n");
+    for (name, lookup, expect) in [
+        ("good", "svc.test", "\"192.0.2.7\""),
+        ("moved", "svc.test", "\"192.0.2.8\""),
+        ("missing", "host.nx.test", ""),
+        ("broken", "host.sf.test", ""),
+    ] {
+        let server = if name == "broken" { failing_port } else { port };
+        body += &format!(
+            "\n[[groups.resources]]\nname = \"{name}\"\ntype = \"network_name\"\nhostname = \"{lookup}\"\nnameservers = [\"127.0.0.1:{server}\"]\nexpect_address = [{expect}]\nrestart_action = \"no_restart\"\ncheck_timeout = \"3s\"\n"
+        );
+    }
+    let agent = Agent::start(&body);
+    agent.wait_state("vs1", "good", "online", LONG);
+    for (name, reason) in [
+        ("moved", "wrong_address"),
+        ("missing", "nxdomain"),
+        ("broken", "servfail"),
+    ] {
+        agent.wait_state("vs1", name, "failed", LONG);
+        let failed = agent
+            .events_of("state_changed", name)
+            .into_iter()
+            .find(|e| e["to"] == "failed")
+            .unwrap();
+        assert_eq!(
+            failed["cause"],
+            format!("online_failed:{reason}"),
+            "{name}: {failed}"
+        );
+    }
+    let detail = agent.events_of("operation_failed", "moved")[0]["detail"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        detail.contains("192.0.2.7") && detail.contains("192.0.2.8"),
+        "{detail}"
+    );
+    let _ = dnsmasq.kill();
+    let _ = dnsmasq.wait();
+}
