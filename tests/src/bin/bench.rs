@@ -6,6 +6,7 @@
 //! `cargo build --release --workspace --bins && target/release/resmon-bench [--seconds S] [N...]`
 //! (defaults: 60 s, N = 1000 and 10000).
 
+use resmon_e2e::procfs::{cpu_seconds, peak_rss_kib, raise_fd_limit};
 use resmon_e2e::{http_get, Agent};
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
@@ -234,41 +235,6 @@ fn start_listeners() -> Vec<u16> {
             port
         })
         .collect()
-}
-
-fn raise_fd_limit() {
-    let limit = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
-    };
-    // SAFETY: setrlimit with a valid struct; failure only means a lower limit.
-    unsafe {
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
-fn peak_rss_kib(pid: i32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 /// Total checks finished: the sum of the duration histograms' counts.

@@ -13,6 +13,7 @@
 //!
 //! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http]`
 
+use resmon_e2e::procfs::{cpu_seconds, peak_rss_kib, raise_fd_limit};
 use resmon_e2e::{free_port, Agent};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -480,40 +481,6 @@ async fn probe(listen: &str, module: &str, target: &str) -> Option<bool> {
     Some(String::from_utf8_lossy(&body).contains("probe_success 1"))
 }
 
-// --- /proc ----------------------------------------------------------------------------------
-
-fn raise_fd_limit() {
-    let limit = libc::rlimit {
-        rlim_cur: 65536,
-        rlim_max: 65536,
-    };
-    // SAFETY: setrlimit with a valid struct; failure only means a lower limit.
-    unsafe {
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-    }
-}
-
-fn cpu_seconds(pid: i32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .unwrap()
-        .1
-        .split_whitespace()
-        .collect();
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
-    // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
-}
-
 fn peak_rss_mb(pid: i32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmHWM:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
-        })
-        .unwrap_or(0.0)
-        / 1024.0
+    peak_rss_kib(pid) / 1024.0
 }

@@ -1,0 +1,39 @@
+//! What the benchmarks read from /proc about the processes they measure.
+
+/// Raises the open-files limit (inherited by the agent) for 10,000 resources.
+pub fn raise_fd_limit() {
+    let limit = libc::rlimit {
+        rlim_cur: 65536,
+        rlim_max: 65536,
+    };
+    // SAFETY: setrlimit with a valid struct; failure only means a lower limit.
+    unsafe {
+        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+    }
+}
+
+/// User plus system CPU seconds of a process.
+pub fn cpu_seconds(pid: i32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .unwrap()
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
+    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+}
+
+/// Peak resident set size of a process, in KiB.
+pub fn peak_rss_kib(pid: i32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
