@@ -694,6 +694,34 @@ mod adversarial {
     }
 
     #[tokio::test]
+    async fn a_server_that_requires_a_client_certificate_gets_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = TestCa::new();
+        let ca_file = ca.write(dir.path());
+        let (cert, key) = ca.issue_client(dir.path());
+        let server = ca
+            .tls_server_requiring_client(ca.issue(&["localhost"], -1, 90), "220 hello client\r\n")
+            .await;
+        let base = format!(
+            "tls = \"implicit\"\ntls_options = {{ ca_file = {:?}, server_name = \"localhost\"",
+            ca_file.display().to_string()
+        );
+        let with_cert = format!(
+            "{base}, client_cert = {:?}, client_key = {:?} }}",
+            cert.display().to_string(),
+            key.display().to_string()
+        );
+        let (result, _) = check(&smtp(server, &with_cert), Duration::from_secs(5)).await;
+        result.unwrap();
+        // Without one, the server refuses the session (with TLS 1.3 its alert comes with the
+        // first read, after the handshake): still a TLS failure, not an I/O one.
+        let (result, _) = check(&smtp(server, &format!("{base} }}")), Duration::from_secs(2)).await;
+        let f = result.unwrap_err();
+        assert_eq!(f.reason, FailureReason::TlsHandshake, "{f}");
+        assert!(f.detail.contains("CertificateRequired"), "{f}");
+    }
+
+    #[tokio::test]
     async fn certificates_valid_expired_wrong_name_and_expiring() {
         let dir = tempfile::tempdir().unwrap();
         let ca = TestCa::new();

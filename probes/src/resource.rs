@@ -26,6 +26,13 @@ impl Failure {
     /// Maps an I/O error onto the reason enum, keeping the error text as the detail.
     pub fn from_io(context: &str, err: &std::io::Error) -> Self {
         use std::io::ErrorKind::*;
+        // A TLS alert after the handshake (TLS 1.3 sends "certificate required" there).
+        if err
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>())
+        {
+            return Failure::new(FailureReason::TlsHandshake, format!("{context}: {err}"));
+        }
         let reason = match err.kind() {
             ConnectionRefused => FailureReason::Refused,
             ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof => {

@@ -179,6 +179,59 @@ impl TestCa {
         }
     }
 
+    /// A client certificate and key, written as PEM to `dir/client.pem` and `dir/client.key`.
+    pub fn issue_client(&self, dir: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "resmon probe");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params
+            .signed_by(&key, &self.ca.cert, &self.ca.key_pair)
+            .unwrap();
+        let (c, k) = (dir.join("client.pem"), dir.join("client.key"));
+        std::fs::write(&c, cert.pem()).unwrap();
+        std::fs::write(&k, key.serialize_pem()).unwrap();
+        (c, k)
+    }
+
+    /// A server that requires a client certificate signed by this CA.
+    pub async fn tls_server_requiring_client(
+        &self,
+        cert: ServerCert,
+        greeting: &'static str,
+    ) -> SocketAddr {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.cert.der().clone()).unwrap();
+        let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(cert.chain, cert.key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        serve(move |stream| {
+            let acceptor = acceptor.clone();
+            async move {
+                if let Ok(mut tls) = acceptor.accept(stream).await {
+                    let _ = tls.write_all(greeting.as_bytes()).await;
+                    let mut line = String::new();
+                    let mut r = BufReader::new(tls);
+                    let _ = r.read_line(&mut line).await;
+                }
+            }
+        })
+        .await
+    }
+
     /// Writes the CA certificate to `dir/ca.pem`.
     pub fn write(&self, dir: &std::path::Path) -> std::path::PathBuf {
         let path = dir.join("ca.pem");
