@@ -245,6 +245,9 @@ impl BannerClient {
     /// Runs `script`: connect, TLS if implicit, every step, then the goodbye.
     pub async fn run(&self, script: &Script, progress: &Progress) -> Result<(), Failure> {
         let stream = crate::net::connect(&self.target, progress).await?;
+        // After the goodbye the session is over: close with a reset and leave no TIME_WAIT
+        // behind, as the tcp type does (thousands of checks a second would fill the port range).
+        crate::net::close_with_reset(&stream);
         let conn = if self.tls_mode == TlsMode::Implicit {
             Conn::Tls(Box::new(self.tls.handshake(stream, progress).await?))
         } else {
@@ -321,7 +324,10 @@ impl BannerClient {
             // not awaited (a server that never answers QUIT must not turn a pass into a timeout).
             let _ = send(&mut reader, goodbye).await;
         }
-        let _ = reader.get_mut().shutdown().await;
+        if let Conn::Tls(tls) = reader.get_mut() {
+            // TLS ends with close_notify; a plain connection just closes.
+            let _ = tls.shutdown().await;
+        }
         Ok(())
     }
 }

@@ -196,6 +196,7 @@ impl HttpResource {
     async fn fetch(&self, progress: &Progress) -> Result<(), Failure> {
         let c = &self.config;
         let tcp = crate::net::connect(&c.url.target, progress).await?;
+        crate::net::close_with_reset(&tcp);
         let stream: Box<dyn Stream> = if c.url.https {
             Box::new(self.tls.handshake(tcp, progress).await?)
         } else {
