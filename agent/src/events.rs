@@ -109,7 +109,7 @@ pub struct StateChanged<'a> {
 impl Event for StateChanged<'_> {
     const NAME: &'static str = "state_changed";
     fn count(&self, _: &Metrics) {
-        self.metrics.transition(self.from, self.to, unix_now());
+        self.metrics.transition(self.to, unix_now());
     }
 }
 

@@ -650,7 +650,7 @@ pub struct ResourceMetrics {
 
 impl ResourceMetrics {
     /// Records a transition at `unix_seconds`.
-    pub fn transition(&self, _from: State, to: State, unix_seconds: f64) {
+    pub fn transition(&self, to: State, unix_seconds: f64) {
         self.series.state.store(state_index(to), Ordering::Relaxed);
         self.series
             .last_transition
@@ -702,7 +702,7 @@ mod tests {
             kind: TypeLabel { r#type: "tcp" },
         });
         r.restart();
-        r.transition(State::Offline, State::Online, 1.0);
+        r.transition(State::Online, 1.0);
         let text = m.encode_text();
         assert!(
             text.contains("# TYPE resmon_resource_restarts_total counter\n"),

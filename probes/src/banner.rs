@@ -598,17 +598,39 @@ impl crate::resource::Resource for BannerResource {
     }
 }
 
-/// Keys every banner protocol shares, checked in one place.
-pub fn validate_common(
-    tls: TlsMode,
-    tls_options: &TlsOptions,
-    steps: &[ExtraStep],
-) -> Vec<(&'static str, String)> {
-    let mut errors = validate_steps(steps);
-    if tls != TlsMode::None || tls_options != &TlsOptions::default() {
-        errors.extend(tls_options.validate());
+/// A protocol preset over the engine: the keys every banner protocol shares (kept as fields
+/// of each config, since serde's `flatten` would lose the unknown-key check) and its script.
+/// Validation and building are written once, here.
+pub trait BannerPreset {
+    /// `host:port`.
+    fn address(&self) -> &HostPort;
+    /// How the connection is secured.
+    fn tls(&self) -> TlsMode;
+    /// Trust and certificate checks.
+    fn tls_options(&self) -> &TlsOptions;
+    /// The user's extra steps.
+    fn extra_steps(&self) -> &[ExtraStep];
+    /// The exchange.
+    fn script(&self) -> Script;
+
+    /// Checks that need several keys.
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        let mut errors = validate_steps(self.extra_steps());
+        if self.tls() != TlsMode::None || self.tls_options() != &TlsOptions::default() {
+            errors.extend(self.tls_options().validate());
+        }
+        errors
     }
-    errors
+
+    /// The runnable resource.
+    fn build(&self) -> BannerResource {
+        BannerResource::new(
+            self.address().clone(),
+            self.tls(),
+            self.tls_options().clone(),
+            self.script(),
+        )
+    }
 }
 
 /// The adversarial servers of `testing`, each giving its exact failure reason within the
@@ -624,7 +646,7 @@ mod adversarial {
         let c: crate::smtp::SmtpConfig =
             toml::from_str(&format!("address = \"{addr}\"\n{extra}")).unwrap();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
-        BannerResource::new(c.address.clone(), c.tls, c.tls_options.clone(), c.script())
+        c.build()
     }
 
     /// Runs is_alive under a deadline the way the runtime does.

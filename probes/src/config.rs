@@ -5,7 +5,7 @@
 //! rejects unknown keys; validating newtypes ([`HumanDuration`], [`HostPort`], [`Argv`]) reject
 //! bad values while the file is parsed, so the error carries the key's line.
 
-use crate::banner::BannerResource;
+use crate::banner::BannerPreset;
 use crate::resource::Resource;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
@@ -248,24 +248,9 @@ impl ResourceConfig {
                 Arc::new(crate::process::ProcessResource::new(c.clone(), cx))
             }
             ResourceConfig::Tcp(c) => Arc::new(crate::tcp::TcpResource::new(c.clone())),
-            ResourceConfig::Smtp(c) => Arc::new(BannerResource::new(
-                c.address.clone(),
-                c.tls,
-                c.tls_options.clone(),
-                c.script(),
-            )),
-            ResourceConfig::Pop3(c) => Arc::new(BannerResource::new(
-                c.address.clone(),
-                c.tls,
-                c.tls_options.clone(),
-                c.script(),
-            )),
-            ResourceConfig::Imap(c) => Arc::new(BannerResource::new(
-                c.address.clone(),
-                c.tls,
-                c.tls_options.clone(),
-                c.script(),
-            )),
+            ResourceConfig::Smtp(c) => Arc::new(c.build()),
+            ResourceConfig::Pop3(c) => Arc::new(c.build()),
+            ResourceConfig::Imap(c) => Arc::new(c.build()),
             ResourceConfig::Http(c) => Arc::new(crate::http::HttpResource::new(c.clone())),
             ResourceConfig::Exec(c) => Arc::new(crate::exec::ExecResource::new(c.clone())),
             ResourceConfig::Ocf(c) => {

@@ -3,8 +3,7 @@
 //! `QUIT`.
 
 use crate::banner::{
-    greeting_matcher, validate_common, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step,
-    TlsMode,
+    greeting_matcher, BannerPreset, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
 };
 use crate::config::HostPort;
 use crate::tls::TlsOptions;
@@ -33,14 +32,24 @@ pub struct Pop3Config {
     pub steps: Vec<ExtraStep>,
 }
 
-impl Pop3Config {
-    /// Checks that need several keys.
-    pub fn validate(&self) -> Vec<(&'static str, String)> {
-        validate_common(self.tls, &self.tls_options, &self.steps)
+impl BannerPreset for Pop3Config {
+    fn address(&self) -> &HostPort {
+        &self.address
     }
 
-    /// The exchange.
-    pub fn script(&self) -> Script {
+    fn tls(&self) -> TlsMode {
+        self.tls
+    }
+
+    fn tls_options(&self) -> &TlsOptions {
+        &self.tls_options
+    }
+
+    fn extra_steps(&self) -> &[ExtraStep] {
+        &self.steps
+    }
+
+    fn script(&self) -> Script {
         let mut steps = vec![Step::Expect {
             framing: Framing::Line,
             matcher: greeting_matcher(
@@ -90,12 +99,7 @@ mod tests {
             "address = \"{addr}\"\nsteps = [{{ send = \"CAPA\", expect = \"+OK\" }}]"
         ))
         .unwrap();
-        let r = crate::banner::BannerResource::new(
-            c.address.clone(),
-            c.tls,
-            c.tls_options.clone(),
-            c.script(),
-        );
+        let r = c.build();
         r.is_alive(&Default::default()).await.unwrap();
     }
 
@@ -103,12 +107,7 @@ mod tests {
     async fn an_error_greeting_is_unexpected() {
         let addr = serve_script(vec![Answer::Send("-ERR go away\r\n")]).await;
         let c: Pop3Config = toml::from_str(&format!("address = \"{addr}\"")).unwrap();
-        let r = crate::banner::BannerResource::new(
-            c.address.clone(),
-            c.tls,
-            c.tls_options.clone(),
-            c.script(),
-        );
+        let r = c.build();
         let err = r.is_alive(&Default::default()).await.unwrap_err();
         assert_eq!(err.reason, FailureReason::UnexpectedBanner);
         assert!(err.detail.contains(r#""-ERR go away""#), "{err}");

@@ -245,11 +245,11 @@ impl ProcessResource {
 
     async fn ready(&self) -> Result<(), Failure> {
         if let Some(target) = &self.config.ready_tcp {
-            tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+            crate::net::connect(target, &Progress::default())
                 .await
                 .map(drop)
-                .map_err(|e| {
-                    Failure::new(FailureReason::NotReady, format!("ready_tcp {target}: {e}"))
+                .map_err(|f| {
+                    Failure::new(FailureReason::NotReady, format!("ready_tcp {}", f.detail))
                 })
         } else if let Some(argv) = &self.config.ready_command {
             let status = tokio::process::Command::new(&argv.0[0])

@@ -4,8 +4,7 @@
 //! (`tls = "implicit"`, port 465). Ends with `QUIT`.
 
 use crate::banner::{
-    greeting_matcher, validate_common, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step,
-    TlsMode,
+    greeting_matcher, BannerPreset, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
 };
 use crate::config::HostPort;
 use crate::tls::TlsOptions;
@@ -40,14 +39,24 @@ pub struct SmtpConfig {
     pub steps: Vec<ExtraStep>,
 }
 
-impl SmtpConfig {
-    /// Checks that need several keys.
-    pub fn validate(&self) -> Vec<(&'static str, String)> {
-        validate_common(self.tls, &self.tls_options, &self.steps)
+impl BannerPreset for SmtpConfig {
+    fn address(&self) -> &HostPort {
+        &self.address
     }
 
-    /// The exchange.
-    pub fn script(&self) -> Script {
+    fn tls(&self) -> TlsMode {
+        self.tls
+    }
+
+    fn tls_options(&self) -> &TlsOptions {
+        &self.tls_options
+    }
+
+    fn extra_steps(&self) -> &[ExtraStep] {
+        &self.steps
+    }
+
+    fn script(&self) -> Script {
         let reply = |prefix: &str| Step::Expect {
             framing: Framing::Smtp,
             matcher: Matcher::Prefix(prefix.into()),
@@ -105,12 +114,7 @@ mod tests {
     fn resource(config: &str) -> crate::banner::BannerResource {
         let c: SmtpConfig = toml::from_str(config).unwrap();
         assert!(c.validate().is_empty());
-        crate::banner::BannerResource::new(
-            c.address.clone(),
-            c.tls,
-            c.tls_options.clone(),
-            c.script(),
-        )
+        c.build()
     }
 
     #[tokio::test]

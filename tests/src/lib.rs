@@ -415,6 +415,23 @@ pub fn http_get(address: &str, path: &str) -> std::io::Result<(u16, String)> {
     Ok((code, body))
 }
 
+/// The sum of every sample of a metric whose line starts with `prefix` in a `/metrics` text.
+pub fn metric_sum(metrics: &str, prefix: &str) -> f64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(prefix))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// How many resources are `online` in a `/metrics` text.
+pub fn online_resources(metrics: &str) -> usize {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("resmon_resource_state{state=\"online\"") && l.ends_with(" 1"))
+        .count()
+}
+
 /// Path of the test daemon, for `command` arrays.
 pub fn testd() -> String {
     binary("resmon-testd").display().to_string()

@@ -7,7 +7,9 @@
 //! (defaults: 60 s, N = 1000 and 10000).
 
 use resmon_e2e::procfs::{cpu_seconds, peak_rss_kib, raise_fd_limit};
-use resmon_e2e::{http_get, Agent};
+use resmon_e2e::{http_get, metric_sum, online_resources, Agent};
+
+const CHECKS: &str = "resmon_check_duration_seconds_count";
 use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
@@ -107,13 +109,7 @@ fn run(n: usize, ports: &[u16], measure: Duration) -> Figures {
     let agent = Agent::start(&body);
     let started = Instant::now();
     agent.wait_for("every resource online", Duration::from_secs(120), |a| {
-        a.metrics()
-            .lines()
-            .filter(|l| {
-                l.starts_with("resmon_resource_state{state=\"online\"") && l.ends_with(" 1")
-            })
-            .count()
-            == n
+        online_resources(&a.metrics()) == n
     });
     eprintln!(
         "  N={n}: all online after {:.1}s; warming up",
@@ -124,13 +120,17 @@ fn run(n: usize, ports: &[u16], measure: Duration) -> Figures {
     let pid = agent.pid();
     let (cpu0, checks0, late0) = (
         cpu_seconds(pid),
-        checks(&agent.metrics()),
+        metric_sum(&agent.metrics(), CHECKS),
         lateness(&agent.metrics()),
     );
     let t0 = Instant::now();
     std::thread::sleep(measure);
     let metrics = agent.metrics();
-    let (cpu1, checks1, late1) = (cpu_seconds(pid), checks(&metrics), lateness(&metrics));
+    let (cpu1, checks1, late1) = (
+        cpu_seconds(pid),
+        metric_sum(&metrics, CHECKS),
+        lateness(&metrics),
+    );
     let elapsed = t0.elapsed().as_secs_f64();
 
     let mut scrapes = Vec::new();
@@ -235,15 +235,6 @@ fn start_listeners() -> Vec<u16> {
             port
         })
         .collect()
-}
-
-/// Total checks finished: the sum of the duration histograms' counts.
-fn checks(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("resmon_check_duration_seconds_count"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The lateness histogram's cumulative buckets, `(le, count)`.

@@ -14,7 +14,10 @@
 //! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http]`
 
 use resmon_e2e::procfs::{cpu_seconds, peak_rss_kib, raise_fd_limit};
-use resmon_e2e::{free_port, Agent};
+use resmon_e2e::{free_port, metric_sum, online_resources, Agent};
+
+const CHECKS: &str = "resmon_check_duration_seconds_count";
+const FAILURES: &str = "resmon_check_failures_total";
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -209,25 +212,23 @@ fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Dura
     }
     let agent = Agent::start(&body);
     agent.wait_for("every resource online", Duration::from_secs(120), |a| {
-        a.metrics()
-            .lines()
-            .filter(|l| {
-                l.starts_with("resmon_resource_state{state=\"online\"") && l.ends_with(" 1")
-            })
-            .count()
-            >= if saturate { rate / 2 } else { rate * 99 / 100 }
+        online_resources(&a.metrics()) >= if saturate { rate / 2 } else { rate * 99 / 100 }
     });
     std::thread::sleep(Duration::from_secs(2));
     let pid = agent.pid();
     let (cpu0, n0, f0) = (
         cpu_seconds(pid),
-        checks(&agent.metrics()),
-        failures(&agent.metrics()),
+        metric_sum(&agent.metrics(), CHECKS),
+        metric_sum(&agent.metrics(), FAILURES),
     );
     let t0 = Instant::now();
     std::thread::sleep(measure);
     let metrics = agent.metrics();
-    let (cpu1, n1, f1) = (cpu_seconds(pid), checks(&metrics), failures(&metrics));
+    let (cpu1, n1, f1) = (
+        cpu_seconds(pid),
+        metric_sum(&metrics, CHECKS),
+        metric_sum(&metrics, FAILURES),
+    );
     let elapsed = t0.elapsed().as_secs_f64();
     let rss = peak_rss_mb(pid);
     let n = n1 - n0;
@@ -240,22 +241,6 @@ fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Dura
             f1 - f0
         )),
     }
-}
-
-fn checks(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("resmon_check_duration_seconds_count"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn failures(metrics: &str) -> f64 {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with("resmon_check_failures_total"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 // --- the floor ------------------------------------------------------------------------------
