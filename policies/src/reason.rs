@@ -61,11 +61,17 @@ pub enum FailureReason {
     Panic,
     /// The check was not started because the previous one is still stuck.
     Stuck,
+    /// An address the resource keeps is not on its interface.
+    AddressMissing,
+    /// The network interface is down, has no carrier, or is gone.
+    LinkDown,
+    /// The service manager reports the unit failed (its process crashed or exited non-zero).
+    UnitFailed,
 }
 
 impl FailureReason {
     /// Every reason, for tests and for pre-declaring label values.
-    pub const ALL: [FailureReason; 25] = [
+    pub const ALL: [FailureReason; 28] = [
         FailureReason::Timeout,
         FailureReason::Refused,
         FailureReason::ConnectTimeout,
@@ -91,6 +97,9 @@ impl FailureReason {
         FailureReason::Spawn,
         FailureReason::Panic,
         FailureReason::Stuck,
+        FailureReason::AddressMissing,
+        FailureReason::LinkDown,
+        FailureReason::UnitFailed,
     ];
 
     /// The label value, as it appears on `/metrics` and in the event log.
@@ -121,6 +130,9 @@ impl FailureReason {
             FailureReason::Spawn => "spawn",
             FailureReason::Panic => "panic",
             FailureReason::Stuck => "stuck",
+            FailureReason::AddressMissing => "address_missing",
+            FailureReason::LinkDown => "link_down",
+            FailureReason::UnitFailed => "unit_failed",
         }
     }
 

@@ -26,6 +26,8 @@ pub const RESOURCE_TYPES: &[&str] = &[
     "ocf",
     "disk",
     "network_name",
+    "ip",
+    "service",
 ];
 
 /// A duration written for humans: `"500ms"`, `"5s"`, `"1m30s"`, `"1h"`.
@@ -176,6 +178,10 @@ pub enum ResourceConfig {
     Disk(crate::disk::DiskConfig),
     /// See [`crate::network_name`].
     NetworkName(crate::network_name::NetworkNameConfig),
+    /// See [`crate::ip`].
+    Ip(crate::ip::IpConfig),
+    /// See [`crate::service`].
+    Service(crate::service::ServiceConfig),
 }
 
 impl ResourceConfig {
@@ -196,6 +202,8 @@ impl ResourceConfig {
             "ocf" => ResourceConfig::Ocf(Deserialize::deserialize(d)?),
             "disk" => ResourceConfig::Disk(Deserialize::deserialize(d)?),
             "network_name" => ResourceConfig::NetworkName(Deserialize::deserialize(d)?),
+            "ip" => ResourceConfig::Ip(Deserialize::deserialize(d)?),
+            "service" => ResourceConfig::Service(Deserialize::deserialize(d)?),
             _ => return Ok(None),
         }))
     }
@@ -213,6 +221,8 @@ impl ResourceConfig {
             ResourceConfig::Ocf(_) => "ocf",
             ResourceConfig::Disk(_) => "disk",
             ResourceConfig::NetworkName(_) => "network_name",
+            ResourceConfig::Ip(_) => "ip",
+            ResourceConfig::Service(_) => "service",
         }
     }
 
@@ -229,6 +239,8 @@ impl ResourceConfig {
             ResourceConfig::Ocf(c) => c.validate(),
             ResourceConfig::Disk(_) => Vec::new(),
             ResourceConfig::NetworkName(c) => c.validate(),
+            ResourceConfig::Ip(c) => c.validate(),
+            ResourceConfig::Service(c) => c.validate(),
         };
         pairs
             .into_iter()
@@ -238,7 +250,10 @@ impl ResourceConfig {
 
     /// Whether resources of this config report failures between polls.
     pub fn provides_failure_signal(&self) -> bool {
-        matches!(self, ResourceConfig::Process(_))
+        matches!(
+            self,
+            ResourceConfig::Process(_) | ResourceConfig::Ip(_) | ResourceConfig::Service(_)
+        )
     }
 
     /// Builds the runnable resource (WSFC's Open: no side effect on the service).
@@ -262,6 +277,8 @@ impl ResourceConfig {
             ResourceConfig::NetworkName(c) => {
                 Arc::new(crate::network_name::NetworkNameResource::new(c.clone()))
             }
+            ResourceConfig::Ip(c) => Arc::new(crate::ip::IpResource::new(c.clone())),
+            ResourceConfig::Service(c) => Arc::new(crate::service::ServiceResource::new(c.clone())),
         }
     }
 }

@@ -16,6 +16,10 @@
 //! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
 //!   its presets.
 //! - [`http`]: an HTTP GET or HEAD, plain or TLS.
+//! - [`ip`]: an address on an interface (rtnetlink), announced by gratuitous ARP or
+//!   unsolicited neighbour advertisement, with a netlink failure signal.
+//! - [`service`]: a systemd unit over D-Bus (zbus), with its PropertiesChanged as the failure
+//!   signal.
 //! - [`network_name`]: a name that must resolve to the group's address (hickory).
 //! - [`disk`]: a mounted filesystem with room to work (blocking calls on blocking threads).
 //! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
@@ -30,12 +34,14 @@ pub mod disk;
 pub mod exec;
 pub mod http;
 pub mod imap;
+pub mod ip;
 pub mod net;
 pub mod network_name;
 pub mod ocf;
 pub mod pop3;
 pub mod process;
 pub mod resource;
+pub mod service;
 pub mod smtp;
 pub mod tcp;
 pub mod tls;

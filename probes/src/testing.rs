@@ -264,3 +264,141 @@ pub async fn tls_server(cert: ServerCert, greeting: &'static str) -> SocketAddr 
     })
     .await
 }
+
+/// A network namespace the test made (`ip netns add`), removed with everything in it on drop.
+/// Async code runs in it on a thread of its own that entered it, with a runtime of its own: a
+/// namespace belongs to a thread, and the test's other threads stay where they are.
+pub struct Netns {
+    /// The namespace's name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Makes `resmon-<tag>-<pid>`, with loopback up.
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("resmon-{tag}-{}", std::process::id());
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .status();
+        let ok = std::process::Command::new("ip")
+            .args(["netns", "add", &name])
+            .status()
+            .expect("run ip")
+            .success();
+        assert!(ok, "ip netns add {name}");
+        let ns = Netns { name };
+        ns.sh("ip link set lo up");
+        ns
+    }
+
+    /// Runs a shell command inside the namespace; panics unless it succeeds; returns stdout.
+    pub fn sh(&self, command: &str) -> String {
+        Self::run(&self.name, command)
+    }
+
+    /// [`Netns::sh`] by name, for use inside [`Netns::block_on`].
+    pub fn run(name: &str, command: &str) -> String {
+        let out = std::process::Command::new("ip")
+            .args(["netns", "exec", name, "sh", "-c", command])
+            .output()
+            .expect("run ip netns exec");
+        assert!(
+            out.status.success(),
+            "{command} in {name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs `future` to completion on a thread inside the namespace.
+    pub fn block_on<F, T>(&self, future: F) -> T
+    where
+        F: std::future::Future<Output = T> + Send,
+        T: Send,
+    {
+        let path = format!("/run/netns/{}", self.name);
+        std::thread::scope(|scope| {
+            scope
+                .spawn(move || {
+                    let file = std::fs::File::open(&path).expect("open the namespace");
+                    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+                        .expect("enter the namespace");
+                    tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                        .unwrap()
+                        .block_on(future)
+                })
+                .join()
+                .unwrap_or_else(|e| std::panic::resume_unwind(e))
+        })
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .status();
+    }
+}
+
+/// A real systemd user manager with its own session bus, started by `scripts/user-systemd`
+/// (also used by the end-to-end tests) and stopped on drop.
+pub struct UserManager {
+    /// The bus address to give a `service` resource.
+    pub bus: String,
+    dir: tempfile::TempDir,
+}
+
+impl UserManager {
+    fn script() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/user-systemd")
+    }
+
+    /// Starts it with these unit files (name, contents) in its runtime unit directory.
+    pub fn start(units: &[(&str, &str)]) -> UserManager {
+        let dir = tempfile::tempdir().unwrap();
+        let unit_dir = dir.path().join("run/systemd/user");
+        std::fs::create_dir_all(&unit_dir).unwrap();
+        for (name, text) in units {
+            std::fs::write(unit_dir.join(name), text).unwrap();
+        }
+        let out = std::process::Command::new(Self::script())
+            .arg("start")
+            .arg(dir.path())
+            .output()
+            .expect("run scripts/user-systemd");
+        let manager = UserManager {
+            bus: String::from_utf8_lossy(&out.stdout).trim().to_string(),
+            dir,
+        };
+        assert!(
+            out.status.success(),
+            "systemd --user: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        manager
+    }
+
+    /// Runs `systemctl --user` against this manager; panics unless it succeeds.
+    pub fn systemctl(&self, args: &[&str]) {
+        let status = std::process::Command::new("systemctl")
+            .arg("--user")
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
+            .status()
+            .expect("run systemctl");
+        assert!(status.success(), "systemctl --user {args:?}");
+    }
+}
+
+impl Drop for UserManager {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(Self::script())
+            .arg("stop")
+            .arg(self.dir.path())
+            .status();
+    }
+}
