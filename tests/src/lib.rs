@@ -89,6 +89,7 @@ pub struct Agent {
     pub address: String,
     log: PathBuf,
     env: Vec<(String, String)>,
+    netns: Option<String>,
 }
 
 impl Agent {
@@ -132,6 +133,30 @@ impl Agent {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            netns: None,
+        };
+        agent.spawn();
+        agent
+    }
+
+    /// Starts the agent inside the network namespace `netns` on a whole config file of the
+    /// caller's (its `[agent]` section included); `listen` is its `agent.listen`, reached from
+    /// inside the namespace.
+    pub fn start_in_netns(text: &str, listen: &str, netns: &str) -> Agent {
+        let dir = tempfile::Builder::new()
+            .prefix("resmon-e2e")
+            .tempdir()
+            .expect("tempdir");
+        let config = dir.path().join("resmon.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut agent = Agent {
+            child: None,
+            log: dir.path().join("events-0.log"),
+            dir,
+            config,
+            address: listen.to_string(),
+            env: Vec::new(),
+            netns: Some(netns.to_string()),
         };
         agent.spawn();
         agent
@@ -151,7 +176,15 @@ impl Agent {
             .count();
         self.log = self.dir.path().join(format!("events-{n}.log"));
         let log = std::fs::File::create(&self.log).unwrap();
-        let child = Command::new(binary("resmon"))
+        let mut command = match &self.netns {
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(binary("resmon"));
+                c
+            }
+            None => Command::new(binary("resmon")),
+        };
+        let child = command
             .arg("run")
             .arg("--config")
             .arg(&self.config)
@@ -234,7 +267,10 @@ impl Agent {
 
     /// A GET on the agent's endpoint: status code and body.
     pub fn get(&self, path: &str) -> std::io::Result<(u16, String)> {
-        http_get(&self.address, path)
+        match &self.netns {
+            Some(netns) => in_netns(netns, || http_get(&self.address, path)),
+            None => http_get(&self.address, path),
+        }
     }
 
     /// `/api/v1/status` as JSON.
@@ -394,6 +430,31 @@ pub fn process_alive(pid: i32) -> bool {
         }
         Err(_) => false,
     }
+}
+
+/// Runs `f` on a thread that entered the network namespace `netns` (`/run/netns/<netns>`): a
+/// socket made there stays in it.
+pub fn in_netns<T: Send>(netns: &str, f: impl FnOnce() -> T + Send) -> T {
+    let path = format!("/run/netns/{netns}");
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                let file = std::fs::File::open(&path).expect("open the namespace");
+                // SAFETY: setns on a valid descriptor; it changes only this thread's namespace.
+                let entered = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&file), libc::CLONE_NEWNET)
+                };
+                assert_eq!(
+                    entered,
+                    0,
+                    "setns {path}: {}",
+                    std::io::Error::last_os_error()
+                );
+                f()
+            })
+            .join()
+            .unwrap_or_else(|e| std::panic::resume_unwind(e))
+    })
 }
 
 /// A GET over a fresh connection: status code and body.

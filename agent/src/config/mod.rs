@@ -479,6 +479,30 @@ impl RawConfig {
     }
 }
 
+/// A `network_name` with no `expect_address` of its own expects the addresses of the `ip`
+/// resources it depends on: the name must resolve to where the group is.
+fn inherit_group_addresses(resources: &mut [ResourceConfig]) {
+    let addresses: HashMap<Name, std::net::IpAddr> = resources
+        .iter()
+        .filter_map(|r| match &r.private {
+            PrivateConfig::Ip(ip) => Some((r.name.clone(), ip.address.address)),
+            _ => None,
+        })
+        .collect();
+    for r in resources.iter_mut() {
+        let depends_on = r.depends_on.clone();
+        if let PrivateConfig::NetworkName(name) = &mut r.private {
+            if name.expect_address.is_empty() {
+                name.expect_address = depends_on
+                    .iter()
+                    .filter_map(|d| addresses.iter().find(|(n, _)| n.as_str() == d))
+                    .map(|(_, a)| *a)
+                    .collect();
+            }
+        }
+    }
+}
+
 fn read_group(
     group: RawGroup,
     gpath: &[Seg],
@@ -514,6 +538,7 @@ fn read_group(
     if !ok {
         return None;
     }
+    inherit_group_addresses(&mut resources);
 
     // Dependencies by name, then the DAG check the policy itself relies on.
     let mut specs = Vec::new();

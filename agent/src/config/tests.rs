@@ -164,3 +164,44 @@ fn a_missing_file_is_named() {
         "{err}"
     );
 }
+
+#[test]
+fn a_network_name_expects_the_address_of_the_ip_it_depends_on() {
+    let text = r#"
+[[groups]]
+name = "vs1"
+
+[[groups.resources]]
+name = "ip"
+type = "ip"
+address = "192.0.2.10/24"
+interface = "eth0"
+
+[[groups.resources]]
+name = "name"
+type = "network_name"
+hostname = "mail.example.test"
+depends_on = ["ip"]
+
+[[groups.resources]]
+name = "pinned"
+type = "network_name"
+hostname = "mail.example.test"
+expect_address = ["192.0.2.99"]
+depends_on = ["ip"]
+"#;
+    let loaded = parse(Path::new("vs.toml"), text).unwrap();
+    let expected = |i: usize| match &loaded.config.groups[0].resources[i].private {
+        Private::NetworkName(n) => n.expect_address.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        expected(1),
+        vec!["192.0.2.10".parse::<std::net::IpAddr>().unwrap()]
+    );
+    assert_eq!(
+        expected(2),
+        vec!["192.0.2.99".parse::<std::net::IpAddr>().unwrap()],
+        "an explicit address wins"
+    );
+}
