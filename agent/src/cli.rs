@@ -52,6 +52,21 @@ pub enum Command {
     Offline(ControlArgs),
     /// Clear a failed resource (`GROUP/RESOURCE`): forget its failures and let it come online.
     Clear(ControlArgs),
+    /// Move a group to another node of the cluster (`--to NODE`, or the best other possible
+    /// owner): its owner takes it offline and lets go, the other node takes it.
+    Move {
+        /// The group.
+        group: String,
+        /// The node to move it to.
+        #[arg(long)]
+        to: Option<String>,
+        /// The config file (to find the control socket).
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The control socket, instead of reading it from the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// List the agent's recent events.
     Events {
         /// The config file (to find the control socket).
@@ -149,6 +164,12 @@ pub fn main(cli: Cli) -> ExitCode {
         Command::Online(args) => control(args, "online"),
         Command::Offline(args) => control(args, "offline"),
         Command::Clear(args) => control(args, "clear"),
+        Command::Move {
+            group,
+            to,
+            config,
+            socket,
+        } => move_group(&group, to.as_deref(), &config, socket),
         Command::Events {
             config,
             socket,
@@ -279,6 +300,45 @@ fn control(args: ControlArgs, action: &str) -> ExitCode {
                 if args.output == Output::Table {
                     println!("{action} {}: accepted", args.target);
                 }
+                ExitCode::SUCCESS
+            } else {
+                eprintln!("refused: {}", answer["error"].as_str().unwrap_or(&body));
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn move_group(
+    group: &str,
+    to: Option<&str>,
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+) -> ExitCode {
+    let socket = match control_socket(config, socket) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let path = match to {
+        Some(node) => format!("/api/v1/groups/{group}/move?to={node}"),
+        None => format!("/api/v1/groups/{group}/move"),
+    };
+    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    match runtime.block_on(crate::control::request(&socket, hyper::Method::POST, &path)) {
+        Ok((status, body)) => {
+            let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+            if status.is_success() {
+                println!(
+                    "move {group} to {}: requested",
+                    answer["to"].as_str().unwrap_or("?")
+                );
                 ExitCode::SUCCESS
             } else {
                 eprintln!("refused: {}", answer["error"].as_str().unwrap_or(&body));
@@ -565,6 +625,27 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
     let mut out = format!("node {}, resmon {}\n", status.node, status.version);
+    let c = &status.cluster;
+    out.push_str(&format!(
+        "cluster: {} coordinator, {}; nodes {}\n",
+        c.coordinator,
+        if c.connected {
+            "connected"
+        } else {
+            "NOT CONNECTED"
+        },
+        if c.nodes.is_empty() {
+            "-".to_string()
+        } else {
+            c.nodes.join(", ")
+        },
+    ));
+    for (group, owner) in &c.owners {
+        out.push_str(&format!(
+            "group {group}: owner {}\n",
+            owner.as_deref().unwrap_or("none")
+        ));
+    }
     for row in rows {
         let line: Vec<String> = row
             .iter()

@@ -73,10 +73,27 @@ async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
         .collect();
     let parts: Vec<&str> = path.iter().map(String::as_str).collect();
     match (req.method(), parts.as_slice()) {
-        (&Method::GET, ["api", "v1", "status"]) => {
-            json(StatusCode::OK, &shared.status.snapshot(&shared.node))
-        }
+        (&Method::GET, ["api", "v1", "status"]) => json(
+            StatusCode::OK,
+            &shared.status.snapshot(shared.coordinator.view()),
+        ),
         (&Method::GET, ["api", "v1", "events"]) => json(StatusCode::OK, &shared.sink.recent()),
+        (&Method::POST, ["api", "v1", "groups", group, "move"]) => {
+            // `?to=NODE`; without it, the best other node.
+            let to = req.uri().query().and_then(|q| {
+                q.split('&')
+                    .find_map(|kv| kv.strip_prefix("to="))
+                    .filter(|n| !n.is_empty())
+                    .map(String::from)
+            });
+            match shared.coordinator.move_group(group, to).await {
+                Ok(to) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({"group": group, "move": "requested", "to": to}),
+                ),
+                Err(why) => refuse(StatusCode::CONFLICT, format!("{group}: {why}")),
+            }
+        }
         (&Method::POST, ["api", "v1", "groups", group, action]) => {
             let command = match *action {
                 "online" => AdminCommand::GroupOnline,

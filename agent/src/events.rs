@@ -398,3 +398,108 @@ pub fn unix_now() -> f64 {
 fn rfc3339_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
+
+/// The coordinator reached the cluster and holds a lease.
+#[derive(Serialize)]
+pub struct CoordinatorConnected<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// The lease its ownership keys are held under.
+    pub lease: i64,
+    /// Whether it is the lease a previous run of this agent left, still alive.
+    pub reused: bool,
+}
+
+impl Event for CoordinatorConnected<'_> {
+    const NAME: &'static str = "coordinator_connected";
+    fn count(&self, metrics: &Metrics) {
+        metrics.coordinator_up(true);
+    }
+}
+
+/// The coordinator lost the cluster (etcd unreachable, lease gone).
+#[derive(Serialize)]
+pub struct CoordinatorDisconnected<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// What happened.
+    pub why: &'a str,
+}
+
+impl Event for CoordinatorDisconnected<'_> {
+    const NAME: &'static str = "coordinator_disconnected";
+    fn count(&self, metrics: &Metrics) {
+        metrics.coordinator_up(false);
+    }
+}
+
+/// This node took a group's ownership key.
+#[derive(Serialize)]
+pub struct OwnershipAcquired<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// This node.
+    pub node: &'a str,
+    /// Why it was this node: `preferred`, `failover`, `move`, `failback`, `takeover` (the
+    /// owner's lease expired).
+    pub reason: &'a str,
+    /// The etcd revision of the key.
+    pub revision: i64,
+}
+
+impl Event for OwnershipAcquired<'_> {
+    const NAME: &'static str = "ownership_acquired";
+}
+
+/// This node deleted its ownership key after taking the group offline.
+#[derive(Serialize)]
+pub struct OwnershipReleased<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// This node.
+    pub node: &'a str,
+    /// The node asked to take it, if any.
+    pub to: Option<&'a str>,
+}
+
+impl Event for OwnershipReleased<'_> {
+    const NAME: &'static str = "ownership_released";
+}
+
+/// This node could not renew its lease in time and took its groups offline before the lease
+/// could expire, so that no other node runs them at the same time.
+#[derive(Serialize)]
+pub struct SelfFenced<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// Groups it was running.
+    pub groups: Vec<String>,
+    /// Seconds since the last renewal that etcd acknowledged was sent.
+    pub since_renewal_seconds: f64,
+}
+
+impl Event for SelfFenced<'_> {
+    const NAME: &'static str = "self_fenced";
+}
+
+/// A group is being moved to another node: a failover, a `resmon move`, or a failback.
+#[derive(Serialize)]
+pub struct MoveStarted<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Its owner.
+    pub from: &'a str,
+    /// Where it goes.
+    pub to: &'a str,
+    /// `failover`, `move` or `failback`.
+    pub reason: &'a str,
+}
+
+impl Event for MoveStarted<'_> {
+    const NAME: &'static str = "move_started";
+    fn count(&self, metrics: &Metrics) {
+        if self.reason == "failover" {
+            metrics.group_failover(self.group);
+        }
+    }
+}

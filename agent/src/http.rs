@@ -91,7 +91,7 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
                 plain(StatusCode::OK, "ok\n")
             }
         }
-        "/api/v1/status" => json(&shared.status.snapshot(&shared.node)),
+        "/api/v1/status" => json(&shared.status.snapshot(shared.coordinator.view())),
         "/api/v1/events" => json(&shared.sink.recent()),
         _ => plain(
             StatusCode::NOT_FOUND,

@@ -6,6 +6,7 @@
 //!
 //! - [`config`]: the TOML file: parsing, type defaults, validation with `file:line: key`
 //!   diagnostics (`resmon validate` and reloads run the same code).
+//! - [`cluster`]: who owns each group: the embedded single-node coordinator or etcd leases.
 //! - [`runtime`]: groups and workers on tokio, reload on SIGHUP, shutdown; [`runtime::run`] is
 //!   `resmon run`.
 //! - [`events`]: one struct per event; `emit()` logs a JSON line and counts it.
@@ -18,6 +19,7 @@
 //! - [`cli`]: the `resmon` command line.
 
 pub mod cli;
+pub mod cluster;
 pub mod config;
 pub mod control;
 pub mod events;

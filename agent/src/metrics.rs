@@ -81,6 +81,11 @@ struct SkipLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct GroupLabels {
+    group: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OwnerLabels {
     group: String,
     node: String,
@@ -141,6 +146,9 @@ pub struct Metrics {
     tls_not_after: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     tls_not_before: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
     config_reloads: Family<ResultLabels, Counter>,
+    group_failovers: Family<GroupLabels, Counter>,
+    coordinator_up: Gauge,
+    lease_renew: Histogram,
     resources: Gauge,
 }
 
@@ -239,6 +247,29 @@ impl Metrics {
             "Config reloads on SIGHUP, applied or rejected",
             config_reloads.clone(),
         );
+        let group_failovers = Family::<GroupLabels, Counter>::default();
+        registry.register(
+            "resmon_group_failovers",
+            "Failovers this node started, by group",
+            group_failovers.clone(),
+        );
+        let coordinator_up = Gauge::default();
+        registry.register(
+            "resmon_coordinator_up",
+            "1 while the coordinator is in touch with the cluster and holds a lease",
+            coordinator_up.clone(),
+        );
+        let lease_renew = Histogram::new(
+            [
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+            ]
+            .into_iter(),
+        );
+        registry.register(
+            "resmon_coordinator_lease_renew_seconds",
+            "Round trip of each lease renewal to etcd",
+            lease_renew.clone(),
+        );
         let resources = Gauge::default();
         registry.register(
             "resmon_resources",
@@ -273,6 +304,9 @@ impl Metrics {
             tls_not_after,
             tls_not_before,
             config_reloads,
+            group_failovers,
+            coordinator_up,
+            lease_renew,
             resources,
         }
     }
@@ -375,6 +409,25 @@ impl Metrics {
     pub fn tls_certificate(&self, labels: &ResourceLabels, not_before: f64, not_after: f64) {
         self.tls_not_before.get_or_create(labels).set(not_before);
         self.tls_not_after.get_or_create(labels).set(not_after);
+    }
+
+    /// Counts a failover this node started.
+    pub fn group_failover(&self, group: &str) {
+        self.group_failovers
+            .get_or_create(&GroupLabels {
+                group: group.into(),
+            })
+            .inc();
+    }
+
+    /// Whether the coordinator is in touch with the cluster.
+    pub fn coordinator_up(&self, up: bool) {
+        self.coordinator_up.set(i64::from(up));
+    }
+
+    /// Records a lease renewal's round trip.
+    pub fn lease_renewed(&self, seconds: f64) {
+        self.lease_renew.observe(seconds);
     }
 
     /// Counts an event.

@@ -74,8 +74,8 @@ pub struct GroupStatus {
     pub name: String,
     /// What the group is asked to do on this node.
     pub mode: GroupMode,
-    /// The node that owns it.
-    pub owner: String,
+    /// The node that owns it, as the coordinator knows; `None` while nobody holds it.
+    pub owner: Option<String>,
     /// Resources in config order.
     pub resources: Vec<ResourceStatus>,
 }
@@ -89,6 +89,8 @@ pub struct AgentStatus {
     pub version: String,
     /// Groups by name.
     pub groups: Vec<GroupStatus>,
+    /// The cluster as this node sees it.
+    pub cluster: crate::cluster::ClusterView,
 }
 
 /// A group's live slots.
@@ -123,20 +125,22 @@ impl StatusBoard {
     }
 
     /// A snapshot of everything.
-    pub fn snapshot(&self, node: &str) -> AgentStatus {
+    pub fn snapshot(&self, cluster: crate::cluster::ClusterView) -> AgentStatus {
         let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
+        let node = cluster.node.clone();
         AgentStatus {
-            node: node.into(),
+            node: node.clone(),
             version: env!("CARGO_PKG_VERSION").into(),
             groups: groups
                 .iter()
                 .map(|(name, slots)| GroupStatus {
                     name: name.clone(),
                     mode: *slots.mode.lock().unwrap_or_else(|e| e.into_inner()),
-                    owner: node.into(),
+                    owner: cluster.owners.get(name).cloned().flatten(),
                     resources: slots.resources.iter().map(|r| lock(r).clone()).collect(),
                 })
                 .collect(),
+            cluster,
         }
     }
 }

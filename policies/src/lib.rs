@@ -16,8 +16,11 @@
 //! - [`restart`]: [`RestartWindow`], the sliding count of restarts within `restart_period`.
 //! - [`controller`]: [`GroupController`], the state machine of one group: the WSFC resource
 //!   failure rules, dependency ordering, escalation to failover and the retry period.
+//! - [`placement`]: where a group runs across nodes: possible and preferred owners, the
+//!   failover target, the failover threshold, failback.
 
 pub mod controller;
+pub mod placement;
 pub mod reason;
 pub mod restart;
 pub mod spec;

@@ -17,6 +17,7 @@ mod props;
 
 pub use props::{CommonProps, PendingTimeout, ResourceProps};
 
+use resmon_policies::placement::{Failback, Placement};
 use resmon_policies::{GroupSpec, ResourceId, ResourceSpec, SpecError};
 use resmon_probes::{BuildContext, HumanDuration, ResourceConfig as PrivateConfig, RESOURCE_TYPES};
 use serde::Deserialize;
@@ -185,11 +186,163 @@ impl Default for AgentConfig {
 }
 
 /// The file's top level, as read.
+/// `[cluster]`: groups across machines, with ownership in etcd. Without it the embedded
+/// single-node coordinator owns every group here.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This node's name in the cluster (defaults to `agent.node`, the host name).
+    #[serde(default)]
+    pub node: Option<String>,
+    /// etcd endpoints, e.g. `["http://10.0.0.1:2379"]` (`https://` with TLS).
+    pub endpoints: Vec<String>,
+    /// The lease every ownership key of this node is held under: another node takes a dead
+    /// node's groups once it expires.
+    #[serde(default = "default_lease_ttl")]
+    pub lease_ttl: HumanDuration,
+    /// Time kept to take the groups offline before the lease can expire: the node fences itself
+    /// once it has not renewed for `lease_ttl - fence_margin` (default: half the TTL).
+    #[serde(default)]
+    pub fence_margin: Option<HumanDuration>,
+    /// Prefix of every key resmon writes.
+    #[serde(default = "default_prefix")]
+    pub prefix: String,
+    /// CA certificate (PEM) that signed etcd's, for `https://` endpoints.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), for etcd's `--client-cert-auth`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Its key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// etcd user, with `password_file`.
+    #[serde(default)]
+    pub username: Option<String>,
+    /// File holding the etcd user's password (one line), kept out of the config.
+    #[serde(default)]
+    pub password_file: Option<PathBuf>,
+}
+
+fn default_lease_ttl() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(5))
+}
+
+fn default_prefix() -> String {
+    "/resmon".into()
+}
+
+impl ClusterConfig {
+    /// The node name this agent uses in the cluster.
+    pub fn node_name(&self, agent: &AgentConfig) -> String {
+        self.node.clone().unwrap_or_else(|| agent.node.clone())
+    }
+
+    /// How long before the lease's expiry the node fences itself.
+    pub fn fence_margin(&self) -> std::time::Duration {
+        self.fence_margin
+            .map(|m| m.0)
+            .unwrap_or(self.lease_ttl.0 / 2)
+    }
+
+    fn check(&self, cx: &mut Diagnostics) {
+        let at = |key: &str| vec![Seg::Key("cluster".into()), Seg::Key(key.into())];
+        if self.endpoints.is_empty() {
+            cx.error(
+                &at("endpoints"),
+                "name at least one etcd endpoint, such as \"http://10.0.0.1:2379\"",
+            );
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                let mut path = at("endpoints");
+                path.push(Seg::Index(i));
+                cx.error(
+                    &path,
+                    format!("{e:?}: write an endpoint as http://host:port or https://host:port"),
+                );
+            }
+        }
+        let ttl = self.lease_ttl.0;
+        if ttl.as_secs() < 2 || ttl.subsec_nanos() != 0 {
+            cx.error(
+                &at("lease_ttl"),
+                "etcd leases are whole seconds, at least \"2s\"",
+            );
+        }
+        if self.fence_margin() >= ttl || self.fence_margin().is_zero() {
+            cx.error(
+                &at("fence_margin"),
+                "must be shorter than lease_ttl and longer than zero",
+            );
+        }
+        if self.cert_file.is_some() != self.key_file.is_some() {
+            cx.error(&at("key_file"), "set cert_file and key_file together");
+        }
+        if self.username.is_some() != self.password_file.is_some() {
+            cx.error(
+                &at("password_file"),
+                "set username and password_file together",
+            );
+        }
+        if !self.prefix.starts_with('/') || self.prefix.len() < 2 {
+            cx.error(
+                &at("prefix"),
+                "a key prefix starts with '/', such as \"/resmon\"",
+            );
+        }
+    }
+}
+
+fn default_failover_period() -> HumanDuration {
+    HumanDuration(std::time::Duration::from_secs(6 * 3600))
+}
+
+fn default_failback() -> FailbackSetting {
+    FailbackSetting(Failback::Never)
+}
+
+/// `failback = "never"`, `"immediate"`, or a window of local hours such as `"22-06"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FailbackSetting(Failback);
+
+impl Default for FailbackSetting {
+    fn default() -> Self {
+        default_failback()
+    }
+}
+
+impl<'de> Deserialize<'de> for FailbackSetting {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let bad = || {
+            serde::de::Error::custom(format!(
+                "invalid failback {s:?}: \"never\", \"immediate\", or a window of hours such as \"22-06\""
+            ))
+        };
+        match s.as_str() {
+            "never" => Ok(FailbackSetting(Failback::Never)),
+            "immediate" => Ok(FailbackSetting(Failback::Immediate)),
+            window => {
+                let (a, b) = window.split_once('-').ok_or_else(bad)?;
+                let start: u8 = a.trim().parse().map_err(|_| bad())?;
+                let end: u8 = b.trim().parse().map_err(|_| bad())?;
+                if start > 23 || end > 23 || start == end {
+                    return Err(bad());
+                }
+                Ok(FailbackSetting(Failback::Window { start, end }))
+            }
+        }
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     #[serde(default)]
     agent: AgentConfig,
+    #[serde(default)]
+    cluster: Option<ClusterConfig>,
     #[serde(default)]
     resource_types: BTreeMap<String, toml::Value>,
     #[serde(default)]
@@ -202,6 +355,19 @@ struct RawGroup {
     name: Name,
     #[serde(default)]
     resources: Vec<toml::Table>,
+    /// Nodes that may own the group (empty: every node).
+    #[serde(default)]
+    possible_owners: Vec<String>,
+    /// Nodes in order of preference.
+    #[serde(default)]
+    preferred_owners: Vec<String>,
+    /// Failovers allowed within `failover_period` (WSFC's default: the number of nodes - 1).
+    #[serde(default)]
+    failover_threshold: Option<u32>,
+    #[serde(default = "default_failover_period")]
+    failover_period: HumanDuration,
+    #[serde(default = "default_failback")]
+    failback: FailbackSetting,
 }
 
 /// The keys of a resource table that say what it is and where it sits.
@@ -244,12 +410,16 @@ pub struct GroupConfig {
     pub resources: Vec<ResourceConfig>,
     /// The dependency DAG the policy runs on.
     pub spec: GroupSpec,
+    /// Where it may run and where it goes on failover.
+    pub placement: Placement,
 }
 
 impl PartialEq for GroupConfig {
     /// The spec is derived from the resources.
     fn eq(&self, other: &Self) -> bool {
-        self.name == other.name && self.resources == other.resources
+        self.name == other.name
+            && self.resources == other.resources
+            && self.placement == other.placement
     }
 }
 
@@ -271,6 +441,8 @@ pub struct Config {
     pub source: PathBuf,
     /// `[agent]`.
     pub agent: AgentConfig,
+    /// `[cluster]`, when groups are shared with other nodes through etcd.
+    pub cluster: Option<ClusterConfig>,
     /// `[[groups]]`.
     pub groups: Vec<GroupConfig>,
 }
@@ -375,6 +547,13 @@ impl Diagnostics {
         });
     }
 
+    fn error_count(&self) -> usize {
+        self.found
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+            .count()
+    }
+
     fn error(&mut self, path: &[Seg], message: impl Into<String>) {
         self.push(Severity::Error, path, message)
     }
@@ -471,9 +650,15 @@ impl RawConfig {
                 None => ok = false,
             }
         }
+        if let Some(cluster) = &self.cluster {
+            let errors = cx.error_count();
+            cluster.check(cx);
+            ok &= cx.error_count() == errors;
+        }
         ok.then(|| Config {
             source: source.to_path_buf(),
             agent: self.agent,
+            cluster: self.cluster,
             groups,
         })
     }
@@ -503,16 +688,48 @@ fn inherit_group_addresses(resources: &mut [ResourceConfig]) {
     }
 }
 
+fn read_placement(group: &RawGroup, gpath: &[Seg], cx: &mut Diagnostics) -> Option<Placement> {
+    let mut ok = true;
+    for (i, p) in group.preferred_owners.iter().enumerate() {
+        if !group.possible_owners.is_empty() && !group.possible_owners.contains(p) {
+            let mut path = gpath.to_vec();
+            path.extend([Seg::Key("preferred_owners".into()), Seg::Index(i)]);
+            cx.error(&path, format!("{p:?} is not one of possible_owners"));
+            ok = false;
+        }
+    }
+    if group.failover_period.0.is_zero() {
+        let mut path = gpath.to_vec();
+        path.push(Seg::Key("failover_period".into()));
+        cx.error(&path, "must be longer than zero");
+        ok = false;
+    }
+    let nodes = group
+        .possible_owners
+        .len()
+        .max(group.preferred_owners.len()) as u32;
+    ok.then(|| Placement {
+        possible_owners: group.possible_owners.clone(),
+        preferred_owners: group.preferred_owners.clone(),
+        failover_threshold: group
+            .failover_threshold
+            .unwrap_or(nodes.saturating_sub(1).max(1)),
+        failover_period: group.failover_period.0,
+        failback: group.failback.0,
+    })
+}
+
 fn read_group(
-    group: RawGroup,
+    mut group: RawGroup,
     gpath: &[Seg],
     type_defaults: &HashMap<String, CommonProps>,
     cx: &mut Diagnostics,
 ) -> Option<GroupConfig> {
+    let placement = read_placement(&group, gpath, cx);
     let mut resources = Vec::new();
     let mut ok = true;
     let mut names: HashMap<Name, usize> = HashMap::new();
-    for (ri, table) in group.resources.into_iter().enumerate() {
+    for (ri, table) in std::mem::take(&mut group.resources).into_iter().enumerate() {
         let mut rpath = gpath.to_vec();
         rpath.extend([Seg::Key("resources".into()), Seg::Index(ri)]);
         match read_resource(table, &rpath, type_defaults, cx) {
@@ -577,11 +794,13 @@ fn read_group(
     if !ok {
         return None;
     }
+    let placement = placement?;
     match GroupSpec::new(group.name.to_string(), specs) {
         Ok(spec) => Some(GroupConfig {
             name: group.name,
             resources,
             spec,
+            placement,
         }),
         Err(e) => {
             let at = |ri: usize, key: &str, di: Option<usize>| {

@@ -3,6 +3,7 @@
 
 use super::worker::{self, WorkerCommand, WorkerHandle};
 use super::{ResourceContext, Shared};
+use crate::cluster::{Directive, FailoverAnswer, GroupLink};
 use crate::config::{AgentConfig, GroupConfig};
 use crate::events::{
     AdminRefused, Event, FailoverFailed, FailoverRequested, GaveUp, RestartRequested,
@@ -118,6 +119,14 @@ struct GroupTask {
     own_inputs: VecDeque<Input>,
     /// The reply owed for the admin command being applied.
     admin_reply: Option<Result<(), String>>,
+    /// The coordinator's word on whether this node runs the group.
+    link: GroupLink,
+    /// The directive followed last.
+    directive: Directive,
+    /// The group went offline under [`Directive::Stop`] and the coordinator was told.
+    released: bool,
+    /// The coordinator's answer to a failover request, while it is awaited.
+    failover: Option<oneshot::Receiver<FailoverAnswer>>,
 }
 
 /// Builds a group's resources and workers and starts its task.
@@ -184,10 +193,9 @@ pub(crate) fn spawn_with(
         resources: slots,
     });
     shared.status.insert(config.name.as_str(), slots.clone());
-    shared
-        .sink
-        .metrics()
-        .group_owner(config.name.as_str(), &shared.node, true);
+    let link = shared
+        .coordinator
+        .register(config.name.as_str(), config.placement.clone());
     shared
         .admins
         .write()
@@ -209,6 +217,10 @@ pub(crate) fn spawn_with(
         rx,
         own_inputs: VecDeque::new(),
         admin_reply: None,
+        link,
+        directive: Directive::Wait,
+        released: false,
+        failover: None,
     };
     tokio::spawn(task.run());
     GroupHandle {
@@ -245,7 +257,8 @@ impl GroupTask {
                 self.step(Input::Adopted(ResourceId(i)));
             }
         }
-        self.step(Input::Activate);
+        let directive = *self.link.directive.borrow_and_update();
+        self.follow(directive);
         for event in early {
             if let Some(done) = self.handle(event).await {
                 let _ = done.send(());
@@ -266,8 +279,56 @@ impl GroupTask {
                         return;
                     }
                 }
+                changed = self.link.directive.changed() => {
+                    if changed.is_err() {
+                        // The coordinator is gone: nothing can tell this node it still owns it.
+                        self.follow(Directive::Stop);
+                        std::future::pending::<()>().await;
+                    }
+                    let directive = *self.link.directive.borrow_and_update();
+                    self.follow(directive);
+                }
+                answer = failover_answer(&mut self.failover) => {
+                    self.failover = None;
+                    let answer = answer.unwrap_or(FailoverAnswer {
+                        moved: false,
+                        detail: "the coordinator did not answer".into(),
+                    });
+                    if !answer.moved {
+                        FailoverFailed {
+                            group: &self.name,
+                            why: &answer.detail,
+                        }
+                        .emit(&self.shared.sink);
+                    }
+                    self.step(Input::FailoverCompleted { moved: answer.moved });
+                }
                 _ = sleep_until(timer) => self.step(Input::Tick),
             }
+            self.report_released();
+        }
+    }
+
+    /// Follows the coordinator: keep the group online only while this node holds it.
+    fn follow(&mut self, directive: Directive) {
+        if directive == self.directive {
+            return;
+        }
+        self.directive = directive;
+        self.released = false;
+        match directive {
+            Directive::Run => self.step(Input::Activate),
+            Directive::Stop => self.step(Input::Deactivate),
+            Directive::Wait => {}
+        }
+        self.report_released();
+    }
+
+    /// Tells the coordinator once the group is offline after a stop, so the key can go.
+    fn report_released(&mut self) {
+        if self.directive == Directive::Stop && !self.released && self.controller.is_settled() {
+            self.released = true;
+            self.link.released();
         }
     }
 
@@ -277,6 +338,18 @@ impl GroupTask {
             GroupEvent::Input(input) => self.step(input),
             GroupEvent::Adopted { .. } => {}
             GroupEvent::Admin { command, reply } => {
+                let starts = matches!(command, AdminCommand::Online(_) | AdminCommand::GroupOnline);
+                if starts && self.directive != Directive::Run {
+                    let why = "this node does not hold the group: move it here with `resmon move`";
+                    AdminRefused {
+                        group: &self.name,
+                        command: self.controller.describe_command(&command),
+                        why,
+                    }
+                    .emit(&self.shared.sink);
+                    let _ = reply.send(Err(why.to_string()));
+                    return None;
+                }
                 self.admin_reply = Some(Ok(()));
                 self.step(Input::Admin(command));
                 let _ = reply.send(self.admin_reply.take().unwrap_or(Ok(())));
@@ -390,18 +463,10 @@ impl GroupTask {
                     resource: &self.contexts[resource.0].name,
                 }
                 .emit(&self.shared.sink);
-                // The embedded single-node coordinator: this node owns every group and there is
-                // no other node to move to.
-                self.own_inputs
-                    .push_back(Input::FailoverCompleted { moved: false });
+                self.failover = Some(self.link.request_failover());
             }
-            Effect::FailoverFailed => {
-                FailoverFailed {
-                    group: &self.name,
-                    why: "no other node can own the group (single-node coordinator)",
-                }
-                .emit(&self.shared.sink);
-            }
+            // Logged with the coordinator's reason when its answer came.
+            Effect::FailoverFailed => {}
             Effect::RetryScheduled { resource, at } => {
                 RetryScheduled {
                     group: &self.name,
@@ -448,6 +513,15 @@ impl GroupTask {
         s.retry_at = view.retry_at.map(|at| {
             crate::events::unix_now() + at.elapsed().saturating_sub(now.elapsed()).as_secs_f64()
         });
+    }
+}
+
+async fn failover_answer(
+    pending: &mut Option<oneshot::Receiver<FailoverAnswer>>,
+) -> Option<FailoverAnswer> {
+    match pending {
+        Some(answer) => answer.await.ok(),
+        None => std::future::pending().await,
     }
 }
 

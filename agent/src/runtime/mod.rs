@@ -37,16 +37,30 @@ pub struct Shared {
     pub node: String,
     /// Every running group's control handle, for the control API.
     pub admins: std::sync::RwLock<BTreeMap<String, group::GroupAdmin>>,
+    /// Who owns each group: the embedded single-node coordinator, or etcd.
+    pub coordinator: crate::cluster::Coordinator,
     /// Milliseconds since `heartbeat_epoch` when the scheduler last ran its heartbeat task.
     heartbeat_ms: AtomicU64,
     heartbeat_epoch: std::time::Instant,
 }
 
 impl Shared {
-    /// Fresh shared state.
+    /// Fresh shared state, with the embedded single-node coordinator.
     pub fn new(metrics: Arc<Metrics>, log_events: bool, node: String) -> Arc<Self> {
+        let sink = Arc::new(EventSink::new(metrics, log_events));
+        let coordinator = crate::cluster::Coordinator::embedded(&node, sink.clone());
+        Self::with_coordinator(sink, node, coordinator)
+    }
+
+    /// Fresh shared state around a coordinator of the caller's.
+    pub fn with_coordinator(
+        sink: Arc<EventSink>,
+        node: String,
+        coordinator: crate::cluster::Coordinator,
+    ) -> Arc<Self> {
         Arc::new(Shared {
-            sink: Arc::new(EventSink::new(metrics, log_events)),
+            sink,
+            coordinator,
             status: Arc::new(StatusBoard::default()),
             epoch: Instant::now(),
             node,
@@ -233,7 +247,24 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
     let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
 
-    let shared = Shared::new(Arc::new(Metrics::new()), true, config.agent.node.clone());
+    let sink = Arc::new(EventSink::new(Arc::new(Metrics::new()), true));
+    let (node, coordinator) = match &config.cluster {
+        Some(cluster) => {
+            let node = cluster.node_name(&config.agent);
+            let coordinator = crate::cluster::Coordinator::etcd(
+                &node,
+                cluster.clone(),
+                &config.agent.state_dir,
+                sink.clone(),
+            );
+            (node, coordinator)
+        }
+        None => (
+            config.agent.node.clone(),
+            crate::cluster::Coordinator::embedded(&config.agent.node, sink.clone()),
+        ),
+    };
+    let shared = Shared::with_coordinator(sink, node, coordinator);
     tokio::spawn(crate::http::serve(listener, shared.clone()));
     match crate::control::bind(&config.agent.control_socket) {
         Ok(control) => {

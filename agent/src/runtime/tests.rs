@@ -83,7 +83,7 @@ fn resources(names_and_props: &[(&str, &str)]) -> String {
 }
 
 fn state_of(shared: &Shared, resource: &str) -> String {
-    let status = shared.status.snapshot("test");
+    let status = shared.status.snapshot(shared.coordinator.view());
     let r = status.groups[0]
         .resources
         .iter()

@@ -1,0 +1,263 @@
+//! Who owns each group: the coordinator boundary between the groups and the cluster.
+//!
+//! A group task never decides on its own that it may run: it follows a [`Directive`] from the
+//! coordinator (`run` only while this node holds the group, `stop` otherwise) and hands it
+//! failover requests and the news that it is offline. Two implementations:
+//!
+//! - the embedded single-node default ([`Coordinator::embedded`]): this node owns every group,
+//!   and a failover has nowhere to go;
+//! - [`etcd`]: ownership keys under this node's lease in etcd, changed only by transactions on
+//!   revisions, with self-fencing when the lease cannot be renewed in time.
+//!
+//! Where a group goes is decided by the pure [`resmon_policies::placement`] rules.
+
+pub mod etcd;
+
+use crate::config::ClusterConfig;
+use resmon_policies::placement::Placement;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What a group is told to do on this node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Directive {
+    /// Not known yet (the coordinator has not reached the cluster): change nothing.
+    Wait,
+    /// This node holds the group: keep it online.
+    Run,
+    /// This node does not hold it (or is letting it go, or fenced itself): take it offline and
+    /// report [`GroupLink::released`] once it is.
+    Stop,
+}
+
+/// The answer to a failover request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FailoverAnswer {
+    /// Another node will take the group.
+    pub moved: bool,
+    /// Where it goes, or why it does not.
+    pub detail: String,
+}
+
+/// Requests from groups and the control API to the coordinator's task.
+pub(crate) enum Request {
+    Register {
+        group: String,
+        placement: Placement,
+        directive: watch::Sender<Directive>,
+    },
+    Unregister {
+        group: String,
+    },
+    Failover {
+        group: String,
+        reply: oneshot::Sender<FailoverAnswer>,
+    },
+    Released {
+        group: String,
+    },
+    Move {
+        group: String,
+        to: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+}
+
+/// A group's line to the coordinator.
+pub struct GroupLink {
+    group: String,
+    /// What the group must do; changes as ownership changes.
+    pub directive: watch::Receiver<Directive>,
+    requests: mpsc::UnboundedSender<Request>,
+}
+
+impl GroupLink {
+    /// Asks to fail the group over; the answer comes later on the receiver.
+    pub fn request_failover(&self) -> oneshot::Receiver<FailoverAnswer> {
+        let (reply, answer) = oneshot::channel();
+        let _ = self.requests.send(Request::Failover {
+            group: self.group.clone(),
+            reply,
+        });
+        answer
+    }
+
+    /// Tells the coordinator that the group is offline after a [`Directive::Stop`]: the
+    /// ownership key can go.
+    pub fn released(&self) {
+        let _ = self.requests.send(Request::Released {
+            group: self.group.clone(),
+        });
+    }
+}
+
+impl Drop for GroupLink {
+    fn drop(&mut self) {
+        let _ = self.requests.send(Request::Unregister {
+            group: self.group.clone(),
+        });
+    }
+}
+
+/// The cluster as this node sees it, for `resmon status` and `/api/v1/status`.
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
+pub struct ClusterView {
+    /// `embedded` or `etcd`.
+    pub coordinator: String,
+    /// This node.
+    pub node: String,
+    /// Whether the coordinator is in touch with the cluster (always for the embedded one).
+    pub connected: bool,
+    /// Nodes alive (holding a lease).
+    pub nodes: Vec<String>,
+    /// Owner of every group the cluster knows; `None` while nobody holds it.
+    pub owners: BTreeMap<String, Option<String>>,
+}
+
+/// The coordinator: cheap to clone, shared by the groups and the control API.
+#[derive(Clone)]
+pub struct Coordinator {
+    node: String,
+    requests: mpsc::UnboundedSender<Request>,
+    view: Arc<Mutex<ClusterView>>,
+}
+
+impl Coordinator {
+    /// The embedded single-node coordinator: this node owns every group.
+    pub fn embedded(node: &str, sink: Arc<crate::events::EventSink>) -> Coordinator {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let view = Arc::new(Mutex::new(ClusterView {
+            coordinator: "embedded".into(),
+            node: node.to_string(),
+            connected: true,
+            nodes: vec![node.to_string()],
+            owners: BTreeMap::new(),
+        }));
+        tokio::spawn(embedded(node.to_string(), rx, view.clone(), sink));
+        Coordinator {
+            node: node.to_string(),
+            requests,
+            view,
+        }
+    }
+
+    /// The etcd coordinator for `config`; its session task starts at once.
+    pub fn etcd(
+        node: &str,
+        config: ClusterConfig,
+        state_dir: &std::path::Path,
+        sink: Arc<crate::events::EventSink>,
+    ) -> Coordinator {
+        let (requests, rx) = mpsc::unbounded_channel();
+        let view = Arc::new(Mutex::new(ClusterView {
+            coordinator: "etcd".into(),
+            node: node.to_string(),
+            ..ClusterView::default()
+        }));
+        etcd::spawn(
+            node.to_string(),
+            config,
+            state_dir.to_path_buf(),
+            rx,
+            view.clone(),
+            sink,
+        );
+        Coordinator {
+            node: node.to_string(),
+            requests,
+            view,
+        }
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.node
+    }
+
+    /// Registers a group; its directive starts at [`Directive::Wait`].
+    pub fn register(&self, group: &str, placement: Placement) -> GroupLink {
+        let (tx, rx) = watch::channel(Directive::Wait);
+        let _ = self.requests.send(Request::Register {
+            group: group.to_string(),
+            placement,
+            directive: tx,
+        });
+        GroupLink {
+            group: group.to_string(),
+            directive: rx,
+            requests: self.requests.clone(),
+        }
+    }
+
+    /// Asks that `group` move to `to` (or the best other node); returns where it goes.
+    pub async fn move_group(&self, group: &str, to: Option<String>) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Move {
+                group: group.to_string(),
+                to,
+                reply,
+            })
+            .map_err(|_| "the coordinator has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the coordinator has stopped".to_string())?
+    }
+
+    /// The cluster as this node sees it.
+    pub fn view(&self) -> ClusterView {
+        self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// The embedded coordinator's task: every registered group runs here.
+async fn embedded(
+    node: String,
+    mut rx: mpsc::UnboundedReceiver<Request>,
+    view: Arc<Mutex<ClusterView>>,
+    sink: Arc<crate::events::EventSink>,
+) {
+    let mut groups: BTreeMap<String, watch::Sender<Directive>> = BTreeMap::new();
+    while let Some(request) = rx.recv().await {
+        match request {
+            Request::Register {
+                group, directive, ..
+            } => {
+                directive.send_replace(Directive::Run);
+                sink.metrics().group_owner(&group, &node, true);
+                view.lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .owners
+                    .insert(group.clone(), Some(node.clone()));
+                groups.insert(group, directive);
+            }
+            Request::Unregister { group } => {
+                // A reload registers the new group before the old link is dropped.
+                if groups.get(&group).is_some_and(|d| d.is_closed()) {
+                    groups.remove(&group);
+                    sink.metrics().group_owner(&group, &node, false);
+                    view.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .owners
+                        .remove(&group);
+                }
+            }
+            Request::Failover { reply, .. } => {
+                let _ = reply.send(FailoverAnswer {
+                    moved: false,
+                    detail: "no other node can own the group (single-node coordinator)".into(),
+                });
+            }
+            Request::Released { .. } => {}
+            Request::Move { reply, .. } => {
+                let _ = reply.send(Err(
+                    "this agent runs the single-node coordinator: configure [cluster] to move groups between nodes"
+                        .into(),
+                ));
+            }
+        }
+    }
+}
