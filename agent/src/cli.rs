@@ -624,28 +624,21 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
     let widths: Vec<usize> = (0..rows[0].len())
         .map(|i| rows.iter().map(|r| r[i].len()).max().unwrap_or(0))
         .collect();
-    let mut out = format!("node {}, resmon {}\n", status.node, status.version);
     let c = &status.cluster;
-    out.push_str(&format!(
-        "cluster: {} coordinator, {}; nodes {}\n",
-        c.coordinator,
-        if c.connected {
-            "connected"
-        } else {
-            "NOT CONNECTED"
-        },
-        if c.nodes.is_empty() {
-            "-".to_string()
-        } else {
-            c.nodes.join(", ")
-        },
-    ));
-    for (group, owner) in &c.owners {
-        out.push_str(&format!(
-            "group {group}: owner {}\n",
-            owner.as_deref().unwrap_or("none")
-        ));
-    }
+    let connected = if c.connected {
+        "connected"
+    } else {
+        "NOT CONNECTED"
+    };
+    let nodes = if c.nodes.is_empty() {
+        "-".to_string()
+    } else {
+        c.nodes.join(", ")
+    };
+    let mut out = format!(
+        "node {}, resmon {}, {} coordinator {connected}, nodes: {nodes}\n",
+        status.node, status.version, c.coordinator
+    );
     for row in rows {
         let line: Vec<String> = row
             .iter()
@@ -654,6 +647,13 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
+    }
+    // Owners cluster-wide, also of the groups that run elsewhere.
+    for (group, owner) in &c.owners {
+        out.push_str(&format!(
+            "group {group}: owner {}\n",
+            owner.as_deref().unwrap_or("none")
+        ));
     }
     out
 }

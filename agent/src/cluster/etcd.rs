@@ -243,13 +243,25 @@ impl EtcdCoordinator {
     }
 
     async fn run(mut self) {
+        let started = Instant::now();
+        let mut ever_connected = false;
         loop {
             let why = self.session().await;
+            ever_connected |= self.view().connected;
+            // Never reached etcd since the start: what this node adopted may be owned elsewhere
+            // by now; the same deadline as the fence applies.
+            if !ever_connected && started.elapsed() >= self.fence.window {
+                self.fence.stop_all();
+            }
             let was_connected = self.view().connected;
             self.fence.fenced.store(false, Ordering::SeqCst);
-            *self.fence.renewed.lock().unwrap_or_else(|e| e.into_inner()) = None;
-            // Whatever still runs here is not known to be ours any more.
-            self.fence.stop_all();
+            // A broken connection is not a lost lease: the groups keep running until the fence
+            // says the lease may be gone, and the next session reuses the lease if it lives.
+            // Only a lease etcd declared expired stops them at once.
+            if !self.lease_file.exists() {
+                *self.fence.renewed.lock().unwrap_or_else(|e| e.into_inner()) = None;
+                self.fence.stop_all();
+            }
             for g in self.groups.values_mut() {
                 g.owner = None;
                 g.releasing = false;
@@ -272,9 +284,12 @@ impl EtcdCoordinator {
             }
             tracing::warn!("cluster session ended: {why}");
             // Keep answering the groups while waiting to try again.
-            let retry = Instant::now() + Duration::from_millis(500);
+            let retry = Instant::now() + Duration::from_millis(100);
             while let Ok(Some(request)) = tokio::time::timeout_at(retry, self.rx.recv()).await {
                 self.offline_request(request);
+            }
+            if !ever_connected && started.elapsed() >= self.fence.window {
+                self.fence.stop_all();
             }
             if self.rx.is_closed() {
                 return;

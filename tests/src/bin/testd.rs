@@ -1,8 +1,9 @@
 //! `resmon-testd`: a small daemon the end-to-end tests supervise as a `process` resource.
 //!
-//! `resmon-testd [--listen ADDR] [--ignore-term] [--exit-after MS] [--banner TEXT]`:
-//! listens on ADDR (answering each connection with TEXT and closing it), ignores SIGTERM when
-//! asked, and exits with status 3 after MS milliseconds when asked.
+//! `resmon-testd [--listen ADDR] [--ignore-term] [--exit-after MS] [--banner TEXT] [--http]`:
+//! listens on ADDR (answering each connection with TEXT and closing it; with `--http`, reading
+//! the request first and answering `200 OK` with TEXT as the body), ignores SIGTERM when asked,
+//! and exits with status 3 after MS milliseconds when asked.
 
 use std::io::Write;
 use std::time::Duration;
@@ -13,12 +14,14 @@ fn main() {
     let mut ignore_term = false;
     let mut exit_after = None;
     let mut banner = String::from("hello\r\n");
+    let mut http = false;
     while let Some(a) = args.next() {
         match a.as_str() {
             "--listen" => listen = args.next(),
             "--ignore-term" => ignore_term = true,
             "--exit-after" => exit_after = args.next().and_then(|v| v.parse::<u64>().ok()),
             "--banner" => banner = args.next().unwrap_or_default(),
+            "--http" => http = true,
             other => {
                 eprintln!("resmon-testd: unknown argument {other}");
                 std::process::exit(2);
@@ -44,9 +47,29 @@ fn main() {
                 eprintln!("resmon-testd: cannot listen on {addr}: {e}");
                 std::process::exit(1);
             });
+            let answer = if http {
+                format!(
+                    "HTTP/1.0 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{banner}",
+                    banner.len()
+                )
+            } else {
+                banner
+            };
             for conn in listener.incoming().flatten() {
                 let mut conn = conn;
-                let _ = conn.write_all(banner.as_bytes());
+                if http {
+                    // Read the request head, so that closing does not reset the connection.
+                    let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") && head.len() < 65536 {
+                        match std::io::Read::read(&mut conn, &mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                }
+                let _ = conn.write_all(answer.as_bytes());
             }
         }
         None => loop {
