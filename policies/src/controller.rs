@@ -208,6 +208,9 @@ pub enum Cause {
     Retry,
     /// An administrator's command.
     Admin,
+    /// The group was given to this node (a failover, move or failback arrived): what failed
+    /// here before gets a fresh start.
+    Activated,
 }
 
 impl fmt::Display for Cause {
@@ -229,6 +232,7 @@ impl fmt::Display for Cause {
             Cause::Restart => f.write_str("restart"),
             Cause::Retry => f.write_str("retry"),
             Cause::Admin => f.write_str("admin"),
+            Cause::Activated => f.write_str("activated"),
         }
     }
 }
@@ -551,7 +555,19 @@ impl GroupController {
                 }
             }
             Input::Activate => {
-                self.mode = GroupMode::Active;
+                let was = std::mem::replace(&mut self.mode, GroupMode::Active);
+                if was == GroupMode::Stopping {
+                    // The group comes (back) to this node: a failure left from before it went
+                    // away does not keep it from coming online, as a group brought online on a
+                    // node in a cluster starts every resource.
+                    for i in 0..self.resources.len() {
+                        let r = &mut self.resources[i];
+                        if r.state == State::Failed && r.pending.is_none() && !r.admin_offline {
+                            r.escalation = Escalation::None;
+                            self.transition(ResourceId(i), State::Offline, Cause::Activated, out);
+                        }
+                    }
+                }
             }
             Input::Deactivate => {
                 self.mode = GroupMode::Stopping;

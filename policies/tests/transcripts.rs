@@ -220,6 +220,7 @@ impl Harness {
             ["failover", "nowhere"] => Input::FailoverCompleted { moved: false },
             ["tick"] => Input::Tick,
             ["deactivate"] => Input::Deactivate,
+            ["activate"] => Input::Activate,
             _ => panic!("bad input {words:?}"),
         }
     }
