@@ -3,6 +3,7 @@
 //! endpoint, and cleans up every process it started (supervised processes outlive the agent by
 //! design, so the harness kills them through their pid files).
 
+pub mod cluster;
 pub mod procfs;
 pub mod servers;
 

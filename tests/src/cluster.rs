@@ -1,0 +1,427 @@
+//! Several hosts on one machine, for the cluster tests and the failover benchmark: a hub network
+//! namespace with a bridge and a real etcd, and one namespace per node joined to the bridge by a
+//! veth pair, all made by the test and removed on drop.
+//!
+//! Addresses: the hub is 10.88.0.1, node `i` (from 1) is 10.88.0.(10+i), the group's VIP is
+//! 10.88.0.100; all live only inside these namespaces.
+
+use crate::{binary, in_netns, Agent};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// The group's address.
+pub const VIP: &str = "10.88.0.100";
+/// The port the group's service answers on.
+pub const SERVICE_PORT: u16 = 8080;
+
+/// Runs a command; panics with its stderr unless it succeeds; returns stdout.
+pub fn sh(command: &str) -> String {
+    let out = Command::new("sh").arg("-c").arg(command).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{command}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The network, etcd, and the nodes' names.
+pub struct Cluster {
+    /// Everything on disk: etcd's data, the agents' configs and state.
+    pub dir: tempfile::TempDir,
+    /// The hub namespace (bridge, etcd, the observer's vantage point).
+    pub hub: String,
+    /// Node names, `n1`...
+    pub nodes: Vec<String>,
+    tag: String,
+    etcd: Mutex<Option<Child>>,
+}
+
+impl Cluster {
+    /// Makes the namespaces and starts etcd.
+    pub fn new(nodes: usize) -> Cluster {
+        let tag = format!("rc{}", std::process::id());
+        let hub = format!("{tag}-hub");
+        let cluster = Cluster {
+            dir: tempfile::Builder::new()
+                .prefix("resmon-cluster")
+                .tempdir()
+                .unwrap(),
+            hub: hub.clone(),
+            nodes: (1..=nodes).map(|i| format!("n{i}")).collect(),
+            tag,
+            etcd: Mutex::new(None),
+        };
+        cluster.teardown_network();
+        sh(&format!(
+            "ip netns add {hub} && ip -n {hub} link set lo up && \
+             ip -n {hub} link add br0 type bridge && ip -n {hub} link set br0 up && \
+             ip -n {hub} addr add 10.88.0.1/24 dev br0"
+        ));
+        for (i, node) in cluster.nodes.clone().iter().enumerate() {
+            let ns = cluster.netns(node);
+            sh(&format!(
+                "ip netns add {ns} && ip -n {ns} link set lo up && \
+                 ip -n {hub} link add p-{node} type veth peer name eth0 netns {ns} && \
+                 ip -n {hub} link set p-{node} master br0 up && \
+                 ip -n {ns} addr add 10.88.0.{}/24 dev eth0 && ip -n {ns} link set eth0 up",
+                11 + i
+            ));
+        }
+        cluster.start_etcd();
+        cluster
+    }
+
+    /// A node's namespace.
+    pub fn netns(&self, node: &str) -> String {
+        format!("{}-{node}", self.tag)
+    }
+
+    /// The etcd endpoint the agents use.
+    pub fn endpoint(&self) -> &'static str {
+        "http://10.88.0.1:2379"
+    }
+
+    /// Starts etcd in the hub (its data survives a restart); returns once it answers.
+    pub fn start_etcd(&self) {
+        let data = self.dir.path().join("etcd");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .unwrap();
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.hub, "etcd", "--name", "hub"])
+            .arg("--data-dir")
+            .arg(&data)
+            .args([
+                "--listen-client-urls=http://10.88.0.1:2379",
+                "--advertise-client-urls=http://10.88.0.1:2379",
+                "--listen-peer-urls=http://127.0.0.1:2380",
+                "--initial-advertise-peer-urls=http://127.0.0.1:2380",
+                "--initial-cluster=hub=http://127.0.0.1:2380",
+                // A single member elects itself after one election timeout: keep it short.
+                "--heartbeat-interval=50",
+                "--election-timeout=250",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (Debian etcd-server) is installed by the test script");
+        *self.etcd.lock().unwrap() = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            let healthy = Command::new("ip")
+                .args(["netns", "exec", &self.hub, "etcdctl"])
+                .args(["--endpoints=http://10.88.0.1:2379", "endpoint", "health"])
+                .env("ETCDCTL_API", "3")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if healthy {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd did not come up: {}",
+            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    /// Stops etcd (SIGTERM) and waits for it.
+    pub fn stop_etcd(&self) {
+        let child = self.etcd.lock().unwrap().take();
+        if let Some(mut child) = child {
+            // SAFETY: signalling our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let _ = child.wait();
+        }
+    }
+
+    /// The config of one node's agent, with `groups` (TOML) appended.
+    pub fn agent_config(&self, node: &str, ttl: &str, groups: &str) -> String {
+        let dir = self.dir.path().join(node);
+        std::fs::create_dir_all(&dir).unwrap();
+        format!(
+            r#"[agent]
+listen = "127.0.0.1:9477"
+node = "{node}"
+state_dir = "{state}"
+control_socket = "{socket}"
+
+[cluster]
+endpoints = ["{endpoint}"]
+lease_ttl = "{ttl}"
+fence_margin = "500ms"
+
+{groups}"#,
+            state = dir.join("state").display(),
+            socket = dir.join("control.sock").display(),
+            endpoint = self.endpoint(),
+        )
+    }
+
+    /// The web group of the tests and the benchmark: the VIP, a service bound to it answering
+    /// with the node's name, and an HTTP check of it.
+    pub fn web_group(&self, node: &str, extra: &str) -> String {
+        let owners: Vec<String> = self.nodes.iter().map(|n| format!("{n:?}")).collect();
+        format!(
+            r#"[[groups]]
+name = "web"
+possible_owners = [{owners}]
+preferred_owners = [{owners}]
+{extra}
+
+[[groups.resources]]
+name = "vip"
+type = "ip"
+address = "{VIP}/24"
+interface = "eth0"
+
+[[groups.resources]]
+name = "server"
+type = "process"
+command = ["{testd}", "--listen", "{VIP}:{SERVICE_PORT}", "--http", "--banner", "{node}"]
+ready_tcp = "{VIP}:{SERVICE_PORT}"
+depends_on = ["vip"]
+restart_threshold = 1
+restart_period = "1h"
+
+[[groups.resources]]
+name = "check"
+type = "http"
+url = "http://{VIP}:{SERVICE_PORT}/"
+depends_on = ["server"]
+is_alive_interval = "1s"
+"#,
+            owners = owners.join(", "),
+            testd = binary("resmon-testd").display(),
+        )
+    }
+
+    /// Starts a node's agent on `config`.
+    pub fn start_agent(&self, node: &str, config: &str) -> Agent {
+        Agent::start_in_netns(config, "127.0.0.1:9477", &self.netns(node))
+    }
+
+    /// Which nodes hold the VIP on a link that is up (able to answer for it).
+    pub fn holders(&self) -> Vec<String> {
+        let mut script = String::new();
+        for node in &self.nodes {
+            script.push_str(&format!(
+                "echo {node} $(ip -n {} -br addr show dev eth0 2>/dev/null);",
+                self.netns(node)
+            ));
+        }
+        let out = Command::new("sh").arg("-c").arg(&script).output().unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut words = line.split_whitespace();
+                let node = words.next()?;
+                let _ifname = words.next()?;
+                let state = words.next()?;
+                let holds = words.any(|w| w.starts_with(&format!("{VIP}/")));
+                (state == "UP" && holds).then(|| node.to_string())
+            })
+            .collect()
+    }
+
+    /// Who answers on the VIP, asked from the hub (a client outside every node).
+    pub fn answer(&self) -> Option<String> {
+        in_netns(&self.hub, || {
+            let address: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
+            let mut s = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
+            s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
+            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+            let mut response = String::new();
+            s.read_to_string(&mut response).ok()?;
+            response
+                .split_once("\r\n\r\n")
+                .map(|(_, body)| body.trim().to_string())
+                .filter(|b| !b.is_empty())
+        })
+    }
+
+    /// Waits until the VIP answers from `node`; returns how long that took.
+    pub fn wait_answer(&self, node: &str, timeout: Duration) -> Duration {
+        let started = Instant::now();
+        while started.elapsed() < timeout {
+            if self.answer().as_deref() == Some(node) {
+                return started.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!(
+            "the VIP did not answer from {node} within {timeout:?}; holders {:?}, answer {:?}",
+            self.holders(),
+            self.answer()
+        );
+    }
+
+    /// Cuts a node's cable (its port on the bridge goes down).
+    pub fn cut(&self, node: &str) {
+        sh(&format!("ip -n {} link set p-{node} down", self.hub));
+    }
+
+    /// Plugs it back.
+    pub fn mend(&self, node: &str) {
+        sh(&format!("ip -n {} link set p-{node} up", self.hub));
+    }
+
+    /// Kills every process running in a node's namespace, its agent and what its groups
+    /// started: a machine that dies takes them all with it.
+    pub fn kill_all(&self, node: &str) {
+        let _ = Command::new("ip")
+            .args(["netns", "pids", &self.netns(node)])
+            .output()
+            .map(|out| {
+                for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+                    if let Ok(pid) = pid.parse::<i32>() {
+                        // SAFETY: a signal to a process of the test's own namespace.
+                        unsafe { libc::kill(pid, libc::SIGKILL) };
+                    }
+                }
+            });
+    }
+
+    /// Removes the VIP from a node (what a dead machine's address does).
+    pub fn drop_vip(&self, node: &str) {
+        let _ = Command::new("ip")
+            .args(["-n", &self.netns(node), "addr", "del"])
+            .arg(format!("{VIP}/24"))
+            .args(["dev", "eth0"])
+            .stderr(Stdio::null())
+            .status();
+    }
+
+    fn teardown_network(&self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.hub])
+            .stderr(Stdio::null())
+            .status();
+        for node in &self.nodes {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.netns(node)])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+
+    /// The path of a node's state directory.
+    pub fn state_dir(&self, node: &str) -> PathBuf {
+        self.dir.path().join(node).join("state")
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        self.stop_etcd();
+        for node in self.nodes.clone() {
+            self.kill_all(&node);
+        }
+        self.teardown_network();
+    }
+}
+
+/// One observation: when, which nodes held the VIP, and who answered on it.
+#[derive(Clone, Debug)]
+pub struct Sample {
+    /// Since the observer started.
+    pub at: Duration,
+    /// Nodes holding the VIP on a link that is up.
+    pub holders: Vec<String>,
+    /// Who answered on the VIP.
+    pub answer: Option<String>,
+}
+
+/// Records every 50 ms which node holds and answers on the VIP, until stopped.
+pub struct Observer {
+    samples: Arc<Mutex<Vec<Sample>>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Observer {
+    /// Starts observing `cluster` (which must outlive it).
+    pub fn start(cluster: &Arc<Cluster>) -> Observer {
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let (samples, stop, cluster) = (samples.clone(), stop.clone(), cluster.clone());
+            std::thread::spawn(move || {
+                let started = Instant::now();
+                // Bounded: a test that forgets to stop it still ends.
+                while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(900) {
+                    let tick = Instant::now();
+                    let sample = Sample {
+                        at: started.elapsed(),
+                        holders: cluster.holders(),
+                        answer: cluster.answer(),
+                    };
+                    samples.lock().unwrap().push(sample);
+                    if let Some(rest) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
+                        std::thread::sleep(rest);
+                    }
+                }
+            })
+        };
+        Observer {
+            samples,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops and returns every sample.
+    pub fn finish(mut self) -> Vec<Sample> {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        std::mem::take(&mut *self.samples.lock().unwrap())
+    }
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Writes a keepalived config for one node of the benchmark's comparison.
+pub fn keepalived_config(dir: &Path, node: &str, priority: u8) -> PathBuf {
+    let path = dir.join(format!("keepalived-{node}.conf"));
+    std::fs::write(
+        &path,
+        format!(
+            r#"global_defs {{
+  router_id {node}
+  enable_script_security
+}}
+vrrp_instance web {{
+  state BACKUP
+  interface eth0
+  virtual_router_id 51
+  priority {priority}
+  advert_int 1
+  virtual_ipaddress {{
+    {VIP}/24 dev eth0
+  }}
+}}
+"#
+        ),
+    )
+    .unwrap();
+    path
+}

@@ -1,0 +1,205 @@
+//! Groups across machines: three agents, each in its own network namespace joined to a bridge,
+//! a real etcd, and a group made of an `ip` VIP, a `process` service bound to it and an `http`
+//! check. An observer outside the agents records every 50 ms which namespace holds the VIP and
+//! who answers on it, through every fault: never two at once.
+
+use resmon_e2e::cluster::{Cluster, Observer, Sample};
+use resmon_e2e::{event_time, unix_now, Agent};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const LONG: Duration = Duration::from_secs(30);
+const TTL: &str = "2s";
+
+fn server_pid(cluster: &Cluster, node: &str) -> Option<i32> {
+    std::fs::read_to_string(cluster.state_dir(node).join("web/server.pid"))
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
+
+fn events_since(agent: &Agent, name: &str, since: f64) -> Vec<serde_json::Value> {
+    agent
+        .events_of(name, "")
+        .into_iter()
+        .filter(|e| event_time(e) >= since)
+        .collect()
+}
+
+fn owner_seen_by(agent: &Agent) -> Option<String> {
+    agent.status()["cluster"]["owners"]["web"]
+        .as_str()
+        .map(String::from)
+}
+
+fn kill(pid: i32) {
+    // SAFETY: a signal to a process of the test's own.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+}
+
+fn start(cluster: &Cluster, node: &str) -> Agent {
+    let extra = "failover_threshold = 100\nfailover_period = \"1h\"\nfailback = \"immediate\"";
+    cluster.start_agent(
+        node,
+        &cluster.agent_config(node, TTL, &cluster.web_group(node, extra)),
+    )
+}
+
+/// Checks the observer's record: never two holders, and prints what it saw.
+fn check_samples(samples: &[Sample]) {
+    let doubles: Vec<&Sample> = samples.iter().filter(|s| s.holders.len() > 1).collect();
+    let mut seen: BTreeMap<String, usize> = BTreeMap::new();
+    for s in samples {
+        *seen
+            .entry(s.answer.clone().unwrap_or_else(|| "-".into()))
+            .or_default() += 1;
+    }
+    println!(
+        "observer: {} samples over {:.1}s, answers {seen:?}",
+        samples.len(),
+        samples.last().map(|s| s.at.as_secs_f64()).unwrap_or(0.0)
+    );
+    assert!(
+        doubles.is_empty(),
+        "two nodes held the VIP at once: {:?}",
+        &doubles[..doubles.len().min(5)]
+    );
+    assert!(samples.len() > 100, "the observer must have watched");
+}
+
+#[test]
+fn a_group_fails_over_moves_fails_back_and_never_runs_on_two_nodes_at_once() {
+    let cluster = Arc::new(Cluster::new(3));
+    let mut agents: BTreeMap<String, Agent> = BTreeMap::new();
+    for node in cluster.nodes.clone() {
+        agents.insert(node.clone(), start(&cluster, &node));
+    }
+    cluster.wait_answer("n1", LONG);
+    let observer = Observer::start(&cluster);
+    assert_eq!(owner_seen_by(&agents["n3"]).as_deref(), Some("n1"));
+
+    // 1. The owner's service keeps failing: one restart, then a failover to the next
+    //    preferred node; a client outside sees the VIP answered from there.
+    let since = unix_now();
+    let first = server_pid(&cluster, "n1").expect("the server runs on n1");
+    kill(first);
+    agents["n1"].wait_for("the server restarted on n1", LONG, |a| {
+        server_pid(&cluster, "n1").is_some_and(|p| p != first)
+            && a.state("web", "server") == "online"
+    });
+    kill(server_pid(&cluster, "n1").unwrap());
+    cluster.wait_answer("n2", LONG);
+    let moves = events_since(&agents["n1"], "move_started", since);
+    assert!(
+        moves
+            .iter()
+            .any(|e| e["reason"] == "failover" && e["to"] == "n2"),
+        "{moves:?}"
+    );
+    assert!(!events_since(&agents["n1"], "ownership_released", since).is_empty());
+    let taken = events_since(&agents["n2"], "ownership_acquired", since);
+    assert_eq!(taken[0]["reason"], "failover", "{taken:?}");
+    agents["n3"].wait_for("n3 to see n2 own the group", LONG, |a| {
+        owner_seen_by(a).as_deref() == Some("n2")
+    });
+    assert!(agents["n1"]
+        .metrics()
+        .contains("resmon_group_failovers_total{group=\"web\"} 1"));
+
+    // 2. `resmon move` from any node.
+    let (code, out, err) = agents["n1"].cli(&["move", "web", "--to", "n3"]);
+    assert_eq!(code, 0, "{out}{err}");
+    cluster.wait_answer("n3", LONG);
+    let (code, _, err) = agents["n1"].cli(&["move", "web", "--to", "n9"]);
+    assert_ne!(code, 0);
+    assert!(err.contains("n9 is not alive"), "{err}");
+
+    // 3. Failback: n1, the most preferred node, leaves for longer than its lease and comes
+    //    back; the group returns to it.
+    let mut n1 = agents.remove("n1").unwrap();
+    n1.signal(libc::SIGTERM);
+    n1.wait_exit(LONG);
+    std::thread::sleep(Duration::from_secs(3));
+    n1.spawn();
+    cluster.wait_answer("n1", LONG);
+    let back = events_since(&n1, "ownership_acquired", 0.0);
+    assert_eq!(back.last().unwrap()["reason"], "failback", "{back:?}");
+    agents.insert("n1".into(), n1);
+
+    // 4. etcd restarted: nothing moves.
+    let since = unix_now();
+    cluster.stop_etcd();
+    cluster.start_etcd();
+    std::thread::sleep(Duration::from_secs(3));
+    for (node, agent) in &agents {
+        for name in ["ownership_acquired", "ownership_released", "self_fenced"] {
+            let seen = events_since(agent, name, since);
+            assert!(
+                seen.is_empty(),
+                "{node}: {name} after an etcd restart: {seen:?}"
+            );
+        }
+    }
+    assert_eq!(cluster.answer().as_deref(), Some("n1"));
+
+    // 5. The owner is cut off from etcd (its cable): it fences itself, taking the group
+    //    offline before its lease expires, and another node takes over.
+    let since = unix_now();
+    cluster.cut("n1");
+    let took = cluster.wait_answer("n2", LONG);
+    let fenced = events_since(&agents["n1"], "self_fenced", since);
+    assert!(!fenced.is_empty(), "n1 did not fence itself");
+    let fenced_after = event_time(&fenced[0]) - since;
+    assert!(
+        fenced_after < 2.0,
+        "fenced {fenced_after:.2}s after the cut: after the lease"
+    );
+    // The VIP left n1 before its lease could expire and n2 take the group.
+    let vip_down = agents["n1"]
+        .events_of("state_changed", "vip")
+        .into_iter()
+        .find(|e| event_time(e) >= since && e["to"] == "offline")
+        .expect("the VIP was taken offline on n1");
+    let vip_down_after = event_time(&vip_down) - since;
+    assert!(
+        vip_down_after < 2.0,
+        "the VIP left n1 {vip_down_after:.2}s after the cut"
+    );
+    println!(
+        "cut: fenced after {fenced_after:.2}s, answered from n2 after {:.2}s",
+        took.as_secs_f64()
+    );
+    cluster.mend("n1");
+    // n1 comes back with a new lease: the group fails back to it.
+    cluster.wait_answer("n1", LONG);
+
+    // 6. The owner's machine dies: its agent SIGKILLed with everything it ran, its cable cut.
+    let died = Instant::now();
+    cluster.cut("n1");
+    cluster.kill_all("n1");
+    cluster.drop_vip("n1");
+    let took = cluster.wait_answer("n2", LONG);
+    println!(
+        "node death: answered from n2 after {:.2}s",
+        took.as_secs_f64()
+    );
+    assert!(
+        died.elapsed() < Duration::from_secs(2) + Duration::from_secs(3),
+        "not within the TTL plus online time"
+    );
+    agents.remove("n1");
+
+    // 7. Twenty failovers between the two nodes left, by `resmon move`, under the observer.
+    let mut to = "n3";
+    for _ in 0..20 {
+        let (code, out, err) = agents["n2"].cli(&["move", "web", "--to", to]);
+        assert_eq!(code, 0, "{out}{err}");
+        cluster.wait_answer(to, LONG);
+        to = if to == "n3" { "n2" } else { "n3" };
+    }
+
+    check_samples(&observer.finish());
+}
