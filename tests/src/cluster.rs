@@ -414,6 +414,7 @@ vrrp_instance web {{
   interface eth0
   virtual_router_id 51
   priority {priority}
+  nopreempt
   advert_int 1
   virtual_ipaddress {{
     {VIP}/24 dev eth0

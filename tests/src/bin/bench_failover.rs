@@ -1,0 +1,189 @@
+//! `resmon-bench-failover [RUNS]`: failover time, from a node's death to the VIP answering from
+//! another node, for resmon (etcd, 2 s lease) and keepalived (VRRP, Debian's defaults:
+//! `advert_int 1`) moving the same VIP in the same network namespaces in the same run.
+//!
+//! A node dies the way a machine does: its cable is cut (its bridge port goes down), every
+//! process in its namespace is killed, and its addresses are gone. The clock starts at the
+//! cut; it stops when a client in the hub namespace gets an answer from another node. The dead
+//! node is then brought back (as a backup: resmon with `failback = "never"`, keepalived with
+//! `nopreempt`) before the next run kills the new owner. Needs root, etcd and keepalived.
+
+use resmon_e2e::cluster::{keepalived_config, Cluster};
+use resmon_e2e::{binary, Agent};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const TIMEOUT: Duration = Duration::from_secs(30);
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i.min(sorted.len() - 1)]
+}
+
+fn summary(name: &str, mut times: Vec<f64>) -> (f64, f64) {
+    times.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let (median, p99) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    println!(
+        "{name:<11} runs {:>2}  median {median:.3} s  p99 {p99:.3} s  min {:.3} s  max {:.3} s",
+        times.len(),
+        times[0],
+        times[times.len() - 1]
+    );
+    (median, p99)
+}
+
+/// Kills `node` like a dead machine and times until another node answers on the VIP.
+fn kill_and_time(cluster: &Cluster, node: &str) -> (f64, String) {
+    let started = Instant::now();
+    cluster.cut(node);
+    cluster.kill_all(node);
+    cluster.drop_vip(node);
+    while started.elapsed() < TIMEOUT {
+        if let Some(answer) = cluster.answer() {
+            if answer != node {
+                return (started.elapsed().as_secs_f64(), answer);
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for n in &cluster.nodes {
+        let log = cluster.dir.path().join(n).join("keepalived.log");
+        if let Ok(text) = std::fs::read_to_string(&log) {
+            let tail: Vec<&str> = text.lines().rev().take(8).collect();
+            eprintln!("{n} keepalived.log (last lines, newest first): {tail:#?}");
+        }
+    }
+    panic!(
+        "no other node answered within {TIMEOUT:?}; holders {:?}",
+        cluster.holders()
+    );
+}
+
+fn owner(cluster: &Cluster) -> String {
+    let started = Instant::now();
+    while started.elapsed() < TIMEOUT {
+        if let Some(a) = cluster.answer() {
+            return a;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nobody answers on the VIP");
+}
+
+fn resmon_runs(cluster: &Cluster, runs: usize) -> Vec<f64> {
+    let config = |node: &str| {
+        cluster.agent_config(
+            node,
+            "2s",
+            &cluster.web_group(node, "failover_threshold = 1000\nfailback = \"never\""),
+        )
+    };
+    let mut agents: Vec<(String, Agent)> = cluster
+        .nodes
+        .iter()
+        .map(|n| (n.clone(), cluster.start_agent(n, &config(n))))
+        .collect();
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let victim = owner(cluster);
+        let (seconds, to) = kill_and_time(cluster, &victim);
+        println!("resmon     run {run:>2}: {victim} died, {to} answered after {seconds:.3} s");
+        times.push(seconds);
+        // Back as a backup, with a new lease, before the next run.
+        cluster.mend(&victim);
+        let agent = &mut agents.iter_mut().find(|(n, _)| *n == victim).unwrap().1;
+        agent.spawn();
+        agent.wait_for("the node to rejoin", TIMEOUT, |a| {
+            a.status()["cluster"]["connected"] == true
+        });
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    for node in &cluster.nodes {
+        cluster.kill_all(node);
+        cluster.drop_vip(node);
+    }
+    times
+}
+
+fn start_keepalived(cluster: &Cluster, node: &str, priority: u8) -> Child {
+    let dir = cluster.dir.path().join(node);
+    std::fs::create_dir_all(&dir).unwrap();
+    let conf = keepalived_config(&dir, node, priority);
+    // A killed keepalived leaves its pid files, and a new one then refuses to start.
+    for pid in ["keepalived.pid", "vrrp.pid", "checkers.pid"] {
+        let _ = std::fs::remove_file(dir.join(pid));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("keepalived.log"))
+        .unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", &cluster.netns(node), "keepalived"])
+        .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
+        .arg(&conf)
+        .arg(format!("--pid={}", dir.join("keepalived.pid").display()))
+        .arg(format!("--vrrp_pid={}", dir.join("vrrp.pid").display()))
+        .arg(format!(
+            "--checkers_pid={}",
+            dir.join("checkers.pid").display()
+        ))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("keepalived is installed (apt-get install keepalived)")
+}
+
+fn start_service(cluster: &Cluster, node: &str) -> Child {
+    // Bound to every address: keepalived only moves the VIP, the service runs everywhere.
+    Command::new("ip")
+        .args(["netns", "exec", &cluster.netns(node)])
+        .arg(binary("resmon-testd"))
+        .args(["--listen", "0.0.0.0:8080", "--http", "--banner", node])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+fn keepalived_runs(cluster: &Cluster, runs: usize) -> Vec<f64> {
+    let priority = |node: &str| 100 - 10 * (node[1..].parse::<u8>().unwrap_or(1) - 1);
+    for node in &cluster.nodes {
+        start_service(cluster, node);
+        start_keepalived(cluster, node, priority(node));
+    }
+    let mut times = Vec::new();
+    for run in 0..runs {
+        let victim = owner(cluster);
+        let (seconds, to) = kill_and_time(cluster, &victim);
+        println!("keepalived run {run:>2}: {victim} died, {to} answered after {seconds:.3} s");
+        times.push(seconds);
+        cluster.mend(&victim);
+        start_service(cluster, &victim);
+        start_keepalived(cluster, &victim, priority(&victim));
+        // Let it settle as a backup (nopreempt) before the next run.
+        std::thread::sleep(Duration::from_secs(4));
+    }
+    times
+}
+
+fn main() {
+    let runs: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(20);
+    let cluster = Cluster::new(3);
+    println!(
+        "failover benchmark: {runs} runs each, 3 nodes, kill = cable cut + every process killed"
+    );
+    let resmon = resmon_runs(&cluster, runs);
+    let keepalived = keepalived_runs(&cluster, runs);
+    println!();
+    let (rm, rp) = summary("resmon", resmon);
+    let (km, kp) = summary("keepalived", keepalived);
+    println!(
+        "ratio resmon/keepalived: median {:.2}x, p99 {:.2}x (target: within 1.5x)",
+        rm / km,
+        rp / kp
+    );
+}
