@@ -213,8 +213,17 @@ is_alive_interval = "1s"
 
     /// Which nodes hold the VIP on a link that is up (able to answer for it).
     pub fn holders(&self) -> Vec<String> {
+        self.holders_in(self.nodes.iter())
+    }
+
+    /// [`Cluster::holders`], reading the nodes in the opposite order.
+    pub fn holders_reversed(&self) -> Vec<String> {
+        self.holders_in(self.nodes.iter().rev())
+    }
+
+    fn holders_in<'a>(&self, nodes: impl Iterator<Item = &'a String>) -> Vec<String> {
         let mut script = String::new();
-        for node in &self.nodes {
+        for node in nodes {
             script.push_str(&format!(
                 "echo {node} $(ip -n {} -br addr show dev eth0 2>/dev/null);",
                 self.netns(node)
@@ -236,18 +245,7 @@ is_alive_interval = "1s"
 
     /// Who answers on the VIP, asked from the hub (a client outside every node).
     pub fn answer(&self) -> Option<String> {
-        in_netns(&self.hub, || {
-            let address: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
-            let mut s = TcpStream::connect_timeout(&address, Duration::from_millis(300)).ok()?;
-            s.set_read_timeout(Some(Duration::from_millis(500))).ok()?;
-            s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
-            let mut response = String::new();
-            s.read_to_string(&mut response).ok()?;
-            response
-                .split_once("\r\n\r\n")
-                .map(|(_, body)| body.trim().to_string())
-                .filter(|b| !b.is_empty())
-        })
+        in_netns(&self.hub, ask_vip)
     }
 
     /// Waits until the VIP answers from `node`; returns how long that took.
@@ -331,6 +329,22 @@ impl Drop for Cluster {
     }
 }
 
+/// Asks the service on the VIP who it is, from the calling thread's network namespace.
+fn ask_vip() -> Option<String> {
+    let address: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
+    // On this bridge an answer takes well under a millisecond: a VIP that does not answer in
+    // 40 ms counts as not answering, so that the observer keeps its 50 ms cadence.
+    let mut s = TcpStream::connect_timeout(&address, Duration::from_millis(40)).ok()?;
+    s.set_read_timeout(Some(Duration::from_millis(200))).ok()?;
+    s.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    s.read_to_string(&mut response).ok()?;
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.trim().to_string())
+        .filter(|b| !b.is_empty())
+}
+
 /// One observation: when, which nodes held the VIP, and who answered on it.
 #[derive(Clone, Debug)]
 pub struct Sample {
@@ -357,14 +371,34 @@ impl Observer {
         let thread = {
             let (samples, stop, cluster) = (samples.clone(), stop.clone(), cluster.clone());
             std::thread::spawn(move || {
+                // The observer lives in the hub, outside every node: it enters once.
+                let hub = std::fs::File::open(format!("/run/netns/{}", cluster.hub)).unwrap();
+                // SAFETY: setns on a valid descriptor changes only this thread's namespace.
+                let entered = unsafe {
+                    libc::setns(std::os::fd::AsRawFd::as_raw_fd(&hub), libc::CLONE_NEWNET)
+                };
+                assert_eq!(entered, 0, "enter the hub namespace");
                 let started = Instant::now();
                 // Bounded: a test that forgets to stop it still ends.
                 while !stop.load(Ordering::SeqCst) && started.elapsed() < Duration::from_secs(900) {
                     let tick = Instant::now();
+                    // Two scans in opposite orders: a VIP that moves from a node read early to
+                    // one read late shows in one scan only, while two nodes that really hold it
+                    // at once show in both.
+                    let forward = cluster.holders();
+                    let answer = ask_vip();
+                    let backward = cluster.holders_reversed();
+                    let holders = if forward.len() > 1 && backward.len() > 1 {
+                        forward
+                    } else if forward.len() <= backward.len() {
+                        forward
+                    } else {
+                        backward
+                    };
                     let sample = Sample {
-                        at: started.elapsed(),
-                        holders: cluster.holders(),
-                        answer: cluster.answer(),
+                        at: tick.duration_since(started),
+                        holders,
+                        answer,
                     };
                     samples.lock().unwrap().push(sample);
                     if let Some(rest) = Duration::from_millis(50).checked_sub(tick.elapsed()) {
