@@ -108,6 +108,16 @@ fn a_group_fails_over_moves_fails_back_and_never_runs_on_two_nodes_at_once() {
     assert!(agents["n1"]
         .metrics()
         .contains("resmon_group_failovers_total{group=\"web\"} 1"));
+    let metrics = agents["n2"].metrics();
+    assert!(metrics.contains("resmon_coordinator_up 1"), "{metrics}");
+    assert!(
+        metrics.contains("resmon_group_owner{group=\"web\",node=\"n2\"} 1"),
+        "{metrics}"
+    );
+    assert!(
+        resmon_e2e::metric_sum(&metrics, "resmon_coordinator_lease_renew_seconds_count") > 0.0,
+        "{metrics}"
+    );
 
     // 2. `resmon move` from any node.
     let (code, out, err) = agents["n1"].cli(&["move", "web", "--to", "n3"]);
