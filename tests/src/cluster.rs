@@ -40,18 +40,97 @@ pub struct Cluster {
     pub nodes: Vec<String>,
     tag: String,
     etcd: Mutex<Option<Child>>,
+    tls: Option<EtcdTls>,
+}
+
+/// Certificates for an etcd that speaks TLS and asks clients for theirs.
+pub struct EtcdTls {
+    /// The CA that signed both.
+    pub ca: PathBuf,
+    /// etcd's certificate (for 10.88.0.1) and key.
+    pub server: (PathBuf, PathBuf),
+    /// A client certificate and key the CA signed.
+    pub client: (PathBuf, PathBuf),
+}
+
+impl EtcdTls {
+    /// Makes a CA, a server certificate for the hub's address and a client certificate.
+    pub fn new(dir: &Path) -> EtcdTls {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "resmon etcd CA");
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issue =
+            |name: &str, sans: Vec<rcgen::SanType>, usage: rcgen::ExtendedKeyUsagePurpose| {
+                let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+                params.subject_alt_names = sans;
+                params
+                    .distinguished_name
+                    .push(rcgen::DnType::CommonName, name);
+                params.extended_key_usages = vec![usage];
+                let key = rcgen::KeyPair::generate().unwrap();
+                let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+                let (cert_path, key_path) = (
+                    dir.join(format!("{name}.pem")),
+                    dir.join(format!("{name}-key.pem")),
+                );
+                std::fs::write(&cert_path, cert.pem()).unwrap();
+                std::fs::write(&key_path, key.serialize_pem()).unwrap();
+                (cert_path, key_path)
+            };
+        let server = issue(
+            "etcd",
+            vec![rcgen::SanType::IpAddress(std::net::IpAddr::from([
+                10, 88, 0, 1,
+            ]))],
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        );
+        let client = issue(
+            "resmon",
+            vec![rcgen::SanType::DnsName("resmon".try_into().unwrap())],
+            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+        );
+        let ca_path = dir.join("ca.pem");
+        std::fs::write(&ca_path, ca.pem()).unwrap();
+        EtcdTls {
+            ca: ca_path,
+            server,
+            client,
+        }
+    }
 }
 
 impl Cluster {
     /// Makes the namespaces and starts etcd.
     pub fn new(nodes: usize) -> Cluster {
-        let tag = format!("rc{}", std::process::id());
+        Self::build(nodes, false)
+    }
+
+    /// Like [`Cluster::new`], with etcd on TLS and requiring client certificates.
+    pub fn new_tls(nodes: usize) -> Cluster {
+        Self::build(nodes, true)
+    }
+
+    fn build(nodes: usize, tls: bool) -> Cluster {
+        let dir = tempfile::Builder::new()
+            .prefix("resmon-cluster")
+            .tempdir()
+            .unwrap();
+        let tls = tls.then(|| EtcdTls::new(dir.path()));
+        // Unique per cluster: tests of one binary run at the same time.
+        static CLUSTERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let tag = format!(
+            "rc{}x{}",
+            std::process::id(),
+            CLUSTERS.fetch_add(1, Ordering::SeqCst)
+        );
         let hub = format!("{tag}-hub");
         let cluster = Cluster {
-            dir: tempfile::Builder::new()
-                .prefix("resmon-cluster")
-                .tempdir()
-                .unwrap(),
+            dir,
+            tls,
             hub: hub.clone(),
             nodes: (1..=nodes).map(|i| format!("n{i}")).collect(),
             tag,
@@ -84,7 +163,27 @@ impl Cluster {
 
     /// The etcd endpoint the agents use.
     pub fn endpoint(&self) -> &'static str {
-        "http://10.88.0.1:2379"
+        if self.tls.is_some() {
+            "https://10.88.0.1:2379"
+        } else {
+            "http://10.88.0.1:2379"
+        }
+    }
+
+    /// The TLS material, when etcd speaks TLS.
+    pub fn tls(&self) -> Option<&EtcdTls> {
+        self.tls.as_ref()
+    }
+
+    fn etcdctl_tls(&self) -> Vec<String> {
+        match &self.tls {
+            Some(t) => vec![
+                format!("--cacert={}", t.ca.display()),
+                format!("--cert={}", t.client.0.display()),
+                format!("--key={}", t.client.1.display()),
+            ],
+            None => Vec::new(),
+        }
     }
 
     /// Starts etcd in the hub (its data survives a restart); returns once it answers.
@@ -95,13 +194,20 @@ impl Cluster {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .unwrap();
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.hub, "etcd", "--name", "hub"])
+        let mut etcd = Command::new("ip");
+        etcd.args(["netns", "exec", &self.hub, "etcd", "--name", "hub"])
             .arg("--data-dir")
             .arg(&data)
+            .arg(format!("--listen-client-urls={}", self.endpoint()))
+            .arg(format!("--advertise-client-urls={}", self.endpoint()));
+        if let Some(t) = &self.tls {
+            etcd.arg(format!("--cert-file={}", t.server.0.display()))
+                .arg(format!("--key-file={}", t.server.1.display()))
+                .arg(format!("--trusted-ca-file={}", t.ca.display()))
+                .arg("--client-cert-auth");
+        }
+        let child = etcd
             .args([
-                "--listen-client-urls=http://10.88.0.1:2379",
-                "--advertise-client-urls=http://10.88.0.1:2379",
                 "--listen-peer-urls=http://127.0.0.1:2380",
                 "--initial-advertise-peer-urls=http://127.0.0.1:2380",
                 "--initial-cluster=hub=http://127.0.0.1:2380",
@@ -118,7 +224,9 @@ impl Cluster {
         while Instant::now() < deadline {
             let healthy = Command::new("ip")
                 .args(["netns", "exec", &self.hub, "etcdctl"])
-                .args(["--endpoints=http://10.88.0.1:2379", "endpoint", "health"])
+                .arg(format!("--endpoints={}", self.endpoint()))
+                .args(self.etcdctl_tls())
+                .args(["endpoint", "health"])
                 .env("ETCDCTL_API", "3")
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -160,11 +268,20 @@ control_socket = "{socket}"
 endpoints = ["{endpoint}"]
 lease_ttl = "{ttl}"
 fence_margin = "500ms"
-
+{tls}
 {groups}"#,
             state = dir.join("state").display(),
             socket = dir.join("control.sock").display(),
             endpoint = self.endpoint(),
+            tls = match &self.tls {
+                Some(t) => format!(
+                    "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
+                    t.ca.display().to_string(),
+                    t.client.0.display().to_string(),
+                    t.client.1.display().to_string()
+                ),
+                None => String::new(),
+            },
         )
     }
 

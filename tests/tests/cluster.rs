@@ -213,3 +213,48 @@ fn a_group_fails_over_moves_fails_back_and_never_runs_on_two_nodes_at_once() {
 
     check_samples(&observer.finish());
 }
+
+/// etcd on TLS that requires client certificates: the agent connects with the `[cluster]`
+/// TLS keys and takes its group; without a client certificate it is refused, and it does not
+/// run the group it cannot hold.
+#[test]
+fn the_coordinator_reaches_etcd_over_tls_with_a_client_certificate() {
+    let cluster = Cluster::new_tls(1);
+    let agent = start(&cluster, "n1");
+    cluster.wait_answer("n1", LONG);
+    let connected = agent.events_of("coordinator_connected", "");
+    assert_eq!(connected.len(), 1, "{connected:?}");
+    drop(agent);
+    cluster.kill_all("n1");
+    cluster.drop_vip("n1");
+
+    // The same agent without its client certificate.
+    let tls = cluster.tls().unwrap();
+    let config = cluster
+        .agent_config(
+            "n1",
+            TTL,
+            &cluster.web_group("n1", "failover_threshold = 100"),
+        )
+        .replace(
+            &format!("cert_file = {:?}\n", tls.client.0.display().to_string()),
+            "",
+        )
+        .replace(
+            &format!("key_file = {:?}\n", tls.client.1.display().to_string()),
+            "",
+        );
+    assert!(!config.contains("cert_file"), "{config}");
+    let agent = cluster.start_agent("n1", &config);
+    agent.wait_for("the refusal", LONG, |a| {
+        !a.events_of("coordinator_disconnected", "").is_empty()
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.events_of("coordinator_connected", "").is_empty());
+    assert_eq!(
+        cluster.answer(),
+        None,
+        "a group it cannot hold must not run"
+    );
+    assert_eq!(agent.state("web", "vip"), "offline");
+}
