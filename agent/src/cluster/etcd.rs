@@ -308,7 +308,11 @@ impl EtcdCoordinator {
                 group,
                 placement,
                 directive,
-            } => self.register(group, placement, directive, Directive::Stop),
+            } => {
+                // Nothing is known yet: the fence (or the start-up deadline) stops it in time
+                // if this node turns out not to hold it.
+                self.register(group, placement, directive, Directive::Wait)
+            }
             Request::Unregister { group } => self.unregister(&group),
             Request::Failover { reply, .. } => {
                 let _ = reply.send(FailoverAnswer {
