@@ -168,6 +168,7 @@ pub(super) fn spawn(
         groups: BTreeMap::new(),
         alive: BTreeSet::new(),
         lease: 0,
+        ever_connected: false,
     };
     tokio::spawn(coordinator.run());
 }
@@ -206,6 +207,8 @@ struct EtcdCoordinator {
     groups: BTreeMap<String, Group>,
     alive: BTreeSet<String>,
     lease: i64,
+    /// A session has been up since the agent started.
+    ever_connected: bool,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> Broken {
@@ -244,21 +247,20 @@ impl EtcdCoordinator {
 
     async fn run(mut self) {
         let started = Instant::now();
-        let mut ever_connected = false;
         loop {
             let why = self.session().await;
-            ever_connected |= self.view().connected;
+            let was_connected = self.view().connected;
+            self.ever_connected |= was_connected;
             // Never reached etcd since the start: what this node adopted may be owned elsewhere
             // by now; the same deadline as the fence applies.
-            if !ever_connected && started.elapsed() >= self.fence.window {
+            if !self.ever_connected && started.elapsed() >= self.fence.window {
                 self.fence.stop_all();
             }
-            let was_connected = self.view().connected;
             self.fence.fenced.store(false, Ordering::SeqCst);
             // A broken connection is not a lost lease: the groups keep running until the fence
             // says the lease may be gone, and the next session reuses the lease if it lives.
             // Only a lease etcd declared expired stops them at once.
-            if !self.lease_file.exists() {
+            if self.ever_connected && !self.lease_file.exists() {
                 *self.fence.renewed.lock().unwrap_or_else(|e| e.into_inner()) = None;
                 self.fence.stop_all();
             }
@@ -288,7 +290,7 @@ impl EtcdCoordinator {
             while let Ok(Some(request)) = tokio::time::timeout_at(retry, self.rx.recv()).await {
                 self.offline_request(request);
             }
-            if !ever_connected && started.elapsed() >= self.fence.window {
+            if !self.ever_connected && started.elapsed() >= self.fence.window {
                 self.fence.stop_all();
             }
             if self.rx.is_closed() {
@@ -309,9 +311,15 @@ impl EtcdCoordinator {
                 placement,
                 directive,
             } => {
-                // Nothing is known yet: the fence (or the start-up deadline) stops it in time
-                // if this node turns out not to hold it.
-                self.register(group, placement, directive, Directive::Wait)
+                // Before the first session nothing is known yet: the start-up deadline stops it
+                // in time if etcd stays out of reach. After one, this node cannot know that it
+                // holds the group.
+                let initial = if self.ever_connected {
+                    Directive::Stop
+                } else {
+                    Directive::Wait
+                };
+                self.register(group, placement, directive, initial)
             }
             Request::Unregister { group } => self.unregister(&group),
             Request::Failover { reply, .. } => {
