@@ -83,6 +83,9 @@ pub struct TlsClient {
 }
 
 struct Loaded {
+    /// Named explicitly: with several providers compiled in (the etcd client brings *ring*),
+    /// rustls cannot pick a process default by itself.
+    provider: Arc<rustls::crypto::CryptoProvider>,
     verifier: Arc<dyn ServerCertVerifier>,
     client_auth: Option<(Vec<CertificateDer<'static>>, Arc<PrivateKeyDer<'static>>)>,
 }
@@ -120,7 +123,9 @@ impl TlsClient {
             inner: loaded.verifier.clone(),
             seen: seen.clone(),
         });
-        let builder = ClientConfig::builder()
+        let builder = ClientConfig::builder_with_provider(loaded.provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| Failure::new(FailureReason::TlsHandshake, format!("TLS setup: {e}")))?
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let config = match &loaded.client_auth {
@@ -220,7 +225,7 @@ fn load(options: &TlsOptions) -> Result<Loaded, String> {
         if roots.is_empty() {
             return Err("no trusted CA certificate (system roots or ca_file)".into());
         }
-        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider.clone())
             .build()
             .map_err(|e| format!("cannot build the certificate verifier: {e}"))?
     };
@@ -236,6 +241,7 @@ fn load(options: &TlsOptions) -> Result<Loaded, String> {
         _ => None,
     };
     Ok(Loaded {
+        provider,
         verifier,
         client_auth,
     })
