@@ -46,6 +46,8 @@ enum Step {
     },
     Tick,
     Deactivate,
+    /// The group is given (back) to this node, as the coordinator does after a move.
+    Activate,
 }
 
 fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
@@ -61,6 +63,7 @@ fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
         1 => any::<bool>().prop_map(|moved| Step::Failover { moved }),
         2 => Just(Step::Tick),
         1 => Just(Step::Deactivate),
+        1 => Just(Step::Activate),
     ];
     (0u64..4000, step)
 }
@@ -112,7 +115,17 @@ struct Checker {
 
 impl Checker {
     fn feed(&mut self, now: Time, input: Input) -> Result<(), TestCaseError> {
+        let cleared = match input {
+            Input::Admin(AdminCommand::Clear(id)) => Some(id),
+            _ => None,
+        };
         let effects = self.c.step(now, input);
+        // An accepted clear forgets the restart history by design: the window starts over.
+        if let Some(id) = cleared {
+            if !effects.iter().any(|e| matches!(e, Effect::Refused { .. })) {
+                self.restarts[id.0].clear();
+            }
+        }
         for e in &effects {
             let (id, op) = match e {
                 Effect::Online(r) => (*r, Operation::Online),
@@ -230,6 +243,7 @@ proptest! {
                 Step::Failover { moved } => Input::FailoverCompleted { moved },
                 Step::Tick => Input::Tick,
                 Step::Deactivate => Input::Deactivate,
+                Step::Activate => Input::Activate,
             };
             k.feed(now, input)?;
         }
