@@ -258,3 +258,54 @@ fn the_coordinator_reaches_etcd_over_tls_with_a_client_certificate() {
     );
     assert_eq!(agent.state("web", "vip"), "offline");
 }
+
+/// `failover_threshold` stops ping-pong: after one failover within the period, the next is
+/// refused with the reason, and the group stays where it is, waiting for its retry.
+#[test]
+fn past_the_failover_threshold_a_group_stays_and_waits() {
+    let cluster = Cluster::new(2);
+    let extra = "failover_threshold = 1\nfailover_period = \"1h\"";
+    let agents: BTreeMap<String, Agent> = cluster
+        .nodes
+        .iter()
+        .map(|n| {
+            let config = cluster.agent_config(n, TTL, &cluster.web_group(n, extra));
+            (n.clone(), cluster.start_agent(n, &config))
+        })
+        .collect();
+    cluster.wait_answer("n1", LONG);
+    let fail_twice = |node: &str| {
+        let first = server_pid(&cluster, node).expect("the server runs");
+        kill(first);
+        agents[node].wait_for("the server restarted", LONG, |a| {
+            server_pid(&cluster, node).is_some_and(|p| p != first)
+                && a.state("web", "server") == "online"
+        });
+        kill(server_pid(&cluster, node).unwrap());
+    };
+    fail_twice("n1");
+    cluster.wait_answer("n2", LONG);
+    agents["n2"].wait_state("web", "server", "online", LONG);
+    let since = unix_now();
+    fail_twice("n2");
+    agents["n2"].wait_for("the refusal", LONG, |a| {
+        !events_since(a, "failover_failed", since).is_empty()
+    });
+    let refused = events_since(&agents["n2"], "failover_failed", since);
+    assert!(
+        refused[0]["why"]
+            .as_str()
+            .unwrap_or("")
+            .contains("threshold is reached"),
+        "{refused:?}"
+    );
+    assert!(!events_since(&agents["n2"], "retry_scheduled", since).is_empty());
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(
+        owner_seen_by(&agents["n1"]).as_deref(),
+        Some("n2"),
+        "it stays on n2"
+    );
+    assert_eq!(agents["n2"].state("web", "vip"), "online");
+    assert_eq!(agents["n2"].state("web", "server"), "failed");
+}
