@@ -243,6 +243,24 @@ impl Cluster {
         );
     }
 
+    /// Runs `etcdctl` (v3) against the cluster's etcd; panics unless it succeeds.
+    pub fn etcdctl(&self, args: &[&str]) -> String {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.hub, "etcdctl"])
+            .arg(format!("--endpoints={}", self.endpoint()))
+            .args(self.etcdctl_tls())
+            .args(args)
+            .env("ETCDCTL_API", "3")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// Stops etcd (SIGTERM) and waits for it.
     pub fn stop_etcd(&self) {
         let child = self.etcd.lock().unwrap().take();

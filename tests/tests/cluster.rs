@@ -309,3 +309,56 @@ fn past_the_failover_threshold_a_group_stays_and_waits() {
     assert_eq!(agents["n2"].state("web", "vip"), "online");
     assert_eq!(agents["n2"].state("web", "server"), "failed");
 }
+
+/// etcd with authentication on: the agent logs in with `username` and `password_file`, and a
+/// wrong password keeps it out, running nothing.
+#[test]
+fn the_coordinator_logs_in_to_etcd_with_a_user_and_password() {
+    let cluster = Cluster::new(1);
+    cluster.etcdctl(&["user", "add", "root:root-secret"]);
+    cluster.etcdctl(&["user", "add", "resmon:resmon-secret"]);
+    cluster.etcdctl(&["role", "add", "resmon"]);
+    cluster.etcdctl(&[
+        "role",
+        "grant-permission",
+        "resmon",
+        "--prefix=true",
+        "readwrite",
+        "/resmon/",
+    ]);
+    cluster.etcdctl(&["user", "grant-role", "resmon", "resmon"]);
+    cluster.etcdctl(&["auth", "enable"]);
+    let with_password = |password: &str| {
+        let file = cluster.dir.path().join(format!("password-{password}"));
+        std::fs::write(&file, format!("{password}\n")).unwrap();
+        cluster
+            .agent_config("n1", TTL, &cluster.web_group("n1", ""))
+            .replace(
+                "fence_margin = \"500ms\"\n",
+                &format!(
+                    "fence_margin = \"500ms\"\nusername = \"resmon\"\npassword_file = {:?}\n",
+                    file.display().to_string()
+                ),
+            )
+    };
+    let agent = cluster.start_agent("n1", &with_password("resmon-secret"));
+    cluster.wait_answer("n1", LONG);
+    assert_eq!(agent.events_of("coordinator_connected", "").len(), 1);
+    drop(agent);
+    cluster.kill_all("n1");
+    cluster.drop_vip("n1");
+
+    let agent = cluster.start_agent("n1", &with_password("wrong"));
+    agent.wait_for("the refusal", LONG, |a| {
+        !a.events_of("coordinator_disconnected", "").is_empty()
+    });
+    let why = agent.events_of("coordinator_disconnected", "")[0]["why"].to_string();
+    assert!(why.contains("connect to etcd"), "{why}");
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.events_of("coordinator_connected", "").is_empty());
+    assert_eq!(
+        cluster.answer(),
+        None,
+        "a group it cannot hold must not run"
+    );
+}
