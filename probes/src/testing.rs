@@ -1,6 +1,7 @@
 //! Small test servers of our own, on 127.0.0.1 port 0: a scripted protocol peer and adversarial
 //! peers (silent, slow, endless, rude, TLS with a bad certificate, a handshake that stalls), and
-//! a test CA made with rcgen. Test-only.
+//! a test CA made with rcgen; network namespaces ([`Netns`]) and a systemd user manager
+//! ([`UserManager`]) for the system types. Test-only.
 
 use std::net::SocketAddr;
 use std::sync::Arc;

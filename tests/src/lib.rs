@@ -2,6 +2,11 @@
 //! config written to a temporary directory, reads its JSON event log (stderr) and its HTTP
 //! endpoint, and cleans up every process it started (supervised processes outlive the agent by
 //! design, so the harness kills them through their pid files).
+//!
+//! - [`cluster`]: several hosts on one machine (network namespaces on a bridge, a real etcd),
+//!   an observer of who holds the VIP, and keepalived's config for the failover benchmark.
+//! - [`servers`]: dovecot, postfix and nginx on loopback with a test CA.
+//! - [`procfs`]: CPU and memory of a process, read from /proc.
 
 pub mod cluster;
 pub mod procfs;
