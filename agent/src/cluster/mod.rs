@@ -220,6 +220,8 @@ async fn embedded(
     view: Arc<Mutex<ClusterView>>,
     sink: Arc<crate::events::EventSink>,
 ) {
+    // Always in touch with its one-node cluster.
+    sink.metrics().coordinator_up(true);
     let mut groups: BTreeMap<String, watch::Sender<Directive>> = BTreeMap::new();
     while let Some(request) = rx.recv().await {
         match request {
