@@ -286,29 +286,37 @@ fn control(args: ControlArgs, action: &str) -> ExitCode {
         }
         None => format!("/api/v1/groups/{}/{action}", args.target),
     };
-    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
-        Ok(rt) => rt,
+    let body = match post_control(&socket, &path) {
+        Ok((_, body)) => body,
         Err(code) => return code,
     };
-    match runtime.block_on(crate::control::request(&socket, hyper::Method::POST, &path)) {
+    match args.output {
+        Output::Json => println!("{body}"),
+        Output::Table => println!("{action} {}: accepted", args.target),
+    }
+    ExitCode::SUCCESS
+}
+
+/// POSTs to the control API; on success the answer (parsed and as text), otherwise the
+/// refusal or the error is printed and the exit code returned.
+fn post_control(
+    socket: &std::path::Path,
+    path: &str,
+) -> Result<(serde_json::Value, String), ExitCode> {
+    let runtime = build_runtime(tokio::runtime::Builder::new_current_thread())?;
+    match runtime.block_on(crate::control::request(socket, hyper::Method::POST, path)) {
         Ok((status, body)) => {
-            if args.output == Output::Json {
-                println!("{body}");
-            }
             let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             if status.is_success() {
-                if args.output == Output::Table {
-                    println!("{action} {}: accepted", args.target);
-                }
-                ExitCode::SUCCESS
+                Ok((answer, body))
             } else {
                 eprintln!("refused: {}", answer["error"].as_str().unwrap_or(&body));
-                ExitCode::FAILURE
+                Err(ExitCode::FAILURE)
             }
         }
         Err(e) => {
             eprintln!("error: {e}");
-            ExitCode::FAILURE
+            Err(ExitCode::FAILURE)
         }
     }
 }
@@ -327,28 +335,15 @@ fn move_group(
         Some(node) => format!("/api/v1/groups/{group}/move?to={node}"),
         None => format!("/api/v1/groups/{group}/move"),
     };
-    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(crate::control::request(&socket, hyper::Method::POST, &path)) {
-        Ok((status, body)) => {
-            let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            if status.is_success() {
-                println!(
-                    "move {group} to {}: requested",
-                    answer["to"].as_str().unwrap_or("?")
-                );
-                ExitCode::SUCCESS
-            } else {
-                eprintln!("refused: {}", answer["error"].as_str().unwrap_or(&body));
-                ExitCode::FAILURE
-            }
+    match post_control(&socket, &path) {
+        Ok((answer, _)) => {
+            println!(
+                "move {group} to {}: requested",
+                answer["to"].as_str().unwrap_or("?")
+            );
+            ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::FAILURE
-        }
+        Err(code) => code,
     }
 }
 

@@ -345,6 +345,9 @@ struct ResourceRuntime {
     /// Decided to go offline (a provider left online): stays decided until it is down, so a
     /// provider that comes back quickly does not leave half of the subtree running.
     stopping: bool,
+    /// Its last terminate failed or timed out: it is `failed`, but may still run, until an
+    /// operation succeeds on it or an administrator clears it.
+    may_still_run: bool,
 }
 
 impl ResourceRuntime {
@@ -358,6 +361,7 @@ impl ResourceRuntime {
             restarts: Default::default(),
             next_online_cause: None,
             online_since: None,
+            may_still_run: false,
             stopping: false,
         }
     }
@@ -465,6 +469,14 @@ impl GroupController {
         self.resources.iter().all(|r| r.pending.is_none())
             && (self.mode != GroupMode::Stopping
                 || self.resources.iter().all(|r| r.state.is_down()))
+    }
+
+    /// Taken offline on this node and known to be down: nothing in flight, and no resource whose
+    /// terminate failed (it may still run). Only then may another node take the group.
+    pub fn is_let_go(&self) -> bool {
+        self.mode == GroupMode::Stopping
+            && self.is_settled()
+            && self.resources.iter().all(|r| !r.may_still_run)
     }
 
     /// One effect as a line for people: transcripts, `resmon simulate`.
@@ -606,6 +618,8 @@ impl GroupController {
                     return;
                 }
                 self.resources[resource.0].pending = None;
+                self.resources[resource.0].may_still_run =
+                    operation == Operation::Terminate && outcome.is_err();
                 match (operation, outcome) {
                     (Operation::Online, Ok(())) => {
                         self.resources[resource.0].online_since = Some(now);
@@ -641,6 +655,9 @@ impl GroupController {
                     return;
                 }
                 self.resources[resource.0].pending = None;
+                if operation == Operation::Terminate {
+                    self.resources[resource.0].may_still_run = true;
+                }
                 let cause = Cause::OperationTimedOut { operation };
                 match operation {
                     Operation::Online => self.fail(now, resource, cause, out),
@@ -803,6 +820,8 @@ impl GroupController {
                 } else {
                     r.escalation = Escalation::None;
                     r.restarts.clear();
+                    // The administrator has seen to it.
+                    r.may_still_run = false;
                     let to = self.down_state(id);
                     self.transition(id, to, Cause::Admin, out);
                 }

@@ -481,6 +481,27 @@ mod announce {
         Ok(unsafe { OwnedFd::from_raw_fd(fd) })
     }
 
+    /// Sends `packet` to `to` (a `sockaddr_*` of the socket's family) `count` times.
+    fn send_repeatedly<A>(fd: &OwnedFd, packet: &[u8], to: &A, count: u32) -> io::Result<()> {
+        for _ in 0..count {
+            // SAFETY: the buffer and the address are valid for the lengths given.
+            let sent = unsafe {
+                libc::sendto(
+                    fd.as_raw_fd(),
+                    packet.as_ptr().cast(),
+                    packet.len(),
+                    0,
+                    (to as *const A).cast(),
+                    std::mem::size_of::<A>() as u32,
+                )
+            };
+            if sent < 0 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    }
+
     /// The ARP request a node sends for its own address (sender = target = the address), which
     /// makes every neighbour that cached the address replace its MAC.
     pub fn arp_packet(mac: [u8; 6], address: Ipv4Addr) -> [u8; 28] {
@@ -512,23 +533,7 @@ mod announce {
         to.sll_halen = 6;
         to.sll_addr[..6].copy_from_slice(&[0xff; 6]);
         let packet = arp_packet(mac, address);
-        for _ in 0..count {
-            // SAFETY: the buffer and address are valid for the lengths given.
-            let sent = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&to as *const libc::sockaddr_ll).cast(),
-                    std::mem::size_of::<libc::sockaddr_ll>() as u32,
-                )
-            };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
+        send_repeatedly(&fd, &packet, &to, count)
     }
 
     /// An unsolicited neighbour advertisement (RFC 4861 7.2.6) for `address` with the override
@@ -589,23 +594,7 @@ mod announce {
         to.sin6_addr.s6_addr = Ipv6Addr::new(0xff02, 0, 0, 0, 0, 0, 0, 1).octets();
         to.sin6_scope_id = index;
         let packet = na_packet(mac, address);
-        for _ in 0..count {
-            // SAFETY: the buffer and address are valid for the lengths given.
-            let sent = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    packet.as_ptr().cast(),
-                    packet.len(),
-                    0,
-                    (&to as *const libc::sockaddr_in6).cast(),
-                    std::mem::size_of::<libc::sockaddr_in6>() as u32,
-                )
-            };
-            if sent < 0 {
-                return Err(io::Error::last_os_error());
-            }
-        }
-        Ok(())
+        send_repeatedly(&fd, &packet, &to, count)
     }
 }
 

@@ -35,6 +35,22 @@ fn owner_seen_by(agent: &Agent) -> Option<String> {
         .map(String::from)
 }
 
+/// An agent etcd refused: it says so, never connects, and runs nothing; returns why.
+fn assert_kept_out(cluster: &Cluster, agent: &Agent) -> String {
+    agent.wait_for("the refusal", LONG, |a| {
+        !a.events_of("coordinator_disconnected", "").is_empty()
+    });
+    let why = agent.events_of("coordinator_disconnected", "")[0]["why"].to_string();
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(agent.events_of("coordinator_connected", "").is_empty());
+    assert_eq!(
+        cluster.answer(),
+        None,
+        "a group it cannot hold must not run"
+    );
+    why
+}
+
 fn kill(pid: i32) {
     // SAFETY: a signal to a process of the test's own.
     unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -246,16 +262,7 @@ fn the_coordinator_reaches_etcd_over_tls_with_a_client_certificate() {
         );
     assert!(!config.contains("cert_file"), "{config}");
     let agent = cluster.start_agent("n1", &config);
-    agent.wait_for("the refusal", LONG, |a| {
-        !a.events_of("coordinator_disconnected", "").is_empty()
-    });
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(agent.events_of("coordinator_connected", "").is_empty());
-    assert_eq!(
-        cluster.answer(),
-        None,
-        "a group it cannot hold must not run"
-    );
+    assert_kept_out(&cluster, &agent);
     assert_eq!(agent.state("web", "vip"), "offline");
 }
 
@@ -349,16 +356,6 @@ fn the_coordinator_logs_in_to_etcd_with_a_user_and_password() {
     cluster.drop_vip("n1");
 
     let agent = cluster.start_agent("n1", &with_password("wrong"));
-    agent.wait_for("the refusal", LONG, |a| {
-        !a.events_of("coordinator_disconnected", "").is_empty()
-    });
-    let why = agent.events_of("coordinator_disconnected", "")[0]["why"].to_string();
+    let why = assert_kept_out(&cluster, &agent);
     assert!(why.contains("connect to etcd"), "{why}");
-    std::thread::sleep(Duration::from_secs(3));
-    assert!(agent.events_of("coordinator_connected", "").is_empty());
-    assert_eq!(
-        cluster.answer(),
-        None,
-        "a group it cannot hold must not run"
-    );
 }

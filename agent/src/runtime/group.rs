@@ -127,9 +127,6 @@ struct GroupTask {
     released: bool,
     /// The coordinator's answer to a failover request, while it is awaited.
     failover: Option<oneshot::Receiver<FailoverAnswer>>,
-    /// Resources whose last terminate failed or timed out: they may still run, so the group is
-    /// not reported offline (and its key stays held) until one of them is seen down or online.
-    unclean: std::collections::BTreeSet<ResourceId>,
 }
 
 /// Builds a group's resources and workers and starts its task.
@@ -224,7 +221,6 @@ pub(crate) fn spawn_with(
         directive: Directive::Wait,
         released: false,
         failover: None,
-        unclean: Default::default(),
     };
     tokio::spawn(task.run());
     GroupHandle {
@@ -330,11 +326,8 @@ impl GroupTask {
 
     /// Tells the coordinator once the group is offline after a stop, so the key can go.
     fn report_released(&mut self) {
-        if self.directive == Directive::Stop
-            && !self.released
-            && self.unclean.is_empty()
-            && self.controller.is_settled()
-        {
+        // A resource whose terminate failed may still run: the key stays held until it is not.
+        if self.directive == Directive::Stop && !self.released && self.controller.is_let_go() {
             self.released = true;
             self.link.released();
         }
@@ -397,27 +390,6 @@ impl GroupTask {
         self.own_inputs.push_back(input);
         while let Some(input) = self.own_inputs.pop_front() {
             let now = self.now();
-            match &input {
-                Input::OperationCompleted {
-                    resource,
-                    operation: Operation::Terminate,
-                    outcome: Err(_),
-                }
-                | Input::OperationTimedOut {
-                    resource,
-                    operation: Operation::Terminate,
-                } => {
-                    self.unclean.insert(*resource);
-                }
-                Input::OperationCompleted {
-                    resource,
-                    outcome: Ok(()),
-                    ..
-                } => {
-                    self.unclean.remove(resource);
-                }
-                _ => {}
-            }
             let finished = match input {
                 Input::OperationCompleted { resource, .. }
                 | Input::OperationTimedOut { resource, .. } => Some(resource),
