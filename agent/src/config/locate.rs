@@ -6,7 +6,9 @@ use toml_edit::{Item, Table, TableLike, Value};
 
 /// The config text parsed with spans (or nothing, when it is not valid TOML).
 pub(super) struct Document {
-    text: String,
+    /// Where each line starts: a config of 10,000 resources may carry as many diagnostics, and
+    /// counting newlines from the top for each would be quadratic.
+    line_starts: Vec<usize>,
     doc: Option<toml_edit::ImDocument<String>>,
 }
 
@@ -41,7 +43,7 @@ impl<'a> Node<'a> {
 impl Document {
     pub(super) fn parse(text: &str) -> Self {
         Document {
-            text: text.to_string(),
+            line_starts: line_starts(text),
             doc: toml_edit::ImDocument::parse(text.to_string()).ok(),
         }
     }
@@ -66,17 +68,40 @@ impl Document {
             best = span.or(best);
             node = next;
         }
-        best.map(|span| line_column(&self.text, span.start))
+        best.map(|span| position_in(&self.line_starts, span.start))
     }
+}
+
+fn line_starts(text: &str) -> Vec<usize> {
+    std::iter::once(0)
+        .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
+}
+
+/// 1-based line and column of a byte offset, given where the lines start.
+fn position_in(line_starts: &[usize], offset: usize) -> (usize, usize) {
+    let line = line_starts.partition_point(|&start| start <= offset).max(1);
+    (line, offset - line_starts[line - 1] + 1)
 }
 
 /// 1-based line and column of a byte offset.
 pub(super) fn line_column(text: &str, offset: usize) -> (usize, usize) {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let column = before
-        .rfind('\n')
-        .map_or(before.len(), |nl| before.len() - nl - 1)
-        + 1;
-    (line, column)
+    position_in(&line_starts(text), offset.min(text.len()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::line_column;
+
+    #[test]
+    fn lines_and_columns_count_from_one() {
+        let text = "a = 1\nbb = 2\n\nc";
+        assert_eq!(line_column(text, 0), (1, 1));
+        assert_eq!(line_column(text, 4), (1, 5));
+        assert_eq!(line_column(text, 6), (2, 1));
+        assert_eq!(line_column(text, 9), (2, 4));
+        assert_eq!(line_column(text, 13), (3, 1));
+        assert_eq!(line_column(text, 14), (4, 1));
+        assert_eq!(line_column(text, 99), (4, 2));
+    }
 }

@@ -143,6 +143,14 @@ pub struct AgentConfig {
     /// Unix socket of the control API (online, offline, clear), mode 0660.
     #[serde(default = "default_control_socket")]
     pub control_socket: PathBuf,
+    /// How many starts (adoptions and `online` operations) run at once; the others wait their
+    /// turn, as Pacemaker's `node-action-limit` makes them. Read when the agent starts.
+    #[serde(default = "default_max_parallel_starts")]
+    pub max_parallel_starts: std::num::NonZeroUsize,
+}
+
+fn default_max_parallel_starts() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::new(64).expect("64 is not zero")
 }
 
 fn default_control_socket() -> PathBuf {
@@ -181,6 +189,7 @@ impl Default for AgentConfig {
             state_dir: default_state_dir(),
             stop_on_exit: false,
             control_socket: default_control_socket(),
+            max_parallel_starts: default_max_parallel_starts(),
         }
     }
 }

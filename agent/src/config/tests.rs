@@ -35,12 +35,13 @@ fn every_invalid_fixture_gives_its_exact_messages() {
         ("service_unit.toml", &["error: service_unit.toml:7:1: groups[0].resources[0].unit: \"postfix\" is not a unit name: write it in full, such as \"postfix.service\""]),
         ("several_errors.toml", &["error: several_errors.toml:8:1: groups[0].resources[0].bogus: unknown field `bogus`, expected `address` in a tcp resource (or a common key: name, type, depends_on, looks_alive_interval, is_alive_interval, check_timeout, pending_timeout, restart_action, restart_threshold, restart_period, retry_period_on_failure, poll_looks_alive)", "error: several_errors.toml:15:1: groups[1].resources[0].type: unknown resource type \"nope\"; known types: process, tcp, smtp, pop3, imap, http, exec, ocf, disk, network_name, ip, service"]),
         ("syntax.toml", &["error: syntax.toml:2:25: invalid TOML: invalid basic string"]),
-        ("unknown_agent_key.toml", &["error: unknown_agent_key.toml:3:1: agent.colour: unknown field `colour`, expected one of `listen`, `node`, `state_dir`, `stop_on_exit`, `control_socket`"]),
+        ("unknown_agent_key.toml", &["error: unknown_agent_key.toml:3:1: agent.colour: unknown field `colour`, expected one of `listen`, `node`, `state_dir`, `stop_on_exit`, `control_socket`, `max_parallel_starts`"]),
         ("unknown_dependency.toml", &["error: unknown_dependency.toml:13:21: groups[0].resources[1].depends_on[1]: unknown resource \"store\": group \"vs1\" has ip, smtp"]),
         ("unknown_resource_key.toml", &["error: unknown_resource_key.toml:8:1: groups[0].resources[0].colour: unknown field `colour`, expected `address` in a tcp resource (or a common key: name, type, depends_on, looks_alive_interval, is_alive_interval, check_timeout, pending_timeout, restart_action, restart_threshold, restart_period, retry_period_on_failure, poll_looks_alive)"]),
         ("unknown_type.toml", &["error: unknown_type.toml:6:1: groups[0].resources[0].type: unknown resource type \"smtpx\"; known types: process, tcp, smtp, pop3, imap, http, exec, ocf, disk, network_name, ip, service"]),
         ("unknown_type_defaults.toml", &["error: unknown_type_defaults.toml:1:17: resource_types.bogus: unknown resource type \"bogus\"; known types: process, tcp, smtp, pop3, imap, http, exec, ocf, disk, network_name, ip, service"]),
         ("wrong_type.toml", &["error: wrong_type.toml:8:1: groups[0].resources[0].restart_threshold: invalid type: string \"three\", expected u32"]),
+        ("zero_parallel_starts.toml", &["error: zero_parallel_starts.toml:2:1: agent.max_parallel_starts: invalid value: integer `0`, expected a nonzero usize"]),
         ("zero_interval.toml", &["error: zero_interval.toml:8:1: groups[0].resources[0].is_alive_interval: must be longer than zero"]),
     ];
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/invalid");

@@ -184,6 +184,7 @@ pub(crate) fn spawn_with(
             metrics: shared.sink.metrics().resource(l),
             status: slot,
             sink: shared.sink.clone(),
+            start_gate: shared.start_gate.clone(),
         });
         workers.push(worker::spawn(cx.clone(), resource, tx.clone()));
         contexts.push(cx);

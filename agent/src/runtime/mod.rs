@@ -39,6 +39,8 @@ pub struct Shared {
     pub admins: std::sync::RwLock<BTreeMap<String, group::GroupAdmin>>,
     /// Who owns each group: the embedded single-node coordinator, or etcd.
     pub coordinator: crate::cluster::Coordinator,
+    /// Permits for starts (adoption, `online`): `[agent] max_parallel_starts`.
+    pub start_gate: Arc<tokio::sync::Semaphore>,
     /// Milliseconds since `heartbeat_epoch` when the scheduler last ran its heartbeat task.
     heartbeat_ms: AtomicU64,
     heartbeat_epoch: std::time::Instant,
@@ -49,14 +51,17 @@ impl Shared {
     pub fn new(metrics: Arc<Metrics>, log_events: bool, node: String) -> Arc<Self> {
         let sink = Arc::new(EventSink::new(metrics, log_events));
         let coordinator = crate::cluster::Coordinator::embedded(&node, sink.clone());
-        Self::with_coordinator(sink, node, coordinator)
+        let starts = config::AgentConfig::default().max_parallel_starts.get();
+        Self::with_coordinator(sink, node, coordinator, starts)
     }
 
-    /// Fresh shared state around a coordinator of the caller's.
+    /// Fresh shared state around a coordinator of the caller's, letting `max_parallel_starts`
+    /// starts run at once.
     pub fn with_coordinator(
         sink: Arc<EventSink>,
         node: String,
         coordinator: crate::cluster::Coordinator,
+        max_parallel_starts: usize,
     ) -> Arc<Self> {
         Arc::new(Shared {
             sink,
@@ -65,6 +70,7 @@ impl Shared {
             epoch: Instant::now(),
             node,
             admins: Default::default(),
+            start_gate: Arc::new(tokio::sync::Semaphore::new(max_parallel_starts)),
             heartbeat_ms: AtomicU64::new(0),
             heartbeat_epoch: std::time::Instant::now(),
         })
@@ -92,6 +98,7 @@ pub(crate) struct ResourceContext {
     pub(crate) metrics: ResourceMetrics,
     pub(crate) status: ResourceSlot,
     pub(crate) sink: Arc<EventSink>,
+    pub(crate) start_gate: Arc<tokio::sync::Semaphore>,
 }
 
 /// The running groups of one config.
@@ -264,7 +271,12 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
             crate::cluster::Coordinator::embedded(&config.agent.node, sink.clone()),
         ),
     };
-    let shared = Shared::with_coordinator(sink, node, coordinator);
+    let shared = Shared::with_coordinator(
+        sink,
+        node,
+        coordinator,
+        config.agent.max_parallel_starts.get(),
+    );
     tokio::spawn(crate::http::serve(listener, shared.clone()));
     match crate::control::bind(&config.agent.control_socket) {
         Ok(control) => {

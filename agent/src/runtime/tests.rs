@@ -24,16 +24,39 @@ struct Scripted {
     is_alive_calls: AtomicUsize,
     running_now: AtomicUsize,
     max_running: AtomicUsize,
+    /// Starts (adoptions and onlines) of every resource sharing this counter, in flight.
+    starts: Option<Arc<Concurrency>>,
+}
+
+/// How many calls run at once, and the most seen.
+#[derive(Default)]
+struct Concurrency {
+    now: AtomicUsize,
+    max: AtomicUsize,
+}
+
+impl Concurrency {
+    async fn during(&self, how_long: Duration) {
+        let now = self.now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.max.fetch_max(now, Ordering::SeqCst);
+        tokio::time::sleep(how_long).await;
+        self.now.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 #[async_trait]
 impl Resource for Scripted {
     async fn adopt(&self) -> Result<bool, Failure> {
+        if let Some(starts) = &self.starts {
+            starts.during(Duration::from_millis(20)).await;
+        }
         Ok(false)
     }
     async fn online(&self, _: &Progress) -> Result<(), Failure> {
-        if let Some(d) = self.online_takes {
-            tokio::time::sleep(d).await;
+        let takes = self.online_takes.unwrap_or_default();
+        match &self.starts {
+            Some(starts) => starts.during(takes).await,
+            None => tokio::time::sleep(takes).await,
         }
         Ok(())
     }
@@ -63,8 +86,21 @@ impl Resource for Scripted {
 }
 
 fn start(toml: &str, resources: Vec<Arc<Scripted>>) -> (Arc<Shared>, GroupHandle) {
+    start_gated(toml, resources, 64)
+}
+
+fn start_gated(
+    toml: &str,
+    resources: Vec<Arc<Scripted>>,
+    max_parallel_starts: usize,
+) -> (Arc<Shared>, GroupHandle) {
     let loaded = config::parse(Path::new("test.toml"), toml).expect("valid test config");
-    let shared = Shared::new(Arc::new(Metrics::new()), false, "test".into());
+    let sink = Arc::new(crate::events::EventSink::new(
+        Arc::new(Metrics::new()),
+        false,
+    ));
+    let coordinator = crate::cluster::Coordinator::embedded("test", sink.clone());
+    let shared = Shared::with_coordinator(sink, "test".into(), coordinator, max_parallel_starts);
     let group_config = loaded.config.groups[0].clone();
     let resources = resources
         .into_iter()
@@ -226,4 +262,35 @@ async fn pending_timeout_never_waits_while_a_finite_one_fails_the_resource() {
     })
     .await;
     assert!(events(&shared, "operation_timed_out", "store").is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn starts_wait_their_turn_at_the_start_gate() {
+    let starts = Arc::new(Concurrency::default());
+    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    let scripted: Vec<Arc<Scripted>> = names
+        .iter()
+        .map(|_| {
+            Arc::new(Scripted {
+                online_takes: Some(Duration::from_millis(60)),
+                starts: Some(starts.clone()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let props = "pending_timeout = \"100ms\"\npoll_looks_alive = false";
+    let spec: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), props)).collect();
+    let (shared, _group) = start_gated(&resources(&spec), scripted, 2);
+    for name in &names {
+        wait_until("every resource online", || {
+            state_of(&shared, name) == "online"
+        })
+        .await;
+    }
+    // Eight onlines of 60 ms under a 100 ms pending timeout, two at a time: none timed out,
+    // because each deadline starts when the call does, not while it waits at the gate.
+    assert_eq!(starts.max.load(Ordering::SeqCst), 2);
+    for name in &names {
+        assert!(events(&shared, "operation_timed_out", name).is_empty());
+    }
 }

@@ -10,7 +10,9 @@
 //!
 //! Checks run on a fixed-rate schedule whose phase is derived from the resource's name, so
 //! 10,000 resources with the same interval are spread over the whole interval instead of
-//! firing in the same millisecond.
+//! firing in the same millisecond. Starts (adoption and `online`) have no schedule to spread
+//! them: they pass the agent's start gate (`max_parallel_starts`), so that 10,000 resources
+//! adopted at once do not hold 10,000 connections and their buffers at the same moment.
 
 use super::group::GroupEvent;
 use super::ResourceContext;
@@ -22,9 +24,10 @@ use resmon_policies::{CheckKind, FailureReason, Input, Operation};
 use resmon_probes::{Failure, Progress, Resource};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, AcquireError, OwnedSemaphorePermit, TryAcquireError};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
@@ -64,6 +67,19 @@ struct Running<T> {
     generation: u64,
 }
 
+/// A start waiting for its turn at the start gate; its deadline starts with the call.
+struct Queued {
+    start: Start,
+    permit: Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>,
+}
+
+/// The calls that pass the start gate.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Start {
+    Adopt,
+    Online,
+}
+
 struct Monitoring {
     looks_alive: bool,
     next_looks_alive: Instant,
@@ -90,6 +106,8 @@ struct Worker {
     /// What the operation in flight has got to.
     operation_progress: Arc<Progress>,
     adoption: Option<Running<Result<bool, Failure>>>,
+    /// A start waiting at the gate.
+    queued: Option<Queued>,
     signal: Option<JoinHandle<Failure>>,
 }
 
@@ -116,10 +134,11 @@ pub(crate) fn spawn(
         operation_kind: Operation::Online,
         operation_progress: Default::default(),
         adoption: None,
+        queued: None,
         signal: None,
     };
     tokio::spawn(async move {
-        worker.start_adoption();
+        worker.start(Start::Adopt);
         worker.run().await;
     });
     WorkerHandle { tx }
@@ -129,6 +148,14 @@ pub(crate) fn spawn(
 async fn join<T>(slot: &mut Option<Running<T>>) -> Result<T, JoinError> {
     match slot {
         Some(running) => (&mut running.handle).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the queued start gets its permit, or never when nothing is queued.
+async fn admitted(slot: &mut Option<Queued>) -> Result<OwnedSemaphorePermit, AcquireError> {
+    match slot {
+        Some(queued) => queued.permit.as_mut().await,
         None => std::future::pending().await,
     }
 }
@@ -186,6 +213,7 @@ impl Worker {
                 result = join(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
                 result = join(&mut self.operation) => self.operation_returned(result),
                 result = join(&mut self.adoption) => self.adoption_returned(result),
+                permit = admitted(&mut self.queued) => self.admitted(permit),
                 result = join_task(&mut self.signal) => self.signalled(result),
                 _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
             }
@@ -198,6 +226,9 @@ impl Worker {
             running.handle.abort();
         }
         if let Some(running) = self.operation.take() {
+            running.handle.abort();
+        }
+        if let Some(running) = self.adoption.take() {
             running.handle.abort();
         }
         if let Some(signal) = self.signal.take() {
@@ -260,7 +291,8 @@ impl Worker {
 
     fn command(&mut self, command: WorkerCommand) {
         match command {
-            WorkerCommand::Run(op) => self.start_operation(op),
+            WorkerCommand::Run(Operation::Online) => self.start(Start::Online),
+            WorkerCommand::Run(op) => self.start_operation(op, None),
             WorkerCommand::Monitor { looks_alive } => self.start_monitoring(looks_alive),
             WorkerCommand::Unmonitor => self.stop_monitoring(),
             WorkerCommand::RunIsAlive => {
@@ -271,12 +303,69 @@ impl Worker {
         }
     }
 
+    // --- the start gate -------------------------------------------------------------------
+
+    /// Starts `start` now if the gate has room, else queues it (a later start replaces it).
+    fn start(&mut self, start: Start) {
+        self.unqueue();
+        match self.cx.start_gate.clone().try_acquire_owned() {
+            Ok(permit) => self.begin(start, permit),
+            Err(TryAcquireError::NoPermits) => {
+                self.queued = Some(Queued {
+                    start,
+                    permit: Box::pin(self.cx.start_gate.clone().acquire_owned()),
+                })
+            }
+            // The gate is never closed; were it, starting ungated beats never starting.
+            Err(TryAcquireError::Closed) => self.begin_ungated(start),
+        }
+    }
+
+    /// A start still waiting at the gate never began: whatever comes next replaces it. The
+    /// group waits for every adoption's answer, so a replaced one answers "not found".
+    fn unqueue(&mut self) {
+        if let Some(queued) = self.queued.take() {
+            if queued.start == Start::Adopt {
+                let _ = self.group.send(GroupEvent::Adopted {
+                    resource: self.cx.id,
+                    alive: false,
+                });
+            }
+        }
+    }
+
+    fn admitted(&mut self, permit: Result<OwnedSemaphorePermit, AcquireError>) {
+        let Some(queued) = self.queued.take() else {
+            return;
+        };
+        match permit {
+            Ok(permit) => self.begin(queued.start, permit),
+            Err(_) => self.begin_ungated(queued.start),
+        }
+    }
+
+    fn begin(&mut self, start: Start, permit: OwnedSemaphorePermit) {
+        match start {
+            Start::Adopt => self.start_adoption(Some(permit)),
+            Start::Online => self.start_operation(Operation::Online, Some(permit)),
+        }
+    }
+
+    fn begin_ungated(&mut self, start: Start) {
+        match start {
+            Start::Adopt => self.start_adoption(None),
+            Start::Online => self.start_operation(Operation::Online, None),
+        }
+    }
+
     // --- adoption -------------------------------------------------------------------------
 
-    fn start_adoption(&mut self) {
+    /// The permit is held by the call and given back when it ends or is abandoned.
+    fn start_adoption(&mut self, permit: Option<OwnedSemaphorePermit>) {
         let resource = self.resource.clone();
         self.adoption = Some(
             self.spawn_call(Some(self.cx.props.check_timeout), async move {
+                let _permit = permit;
                 resource.adopt().await
             }),
         );
@@ -310,7 +399,8 @@ impl Worker {
 
     // --- operations -----------------------------------------------------------------------
 
-    fn start_operation(&mut self, op: Operation) {
+    fn start_operation(&mut self, op: Operation, permit: Option<OwnedSemaphorePermit>) {
+        self.unqueue();
         if let Some(running) = self.operation.take() {
             // The policy never overlaps operations; a stray one is stopped rather than raced.
             let previous = self.operation_kind;
@@ -321,6 +411,7 @@ impl Worker {
         let progress = Arc::new(Progress::default());
         self.operation_progress = progress.clone();
         let call = async move {
+            let _permit = permit;
             match op {
                 Operation::Online => resource.online(&progress).await,
                 Operation::Offline => resource.offline().await,

@@ -257,8 +257,9 @@ fn run_floor(proto: Proto, port: u16, rate: Option<usize>, measure: Duration) ->
         .spawn()
         .expect("floor child");
     let pid = child.id() as i32;
-    std::thread::sleep(Duration::from_secs(2));
     let stdout = child.stdout.take().unwrap();
+    // Read from the start: lines left in the pipe during the warm-up would otherwise all be
+    // stamped after `t0`, and the warm-up's checks counted in the measurement.
     let counter = std::thread::spawn(move || {
         // The child prints its running total of checks every 100 ms.
         use std::io::BufRead;
@@ -274,6 +275,7 @@ fn run_floor(proto: Proto, port: u16, rate: Option<usize>, measure: Duration) ->
         }
         last
     });
+    std::thread::sleep(Duration::from_secs(2));
     let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(measure);
     let (cpu1, t1) = (cpu_seconds(pid), Instant::now());
