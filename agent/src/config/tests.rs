@@ -209,3 +209,24 @@ depends_on = ["ip"]
         "an explicit address wins"
     );
 }
+
+#[test]
+fn a_group_fingerprint_changes_with_anything_it_runs_with() {
+    let fingerprint =
+        |toml: &str| parse(Path::new("f.toml"), toml).unwrap().config.groups[0].fingerprint();
+    let base = "[[groups]]\nname = \"g\"\n[[groups.resources]]\nname = \"r\"\ntype = \"tcp\"\naddress = \"127.0.0.1:25\"\n";
+    assert_eq!(fingerprint(base), fingerprint(base));
+    // Comments and layout are not the config.
+    assert_eq!(
+        fingerprint(base),
+        fingerprint(&format!("# a comment\n{base}"))
+    );
+    for changed in [
+        base.replace("127.0.0.1:25", "127.0.0.1:26"),
+        format!("{base}check_timeout = \"2s\"\n"),
+        format!("[resource_types.tcp]\nrestart_threshold = 9\n{base}"),
+        format!("{base}[[groups.resources]]\nname = \"s\"\ntype = \"tcp\"\naddress = \"127.0.0.1:25\"\n"),
+    ] {
+        assert_ne!(fingerprint(base), fingerprint(&changed), "{changed}");
+    }
+}

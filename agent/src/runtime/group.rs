@@ -48,12 +48,13 @@ pub(crate) enum GroupEvent {
 
 /// The agent's end of a running group.
 pub(crate) struct GroupHandle {
-    /// The config it runs.
-    pub(crate) config: GroupConfig,
+    name: String,
+    /// [`GroupConfig::fingerprint`] of the config it runs.
+    pub(crate) fingerprint: u64,
     /// The state dir its resources were built with.
     pub(crate) state_dir: std::path::PathBuf,
     tx: mpsc::UnboundedSender<GroupEvent>,
-    labels: Vec<ResourceLabels>,
+    contexts: Vec<Arc<ResourceContext>>,
 }
 
 impl GroupHandle {
@@ -70,14 +71,14 @@ impl GroupHandle {
         {
             let _ = wait.await;
         }
-        shared.status.remove(self.config.name.as_str());
+        shared.status.remove(&self.name);
         shared
             .admins
             .write()
             .unwrap_or_else(|e| e.into_inner())
-            .remove(self.config.name.as_str());
-        for labels in &self.labels {
-            shared.sink.metrics().forget(labels);
+            .remove(&self.name);
+        for cx in &self.contexts {
+            shared.sink.metrics().forget(&cx.metrics.labels);
         }
     }
 }
@@ -145,10 +146,9 @@ pub(crate) fn spawn_with(
     resources: Vec<Arc<dyn resmon_probes::Resource>>,
 ) -> GroupHandle {
     let (tx, rx) = mpsc::unbounded_channel();
-    let mut contexts = Vec::new();
-    let mut workers = Vec::new();
-    let mut slots = Vec::new();
-    let mut labels = Vec::new();
+    let mut contexts = Vec::with_capacity(config.resources.len());
+    let mut workers = Vec::with_capacity(config.resources.len());
+    let mut slots = Vec::with_capacity(config.resources.len());
     for ((i, r), resource) in config.resources.iter().enumerate().zip(resources) {
         let l = ResourceLabels {
             group: config.name.to_string(),
@@ -157,7 +157,6 @@ pub(crate) fn spawn_with(
                 r#type: r.type_name(),
             },
         };
-        labels.push(l.clone());
         let slot = Arc::new(Mutex::new(ResourceStatus {
             name: r.name.to_string(),
             r#type: r.type_name().into(),
@@ -177,8 +176,6 @@ pub(crate) fn spawn_with(
         slots.push(slot.clone());
         let cx = Arc::new(ResourceContext {
             id: ResourceId(i),
-            group: config.name.to_string(),
-            name: r.name.to_string(),
             type_name: r.type_name(),
             props: r.props.clone(),
             metrics: shared.sink.metrics().resource(l),
@@ -208,6 +205,7 @@ pub(crate) fn spawn_with(
                 spec: config.spec.clone(),
             },
         );
+    let handle_contexts = contexts.clone();
     let task = GroupTask {
         name: config.name.to_string(),
         controller: GroupController::new(config.spec.clone()),
@@ -225,10 +223,11 @@ pub(crate) fn spawn_with(
     };
     tokio::spawn(task.run());
     GroupHandle {
-        config,
+        name: config.name.to_string(),
+        fingerprint: config.fingerprint(),
         state_dir: agent.state_dir.clone(),
         tx,
-        labels,
+        contexts: handle_contexts,
     }
 }
 
@@ -425,7 +424,7 @@ impl GroupTask {
                 self.refresh(resource, now);
                 StateChanged {
                     group: &self.name,
-                    resource: &cx.name,
+                    resource: cx.name(),
                     r#type: cx.type_name,
                     from,
                     to,
@@ -452,7 +451,7 @@ impl GroupTask {
                 status::lock(&cx.status).restarts_total += 1;
                 RestartRequested {
                     group: &self.name,
-                    resource: &cx.name,
+                    resource: cx.name(),
                     restarts_in_period,
                     metrics: &cx.metrics,
                 }
@@ -462,7 +461,7 @@ impl GroupTask {
             Effect::RequestFailover { resource } => {
                 FailoverRequested {
                     group: &self.name,
-                    resource: &self.contexts[resource.0].name,
+                    resource: self.contexts[resource.0].name(),
                 }
                 .emit(&self.shared.sink);
                 self.failover = Some(self.link.request_failover());
@@ -472,7 +471,7 @@ impl GroupTask {
             Effect::RetryScheduled { resource, at } => {
                 RetryScheduled {
                     group: &self.name,
-                    resource: &self.contexts[resource.0].name,
+                    resource: self.contexts[resource.0].name(),
                     in_seconds: at.elapsed().saturating_sub(now.elapsed()).as_secs_f64(),
                 }
                 .emit(&self.shared.sink);
@@ -481,7 +480,7 @@ impl GroupTask {
             Effect::GaveUp { resource } => {
                 GaveUp {
                     group: &self.name,
-                    resource: &self.contexts[resource.0].name,
+                    resource: self.contexts[resource.0].name(),
                 }
                 .emit(&self.shared.sink);
                 self.refresh(resource, now);

@@ -88,11 +88,10 @@ impl Shared {
     }
 }
 
-/// What a worker knows about its resource.
+/// What a worker knows about its resource. Its group's and its own name are those of its
+/// metric labels: one copy per resource, 10,000 of them at a time.
 pub(crate) struct ResourceContext {
     pub(crate) id: ResourceId,
-    pub(crate) group: String,
-    pub(crate) name: String,
     pub(crate) type_name: &'static str,
     pub(crate) props: ResourceProps,
     pub(crate) metrics: ResourceMetrics,
@@ -101,9 +100,21 @@ pub(crate) struct ResourceContext {
     pub(crate) start_gate: Arc<tokio::sync::Semaphore>,
 }
 
+impl ResourceContext {
+    pub(crate) fn group(&self) -> &str {
+        &self.metrics.labels.group
+    }
+
+    pub(crate) fn name(&self) -> &str {
+        &self.metrics.labels.resource
+    }
+}
+
 /// The running groups of one config.
 pub struct Agent {
-    config: Config,
+    /// `[agent]` of the config running now; each group keeps its own part (the only copy:
+    /// at 10,000 resources a second one costs megabytes).
+    agent: config::AgentConfig,
     shared: Arc<Shared>,
     groups: BTreeMap<String, GroupHandle>,
 }
@@ -112,22 +123,19 @@ impl Agent {
     /// Starts every group of `config`.
     pub fn start(config: Config, shared: Arc<Shared>) -> Agent {
         let mut groups = BTreeMap::new();
-        for g in &config.groups {
-            groups.insert(
-                g.name.to_string(),
-                group::spawn(g.clone(), &config.agent, &shared),
-            );
+        for g in config.groups {
+            groups.insert(g.name.to_string(), group::spawn(g, &config.agent, &shared));
         }
         Agent {
-            config,
+            agent: config.agent,
             shared,
             groups,
         }
     }
 
-    /// The config running now.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// `[agent]` of the config running now.
+    pub fn agent_config(&self) -> &config::AgentConfig {
+        &self.agent
     }
 
     /// Re-reads the config file; applies only what changed, or keeps everything as it is when
@@ -151,9 +159,9 @@ impl Agent {
             tracing::warn!("{w}");
         }
         let new = loaded.config;
-        if new.agent.listen != self.config.agent.listen {
+        if new.agent.listen != self.agent.listen {
             tracing::warn!(
-                old = %self.config.agent.listen,
+                old = %self.agent.listen,
                 new = %new.agent.listen,
                 "a new listen address takes effect at the next start"
             );
@@ -165,28 +173,25 @@ impl Agent {
             unchanged: 0,
         };
         let mut old = std::mem::take(&mut self.groups);
-        for g in &new.groups {
+        for g in new.groups {
             let name = g.name.to_string();
             match old.remove(&name) {
                 Some(running)
-                    if running.config == *g && running.state_dir == new.agent.state_dir =>
+                    if running.fingerprint == g.fingerprint()
+                        && running.state_dir == new.agent.state_dir =>
                 {
                     event.unchanged += 1;
                     self.groups.insert(name, running);
                 }
                 Some(running) => {
                     running.stop(false, &self.shared).await;
-                    self.groups.insert(
-                        name.clone(),
-                        group::spawn(g.clone(), &new.agent, &self.shared),
-                    );
+                    self.groups
+                        .insert(name.clone(), group::spawn(g, &new.agent, &self.shared));
                     event.changed.push(name);
                 }
                 None => {
-                    self.groups.insert(
-                        name.clone(),
-                        group::spawn(g.clone(), &new.agent, &self.shared),
-                    );
+                    self.groups
+                        .insert(name.clone(), group::spawn(g, &new.agent, &self.shared));
                     event.added.push(name);
                 }
             }
@@ -196,7 +201,7 @@ impl Agent {
             event.removed.push(name);
         }
         event.emit(&self.shared.sink);
-        self.config = new;
+        self.agent = new.agent;
         Ok(())
     }
 
@@ -237,11 +242,12 @@ pub enum RunError {
 /// `resmon run`: loads the config, serves HTTP, runs every group, reloads on SIGHUP and exits
 /// on SIGTERM or SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), RunError> {
-    let loaded = config::load(&path)?;
-    for w in &loaded.warnings {
+    let config::Loaded { config, warnings } = config::load(&path)?;
+    for w in &warnings {
         eprintln!("{w}");
     }
-    let config = loaded.config;
+    // Said once; 10,000 resources may bring as many, kept for nothing.
+    drop(warnings);
     let listener = tokio::net::TcpListener::bind(config.agent.listen)
         .await
         .map_err(|source| RunError::Listen {
@@ -317,7 +323,7 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
         }
     }
     crate::watchdog::stopping();
-    let stop = agent.config().agent.stop_on_exit;
+    let stop = agent.agent_config().stop_on_exit;
     agent.shutdown(stop).await;
     Ok(())
 }

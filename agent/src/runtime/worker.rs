@@ -20,6 +20,7 @@ use crate::events::{
     CheckStuck, Event, FailureSignalled, OperationFailed, OperationTimedOut, ProbeFailed,
 };
 use crate::status;
+use futures::StreamExt;
 use resmon_policies::{CheckKind, FailureReason, Input, Operation};
 use resmon_probes::{Failure, Progress, Resource};
 use std::future::Future;
@@ -44,15 +45,16 @@ pub(crate) enum WorkerCommand {
     RunIsAlive,
 }
 
-/// The group task's end of a worker.
+/// The group task's end of a worker. Its channel is futures' rather than tokio's: tokio's
+/// allocates a block of 32 slots up front, half a kilobyte per resource that mostly sits idle.
 pub(crate) struct WorkerHandle {
-    tx: mpsc::UnboundedSender<WorkerCommand>,
+    tx: futures::channel::mpsc::UnboundedSender<WorkerCommand>,
 }
 
 impl WorkerHandle {
     pub(crate) fn send(&self, command: WorkerCommand) {
         // A worker only ends when this handle drops, so the send cannot fail while we hold it.
-        let _ = self.tx.send(command);
+        let _ = self.tx.unbounded_send(command);
     }
 }
 
@@ -90,7 +92,7 @@ struct Worker {
     cx: Arc<ResourceContext>,
     resource: Arc<dyn Resource>,
     group: mpsc::UnboundedSender<GroupEvent>,
-    commands: mpsc::UnboundedReceiver<WorkerCommand>,
+    commands: futures::channel::mpsc::UnboundedReceiver<WorkerCommand>,
     monitoring: Option<Monitoring>,
     generation: u64,
     looks_alive_check: Option<Running<Result<(), Failure>>>,
@@ -118,7 +120,7 @@ pub(crate) fn spawn(
     resource: Arc<dyn Resource>,
     group: mpsc::UnboundedSender<GroupEvent>,
 ) -> WorkerHandle {
-    let (tx, commands) = mpsc::unbounded_channel();
+    let (tx, commands) = futures::channel::mpsc::unbounded();
     let mut worker = Worker {
         cx,
         resource,
@@ -205,7 +207,7 @@ impl Worker {
                 }
             }
             tokio::select! {
-                command = self.commands.recv() => match command {
+                command = self.commands.next() => match command {
                     Some(command) => self.command(command),
                     None => break,
                 },
@@ -404,7 +406,7 @@ impl Worker {
         if let Some(running) = self.operation.take() {
             // The policy never overlaps operations; a stray one is stopped rather than raced.
             let previous = self.operation_kind;
-            tracing::warn!(group = %self.cx.group, resource = %self.cx.name, %previous, next = %op, "operation replaced");
+            tracing::warn!(group = %self.cx.group(), resource = %self.cx.name(), %previous, next = %op, "operation replaced");
             running.handle.abort();
         }
         let resource = self.resource.clone();
@@ -442,8 +444,8 @@ impl Worker {
             .operation_duration(self.cx.type_name, op, elapsed);
         if let Err(failure) = &outcome {
             OperationFailed {
-                group: &self.cx.group,
-                resource: &self.cx.name,
+                group: self.cx.group(),
+                resource: self.cx.name(),
                 op,
                 reason: failure.reason,
                 detail: &failure.detail,
@@ -469,8 +471,8 @@ impl Worker {
             resmon_probes::HumanDuration(running.started.elapsed())
         );
         OperationTimedOut {
-            group: &self.cx.group,
-            resource: &self.cx.name,
+            group: self.cx.group(),
+            resource: self.cx.name(),
             op,
             timeout_seconds: running.started.elapsed().as_secs_f64(),
             detail: &self.operation_progress.timed_out(&limit).detail,
@@ -520,7 +522,7 @@ impl Worker {
     }
 
     fn phase(&self, kind: CheckKind, interval: Duration) -> Duration {
-        phase(&self.cx.group, &self.cx.name, kind, interval)
+        phase(self.cx.group(), self.cx.name(), kind, interval)
     }
 
     fn next_check(&self) -> Option<Instant> {
@@ -605,8 +607,8 @@ impl Worker {
     /// The previous check of this kind is still stuck: count it, and fail this one.
     fn report_stuck(&mut self, kind: CheckKind, running_for: Duration) {
         CheckStuck {
-            group: &self.cx.group,
-            resource: &self.cx.name,
+            group: self.cx.group(),
+            resource: self.cx.name(),
             r#type: self.cx.type_name,
             check: kind,
             running_seconds: running_for.as_secs_f64(),
@@ -677,8 +679,8 @@ impl Worker {
 
     fn check_failed(&mut self, kind: CheckKind, failure: &Failure, elapsed: f64) {
         ProbeFailed {
-            group: &self.cx.group,
-            resource: &self.cx.name,
+            group: self.cx.group(),
+            resource: self.cx.name(),
             r#type: self.cx.type_name,
             check: kind,
             reason: failure.reason,
@@ -712,8 +714,8 @@ impl Worker {
             },
         };
         FailureSignalled {
-            group: &self.cx.group,
-            resource: &self.cx.name,
+            group: self.cx.group(),
+            resource: self.cx.name(),
             r#type: self.cx.type_name,
             reason: failure.reason,
             detail: &failure.detail,
