@@ -249,7 +249,11 @@ impl BannerClient {
         // behind, as the tcp type does (thousands of checks a second would fill the port range).
         crate::net::close_with_reset(&stream);
         let conn = if self.tls_mode == TlsMode::Implicit {
-            Conn::Tls(Box::new(self.tls.handshake(stream, progress).await?))
+            Conn::Tls(Box::new(
+                self.tls
+                    .handshake(crate::net::before_tls(stream), progress)
+                    .await?,
+            ))
         } else {
             Conn::Plain(stream)
         };
@@ -314,7 +318,11 @@ impl BannerClient {
                     };
                     reader = BufReader::with_capacity(
                         READ_BUFFER,
-                        Conn::Tls(Box::new(self.tls.handshake(stream, progress).await?)),
+                        Conn::Tls(Box::new(
+                            self.tls
+                                .handshake(crate::net::before_tls(stream), progress)
+                                .await?,
+                        )),
                     );
                 }
             }

@@ -198,7 +198,11 @@ impl HttpResource {
         let tcp = crate::net::connect(&c.url.target, progress).await?;
         crate::net::close_with_reset(&tcp);
         let stream: Box<dyn Stream> = if c.url.https {
-            Box::new(self.tls.handshake(tcp, progress).await?)
+            Box::new(
+                self.tls
+                    .handshake(crate::net::before_tls(tcp), progress)
+                    .await?,
+            )
         } else {
             Box::new(tcp)
         };

@@ -115,6 +115,16 @@ impl Progress {
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// Makes it new again for the next call, keeping its buffer: a check a second for 10,000
+    /// resources should not allocate what the last one already had.
+    pub fn reset(&self) {
+        let mut s = self.state();
+        s.stage = Stage::Other;
+        s.received.clear();
+        s.peer_certificate = None;
+        s.disk_space = None;
+    }
+
     /// Enters a stage.
     pub fn stage(&self, stage: Stage) {
         self.state().stage = stage;

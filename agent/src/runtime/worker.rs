@@ -539,20 +539,20 @@ impl Worker {
         let Some(m) = self.monitoring.as_mut() else {
             return;
         };
-        let mut due = Vec::with_capacity(2);
+        let mut due = [None, None];
         if m.looks_alive && m.next_looks_alive <= now {
-            due.push((CheckKind::LooksAlive, m.next_looks_alive));
+            due[0] = Some((CheckKind::LooksAlive, m.next_looks_alive));
             m.next_looks_alive =
                 advance(m.next_looks_alive, self.cx.props.looks_alive_interval, now);
         }
         if m.next_is_alive <= now {
-            due.push((CheckKind::IsAlive, m.next_is_alive));
+            due[1] = Some((CheckKind::IsAlive, m.next_is_alive));
             m.next_is_alive = advance(m.next_is_alive, self.cx.props.is_alive_interval, now);
         }
-        for (kind, scheduled) in due {
+        // The status shows the new schedule once the check is recorded: one lock per check.
+        for (kind, scheduled) in due.into_iter().flatten() {
             self.start_check(kind, Some(scheduled));
         }
-        self.publish_schedule();
     }
 
     fn slot(&mut self, kind: CheckKind) -> &mut Option<Running<Result<(), Failure>>> {
@@ -592,8 +592,7 @@ impl Worker {
                 .check_lateness((now - scheduled).as_secs_f64());
         }
         let resource = self.resource.clone();
-        let progress = Arc::new(Progress::default());
-        self.progress[kind_index(kind)] = progress.clone();
+        let progress = self.fresh_progress(kind);
         let call = async move {
             match kind {
                 CheckKind::LooksAlive => resource.looks_alive(&progress).await,
@@ -602,6 +601,17 @@ impl Worker {
         };
         let running = self.spawn_call(Some(self.cx.props.check_timeout), call);
         *self.slot(kind) = Some(running);
+    }
+
+    /// The progress for a new check of `kind`: the last one's, reset, unless something still
+    /// holds it (a blocking thread that outlived its check).
+    fn fresh_progress(&mut self, kind: CheckKind) -> Arc<Progress> {
+        let progress = &mut self.progress[kind_index(kind)];
+        match Arc::get_mut(progress) {
+            Some(only) if only.blocking_in_flight() == 0 => only.reset(),
+            _ => *progress = Arc::new(Progress::default()),
+        }
+        progress.clone()
     }
 
     /// The previous check of this kind is still stuck: count it, and fail this one.
@@ -751,24 +761,30 @@ impl Worker {
 
     // --- status ---------------------------------------------------------------------------
 
+    /// Records a check's result, and the schedule as it stands.
     fn record(&self, kind: CheckKind, failure: Option<&Failure>, elapsed: f64) {
+        let unix = crate::events::unix_now();
         let mut s = status::lock(&self.cx.status);
         let c = match kind {
             CheckKind::LooksAlive => &mut s.looks_alive,
             CheckKind::IsAlive => &mut s.is_alive,
         };
-        c.last_at = Some(crate::events::unix_now());
+        c.last_at = Some(unix);
         c.last_ok = Some(failure.is_none());
         c.last_reason = failure.map(|f| f.reason);
         c.last_detail = failure.map(|f| f.detail.clone());
         c.last_duration_seconds = Some(elapsed);
+        self.write_schedule(&mut s, unix);
     }
 
     fn publish_schedule(&self) {
-        let now = Instant::now();
         let unix = crate::events::unix_now();
+        self.write_schedule(&mut status::lock(&self.cx.status), unix);
+    }
+
+    fn write_schedule(&self, s: &mut status::ResourceStatus, unix: f64) {
+        let now = Instant::now();
         let at = |t: Instant| unix + t.saturating_duration_since(now).as_secs_f64();
-        let mut s = status::lock(&self.cx.status);
         match &self.monitoring {
             Some(m) => {
                 s.looks_alive.polled = m.looks_alive;

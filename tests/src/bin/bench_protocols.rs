@@ -11,7 +11,7 @@
 //! Two loads: paced at `--rate` checks per second (default 10,000: 10,000 resources at 1 s),
 //! and saturation (as many as the prober completes). Prints CPU-ms per check and the ratios.
 //!
-//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http]`
+//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation]`
 
 use resmon_e2e::procfs::{cpu_seconds, peak_rss_kib, raise_fd_limit};
 use resmon_e2e::{free_port, metric_sum, online_resources, Agent};
@@ -51,6 +51,7 @@ fn main() {
     let mut seconds = 20u64;
     let mut rate = 10_000usize;
     let mut protos = vec![Proto::Smtp, Proto::Http];
+    let mut loads = vec!["paced", "saturation"];
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -63,6 +64,7 @@ fn main() {
                     Proto::Http
                 }]
             }
+            "--load" => loads.retain(|l| *l == args[i + 1]),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -92,6 +94,9 @@ fn main() {
             http_port
         };
         for (load, target_rate) in [("paced", Some(rate)), ("saturation", None)] {
+            if !loads.contains(&load) {
+                continue;
+            }
             let floor = run_floor(proto, port, target_rate, measure);
             let agent = run_agent(
                 proto,
