@@ -38,6 +38,11 @@ impl EventSink {
         &self.metrics
     }
 
+    /// The metrics, to hold beyond a borrow (a streamed scrape).
+    pub fn metrics_handle(&self) -> Arc<Metrics> {
+        self.metrics.clone()
+    }
+
     /// The most recent events, oldest first.
     pub fn recent(&self) -> Vec<serde_json::Value> {
         self.recent

@@ -497,16 +497,47 @@ impl Metrics {
     /// The Prometheus text exposition format (version 0.0.4), which `promtool check metrics`
     /// and every Prometheus version read.
     pub fn encode_text(&self) -> String {
-        let mut out = self.encode_series(false);
-        out.push_str(&openmetrics_to_text(&self.encode_registry()));
-        out
+        self.encode_chunks(false).collect()
     }
 
     /// The OpenMetrics text format, for scrapers that ask for it.
     pub fn encode_openmetrics(&self) -> String {
-        let mut out = self.encode_series(true);
-        out.push_str(&self.encode_registry());
-        out
+        self.encode_chunks(true).collect()
+    }
+
+    /// The exposition in pieces of about [`CHUNK_BYTES`], each encoded only when asked for:
+    /// at 10,000 resources the whole text is over 10 MB, which a scrape would otherwise hold at
+    /// once. The per-resource families first, then the registry's (small: their label values
+    /// are fixed enums, and failure series exist only for resources that failed).
+    pub fn encode_chunks(&self, openmetrics: bool) -> impl Iterator<Item = String> + '_ {
+        let series: Vec<Arc<ResourceSeries>> = self
+            .series
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect();
+        let mut next = SeriesCursor::default();
+        let mut registry_done = false;
+        std::iter::from_fn(move || {
+            if next.family < SERIES_FAMILIES.len() {
+                let mut out = String::with_capacity(CHUNK_BYTES + 1024);
+                while out.len() < CHUNK_BYTES && next.family < SERIES_FAMILIES.len() {
+                    next.write(&mut out, &series, openmetrics);
+                }
+                return Some(out);
+            }
+            if registry_done {
+                return None;
+            }
+            registry_done = true;
+            let registry = self.encode_registry();
+            Some(if openmetrics {
+                registry
+            } else {
+                openmetrics_to_text(&registry)
+            })
+        })
     }
 
     fn encode_registry(&self) -> String {
@@ -515,19 +546,48 @@ impl Metrics {
             .expect("writing to a String cannot fail");
         out
     }
+}
 
-    /// The per-resource families. The only difference between the two formats is how a
-    /// counter family is named in its `# HELP`/`# TYPE` lines.
-    fn encode_series(&self, openmetrics: bool) -> String {
-        let series: Vec<Arc<ResourceSeries>> = self
-            .series
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .values()
-            .cloned()
-            .collect();
-        let mut out = String::with_capacity(series.len() * 1000 + 1024);
-        let family = |out: &mut String, name: &str, kind: &str, help: &str| {
+/// How much of the exposition is encoded at a time.
+pub const CHUNK_BYTES: usize = 64 * 1024;
+
+/// The per-resource families: name, kind, help. The only difference between the two formats
+/// is how a counter family is named in its `# HELP`/`# TYPE` lines.
+const SERIES_FAMILIES: [(&str, &str, &str); 4] = [
+    (
+        "resmon_resource_state",
+        "gauge",
+        "Current state of each resource: 1 for the state it is in, 0 for the others.",
+    ),
+    (
+        "resmon_check_last_duration_seconds",
+        "gauge",
+        "Duration of each resource's last check of each kind.",
+    ),
+    (
+        "resmon_resource_restarts",
+        "counter",
+        "Restarts of each resource decided by the restart policy.",
+    ),
+    (
+        "resmon_resource_last_transition_timestamp_seconds",
+        "gauge",
+        "Unix time of each resource's last state transition.",
+    ),
+];
+
+/// Where the encoding of the per-resource families has got to.
+#[derive(Default)]
+struct SeriesCursor {
+    family: usize,
+    resource: usize,
+}
+
+impl SeriesCursor {
+    /// Writes the next line or lines: a family's header, or one resource's samples of it.
+    fn write(&mut self, out: &mut String, series: &[Arc<ResourceSeries>], openmetrics: bool) {
+        let (name, kind, help) = SERIES_FAMILIES[self.family];
+        if self.resource == 0 {
             let suffix = if kind == "counter" && !openmetrics {
                 "_total"
             } else {
@@ -537,71 +597,50 @@ impl Metrics {
                 out,
                 "# HELP {name}{suffix} {help}\n# TYPE {name}{suffix} {kind}"
             );
+        }
+        let Some(s) = series.get(self.resource) else {
+            self.family += 1;
+            self.resource = 0;
+            return;
         };
-        family(
-            &mut out,
-            "resmon_resource_state",
-            "gauge",
-            "Current state of each resource: 1 for the state it is in, 0 for the others.",
-        );
-        for s in &series {
-            let current = s.state.load(Ordering::Relaxed);
-            for (i, state) in State::ALL.iter().enumerate() {
+        self.resource += 1;
+        match self.family {
+            0 => {
+                let current = s.state.load(Ordering::Relaxed);
+                for (i, state) in State::ALL.iter().enumerate() {
+                    let _ = writeln!(
+                        out,
+                        "{name}{{state=\"{}\",{}}} {}",
+                        state.as_str(),
+                        s.labels,
+                        u8::from(i == current)
+                    );
+                }
+            }
+            1 => {
+                for (i, check) in CheckKind::ALL.iter().enumerate() {
+                    let v = f64::from_bits(s.last_duration[i].load(Ordering::Relaxed));
+                    let _ = writeln!(
+                        out,
+                        "{name}{{check=\"{}\",{}}} {v}",
+                        check.as_str(),
+                        s.labels
+                    );
+                }
+            }
+            2 => {
                 let _ = writeln!(
                     out,
-                    "resmon_resource_state{{state=\"{}\",{}}} {}",
-                    state.as_str(),
+                    "{name}_total{{{}}} {}",
                     s.labels,
-                    u8::from(i == current)
+                    s.restarts.load(Ordering::Relaxed)
                 );
             }
-        }
-        family(
-            &mut out,
-            "resmon_check_last_duration_seconds",
-            "gauge",
-            "Duration of each resource's last check of each kind.",
-        );
-        for s in &series {
-            for (i, check) in CheckKind::ALL.iter().enumerate() {
-                let v = f64::from_bits(s.last_duration[i].load(Ordering::Relaxed));
-                let _ = writeln!(
-                    out,
-                    "resmon_check_last_duration_seconds{{check=\"{}\",{}}} {v}",
-                    check.as_str(),
-                    s.labels
-                );
+            _ => {
+                let v = f64::from_bits(s.last_transition.load(Ordering::Relaxed));
+                let _ = writeln!(out, "{name}{{{}}} {v}", s.labels);
             }
         }
-        family(
-            &mut out,
-            "resmon_resource_restarts",
-            "counter",
-            "Restarts of each resource decided by the restart policy.",
-        );
-        for s in &series {
-            let _ = writeln!(
-                out,
-                "resmon_resource_restarts_total{{{}}} {}",
-                s.labels,
-                s.restarts.load(Ordering::Relaxed)
-            );
-        }
-        family(
-            &mut out,
-            "resmon_resource_last_transition_timestamp_seconds",
-            "gauge",
-            "Unix time of each resource's last state transition.",
-        );
-        for s in &series {
-            let v = f64::from_bits(s.last_transition.load(Ordering::Relaxed));
-            let _ = writeln!(
-                out,
-                "resmon_resource_last_transition_timestamp_seconds{{{}}} {v}",
-                s.labels
-            );
-        }
-        out
     }
 }
 
@@ -773,6 +812,48 @@ mod tests {
         assert!(!text.contains("# EOF"));
         m.forget(&r.labels);
         assert!(!m.encode_text().contains("resource=\"r\""));
+    }
+
+    #[test]
+    fn a_large_exposition_comes_in_bounded_chunks_that_add_up_to_every_series() {
+        let m = Metrics::new();
+        let handles: Vec<ResourceMetrics> = (0..3000)
+            .map(|i| {
+                m.resource(ResourceLabels {
+                    group: format!("g{}", i / 100),
+                    resource: format!("r{i}"),
+                    kind: TypeLabel { r#type: "smtp" },
+                })
+            })
+            .collect();
+        let chunks: Vec<String> = m.encode_chunks(false).collect();
+        assert!(chunks.len() > 10, "{} chunks", chunks.len());
+        for chunk in &chunks {
+            // A chunk stops at the first resource past the mark: one resource's lines more.
+            assert!(chunk.len() < CHUNK_BYTES + 2048, "{}", chunk.len());
+            assert!(chunk.is_empty() || chunk.ends_with('\n'));
+        }
+        let text = chunks.concat();
+        for family in SERIES_FAMILIES.map(|f| f.0) {
+            assert_eq!(
+                text.matches(&format!("# TYPE {family}")).count(),
+                1,
+                "{family}"
+            );
+        }
+        let mut lines_per_resource = std::collections::HashMap::new();
+        for line in text.lines().filter(|l| !l.starts_with('#')) {
+            if let Some(rest) = line.split("resource=\"").nth(1) {
+                let resource = rest.split('"').next().unwrap();
+                *lines_per_resource.entry(resource).or_insert(0) += 1;
+            }
+        }
+        assert_eq!(lines_per_resource.len(), handles.len());
+        for h in &handles {
+            // A line per state, per check kind, restarts and last transition.
+            let expected = State::ALL.len() + CheckKind::ALL.len() + 2;
+            assert_eq!(lines_per_resource[h.labels.resource.as_str()], expected);
+        }
     }
 }
 
