@@ -607,7 +607,7 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
             rows.push(vec![
                 g.name.clone(),
                 r.name.clone(),
-                r.r#type.clone(),
+                r.r#type.to_string(),
                 state,
                 ago(now, r.since),
                 format!("{}/{}", r.restarts_in_period, r.restart_threshold),

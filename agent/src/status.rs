@@ -4,6 +4,7 @@
 
 use resmon_policies::{FailureReason, GroupMode, Operation, State};
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, RwLock};
 
@@ -31,14 +32,14 @@ pub struct CheckStatus {
 pub struct ResourceStatus {
     /// Name.
     pub name: String,
-    /// Type.
-    pub r#type: String,
+    /// Type (borrowed, as most causes: 10,000 resources need not allocate them each).
+    pub r#type: Cow<'static, str>,
     /// State.
     pub state: State,
     /// Since when (Unix seconds).
     pub since: f64,
     /// Why it entered that state.
-    pub cause: String,
+    pub cause: Cow<'static, str>,
     /// Operation in flight.
     pub pending: Option<Operation>,
     /// Names of the resources it depends on.
