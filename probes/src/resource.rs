@@ -61,7 +61,7 @@ impl std::error::Error for Failure {}
 #[derive(Debug, Default)]
 pub struct Progress {
     inner: Mutex<ProgressState>,
-    blocking: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    blocking: std::sync::Arc<BlockingCount>,
 }
 
 /// The stages a check goes through; the one it is in when its deadline passes names the reason.
@@ -97,13 +97,23 @@ struct ProgressState {
     disk_space: Option<(u64, u64)>,
 }
 
+/// Blocking threads of a call still running, and a bell rung as each returns.
+#[derive(Debug, Default)]
+struct BlockingCount {
+    running: std::sync::atomic::AtomicUsize,
+    returned: tokio::sync::Notify,
+}
+
 /// Counts a blocking call while its thread runs; see [`Progress::blocking_guard`].
 #[derive(Debug)]
-pub struct BlockingGuard(std::sync::Arc<std::sync::atomic::AtomicUsize>);
+pub struct BlockingGuard(std::sync::Arc<BlockingCount>);
 
 impl Drop for BlockingGuard {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0
+            .running
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        self.0.returned.notify_waiters();
     }
 }
 
@@ -147,13 +157,31 @@ impl Progress {
     /// counts the thread, so the runtime knows a timed-out check is still stuck in the kernel.
     pub fn blocking_guard(&self) -> BlockingGuard {
         self.blocking
+            .running
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         BlockingGuard(self.blocking.clone())
     }
 
     /// Blocking threads of this call still running.
     pub fn blocking_in_flight(&self) -> usize {
-        self.blocking.load(std::sync::atomic::Ordering::SeqCst)
+        self.blocking
+            .running
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Resolves once no blocking thread of this call runs any more: how the runtime learns
+    /// that a stuck check's thread came back from the kernel.
+    pub async fn blocking_returned(&self) {
+        loop {
+            let returned = self.blocking.returned.notified();
+            tokio::pin!(returned);
+            // Registered before the count is read, so a return in between is not missed.
+            returned.as_mut().enable();
+            if self.blocking_in_flight() == 0 {
+                return;
+            }
+            returned.await;
+        }
     }
 
     /// Records a filesystem's free and total bytes.

@@ -1,5 +1,6 @@
 //! The runtime's isolation guarantees, with resource types that misbehave on purpose: one that
-//! panics, one whose check blocks its thread, one whose online takes longer than a timeout.
+//! panics, one whose blocking thread hangs, one that blocks the runtime's own thread, one whose
+//! online takes longer than a timeout.
 //! Real time, short durations; every wait is bounded.
 
 use super::group::{self, GroupHandle};
@@ -17,12 +18,14 @@ use std::time::Duration;
 #[derive(Default)]
 struct Scripted {
     panic_in_is_alive: bool,
+    /// Hangs this long in a blocking thread, as statvfs on a dead NFS mount does.
+    hang_in_blocking_thread: Option<Duration>,
     /// Blocks the calling thread (a resource type doing blocking I/O on the runtime: a bug, but
     /// one the runtime must survive).
     block_in_is_alive: Option<Duration>,
     online_takes: Option<Duration>,
     is_alive_calls: AtomicUsize,
-    running_now: AtomicUsize,
+    running_now: Arc<AtomicUsize>,
     max_running: AtomicUsize,
     /// Starts (adoptions and onlines) of every resource sharing this counter, in flight.
     starts: Option<Arc<Concurrency>>,
@@ -69,7 +72,7 @@ impl Resource for Scripted {
     async fn looks_alive(&self, _: &Progress) -> Result<(), Failure> {
         Ok(())
     }
-    async fn is_alive(&self, _: &Progress) -> Result<(), Failure> {
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
         self.is_alive_calls.fetch_add(1, Ordering::SeqCst);
         let now = self.running_now.fetch_add(1, Ordering::SeqCst) + 1;
         self.max_running.fetch_max(now, Ordering::SeqCst);
@@ -79,6 +82,18 @@ impl Resource for Scripted {
         }
         if let Some(d) = self.block_in_is_alive {
             std::thread::sleep(d);
+        }
+        if let Some(d) = self.hang_in_blocking_thread {
+            // The call counts as running until its thread returns, cancelled or not.
+            let guard = progress.blocking_guard();
+            let running = self.running_now.clone();
+            let _ = tokio::task::spawn_blocking(move || {
+                let _guard = guard;
+                std::thread::sleep(d);
+                running.fetch_sub(1, Ordering::SeqCst);
+            })
+            .await;
+            return Ok(());
         }
         self.running_now.fetch_sub(1, Ordering::SeqCst);
         Ok(())
@@ -180,17 +195,20 @@ async fn a_panicking_resource_type_fails_only_its_own_resource() {
     })
     .await;
     assert_eq!(state_of(&shared, "good"), "online");
-    assert!(shared
-        .sink
-        .metrics()
-        .encode_text()
-        .contains(r#"resmon_check_failures_total{check="is_alive",reason="panic",group="g",resource="bad",type="tcp"} 1"#));
+    let text = shared.sink.metrics().encode_text();
+    let line = text.lines().find(|l| l.starts_with(r#"resmon_check_failures_total{check="is_alive",reason="panic",group="g",resource="bad""#));
+    // At least once: a second check may panic before the group has stopped polling.
+    let count: f64 = line
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(count >= 1.0, "{line:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 3)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stuck_check_times_out_is_counted_and_never_runs_twice() {
     let stuck = Arc::new(Scripted {
-        block_in_is_alive: Some(Duration::from_millis(800)),
+        hang_in_blocking_thread: Some(Duration::from_millis(800)),
         ..Default::default()
     });
     let other = Arc::new(Scripted::default());
@@ -207,7 +225,7 @@ async fn a_stuck_check_times_out_is_counted_and_never_runs_twice() {
     let first = &events(&shared, "probe_failed", "stuck")[0];
     assert_eq!(first["reason"], "timeout", "{first}");
     wait_until("stuck to fail", || state_of(&shared, "stuck") == "failed").await;
-    // While the blocked call has not returned it counts as stuck.
+    // While the blocked thread has not returned it counts as stuck.
     let metrics = shared.sink.metrics().encode_text();
     assert!(
         metrics.contains(r#"resmon_checks_stuck{type="tcp",check="is_alive"} 1"#),
@@ -233,6 +251,33 @@ async fn a_stuck_check_times_out_is_counted_and_never_runs_twice() {
         other.is_alive_calls.load(Ordering::SeqCst) >= 3,
         "the other resource kept its schedule"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_check_that_blocks_the_runtime_thread_past_its_deadline_is_a_timeout() {
+    let blocking = Arc::new(Scripted {
+        block_in_is_alive: Some(Duration::from_millis(300)),
+        ..Default::default()
+    });
+    let other = Arc::new(Scripted::default());
+    let props = "is_alive_interval = \"50ms\"\ncheck_timeout = \"100ms\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"";
+    let (shared, _group) = start(
+        &resources(&[("blocking", props), ("other", props)]),
+        vec![blocking.clone(), other.clone()],
+    );
+    wait_until("blocking to fail", || {
+        state_of(&shared, "blocking") == "failed"
+    })
+    .await;
+    let first = &events(&shared, "probe_failed", "blocking")[0];
+    assert_eq!(first["reason"], "timeout", "{first}");
+    // The other thread kept the other resource's schedule.
+    let before = other.is_alive_calls.load(Ordering::SeqCst);
+    wait_until("other to keep being checked", || {
+        other.is_alive_calls.load(Ordering::SeqCst) >= before + 3
+    })
+    .await;
+    assert_eq!(state_of(&shared, "other"), "online");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

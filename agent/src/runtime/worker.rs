@@ -1,12 +1,17 @@
 //! One task per resource: the resource monitor's wrapper threads in tokio form.
 //!
-//! The worker runs every call into the resource type on a task of its own, so a panic is caught
-//! at the task boundary (reason `panic`) and a hung call never blocks the worker; each call is
-//! raced against its deadline (`check_timeout`, `pending_timeout`), and an elapsed deadline is
-//! reported as [`FailureReason::Timeout`]. A check that does not return after its deadline and
-//! its cancellation is *stuck*: it is counted, the next check of that kind is not started while
-//! it lasts, and each skipped check reports [`FailureReason::Stuck`], as Exres.dll's wrapper
-//! threads report a hung IsAlive.
+//! Every call into the resource type is raced against its deadline (`check_timeout`,
+//! `pending_timeout`); an elapsed deadline cancels the call and is reported as
+//! [`FailureReason::Timeout`] (or the stage's own reason, such as `banner_timeout`), and a panic
+//! fails only this resource (reason `panic`). Operations and adoption run on a task of their
+//! own. Checks, ten thousand a second at scale, are polled by the worker task itself: a task per
+//! check cost a spawn, a wake-up across tasks and often a thread woken to steal it, a fifth of
+//! the agent's CPU per check. A check whose blocking thread (statvfs on a dead NFS mount) is
+//! still in the kernel after its deadline is *stuck*: it is counted, the next check of that kind
+//! is not started while it lasts, and each skipped check reports [`FailureReason::Stuck`], as
+//! Exres.dll's wrapper threads report a hung IsAlive. A resource type that blocks the runtime's
+//! own thread is a bug the runtime cannot preempt: its check is reported `timeout` when it
+//! returns.
 //!
 //! Checks run on a fixed-rate schedule whose phase is derived from the resource's name, so
 //! 10,000 resources with the same interval are spread over the whole interval instead of
@@ -25,8 +30,10 @@ use resmon_policies::{CheckKind, FailureReason, Input, Operation};
 use resmon_probes::{Failure, Progress, Resource};
 use std::future::Future;
 use std::hash::{Hash, Hasher};
+use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{mpsc, AcquireError, OwnedSemaphorePermit, TryAcquireError};
 use tokio::task::{JoinError, JoinHandle};
@@ -65,8 +72,6 @@ struct Running<T> {
     deadline: Option<Instant>,
     /// The deadline passed and the failure was reported; waiting for the task to end.
     timed_out: bool,
-    /// The monitoring generation it belongs to; results of older ones are stale.
-    generation: u64,
 }
 
 /// A start waiting for its turn at the start gate; its deadline starts with the call.
@@ -82,6 +87,13 @@ enum Start {
     Online,
 }
 
+/// A check in flight, polled by the worker task.
+struct Check {
+    future: Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>,
+    started: Instant,
+    deadline: Instant,
+}
+
 struct Monitoring {
     looks_alive: bool,
     next_looks_alive: Instant,
@@ -94,13 +106,12 @@ struct Worker {
     group: mpsc::UnboundedSender<GroupEvent>,
     commands: futures::channel::mpsc::UnboundedReceiver<WorkerCommand>,
     monitoring: Option<Monitoring>,
-    generation: u64,
-    looks_alive_check: Option<Running<Result<(), Failure>>>,
-    is_alive_check: Option<Running<Result<(), Failure>>>,
+    looks_alive_check: Option<Check>,
+    is_alive_check: Option<Check>,
     /// What the check in flight of each kind has got to, by [`CheckKind::ALL`] order.
     progress: [Arc<Progress>; 2],
-    /// A timed-out check whose task ended but whose blocking thread is still in the kernel
-    /// (a hung filesystem): when it started. Stuck until the thread returns.
+    /// A timed-out check whose blocking thread is still in the kernel (a hung filesystem):
+    /// when it started. Stuck until the thread returns.
     stuck_blocking: [Option<Instant>; 2],
     operation: Option<Running<Result<(), Failure>>>,
     /// Which operation `operation` runs.
@@ -127,7 +138,6 @@ pub(crate) fn spawn(
         group,
         commands,
         monitoring: None,
-        generation: 0,
         looks_alive_check: None,
         is_alive_check: None,
         progress: Default::default(),
@@ -169,6 +179,40 @@ async fn join_task<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> 
     }
 }
 
+/// Polls the check in `slot`, turning a panic into a failure; never resolves when there is none.
+async fn poll_check(slot: &mut Option<Check>) -> Result<(), Failure> {
+    match slot {
+        Some(check) => {
+            std::future::poll_fn(|cx| {
+                match std::panic::catch_unwind(AssertUnwindSafe(|| check.future.as_mut().poll(cx)))
+                {
+                    Ok(poll) => poll,
+                    Err(payload) => Poll::Ready(Err(panic_failure(payload))),
+                }
+            })
+            .await
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Resolves when the blocking thread of a stuck check returns, with the check's kind; never
+/// while none is stuck.
+async fn stuck_returned(progress: &[Arc<Progress>; 2], stuck: &[Option<Instant>; 2]) -> CheckKind {
+    let returned = |kind: CheckKind| async move {
+        let i = kind_index(kind);
+        match stuck[i] {
+            Some(_) => progress[i].blocking_returned().await,
+            None => std::future::pending().await,
+        }
+        kind
+    };
+    tokio::select! {
+        kind = returned(CheckKind::LooksAlive) => kind,
+        kind = returned(CheckKind::IsAlive) => kind,
+    }
+}
+
 fn live_deadline<T>(slot: &Option<Running<T>>) -> Option<Instant> {
     slot.as_ref()
         .filter(|r| !r.timed_out)
@@ -178,19 +222,22 @@ fn live_deadline<T>(slot: &Option<Running<T>>) -> Option<Instant> {
 /// What a task's failure to finish means: a panic is the resource type's fault.
 fn join_failure(e: JoinError) -> Option<Failure> {
     if e.is_panic() {
-        let payload = e.into_panic();
-        let message = payload
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| payload.downcast_ref::<String>().cloned())
-            .unwrap_or_else(|| "panic".into());
-        Some(Failure::new(
-            FailureReason::Panic,
-            format!("the resource type panicked: {message}"),
-        ))
+        Some(panic_failure(e.into_panic()))
     } else {
         None // cancelled by us
     }
+}
+
+fn panic_failure(payload: Box<dyn std::any::Any + Send>) -> Failure {
+    let message = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "panic".into());
+    Failure::new(
+        FailureReason::Panic,
+        format!("the resource type panicked: {message}"),
+    )
 }
 
 impl Worker {
@@ -211,22 +258,18 @@ impl Worker {
                     Some(command) => self.command(command),
                     None => break,
                 },
-                result = join(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
-                result = join(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
+                result = poll_check(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
+                result = poll_check(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
                 result = join(&mut self.operation) => self.operation_returned(result),
                 result = join(&mut self.adoption) => self.adoption_returned(result),
                 permit = admitted(&mut self.queued) => self.admitted(permit),
+                kind = stuck_returned(&self.progress, &self.stuck_blocking) => self.unstuck(kind),
                 result = join_task(&mut self.signal) => self.signalled(result),
                 _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
             }
         }
         // The group let go of this resource (agent exit, reload): stop watching, touch nothing.
-        for running in [self.looks_alive_check.take(), self.is_alive_check.take()]
-            .into_iter()
-            .flatten()
-        {
-            running.handle.abort();
-        }
+        // (Checks in flight are dropped with the worker.)
         if let Some(running) = self.operation.take() {
             running.handle.abort();
         }
@@ -241,8 +284,8 @@ impl Worker {
     /// The earliest deadline or scheduled check, if any.
     fn next_wake(&self) -> Option<Instant> {
         [
-            live_deadline(&self.looks_alive_check),
-            live_deadline(&self.is_alive_check),
+            self.looks_alive_check.as_ref().map(|c| c.deadline),
+            self.is_alive_check.as_ref().map(|c| c.deadline),
             self.operation.as_ref().and_then(|r| r.deadline),
             live_deadline(&self.adoption),
             self.next_check(),
@@ -261,10 +304,10 @@ impl Worker {
         if passed(self.operation.as_ref().and_then(|r| r.deadline)) {
             self.operation_timed_out();
         }
-        if passed(live_deadline(&self.looks_alive_check)) {
+        if passed(self.looks_alive_check.as_ref().map(|c| c.deadline)) {
             self.check_timed_out(CheckKind::LooksAlive);
         }
-        if passed(live_deadline(&self.is_alive_check)) {
+        if passed(self.is_alive_check.as_ref().map(|c| c.deadline)) {
             self.check_timed_out(CheckKind::IsAlive);
         }
         if passed(self.next_check()) {
@@ -287,7 +330,6 @@ impl Worker {
             started,
             deadline: deadline.map(|d| started + d),
             timed_out: false,
-            generation: self.generation,
         }
     }
 
@@ -488,7 +530,6 @@ impl Worker {
     // --- monitoring -----------------------------------------------------------------------
 
     fn start_monitoring(&mut self, looks_alive: bool) {
-        self.generation += 1;
         let now = Instant::now();
         self.monitoring = Some(Monitoring {
             looks_alive,
@@ -504,20 +545,13 @@ impl Worker {
     }
 
     fn stop_monitoring(&mut self) {
-        self.generation += 1;
         self.monitoring = None;
         if let Some(signal) = self.signal.take() {
             signal.abort();
         }
-        for running in [
-            self.looks_alive_check.as_mut(),
-            self.is_alive_check.as_mut(),
-        ]
-        .into_iter()
-        .flatten()
-        {
-            running.handle.abort();
-        }
+        // Dropping a check cancels it.
+        self.looks_alive_check = None;
+        self.is_alive_check = None;
         self.publish_schedule();
     }
 
@@ -555,7 +589,7 @@ impl Worker {
         }
     }
 
-    fn slot(&mut self, kind: CheckKind) -> &mut Option<Running<Result<(), Failure>>> {
+    fn slot(&mut self, kind: CheckKind) -> &mut Option<Check> {
         match kind {
             CheckKind::LooksAlive => &mut self.looks_alive_check,
             CheckKind::IsAlive => &mut self.is_alive_check,
@@ -572,17 +606,12 @@ impl Worker {
             self.stuck_blocking[kind_index(kind)] = None;
             self.cx.metrics.stuck(kind, -1);
         }
-        if let Some(running) = self.slot(kind).as_ref() {
-            let (stuck, running_for) = (running.timed_out, now - running.started);
-            if !stuck {
-                // Still within its timeout (a timeout longer than the interval): just skip.
-                self.cx
-                    .sink
-                    .metrics()
-                    .check_skipped(self.cx.type_name, kind);
-                return;
-            }
-            self.report_stuck(kind, running_for);
+        if self.slot(kind).is_some() {
+            // Still within its timeout (a timeout longer than the interval): just skip.
+            self.cx
+                .sink
+                .metrics()
+                .check_skipped(self.cx.type_name, kind);
             return;
         }
         if let Some(scheduled) = scheduled {
@@ -593,14 +622,18 @@ impl Worker {
         }
         let resource = self.resource.clone();
         let progress = self.fresh_progress(kind);
-        let call = async move {
+        let future = Box::pin(async move {
             match kind {
                 CheckKind::LooksAlive => resource.looks_alive(&progress).await,
                 CheckKind::IsAlive => resource.is_alive(&progress).await,
             }
-        };
-        let running = self.spawn_call(Some(self.cx.props.check_timeout), call);
-        *self.slot(kind) = Some(running);
+        });
+        let deadline = now + self.cx.props.check_timeout;
+        *self.slot(kind) = Some(Check {
+            future,
+            started: now,
+            deadline,
+        });
     }
 
     /// The progress for a new check of `kind`: the last one's, reset, unless something still
@@ -612,6 +645,13 @@ impl Worker {
             _ => *progress = Arc::new(Progress::default()),
         }
         progress.clone()
+    }
+
+    /// A stuck check's thread returned: the next check of its kind may start.
+    fn unstuck(&mut self, kind: CheckKind) {
+        if self.stuck_blocking[kind_index(kind)].take().is_some() {
+            self.cx.metrics.stuck(kind, -1);
+        }
     }
 
     /// The previous check of this kind is still stuck: count it, and fail this one.
@@ -634,29 +674,18 @@ impl Worker {
         self.check_failed(kind, &failure, 0.0);
     }
 
-    fn check_returned(&mut self, kind: CheckKind, result: Result<Result<(), Failure>, JoinError>) {
-        let Some(running) = self.slot(kind).take() else {
+    fn check_returned(&mut self, kind: CheckKind, outcome: Result<(), Failure>) {
+        let Some(check) = self.slot(kind).take() else {
             return;
         };
-        if running.timed_out {
-            if self.progress[kind_index(kind)].blocking_in_flight() > 0 {
-                self.stuck_blocking[kind_index(kind)] = Some(running.started);
-            } else {
-                self.cx.metrics.stuck(kind, -1);
-            }
-            return; // its failure was reported when the deadline passed
-        }
-        let elapsed = running.started.elapsed().as_secs_f64();
-        let outcome = match result {
-            Ok(outcome) => outcome,
-            Err(e) => match join_failure(e) {
-                Some(failure) => Err(failure),
-                None => return, // cancelled when monitoring stopped
-            },
-        };
-        if running.generation != self.generation {
+        let now = Instant::now();
+        if now > check.deadline {
+            // It blocked the worker's thread past its deadline, so the timer could not fire:
+            // too late is a timeout, whatever it found.
+            self.report_timeout(kind, check.started);
             return;
         }
+        let elapsed = (now - check.started).as_secs_f64();
         self.export_certificate(kind);
         self.cx.metrics.check_duration(kind, elapsed);
         match outcome {
@@ -667,24 +696,26 @@ impl Worker {
         }
     }
 
+    /// The deadline passed: the check is cancelled (dropped) and reported.
     fn check_timed_out(&mut self, kind: CheckKind) {
-        let timeout = self.cx.props.check_timeout;
-        let Some(running) = self.slot(kind).as_mut() else {
-            return;
-        };
-        running.timed_out = true;
-        // Cancel it; a cooperative task ends at once and is never counted as stuck for long.
-        running.handle.abort();
-        let current = running.generation == self.generation;
-        self.cx.metrics.stuck(kind, 1);
-        if current {
-            self.export_certificate(kind);
-            self.cx.metrics.check_duration(kind, timeout.as_secs_f64());
-            // The stage the check was in names the reason: connect_timeout, banner_timeout...
-            let limit = format!("check_timeout {}", resmon_probes::HumanDuration(timeout));
-            let failure = self.progress[kind_index(kind)].timed_out(&limit);
-            self.check_failed(kind, &failure, timeout.as_secs_f64());
+        if let Some(check) = self.slot(kind).take() {
+            self.report_timeout(kind, check.started);
         }
+    }
+
+    fn report_timeout(&mut self, kind: CheckKind, started: Instant) {
+        let timeout = self.cx.props.check_timeout;
+        if self.progress[kind_index(kind)].blocking_in_flight() > 0 {
+            // Its blocking thread cannot be cancelled: stuck until it returns.
+            self.stuck_blocking[kind_index(kind)] = Some(started);
+            self.cx.metrics.stuck(kind, 1);
+        }
+        self.export_certificate(kind);
+        self.cx.metrics.check_duration(kind, timeout.as_secs_f64());
+        // The stage the check was in names the reason: connect_timeout, banner_timeout...
+        let limit = format!("check_timeout {}", resmon_probes::HumanDuration(timeout));
+        let failure = self.progress[kind_index(kind)].timed_out(&limit);
+        self.check_failed(kind, &failure, timeout.as_secs_f64());
     }
 
     fn check_failed(&mut self, kind: CheckKind, failure: &Failure, elapsed: f64) {
