@@ -221,18 +221,30 @@ pub struct Script {
 pub struct BannerClient {
     target: HostPort,
     tls_mode: TlsMode,
-    tls: TlsClient,
+    /// Built for a TLS mode only: a plain check, the common case by the ten thousand, would
+    /// carry a quarter of a kilobyte it never uses.
+    tls: Option<Box<TlsClient>>,
 }
 
 impl BannerClient {
     /// A client for `target` secured per `tls_mode`.
     pub fn new(target: HostPort, tls_mode: TlsMode, tls_options: TlsOptions) -> Self {
-        let tls = TlsClient::new(tls_options, &target.host);
+        let tls = (tls_mode != TlsMode::None)
+            .then(|| Box::new(TlsClient::new(tls_options, &target.host)));
         BannerClient {
             target,
             tls_mode,
             tls,
         }
+    }
+
+    fn tls(&self) -> Result<&TlsClient, Failure> {
+        self.tls.as_deref().ok_or_else(|| {
+            Failure::new(
+                FailureReason::TlsHandshake,
+                "a TLS step in a script without a TLS mode",
+            )
+        })
     }
 
     /// The cheap check: a TCP connect.
@@ -250,7 +262,7 @@ impl BannerClient {
         crate::net::close_with_reset(&stream);
         let conn = if self.tls_mode == TlsMode::Implicit {
             Conn::Tls(Box::new(
-                self.tls
+                self.tls()?
                     .handshake(crate::net::before_tls(stream), progress)
                     .await?,
             ))
@@ -319,7 +331,7 @@ impl BannerClient {
                     reader = BufReader::with_capacity(
                         READ_BUFFER,
                         Conn::Tls(Box::new(
-                            self.tls
+                            self.tls()?
                                 .handshake(crate::net::before_tls(stream), progress)
                                 .await?,
                         )),

@@ -183,13 +183,19 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 /// An HTTP health check.
 pub struct HttpResource {
     config: HttpConfig,
-    tls: TlsClient,
+    /// For `https` only (a plain check need not carry it).
+    tls: Option<Box<TlsClient>>,
 }
 
 impl HttpResource {
     /// Builds it from its config.
     pub fn new(config: HttpConfig) -> Self {
-        let tls = TlsClient::new(config.tls_options.clone(), &config.url.target.host);
+        let tls = config.url.https.then(|| {
+            Box::new(TlsClient::new(
+                config.tls_options.clone(),
+                &config.url.target.host,
+            ))
+        });
         HttpResource { config, tls }
     }
 
@@ -197,14 +203,9 @@ impl HttpResource {
         let c = &self.config;
         let tcp = crate::net::connect(&c.url.target, progress).await?;
         crate::net::close_with_reset(&tcp);
-        let stream: Box<dyn Stream> = if c.url.https {
-            Box::new(
-                self.tls
-                    .handshake(crate::net::before_tls(tcp), progress)
-                    .await?,
-            )
-        } else {
-            Box::new(tcp)
+        let stream: Box<dyn Stream> = match &self.tls {
+            Some(tls) => Box::new(tls.handshake(crate::net::before_tls(tcp), progress).await?),
+            None => Box::new(tcp),
         };
         progress.stage(Stage::Exchange);
         let io_error = |e: hyper::Error| {

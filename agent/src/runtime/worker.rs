@@ -110,9 +110,9 @@ struct Worker {
     is_alive_check: Option<Check>,
     /// What the check in flight of each kind has got to, by [`CheckKind::ALL`] order.
     progress: [Arc<Progress>; 2],
-    /// A timed-out check whose blocking thread is still in the kernel (a hung filesystem):
-    /// when it started. Stuck until the thread returns.
-    stuck_blocking: [Option<Instant>; 2],
+    /// A timed-out check whose blocking thread is still in the kernel (a hung filesystem),
+    /// by [`CheckKind::ALL`] order. Stuck until the thread returns.
+    stuck: [Option<Stuck>; 2],
     operation: Option<Running<Result<(), Failure>>>,
     /// Which operation `operation` runs.
     operation_kind: Operation,
@@ -141,7 +141,7 @@ pub(crate) fn spawn(
         looks_alive_check: None,
         is_alive_check: None,
         progress: Default::default(),
-        stuck_blocking: [None, None],
+        stuck: [None, None],
         operation: None,
         operation_kind: Operation::Online,
         operation_progress: Default::default(),
@@ -196,20 +196,20 @@ async fn poll_check(slot: &mut Option<Check>) -> Result<(), Failure> {
     }
 }
 
-/// Resolves when the blocking thread of a stuck check returns, with the check's kind; never
-/// while none is stuck.
-async fn stuck_returned(progress: &[Arc<Progress>; 2], stuck: &[Option<Instant>; 2]) -> CheckKind {
-    let returned = |kind: CheckKind| async move {
-        let i = kind_index(kind);
-        match stuck[i] {
-            Some(_) => progress[i].blocking_returned().await,
-            None => std::future::pending().await,
-        }
-        kind
-    };
-    tokio::select! {
-        kind = returned(CheckKind::LooksAlive) => kind,
-        kind = returned(CheckKind::IsAlive) => kind,
+/// A check stuck in a blocking thread.
+struct Stuck {
+    /// When the check started.
+    since: Instant,
+    /// Resolves when the thread returns. Boxed, and made only when a check gets stuck: inline,
+    /// its waiter would grow every worker (ten thousand of them) for a rare event.
+    returned: Pin<Box<dyn Future<Output = ()> + Send>>,
+}
+
+/// Resolves when the stuck check in `slot` has its thread back; never when there is none.
+async fn stuck_returned(slot: &mut Option<Stuck>) {
+    match slot {
+        Some(stuck) => stuck.returned.as_mut().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -253,6 +253,7 @@ impl Worker {
                     timer.as_mut().reset(at);
                 }
             }
+            let [stuck_looks_alive, stuck_is_alive] = &mut self.stuck;
             tokio::select! {
                 command = self.commands.next() => match command {
                     Some(command) => self.command(command),
@@ -263,7 +264,8 @@ impl Worker {
                 result = join(&mut self.operation) => self.operation_returned(result),
                 result = join(&mut self.adoption) => self.adoption_returned(result),
                 permit = admitted(&mut self.queued) => self.admitted(permit),
-                kind = stuck_returned(&self.progress, &self.stuck_blocking) => self.unstuck(kind),
+                _ = stuck_returned(stuck_looks_alive) => self.unstuck(CheckKind::LooksAlive),
+                _ = stuck_returned(stuck_is_alive) => self.unstuck(CheckKind::IsAlive),
                 result = join_task(&mut self.signal) => self.signalled(result),
                 _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
             }
@@ -598,13 +600,12 @@ impl Worker {
 
     fn start_check(&mut self, kind: CheckKind, scheduled: Option<Instant>) {
         let now = Instant::now();
-        if let Some(started) = self.stuck_blocking[kind_index(kind)] {
+        if let Some(stuck) = &self.stuck[kind_index(kind)] {
             if self.progress[kind_index(kind)].blocking_in_flight() > 0 {
-                self.report_stuck(kind, now - started);
+                self.report_stuck(kind, now - stuck.since);
                 return;
             }
-            self.stuck_blocking[kind_index(kind)] = None;
-            self.cx.metrics.stuck(kind, -1);
+            self.unstuck(kind);
         }
         if self.slot(kind).is_some() {
             // Still within its timeout (a timeout longer than the interval): just skip.
@@ -649,7 +650,7 @@ impl Worker {
 
     /// A stuck check's thread returned: the next check of its kind may start.
     fn unstuck(&mut self, kind: CheckKind) {
-        if self.stuck_blocking[kind_index(kind)].take().is_some() {
+        if self.stuck[kind_index(kind)].take().is_some() {
             self.cx.metrics.stuck(kind, -1);
         }
     }
@@ -707,7 +708,11 @@ impl Worker {
         let timeout = self.cx.props.check_timeout;
         if self.progress[kind_index(kind)].blocking_in_flight() > 0 {
             // Its blocking thread cannot be cancelled: stuck until it returns.
-            self.stuck_blocking[kind_index(kind)] = Some(started);
+            let progress = self.progress[kind_index(kind)].clone();
+            self.stuck[kind_index(kind)] = Some(Stuck {
+                since: started,
+                returned: Box::pin(async move { progress.blocking_returned().await }),
+            });
             self.cx.metrics.stuck(kind, 1);
         }
         self.export_certificate(kind);
