@@ -216,17 +216,17 @@ fn validate(path: &std::path::Path) -> ExitCode {
             }
             let resources: usize = c.groups.iter().map(|g| g.resources.len()).sum();
             println!(
-                "{}: ok ({} groups, {} resources, {} warnings)",
+                "{}: ok ({}, {}, {})",
                 path.display(),
-                c.groups.len(),
-                resources,
-                loaded.warnings.len()
+                plural(c.groups.len(), "group"),
+                plural(resources, "resource"),
+                plural(loaded.warnings.len(), "warning")
             );
             ExitCode::SUCCESS
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{}: {} errors", path.display(), errors.0.len());
+            eprintln!("{}: {}", path.display(), plural(errors.0.len(), "error"));
             ExitCode::FAILURE
         }
     }
@@ -651,4 +651,13 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
         ));
     }
     out
+}
+
+/// `1 group`, `2 groups`.
+fn plural(n: usize, noun: &str) -> String {
+    if n == 1 {
+        format!("{n} {noun}")
+    } else {
+        format!("{n} {noun}s")
+    }
 }
