@@ -185,6 +185,54 @@ pub struct HttpResource {
     config: HttpConfig,
     /// For `https` only (a plain check need not carry it).
     tls: Option<Box<TlsClient>>,
+    /// The request every check sends, parsed once (or why it cannot be).
+    request: Result<RequestTemplate, String>,
+}
+
+/// What each check's request is cloned from: parsing the path and every header anew for each
+/// of thousands of checks a second would be work for nothing.
+struct RequestTemplate {
+    method: hyper::Method,
+    uri: hyper::Uri,
+    headers: hyper::HeaderMap,
+}
+
+impl RequestTemplate {
+    fn new(c: &HttpConfig) -> Result<Self, String> {
+        let host = c.host.clone().unwrap_or_else(|| authority(&c.url));
+        let mut request = hyper::Request::builder()
+            .method(match c.method {
+                HttpMethod::Get => hyper::Method::GET,
+                HttpMethod::Head => hyper::Method::HEAD,
+            })
+            .uri(&c.url.path)
+            .header(hyper::header::HOST, host)
+            .header(
+                hyper::header::USER_AGENT,
+                concat!("resmon/", env!("CARGO_PKG_VERSION")),
+            )
+            .header(hyper::header::CONNECTION, "close");
+        for (k, v) in &c.headers {
+            request = request.header(k.as_str(), v.as_str());
+        }
+        let (parts, ()) = request.body(()).map_err(|e| e.to_string())?.into_parts();
+        // Sized to fit: one template per resource, ten thousand resources.
+        let mut headers = hyper::HeaderMap::with_capacity(parts.headers.len());
+        headers.extend(parts.headers);
+        Ok(RequestTemplate {
+            method: parts.method,
+            uri: parts.uri,
+            headers,
+        })
+    }
+
+    fn request(&self) -> hyper::Request<Empty<Bytes>> {
+        let mut request = hyper::Request::new(Empty::new());
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.headers_mut() = self.headers.clone();
+        request
+    }
 }
 
 impl HttpResource {
@@ -196,7 +244,12 @@ impl HttpResource {
                 &config.url.target.host,
             ))
         });
-        HttpResource { config, tls }
+        let request = RequestTemplate::new(&config);
+        HttpResource {
+            config,
+            tls,
+            request,
+        }
     }
 
     async fn fetch(&self, progress: &Progress) -> Result<(), Failure> {
@@ -218,25 +271,10 @@ impl HttpResource {
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
                 .map_err(io_error)?;
-        let host = c.host.clone().unwrap_or_else(|| authority(&c.url));
-        let mut request = hyper::Request::builder()
-            .method(match c.method {
-                HttpMethod::Get => hyper::Method::GET,
-                HttpMethod::Head => hyper::Method::HEAD,
-            })
-            .uri(&c.url.path)
-            .header(hyper::header::HOST, host)
-            .header(
-                hyper::header::USER_AGENT,
-                concat!("resmon/", env!("CARGO_PKG_VERSION")),
-            )
-            .header(hyper::header::CONNECTION, "close");
-        for (k, v) in &c.headers {
-            request = request.header(k.as_str(), v.as_str());
-        }
-        let request = request
-            .body(Empty::new())
-            .map_err(|e| Failure::new(FailureReason::Io, format!("request: {e}")))?;
+        let request = match &self.request {
+            Ok(template) => template.request(),
+            Err(e) => return Err(Failure::new(FailureReason::Io, format!("request: {e}"))),
+        };
 
         let exchange = async {
             let response = sender.send_request(request).await.map_err(io_error)?;
