@@ -467,6 +467,45 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_host_override_and_extra_headers_are_sent() {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        // Answers 200 only to a request that carries both.
+        let vhost = crate::testing::serve(|stream| async move {
+            let mut stream = BufReader::new(stream);
+            let mut head = String::new();
+            loop {
+                let mut line = String::new();
+                if stream.read_line(&mut line).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                if line == "\r\n" {
+                    break;
+                }
+                head.push_str(&line.to_ascii_lowercase());
+            }
+            let answer = if head.contains("\r\nhost: vhost.test\r\n")
+                && head.contains("\r\nx-check: yes\r\n")
+            {
+                "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+            } else {
+                "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"
+            };
+            let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+        })
+        .await;
+        let with = resource(&format!(
+            "url = \"http://{vhost}/\"\nhost = \"vhost.test\"\nheaders = {{ \"X-Check\" = \"yes\" }}"
+        ));
+        // Twice: the second check sends the same request as the first.
+        for _ in 0..2 {
+            with.is_alive(&Progress::default()).await.unwrap();
+        }
+        let without = resource(&format!("url = \"http://{vhost}/\""));
+        let f = without.is_alive(&Progress::default()).await.unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+    }
+
+    #[tokio::test]
     async fn redirects_are_not_followed() {
         let moved = server("HTTP/1.1 302 Found\r\nLocation: http://elsewhere.invalid/\r\nContent-Length: 0\r\n\r\n").await;
         resource(&format!("url = \"http://{moved}/health\""))
