@@ -149,7 +149,7 @@ pub struct AgentConfig {
     pub max_parallel_starts: std::num::NonZeroUsize,
 }
 
-fn default_max_parallel_starts() -> std::num::NonZeroUsize {
+pub(crate) fn default_max_parallel_starts() -> std::num::NonZeroUsize {
     std::num::NonZeroUsize::new(64).expect("64 is not zero")
 }
 
@@ -421,15 +421,6 @@ pub struct GroupConfig {
     pub spec: GroupSpec,
     /// Where it may run and where it goes on failover.
     pub placement: Placement,
-}
-
-impl PartialEq for GroupConfig {
-    /// The spec is derived from the resources.
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-            && self.resources == other.resources
-            && self.placement == other.placement
-    }
 }
 
 impl GroupConfig {

@@ -51,7 +51,7 @@ impl Shared {
     pub fn new(metrics: Arc<Metrics>, log_events: bool, node: String) -> Arc<Self> {
         let sink = Arc::new(EventSink::new(metrics, log_events));
         let coordinator = crate::cluster::Coordinator::embedded(&node, sink.clone());
-        let starts = config::AgentConfig::default().max_parallel_starts.get();
+        let starts = config::default_max_parallel_starts().get();
         Self::with_coordinator(sink, node, coordinator, starts)
     }
 

@@ -69,8 +69,6 @@ struct Running<T> {
     handle: JoinHandle<T>,
     started: Instant,
     deadline: Option<Instant>,
-    /// The deadline passed and the failure was reported; waiting for the task to end.
-    timed_out: bool,
 }
 
 /// A start waiting for its turn at the start gate; its deadline starts with the call.
@@ -155,25 +153,11 @@ pub(crate) fn spawn(
     WorkerHandle { tx }
 }
 
-/// Awaits the task in `slot`, or never when there is none.
-async fn join<T>(slot: &mut Option<Running<T>>) -> Result<T, JoinError> {
-    match slot {
-        Some(running) => (&mut running.handle).await,
-        None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the queued start gets its permit, or never when nothing is queued.
-async fn admitted(slot: &mut Option<Queued>) -> Result<OwnedSemaphorePermit, AcquireError> {
-    match slot {
-        Some(queued) => queued.permit.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn join_task<T>(slot: &mut Option<JoinHandle<T>>) -> Result<T, JoinError> {
-    match slot {
-        Some(handle) => handle.await,
+/// Awaits `future` (a task, a permit, a stuck thread's return), or never when there is none:
+/// how each optional thing the worker waits for becomes a `select!` branch.
+async fn awaited<F: Future + Unpin>(future: Option<&mut F>) -> F::Output {
+    match future {
+        Some(future) => future.await,
         None => std::future::pending().await,
     }
 }
@@ -202,20 +186,6 @@ struct Stuck {
     /// Resolves when the thread returns. Boxed, and made only when a check gets stuck: inline,
     /// its waiter would grow every worker (ten thousand of them) for a rare event.
     returned: Pin<Box<dyn Future<Output = ()> + Send>>,
-}
-
-/// Resolves when the stuck check in `slot` has its thread back; never when there is none.
-async fn stuck_returned(slot: &mut Option<Stuck>) {
-    match slot {
-        Some(stuck) => stuck.returned.as_mut().await,
-        None => std::future::pending().await,
-    }
-}
-
-fn live_deadline<T>(slot: &Option<Running<T>>) -> Option<Instant> {
-    slot.as_ref()
-        .filter(|r| !r.timed_out)
-        .and_then(|r| r.deadline)
 }
 
 /// What a task's failure to finish means: a panic is the resource type's fault.
@@ -260,12 +230,12 @@ impl Worker {
                 },
                 result = poll_check(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
                 result = poll_check(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
-                result = join(&mut self.operation) => self.operation_returned(result),
-                result = join(&mut self.adoption) => self.adoption_returned(result),
-                permit = admitted(&mut self.queued) => self.admitted(permit),
-                _ = stuck_returned(stuck_looks_alive) => self.unstuck(CheckKind::LooksAlive),
-                _ = stuck_returned(stuck_is_alive) => self.unstuck(CheckKind::IsAlive),
-                result = join_task(&mut self.signal) => self.signalled(result),
+                result = awaited(self.operation.as_mut().map(|r| &mut r.handle)) => self.operation_returned(result),
+                result = awaited(self.adoption.as_mut().map(|r| &mut r.handle)) => self.adoption_returned(result),
+                permit = awaited(self.queued.as_mut().map(|q| &mut q.permit)) => self.admitted(permit),
+                _ = awaited(stuck_looks_alive.as_mut().map(|s| &mut s.returned)) => self.unstuck(CheckKind::LooksAlive),
+                _ = awaited(stuck_is_alive.as_mut().map(|s| &mut s.returned)) => self.unstuck(CheckKind::IsAlive),
+                result = awaited(self.signal.as_mut()) => self.signalled(result),
                 _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
             }
         }
@@ -288,7 +258,7 @@ impl Worker {
             self.looks_alive_check.as_ref().map(|c| c.deadline),
             self.is_alive_check.as_ref().map(|c| c.deadline),
             self.operation.as_ref().and_then(|r| r.deadline),
-            live_deadline(&self.adoption),
+            self.adoption.as_ref().and_then(|r| r.deadline),
             self.next_check(),
         ]
         .into_iter()
@@ -299,7 +269,7 @@ impl Worker {
     /// Handles every deadline that has passed and starts the checks that are due.
     fn on_timer(&mut self, now: Instant) {
         let passed = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-        if passed(live_deadline(&self.adoption)) {
+        if passed(self.adoption.as_ref().and_then(|r| r.deadline)) {
             self.adoption_timed_out();
         }
         if passed(self.operation.as_ref().and_then(|r| r.deadline)) {
@@ -330,7 +300,6 @@ impl Worker {
             handle: tokio::spawn(call),
             started,
             deadline: deadline.map(|d| started + d),
-            timed_out: false,
         }
     }
 
@@ -354,7 +323,7 @@ impl Worker {
     fn start(&mut self, start: Start) {
         self.unqueue();
         match self.cx.start_gate.clone().try_acquire_owned() {
-            Ok(permit) => self.begin(start, permit),
+            Ok(permit) => self.begin(start, Some(permit)),
             Err(TryAcquireError::NoPermits) => {
                 self.queued = Some(Queued {
                     start,
@@ -362,7 +331,7 @@ impl Worker {
                 })
             }
             // The gate is never closed; were it, starting ungated beats never starting.
-            Err(TryAcquireError::Closed) => self.begin_ungated(start),
+            Err(TryAcquireError::Closed) => self.begin(start, None),
         }
     }
 
@@ -383,23 +352,14 @@ impl Worker {
         let Some(queued) = self.queued.take() else {
             return;
         };
-        match permit {
-            Ok(permit) => self.begin(queued.start, permit),
-            Err(_) => self.begin_ungated(queued.start),
-        }
+        self.begin(queued.start, permit.ok());
     }
 
-    fn begin(&mut self, start: Start, permit: OwnedSemaphorePermit) {
+    /// Runs `start`, holding `permit` (none only if the gate were ever closed).
+    fn begin(&mut self, start: Start, permit: Option<OwnedSemaphorePermit>) {
         match start {
-            Start::Adopt => self.start_adoption(Some(permit)),
-            Start::Online => self.start_operation(Operation::Online, Some(permit)),
-        }
-    }
-
-    fn begin_ungated(&mut self, start: Start) {
-        match start {
-            Start::Adopt => self.start_adoption(None),
-            Start::Online => self.start_operation(Operation::Online, None),
+            Start::Adopt => self.start_adoption(permit),
+            Start::Online => self.start_operation(Operation::Online, permit),
         }
     }
 
@@ -417,10 +377,7 @@ impl Worker {
     }
 
     fn adoption_returned(&mut self, result: Result<Result<bool, Failure>, JoinError>) {
-        let Some(running) = self.adoption.take() else {
-            return;
-        };
-        if running.timed_out {
+        if self.adoption.take().is_none() {
             return;
         }
         let alive = matches!(result, Ok(Ok(true)));
@@ -431,11 +388,9 @@ impl Worker {
     }
 
     fn adoption_timed_out(&mut self) {
-        if let Some(running) = self.adoption.as_mut() {
-            running.timed_out = true;
+        if let Some(running) = self.adoption.take() {
             running.handle.abort();
         }
-        self.adoption = None;
         let _ = self.group.send(GroupEvent::Adopted {
             resource: self.cx.id,
             alive: false,
