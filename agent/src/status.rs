@@ -32,14 +32,14 @@ pub struct CheckStatus {
 pub struct ResourceStatus {
     /// Name.
     pub name: String,
-    /// Type (borrowed, as most causes: 10,000 resources need not allocate them each).
+    /// Type (borrowed: 10,000 resources need not allocate it each).
     pub r#type: Cow<'static, str>,
     /// State.
     pub state: State,
     /// Since when (Unix seconds).
     pub since: f64,
     /// Why it entered that state.
-    pub cause: Cow<'static, str>,
+    pub cause: String,
     /// Operation in flight.
     pub pending: Option<Operation>,
     /// Names of the resources it depends on.

@@ -419,7 +419,7 @@ impl GroupTask {
                     let mut s = status::lock(&cx.status);
                     s.state = to;
                     s.since = crate::events::unix_now();
-                    s.cause = cause.to_string().into();
+                    s.cause = cause.to_string();
                 }
                 self.refresh(resource, now);
                 StateChanged {
