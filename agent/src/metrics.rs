@@ -259,12 +259,9 @@ impl Metrics {
             "1 while the coordinator is in touch with the cluster and holds a lease",
             coordinator_up.clone(),
         );
-        let lease_renew = Histogram::new(
-            [
-                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
-            ]
-            .into_iter(),
-        );
+        let lease_renew = Histogram::new([
+            0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
         registry.register(
             "resmon_coordinator_lease_renew_seconds",
             "Round trip of each lease renewal to etcd",

@@ -523,9 +523,8 @@ impl Observer {
                     let forward = cluster.holders();
                     let answer = ask_vip();
                     let backward = cluster.holders_reversed();
-                    let holders = if forward.len() > 1 && backward.len() > 1 {
-                        forward
-                    } else if forward.len() <= backward.len() {
+                    let both_see_two = forward.len() > 1 && backward.len() > 1;
+                    let holders = if both_see_two || forward.len() <= backward.len() {
                         forward
                     } else {
                         backward

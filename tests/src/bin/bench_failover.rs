@@ -148,9 +148,11 @@ fn start_service(cluster: &Cluster, node: &str) -> Child {
 
 fn keepalived_runs(cluster: &Cluster, runs: usize) -> Vec<f64> {
     let priority = |node: &str| 100 - 10 * (node[1..].parse::<u8>().unwrap_or(1) - 1);
+    // Killed by the runs (a node's processes die with it) or at the end, and reaped.
+    let mut children = Vec::new();
     for node in &cluster.nodes {
-        start_service(cluster, node);
-        start_keepalived(cluster, node, priority(node));
+        children.push(start_service(cluster, node));
+        children.push(start_keepalived(cluster, node, priority(node)));
     }
     let mut times = Vec::new();
     for run in 0..runs {
@@ -159,10 +161,14 @@ fn keepalived_runs(cluster: &Cluster, runs: usize) -> Vec<f64> {
         println!("keepalived run {run:>2}: {victim} died, {to} answered after {seconds:.3} s");
         times.push(seconds);
         cluster.mend(&victim);
-        start_service(cluster, &victim);
-        start_keepalived(cluster, &victim, priority(&victim));
+        children.push(start_service(cluster, &victim));
+        children.push(start_keepalived(cluster, &victim, priority(&victim)));
         // Let it settle as a backup (nopreempt) before the next run.
         std::thread::sleep(Duration::from_secs(4));
+    }
+    for mut child in children {
+        let _ = child.kill();
+        let _ = child.wait();
     }
     times
 }
