@@ -63,6 +63,9 @@ pub struct HostPort {
     pub host: String,
     /// The port.
     pub port: u16,
+    /// The host when it is an IP address, parsed once: checks connect to it thousands of
+    /// times a second.
+    pub ip: Option<std::net::IpAddr>,
 }
 
 impl FromStr for HostPort {
@@ -85,10 +88,18 @@ impl FromStr for HostPort {
                 "invalid address {s:?}: port 0 cannot be connected to"
             ));
         }
-        Ok(HostPort {
-            host: host.to_string(),
+        Ok(HostPort::new(host.to_string(), port))
+    }
+}
+
+impl HostPort {
+    /// A target from its host (no brackets) and port.
+    pub fn new(host: String, port: u16) -> Self {
+        HostPort {
+            ip: host.parse().ok(),
+            host,
             port,
-        })
+        }
     }
 }
 
@@ -305,9 +316,11 @@ mod tests {
             "[::1]:25".parse::<HostPort>().unwrap(),
             HostPort {
                 host: "::1".into(),
-                port: 25
+                port: 25,
+                ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
             }
         );
+        assert_eq!("mail.test:25".parse::<HostPort>().unwrap().ip, None);
         assert_eq!(
             "[::1]:25".parse::<HostPort>().unwrap().to_string(),
             "[::1]:25"

@@ -56,7 +56,7 @@ impl<'de> Deserialize<'de> for HttpUrl {
             .map_or("/".to_string(), |p| p.as_str().to_string());
         Ok(HttpUrl {
             https,
-            target: HostPort { host, port },
+            target: HostPort::new(host, port),
             path,
             text,
         })

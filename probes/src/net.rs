@@ -9,9 +9,11 @@ use tokio::net::TcpStream;
 /// reads as `connect_timeout`.
 pub async fn connect(target: &HostPort, progress: &Progress) -> Result<TcpStream, Failure> {
     progress.stage(Stage::Connect);
-    let stream = TcpStream::connect((target.host.as_str(), target.port))
-        .await
-        .map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?;
+    let connected = match target.ip {
+        Some(ip) => TcpStream::connect(std::net::SocketAddr::new(ip, target.port)).await,
+        None => TcpStream::connect((target.host.as_str(), target.port)).await,
+    };
+    let stream = connected.map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?;
     progress.stage(Stage::Other);
     Ok(stream)
 }
