@@ -1,15 +1,21 @@
 //! Maps a key path back to its line and column, through `toml_edit`'s span-preserving parse.
 
 use super::Seg;
+use std::cell::OnceCell;
 use std::ops::Range;
 use toml_edit::{Item, Table, TableLike, Value};
 
-/// The config text parsed with spans (or nothing, when it is not valid TOML).
+/// The config text, parsed with spans when the first position is asked for (or nothing, when
+/// it is not valid TOML).
 pub(super) struct Document {
     /// Where each line starts: a config of 10,000 resources may carry as many diagnostics, and
     /// counting newlines from the top for each would be quadratic.
     line_starts: Vec<usize>,
-    doc: Option<toml_edit::ImDocument<String>>,
+    text: String,
+    /// Most configs have no diagnostics, and the spans of 10,000 resources take 10 MB: parsed
+    /// up front, they sat beside the parse that reads the values and set the agent's peak
+    /// memory for good.
+    doc: OnceCell<Option<toml_edit::ImDocument<String>>>,
 }
 
 /// A place in the parsed document: `[[array]]` entries are tables, array elements are values.
@@ -44,14 +50,18 @@ impl Document {
     pub(super) fn parse(text: &str) -> Self {
         Document {
             line_starts: line_starts(text),
-            doc: toml_edit::ImDocument::parse(text.to_string()).ok(),
+            text: text.to_string(),
+            doc: OnceCell::new(),
         }
     }
 
     /// The position of the deepest part of `path` found in the file: the key itself when it is
     /// there, else its closest parent (a missing key is reported where its table starts).
     pub(super) fn position(&self, path: &[Seg]) -> Option<(usize, usize)> {
-        let doc = self.doc.as_ref()?;
+        let doc = self
+            .doc
+            .get_or_init(|| toml_edit::ImDocument::parse(self.text.clone()).ok())
+            .as_ref()?;
         let mut node = Node::Item(doc.as_item());
         let mut best: Option<Range<usize>> = None;
         for seg in path {

@@ -495,6 +495,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
         file: path.to_path_buf(),
         doc: locate::Document::parse(text),
         found: Vec::new(),
+        warned: Default::default(),
     };
     let value: toml::Value = match toml::from_str(text) {
         Ok(v) => v,
@@ -530,6 +531,9 @@ struct Diagnostics {
     file: PathBuf,
     doc: locate::Document,
     found: Vec<Diagnostic>,
+    /// Warnings already given, by path and message: one about a type's defaults comes from
+    /// each of its resources, and is said once.
+    warned: std::collections::HashSet<(String, String)>,
 }
 
 /// One step of a key path.
@@ -578,7 +582,10 @@ impl Diagnostics {
     }
 
     fn warning(&mut self, path: &[Seg], message: impl Into<String>) {
-        self.push(Severity::Warning, path, message)
+        let message = message.into();
+        if self.warned.insert((render_path(path), message.clone())) {
+            self.push(Severity::Warning, path, message)
+        }
     }
 
     /// Deserializes `value` found at `base`, turning a serde error into a diagnostic at the
@@ -928,9 +935,26 @@ fn read_resource(
         ok = false;
     }
     let props = own.resolve(type_defaults.get(&type_name));
-    props.warn(rpath, cx);
+    // What a resource inherits from [resource_types.<type>] is warned about there, once,
+    // not at each of its ten thousand resources.
+    let type_path = [
+        Seg::Key("resource_types".into()),
+        Seg::Key(type_name.clone()),
+    ];
+    props.warn(
+        if own == CommonProps::default() {
+            &type_path
+        } else {
+            rpath
+        },
+        cx,
+    );
     if props.poll_looks_alive == Some(false) && !private.provides_failure_signal() {
-        let mut p = rpath.to_vec();
+        let mut p = if own.poll_looks_alive.is_some() {
+            rpath.to_vec()
+        } else {
+            type_path.to_vec()
+        };
         p.push(Seg::Key("poll_looks_alive".into()));
         cx.warning(
             &p,

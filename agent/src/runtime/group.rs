@@ -183,7 +183,12 @@ pub(crate) fn spawn_with(
             sink: shared.sink.clone(),
             start_gate: shared.start_gate.clone(),
         });
-        workers.push(worker::spawn(cx.clone(), resource, tx.clone()));
+        workers.push(worker::spawn(
+            cx.clone(),
+            resource,
+            tx.clone(),
+            &shared.unused_progress,
+        ));
         contexts.push(cx);
     }
     let slots = Arc::new(GroupSlots {

@@ -41,6 +41,10 @@ pub struct Shared {
     pub coordinator: crate::cluster::Coordinator,
     /// Permits for starts (adoption, `online`): `[agent] max_parallel_starts`.
     pub start_gate: Arc<tokio::sync::Semaphore>,
+    /// What every worker's progress slots hold until their first call: one for all, so that a
+    /// resource costs a progress record only for the kinds of call it really makes (most never
+    /// poll `looks_alive` or run an operation after adoption).
+    pub unused_progress: Arc<resmon_probes::Progress>,
     /// Milliseconds since `heartbeat_epoch` when the scheduler last ran its heartbeat task.
     heartbeat_ms: AtomicU64,
     heartbeat_epoch: std::time::Instant,
@@ -71,6 +75,7 @@ impl Shared {
             node,
             admins: Default::default(),
             start_gate: Arc::new(tokio::sync::Semaphore::new(max_parallel_starts)),
+            unused_progress: Default::default(),
             heartbeat_ms: AtomicU64::new(0),
             heartbeat_epoch: std::time::Instant::now(),
         })

@@ -105,7 +105,8 @@ struct Worker {
     monitoring: Option<Monitoring>,
     looks_alive_check: Option<Check>,
     is_alive_check: Option<Check>,
-    /// What the check in flight of each kind has got to, by [`CheckKind::ALL`] order.
+    /// What the check in flight of each kind has got to, by [`CheckKind::ALL`] order. Until
+    /// the first check of a kind, the agent's shared unused record.
     progress: [Arc<Progress>; 2],
     /// A timed-out check whose blocking thread is still in the kernel (a hung filesystem),
     /// by [`CheckKind::ALL`] order. Stuck until the thread returns.
@@ -113,7 +114,7 @@ struct Worker {
     operation: Option<Running<Result<(), Failure>>>,
     /// Which operation `operation` runs.
     operation_kind: Operation,
-    /// What the operation in flight has got to.
+    /// What the operation in flight has got to (the shared unused record before the first).
     operation_progress: Arc<Progress>,
     adoption: Option<Running<Result<bool, Failure>>>,
     /// A start waiting at the gate.
@@ -127,6 +128,7 @@ pub(crate) fn spawn(
     cx: Arc<ResourceContext>,
     resource: Arc<dyn Resource>,
     group: mpsc::UnboundedSender<GroupEvent>,
+    unused_progress: &Arc<Progress>,
 ) -> WorkerHandle {
     let (tx, commands) = futures::channel::mpsc::unbounded();
     let mut worker = Worker {
@@ -137,11 +139,11 @@ pub(crate) fn spawn(
         monitoring: None,
         looks_alive_check: None,
         is_alive_check: None,
-        progress: Default::default(),
+        progress: [unused_progress.clone(), unused_progress.clone()],
         stuck: [None, None],
         operation: None,
         operation_kind: Operation::Online,
-        operation_progress: Default::default(),
+        operation_progress: unused_progress.clone(),
         adoption: None,
         queued: None,
         signal: None,
@@ -591,8 +593,8 @@ impl Worker {
         });
     }
 
-    /// The progress for a new check of `kind`: the last one's, reset, unless something still
-    /// holds it (a blocking thread that outlived its check).
+    /// The progress for a new check of `kind`: the last one's, reset, unless something else
+    /// holds it (a blocking thread that outlived its check, or it is the shared unused one).
     fn fresh_progress(&mut self, kind: CheckKind) -> Arc<Progress> {
         let progress = &mut self.progress[kind_index(kind)];
         match Arc::get_mut(progress) {
