@@ -244,6 +244,18 @@ pub enum RunError {
     Signals(std::io::Error),
 }
 
+/// Returns to the system the pages that reading the config freed. Parsing 10,000 resources
+/// takes 20 MB for a moment, and glibc keeps freed pages that sit between live allocations;
+/// without this the agent holds about 3 MB more for as long as it runs.
+fn give_back_parse_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only walks and releases glibc's own free lists; it has no
+    // preconditions and may be called from any thread at any time.
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
 /// `resmon run`: loads the config, serves HTTP, runs every group, reloads on SIGHUP and exits
 /// on SIGTERM or SIGINT.
 pub async fn run(path: PathBuf) -> Result<(), RunError> {
@@ -313,6 +325,7 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     }
     .emit(&shared.sink);
     crate::watchdog::ready(shared.clone());
+    give_back_parse_memory();
 
     loop {
         tokio::select! {
@@ -322,6 +335,7 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
                     tracing::error!("the new config was rejected; the running one stays:\n{errors}");
                 }
                 crate::watchdog::reloaded();
+                give_back_parse_memory();
             }
             _ = term.recv() => break,
             _ = int.recv() => break,
