@@ -64,8 +64,8 @@ pub struct HostPort {
     /// The port.
     pub port: u16,
     /// The host when it is an IP address, parsed once: checks connect to it thousands of
-    /// times a second.
-    pub ip: Option<std::net::IpAddr>,
+    /// times a second. Private, so that it always agrees with `host` ([`HostPort::new`]).
+    ip: Option<std::net::IpAddr>,
 }
 
 impl FromStr for HostPort {
@@ -100,6 +100,11 @@ impl HostPort {
             host,
             port,
         }
+    }
+
+    /// The host when it is an IP address, so that connecting needs no parse (or lookup).
+    pub fn ip(&self) -> Option<std::net::IpAddr> {
+        self.ip
     }
 }
 
@@ -320,7 +325,7 @@ mod tests {
                 ip: Some(std::net::Ipv6Addr::LOCALHOST.into()),
             }
         );
-        assert_eq!("mail.test:25".parse::<HostPort>().unwrap().ip, None);
+        assert_eq!("mail.test:25".parse::<HostPort>().unwrap().ip(), None);
         assert_eq!(
             "[::1]:25".parse::<HostPort>().unwrap().to_string(),
             "[::1]:25"

@@ -165,6 +165,11 @@ impl HttpConfig {
         {
             errors.push(("method", "a HEAD answer has no body to match".to_string()));
         }
+        if let Some(host) = &self.host {
+            if hyper::header::HeaderValue::from_str(host).is_err() {
+                errors.push(("host", format!("invalid Host header {host:?}")));
+            }
+        }
         for (name, value) in &self.headers {
             if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || hyper::header::HeaderValue::from_str(value).is_err()
@@ -182,12 +187,13 @@ impl HttpConfig {
 trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 
-/// A check's connection, which ends with a reset (`SO_LINGER` 0) when it is dropped. hyper
-/// half-closes a `Connection: close` exchange once the answer is in: with the reset coming,
-/// that would only add a system call and a FIN (and for TLS a close_notify) to every check.
-struct ResetOnDrop(Box<dyn Stream>);
+/// A check's connection with hyper's half-close taken out. hyper shuts the write side of a
+/// `Connection: close` exchange once the answer is in; the connection already ends with a
+/// reset when dropped (`net::close_with_reset`), so the half-close would only add a system call
+/// and a FIN (and for TLS a close_notify) to every check.
+struct NoHalfClose(Box<dyn Stream>);
 
-impl AsyncRead for ResetOnDrop {
+impl AsyncRead for NoHalfClose {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -197,7 +203,7 @@ impl AsyncRead for ResetOnDrop {
     }
 }
 
-impl AsyncWrite for ResetOnDrop {
+impl AsyncWrite for NoHalfClose {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -316,7 +322,7 @@ impl HttpResource {
             )
         };
         let (mut sender, conn) = hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(
-            TokioIo::new(ResetOnDrop(stream)),
+            TokioIo::new(NoHalfClose(stream)),
         )
         .await
         .map_err(io_error)?;
@@ -614,5 +620,10 @@ mod tests {
             (8443, "/x?y=1", true)
         );
         assert_eq!(authority(&c.url), "[::1]:8443");
+        let c: HttpConfig = toml::from_str("url = \"http://x/\"\nhost = \"a\\nb\"").unwrap();
+        assert_eq!(
+            c.validate(),
+            [("host", "invalid Host header \"a\\nb\"".to_string())]
+        );
     }
 }

@@ -9,7 +9,7 @@ use tokio::net::TcpStream;
 /// reads as `connect_timeout`.
 pub async fn connect(target: &HostPort, progress: &Progress) -> Result<TcpStream, Failure> {
     progress.stage(Stage::Connect);
-    let connected = match target.ip {
+    let connected = match target.ip() {
         Some(ip) => TcpStream::connect(std::net::SocketAddr::new(ip, target.port)).await,
         None => TcpStream::connect((target.host.as_str(), target.port)).await,
     };

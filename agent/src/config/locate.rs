@@ -7,15 +7,15 @@ use toml_edit::{Item, Table, TableLike, Value};
 
 /// The config text, parsed with spans when the first position is asked for (or nothing, when
 /// it is not valid TOML).
-pub(super) struct Document {
+pub(super) struct Document<'a> {
     /// Where each line starts: a config of 10,000 resources may carry as many diagnostics, and
     /// counting newlines from the top for each would be quadratic.
     line_starts: Vec<usize>,
-    text: String,
+    text: &'a str,
     /// Most configs have no diagnostics, and the spans of 10,000 resources take 10 MB: parsed
     /// up front, they sat beside the parse that reads the values and set the agent's peak
     /// memory for good.
-    doc: OnceCell<Option<toml_edit::ImDocument<String>>>,
+    doc: OnceCell<Option<toml_edit::ImDocument<&'a str>>>,
 }
 
 /// A place in the parsed document: `[[array]]` entries are tables, array elements are values.
@@ -46,11 +46,11 @@ impl<'a> Node<'a> {
     }
 }
 
-impl Document {
-    pub(super) fn parse(text: &str) -> Self {
+impl<'a> Document<'a> {
+    pub(super) fn parse(text: &'a str) -> Self {
         Document {
             line_starts: line_starts(text),
-            text: text.to_string(),
+            text,
             doc: OnceCell::new(),
         }
     }
@@ -60,7 +60,7 @@ impl Document {
     pub(super) fn position(&self, path: &[Seg]) -> Option<(usize, usize)> {
         let doc = self
             .doc
-            .get_or_init(|| toml_edit::ImDocument::parse(self.text.clone()).ok())
+            .get_or_init(|| toml_edit::ImDocument::parse(self.text).ok())
             .as_ref()?;
         let mut node = Node::Item(doc.as_item());
         let mut best: Option<Range<usize>> = None;

@@ -527,9 +527,9 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
 }
 
 /// Collects diagnostics and knows where each key is in the file.
-struct Diagnostics {
+struct Diagnostics<'a> {
     file: PathBuf,
-    doc: locate::Document,
+    doc: locate::Document<'a>,
     found: Vec<Diagnostic>,
     /// Warnings already given, by path and message: one about a type's defaults comes from
     /// each of its resources, and is said once.
@@ -559,7 +559,7 @@ fn render_path(path: &[Seg]) -> String {
     s
 }
 
-impl Diagnostics {
+impl Diagnostics<'_> {
     fn push(&mut self, severity: Severity, path: &[Seg], message: impl Into<String>) {
         self.found.push(Diagnostic {
             severity,

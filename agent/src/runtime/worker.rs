@@ -5,10 +5,11 @@
 //! [`FailureReason::Timeout`] (or the stage's own reason, such as `banner_timeout`), and a panic
 //! fails only this resource (reason `panic`). Operations and adoption run on a task of their
 //! own. Checks, ten thousand a second at scale, are polled by the worker task itself: a task per
-//! check costs a spawn, an allocation and a wake-up across tasks each time. A check whose blocking thread (statvfs on a dead NFS mount) is
-//! still in the kernel after its deadline is *stuck*: it is counted, the next check of that kind
-//! is not started while it lasts, and each skipped check reports [`FailureReason::Stuck`], as
-//! Exres.dll's wrapper threads report a hung IsAlive. A resource type that blocks the runtime's
+//! check costs a spawn, an allocation and a wake-up across tasks each time. A check whose
+//! blocking thread (statvfs on a dead NFS mount) is still in the kernel after its deadline is
+//! *stuck*: it is counted, the next check of that kind is not started while it lasts, and each
+//! skipped check reports [`FailureReason::Stuck`], as Exres.dll's wrapper threads report a hung
+//! IsAlive. A resource type that blocks the runtime's
 //! own thread is a bug the runtime cannot preempt: its check is reported `timeout` when it
 //! returns.
 //!
