@@ -514,10 +514,8 @@ mod tests {
         ]);
         let p = Progress::default();
         let sleeper = service(&manager, "sleeper.service");
-        assert_eq!(
-            sleeper.looks_alive(&p).await.unwrap_err().reason,
-            FailureReason::NotRunning
-        );
+        let failure = sleeper.looks_alive(&p).await.unwrap_err();
+        assert_eq!(failure.reason, FailureReason::NotRunning, "{failure}");
         assert!(!sleeper.adopt().await.unwrap(), "nothing to adopt yet");
         sleeper.online(&p).await.unwrap();
         sleeper.is_alive(&p).await.unwrap();
