@@ -2,20 +2,58 @@
 
 use crate::config::HostPort;
 use crate::resource::{Failure, Progress, Stage};
+use resmon_policies::FailureReason;
+use std::net::SocketAddr;
 use std::time::Duration;
 use tokio::net::TcpStream;
 
-/// Opens a TCP connection to `target`, in [`Stage::Connect`] so that a deadline passing now
-/// reads as `connect_timeout`.
+/// Opens a TCP connection to `target`. A host name is resolved first, in [`Stage::Resolve`], and
+/// its failure is `dns`, not a connection failure: the operator looks at the name service, not
+/// at the server. Each address is tried in turn (as `TcpStream::connect` does), in
+/// [`Stage::Connect`], so that a deadline passing then reads as `connect_timeout`.
 pub async fn connect(target: &HostPort, progress: &Progress) -> Result<TcpStream, Failure> {
-    progress.stage(Stage::Connect);
-    let connected = match target.ip() {
-        Some(ip) => TcpStream::connect(std::net::SocketAddr::new(ip, target.port)).await,
-        None => TcpStream::connect((target.host.as_str(), target.port)).await,
+    let stream = match target.ip() {
+        Some(ip) => {
+            progress.stage(Stage::Connect);
+            TcpStream::connect(SocketAddr::new(ip, target.port))
+                .await
+                .map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?
+        }
+        None => connect_by_name(target, progress).await?,
     };
-    let stream = connected.map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?;
     progress.stage(Stage::Other);
     Ok(stream)
+}
+
+async fn connect_by_name(target: &HostPort, progress: &Progress) -> Result<TcpStream, Failure> {
+    progress.stage(Stage::Resolve);
+    let addresses = tokio::net::lookup_host((target.host.as_str(), target.port))
+        .await
+        .map_err(|e| {
+            Failure::new(
+                FailureReason::Dns,
+                format!("resolve {:?}: {e}", target.host),
+            )
+        })?;
+    progress.stage(Stage::Connect);
+    let mut last = None;
+    for address in addresses {
+        match TcpStream::connect(address).await {
+            Ok(stream) => return Ok(stream),
+            Err(e) => {
+                last = Some(Failure::from_io(
+                    &format!("connect {target} ({address})"),
+                    &e,
+                ))
+            }
+        }
+    }
+    Err(last.unwrap_or_else(|| {
+        Failure::new(
+            FailureReason::Dns,
+            format!("resolve {:?}: no address", target.host),
+        )
+    }))
 }
 
 /// Turns Nagle off before a TLS handshake, whose flights may go out in several small writes.

@@ -70,6 +70,8 @@ pub enum Stage {
     /// Nothing started yet, or a stage with no reason of its own.
     #[default]
     Other,
+    /// Resolving the target's host name.
+    Resolve,
     /// Opening the TCP connection.
     Connect,
     /// The TLS handshake.
@@ -203,6 +205,7 @@ impl Progress {
     pub fn timed_out(&self, limit: &str) -> Failure {
         let s = self.state();
         let (reason, doing) = match s.stage {
+            Stage::Resolve => (FailureReason::Dns, "resolving the name"),
             Stage::Connect => (FailureReason::ConnectTimeout, "connecting"),
             Stage::TlsHandshake => (FailureReason::TlsHandshake, "in the TLS handshake"),
             Stage::Banner => (FailureReason::BannerTimeout, "waiting for the banner"),

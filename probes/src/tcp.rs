@@ -62,6 +62,7 @@ impl Resource for TcpResource {
 mod tests {
     use super::*;
     use resmon_policies::FailureReason;
+    use std::time::Duration;
 
     fn resource(address: &str) -> TcpResource {
         TcpResource::new(TcpConfig {
@@ -92,6 +93,32 @@ mod tests {
             .is_alive(&Progress::default())
             .await
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_host_name_is_resolved_and_each_address_tried() {
+        // `localhost` may list ::1 first; the server is on 127.0.0.1 only.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        resource(&format!("localhost:{port}"))
+            .is_alive(&Progress::default())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_name_that_does_not_resolve_is_a_dns_failure_not_a_connect_failure() {
+        // `.invalid` never resolves (RFC 2606). Without a name server the lookup may hang
+        // instead: the runtime's deadline then names the same reason.
+        let progress = Progress::default();
+        let unresolvable = resource("nothing-here.invalid:25");
+        let check = unresolvable.is_alive(&progress);
+        let failure = match tokio::time::timeout(Duration::from_secs(3), check).await {
+            Ok(result) => result.unwrap_err(),
+            Err(_) => progress.timed_out("3 s"),
+        };
+        assert_eq!(failure.reason, FailureReason::Dns, "{failure}");
+        assert!(failure.detail.contains("nothing-here.invalid"), "{failure}");
     }
 
     #[test]
