@@ -226,20 +226,24 @@ impl Worker {
                 }
             }
             let [stuck_looks_alive, stuck_is_alive] = &mut self.stuck;
+            // Biased: the branches are polled in this order, which spares drawing a random
+            // start at every wake-up (ten thousand a second); none can starve the others, as
+            // each is a single event that changes the worker's state.
             tokio::select! {
+                biased;
+                result = poll_check(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
+                result = poll_check(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
+                _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
                 command = self.commands.next() => match command {
                     Some(command) => self.command(command),
                     None => break,
                 },
-                result = poll_check(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
-                result = poll_check(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
                 result = awaited(self.operation.as_mut().map(|r| &mut r.handle)) => self.operation_returned(result),
                 result = awaited(self.adoption.as_mut().map(|r| &mut r.handle)) => self.adoption_returned(result),
                 permit = awaited(self.queued.as_mut().map(|q| &mut q.permit)) => self.admitted(permit),
                 _ = awaited(stuck_looks_alive.as_mut().map(|s| &mut s.returned)) => self.unstuck(CheckKind::LooksAlive),
                 _ = awaited(stuck_is_alive.as_mut().map(|s| &mut s.returned)) => self.unstuck(CheckKind::IsAlive),
                 result = awaited(self.signal.as_mut()) => self.signalled(result),
-                _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
             }
         }
         // The group let go of this resource (agent exit, reload): stop watching, touch nothing.
