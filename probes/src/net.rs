@@ -15,9 +15,7 @@ pub async fn connect(target: &HostPort, progress: &Progress) -> Result<TcpStream
     let stream = match target.ip() {
         Some(ip) => {
             progress.stage(Stage::Connect);
-            TcpStream::connect(SocketAddr::new(ip, target.port))
-                .await
-                .map_err(|e| Failure::from_io(&format!("connect {target}"), &e))?
+            connect_to(target, SocketAddr::new(ip, target.port)).await?
         }
         None => connect_by_name(target, progress).await?,
     };
@@ -38,14 +36,9 @@ async fn connect_by_name(target: &HostPort, progress: &Progress) -> Result<TcpSt
     progress.stage(Stage::Connect);
     let mut last = None;
     for address in addresses {
-        match TcpStream::connect(address).await {
+        match connect_to(target, address).await {
             Ok(stream) => return Ok(stream),
-            Err(e) => {
-                last = Some(Failure::from_io(
-                    &format!("connect {target} ({address})"),
-                    &e,
-                ))
-            }
+            Err(failure) => last = Some(failure),
         }
     }
     Err(last.unwrap_or_else(|| {
@@ -54,6 +47,17 @@ async fn connect_by_name(target: &HostPort, progress: &Progress) -> Result<TcpSt
             format!("resolve {:?}: no address", target.host),
         )
     }))
+}
+
+/// One connection attempt; the failure names the address when `target` is a name.
+async fn connect_to(target: &HostPort, address: SocketAddr) -> Result<TcpStream, Failure> {
+    TcpStream::connect(address).await.map_err(|e| {
+        let context = match target.ip() {
+            Some(_) => format!("connect {target}"),
+            None => format!("connect {target} ({address})"),
+        };
+        Failure::from_io(&context, &e)
+    })
 }
 
 /// Turns Nagle off before a TLS handshake, whose flights may go out in several small writes.

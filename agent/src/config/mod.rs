@@ -935,29 +935,18 @@ fn read_resource(
         ok = false;
     }
     let props = own.resolve(type_defaults.get(&type_name));
-    // What a resource inherits from [resource_types.<type>] is warned about there, once,
-    // not at each of its ten thousand resources.
-    let type_path = [
+    let type_table = [
         Seg::Key("resource_types".into()),
         Seg::Key(type_name.clone()),
     ];
-    props.warn(
-        if own == CommonProps::default() {
-            &type_path
-        } else {
-            rpath
-        },
-        cx,
-    );
+    let place = props::WarningPlace {
+        resource: rpath,
+        type_table: &type_table,
+    };
+    props.warn(&own, &place, cx);
     if props.poll_looks_alive == Some(false) && !private.provides_failure_signal() {
-        let mut p = if own.poll_looks_alive.is_some() {
-            rpath.to_vec()
-        } else {
-            type_path.to_vec()
-        };
-        p.push(Seg::Key("poll_looks_alive".into()));
         cx.warning(
-            &p,
+            &place.key(own.poll_looks_alive.is_some(), "poll_looks_alive"),
             format!(
                 "a {type_name} resource reports no failure by itself: with looks_alive off, a failure waits for is_alive (every {})",
                 show(props.is_alive_interval)

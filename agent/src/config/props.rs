@@ -193,20 +193,26 @@ impl ResourceProps {
         }
     }
 
-    /// Warns about settings that defeat each other.
-    pub(super) fn warn(&self, base: &[Seg], cx: &mut Diagnostics) {
-        let at = |key: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(key.into()));
-            p
-        };
-        for (key, interval) in [
-            ("looks_alive_interval", self.looks_alive_interval),
-            ("is_alive_interval", self.is_alive_interval),
+    /// Warns about settings that defeat each other, each where its values were set.
+    pub(super) fn warn(&self, own: &CommonProps, place: &WarningPlace, cx: &mut Diagnostics) {
+        for (key, interval, own_interval) in [
+            (
+                "looks_alive_interval",
+                self.looks_alive_interval,
+                own.looks_alive_interval,
+            ),
+            (
+                "is_alive_interval",
+                self.is_alive_interval,
+                own.is_alive_interval,
+            ),
         ] {
             if self.check_timeout > interval {
                 cx.warning(
-                    &at("check_timeout"),
+                    &place.key(
+                        own.check_timeout.is_some() || own_interval.is_some(),
+                        "check_timeout",
+                    ),
                     format!(
                         "check_timeout {} is longer than {key} {}: a slow check delays the next one",
                         show(self.check_timeout),
@@ -217,13 +223,40 @@ impl ResourceProps {
         }
         if self.restart_threshold == 0 && self.restart_action != RestartAction::NoRestart {
             cx.warning(
-                &at("restart_threshold"),
+                &place.key(
+                    own.restart_threshold.is_some() || own.restart_action.is_some(),
+                    "restart_threshold",
+                ),
                 format!(
                     "restart_threshold = 0 never restarts on this node; restart_action = \"{}\" goes straight to its next step",
                     self.restart_action.as_str()
                 ),
             );
         }
+    }
+}
+
+/// Where a warning about a resource's resolved values belongs: at the resource when it sets one
+/// of the values involved itself, else at `[resource_types.<type>]`, where they came from (and
+/// where the warning is given once for all the type's resources, not ten thousand times).
+pub(super) struct WarningPlace<'a> {
+    /// The resource's table.
+    pub resource: &'a [Seg],
+    /// Its type's defaults table.
+    pub type_table: &'a [Seg],
+}
+
+impl WarningPlace<'_> {
+    /// The path of `key` in the resource's table or in its type's.
+    pub(super) fn key(&self, set_by_resource: bool, key: &str) -> Vec<Seg> {
+        let mut path = if set_by_resource {
+            self.resource
+        } else {
+            self.type_table
+        }
+        .to_vec();
+        path.push(Seg::Key(key.into()));
+        path
     }
 }
 

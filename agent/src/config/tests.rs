@@ -155,9 +155,13 @@ fn a_warning_about_a_types_defaults_is_given_once_at_the_type() {
     );
     for i in 0..3 {
         text += &format!("\n[[groups.resources]]\nname = \"smtp{i}\"\ntype = \"smtp\"\naddress = \"127.0.0.1:25\"\n");
+        if i == 1 {
+            // A key of its own that no warning involves: what it inherits is still the type's.
+            text += "restart_period = \"10m\"\n";
+        }
     }
-    // This one says it itself: its own warnings are its own.
-    text += "poll_looks_alive = false\n";
+    // This one says them itself: its own warnings are its own.
+    text += "poll_looks_alive = false\ncheck_timeout = \"20s\"\n";
     let loaded = parse(Path::new("types.toml"), &text).unwrap();
     let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
     assert_eq!(
@@ -165,8 +169,8 @@ fn a_warning_about_a_types_defaults_is_given_once_at_the_type() {
         [
             "warning: types.toml:3:1: resource_types.smtp.check_timeout: check_timeout 20s is longer than looks_alive_interval 5s: a slow check delays the next one",
             "warning: types.toml:2:1: resource_types.smtp.poll_looks_alive: a smtp resource reports no failure by itself: with looks_alive off, a failure waits for is_alive (every 1m)",
-            "warning: types.toml:18:1: groups[0].resources[2].check_timeout: check_timeout 20s is longer than looks_alive_interval 5s: a slow check delays the next one",
-            "warning: types.toml:22:1: groups[0].resources[2].poll_looks_alive: a smtp resource reports no failure by itself: with looks_alive off, a failure waits for is_alive (every 1m)",
+            "warning: types.toml:24:1: groups[0].resources[2].check_timeout: check_timeout 20s is longer than looks_alive_interval 5s: a slow check delays the next one",
+            "warning: types.toml:23:1: groups[0].resources[2].poll_looks_alive: a smtp resource reports no failure by itself: with looks_alive off, a failure waits for is_alive (every 1m)",
         ]
     );
 }
