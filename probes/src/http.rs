@@ -588,6 +588,52 @@ mod tests {
         assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
     }
 
+    /// Answers every request with `status`, a header of `padding` bytes and `body`.
+    async fn padded_server(
+        status: &'static str,
+        padding: usize,
+        body: String,
+    ) -> std::net::SocketAddr {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        crate::testing::serve(move |mut stream| {
+            let answer = format!(
+                "HTTP/1.1 {status}\r\nX-Padding: {}\r\nContent-Length: {}\r\n\r\n{body}",
+                "p".repeat(padding),
+                body.len()
+            );
+            async move {
+                let mut head = [0u8; 1024];
+                let _ = stream.read(&mut head).await;
+                let _ = stream.write_all(answer.as_bytes()).await;
+            }
+        })
+        .await
+    }
+
+    #[tokio::test]
+    async fn a_long_head_and_a_long_body_are_read_whole() {
+        // Longer than one read of a small buffer: a 6 KB head.
+        let down = padded_server("503 Service Unavailable", 6000, String::new()).await;
+        let f = resource(&format!("url = \"http://{down}/\""))
+            .is_alive(&Progress::default())
+            .await
+            .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+        let up = padded_server("200 OK", 6000, String::new()).await;
+        resource(&format!("url = \"http://{up}/\""))
+            .is_alive(&Progress::default())
+            .await
+            .unwrap();
+        // A body check finds its text at the end of a 60 KB body, inside `body_limit`.
+        let long = padded_server("200 OK", 3000, format!("{}all is ok", "b".repeat(60_000))).await;
+        resource(&format!(
+            "url = \"http://{long}/\"\nbody_contains = \"all is ok\""
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap();
+    }
+
     #[tokio::test]
     async fn redirects_are_not_followed() {
         let moved = server("HTTP/1.1 302 Found\r\nLocation: http://elsewhere.invalid/\r\nContent-Length: 0\r\n\r\n").await;

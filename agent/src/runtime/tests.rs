@@ -24,6 +24,10 @@ struct Scripted {
     /// one the runtime must survive).
     block_in_is_alive: Option<Duration>,
     online_takes: Option<Duration>,
+    /// Answers after this long, without holding the thread.
+    is_alive_takes: Option<Duration>,
+    /// Checks whose answer, ready after `is_alive_takes`, was taken more than this late.
+    late_answers: AtomicUsize,
     is_alive_calls: AtomicUsize,
     running_now: Arc<AtomicUsize>,
     max_running: AtomicUsize,
@@ -82,6 +86,13 @@ impl Resource for Scripted {
         }
         if let Some(d) = self.block_in_is_alive {
             std::thread::sleep(d);
+        }
+        if let Some(d) = self.is_alive_takes {
+            let asked = std::time::Instant::now();
+            tokio::time::sleep(d).await;
+            if asked.elapsed() > d * 2 {
+                self.late_answers.fetch_add(1, Ordering::SeqCst);
+            }
         }
         if let Some(d) = self.hang_in_blocking_thread {
             // The call counts as running until its thread returns, cancelled or not.
@@ -278,6 +289,50 @@ async fn a_check_that_blocks_the_runtime_thread_past_its_deadline_is_a_timeout()
     })
     .await;
     assert_eq!(state_of(&shared, "other"), "online");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn an_answer_the_busy_agent_looks_at_after_its_deadline_still_counts() {
+    // One runtime thread, which this test holds for three check timeouts at a time: the check
+    // in flight (answering after 40 ms of its 100) has its answer ready long before the agent
+    // can look at it, after its deadline. The agent's lateness is not the resource's failure.
+    let healthy = Arc::new(Scripted {
+        is_alive_takes: Some(Duration::from_millis(40)),
+        ..Default::default()
+    });
+    let props = "is_alive_interval = \"50ms\"\ncheck_timeout = \"100ms\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"";
+    let (shared, _group) = start(&resources(&[("healthy", props)]), vec![healthy.clone()]);
+    wait_until("healthy to be online", || {
+        state_of(&shared, "healthy") == "online"
+    })
+    .await;
+    let mut calls = healthy.is_alive_calls.load(Ordering::SeqCst);
+    for _ in 0..6 {
+        // Once a new check waits for its answer, hold the thread.
+        wait_until("a new check in flight", || {
+            healthy.is_alive_calls.load(Ordering::SeqCst) > calls
+                && healthy.running_now.load(Ordering::SeqCst) == 1
+        })
+        .await;
+        calls = healthy.is_alive_calls.load(Ordering::SeqCst);
+        std::thread::sleep(Duration::from_millis(300));
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let failures = events(&shared, "probe_failed", "healthy");
+        assert!(
+            failures.is_empty(),
+            "a late look failed a healthy check: {failures:?}"
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Proof that the case arose: checks answered in 40 ms were looked at after 300.
+    assert!(
+        healthy.late_answers.load(Ordering::SeqCst) >= 4,
+        "checks in flight across the busy spells: {}",
+        healthy.late_answers.load(Ordering::SeqCst)
+    );
+    let failures = events(&shared, "probe_failed", "healthy");
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(state_of(&shared, "healthy"), "online");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -90,6 +90,10 @@ struct Check {
     future: Pin<Box<dyn Future<Output = Result<(), Failure>> + Send>>,
     started: Instant,
     deadline: Instant,
+    /// When the latest poll of `future` began: a check that returns after its deadline timed
+    /// out only if that poll began before the deadline (it held the thread past it); one first
+    /// looked at after its deadline was late because the agent was, and what it found stands.
+    polled_at: Instant,
 }
 
 struct Monitoring {
@@ -170,6 +174,7 @@ async fn poll_check(slot: &mut Option<Check>) -> Result<(), Failure> {
     match slot {
         Some(check) => {
             std::future::poll_fn(|cx| {
+                check.polled_at = Instant::now();
                 match std::panic::catch_unwind(AssertUnwindSafe(|| check.future.as_mut().poll(cx)))
                 {
                     Ok(poll) => poll,
@@ -228,7 +233,9 @@ impl Worker {
             let [stuck_looks_alive, stuck_is_alive] = &mut self.stuck;
             // Biased: the branches are polled in this order, which spares drawing a random
             // start at every wake-up (ten thousand a second); none can starve the others, as
-            // each is a single event that changes the worker's state.
+            // each is a single event that changes the worker's state. Checks come before the
+            // timer so that a check whose answer is in is looked at before its deadline's
+            // timer, late in the same wake-up, can fail it.
             tokio::select! {
                 biased;
                 result = poll_check(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
@@ -595,6 +602,7 @@ impl Worker {
             future,
             started: now,
             deadline,
+            polled_at: now,
         });
     }
 
@@ -641,9 +649,11 @@ impl Worker {
             return;
         };
         let now = Instant::now();
-        if now > check.deadline {
+        if now > check.deadline && check.polled_at <= check.deadline {
             // It blocked the worker's thread past its deadline, so the timer could not fire:
-            // too late is a timeout, whatever it found.
+            // too late is a timeout, whatever it found. (A check whose answer was ready but
+            // first looked at after its deadline, because the agent's threads were busy, keeps
+            // its answer: the agent's own lateness must not restart a healthy service.)
             self.report_timeout(kind, check.started);
             return;
         }
