@@ -221,20 +221,16 @@ fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Dura
     });
     std::thread::sleep(Duration::from_secs(2));
     let pid = agent.pid();
-    let (cpu0, n0, f0) = (
-        cpu_seconds(pid),
-        metric_sum(&agent.metrics(), CHECKS),
-        metric_sum(&agent.metrics(), FAILURES),
-    );
-    let t0 = Instant::now();
+    // One scrape at each end, then the CPU and the clock read together: a scrape of 10,000
+    // resources takes a second or more at saturation, and reading the CPU before it (or
+    // scraping twice) counted that second in the CPU but not in the elapsed time.
+    let metrics = agent.metrics();
+    let (n0, f0) = (metric_sum(&metrics, CHECKS), metric_sum(&metrics, FAILURES));
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(measure);
     let metrics = agent.metrics();
-    let (cpu1, n1, f1) = (
-        cpu_seconds(pid),
-        metric_sum(&metrics, CHECKS),
-        metric_sum(&metrics, FAILURES),
-    );
-    let elapsed = t0.elapsed().as_secs_f64();
+    let (cpu1, elapsed) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
+    let (n1, f1) = (metric_sum(&metrics, CHECKS), metric_sum(&metrics, FAILURES));
     let rss = peak_rss_mb(pid);
     let n = n1 - n0;
     Measured {
