@@ -75,12 +75,6 @@ struct TypeOperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SkipLabels {
-    r#type: &'static str,
-    check: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     group: String,
 }
@@ -136,7 +130,8 @@ pub struct Metrics {
     check_failures: Family<FailureLabels, Counter>,
     check_lateness: Histogram,
     checks_stuck: Family<TypeCheckLabels, Gauge>,
-    checks_skipped: Family<SkipLabels, Counter>,
+    checks_skipped: Family<TypeCheckLabels, Counter>,
+    checks_seen_late: Family<TypeCheckLabels, Counter>,
     operation_timeouts: Family<OperationLabels, Counter>,
     operation_duration: Family<TypeOperationLabels, Histogram>,
     events: Family<EventLabels, Counter>,
@@ -188,11 +183,17 @@ impl Metrics {
             "Checks past their timeout that have not returned yet",
             checks_stuck.clone(),
         );
-        let checks_skipped = Family::<SkipLabels, Counter>::default();
+        let checks_skipped = Family::<TypeCheckLabels, Counter>::default();
         registry.register(
             "resmon_checks_skipped",
             "Scheduled checks not started because the previous one of the same resource was still running",
             checks_skipped.clone(),
+        );
+        let checks_seen_late = Family::<TypeCheckLabels, Counter>::default();
+        registry.register(
+            "resmon_checks_seen_late",
+            "Checks whose answer was in when the agent, too busy to look before their deadline, first looked after it (the answer counts, not a timeout)",
+            checks_seen_late.clone(),
         );
         let operation_timeouts = Family::<OperationLabels, Counter>::default();
         registry.register(
@@ -292,6 +293,7 @@ impl Metrics {
             check_lateness,
             checks_stuck,
             checks_skipped,
+            checks_seen_late,
             operation_timeouts,
             operation_duration,
             events,
@@ -484,7 +486,17 @@ impl Metrics {
     /// Counts a skipped check.
     pub fn check_skipped(&self, r#type: &'static str, check: CheckKind) {
         self.checks_skipped
-            .get_or_create(&SkipLabels {
+            .get_or_create(&TypeCheckLabels {
+                r#type,
+                check: check.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a check whose answer the busy agent first looked at after its deadline.
+    pub fn check_seen_late(&self, r#type: &'static str, check: CheckKind) {
+        self.checks_seen_late
+            .get_or_create(&TypeCheckLabels {
                 r#type,
                 check: check.as_str(),
             })

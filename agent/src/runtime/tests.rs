@@ -26,7 +26,8 @@ struct Scripted {
     online_takes: Option<Duration>,
     /// Answers after this long, without holding the thread.
     is_alive_takes: Option<Duration>,
-    /// Checks whose answer, ready after `is_alive_takes`, was taken more than this late.
+    /// Checks whose answer, ready after `is_alive_takes`, was taken more than twice that long
+    /// after it was asked.
     late_answers: AtomicUsize,
     is_alive_calls: AtomicUsize,
     running_now: Arc<AtomicUsize>,
@@ -333,6 +334,16 @@ async fn an_answer_the_busy_agent_looks_at_after_its_deadline_still_counts() {
     let failures = events(&shared, "probe_failed", "healthy");
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(state_of(&shared, "healthy"), "online");
+    // And the agent's lateness is counted where an operator sees it.
+    let text = shared.sink.metrics().encode_text();
+    let series = "resmon_checks_seen_late_total{type=\"tcp\",check=\"is_alive\"} ";
+    let seen_late: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(seen_late >= 4.0, "counted {seen_late}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -649,13 +649,20 @@ impl Worker {
             return;
         };
         let now = Instant::now();
-        if now > check.deadline && check.polled_at <= check.deadline {
-            // It blocked the worker's thread past its deadline, so the timer could not fire:
-            // too late is a timeout, whatever it found. (A check whose answer was ready but
-            // first looked at after its deadline, because the agent's threads were busy, keeps
-            // its answer: the agent's own lateness must not restart a healthy service.)
-            self.report_timeout(kind, check.started);
-            return;
+        if now > check.deadline {
+            if check.polled_at <= check.deadline {
+                // It blocked the worker's thread past its deadline, so the timer could not
+                // fire: too late is a timeout, whatever it found.
+                self.report_timeout(kind, check.started);
+                return;
+            }
+            // Its answer was in when first looked at, after its deadline because the agent's
+            // threads were busy: the answer stands, for the agent's own lateness must not
+            // restart a healthy service; the count shows the agent's overload.
+            self.cx
+                .sink
+                .metrics()
+                .check_seen_late(self.cx.type_name, kind);
         }
         let elapsed = (now - check.started).as_secs_f64();
         self.export_certificate(kind);
