@@ -118,20 +118,15 @@ fn run(n: usize, ports: &[u16], measure: Duration) -> Figures {
     std::thread::sleep(Duration::from_secs(3));
 
     let pid = agent.pid();
-    let (cpu0, checks0, late0) = (
-        cpu_seconds(pid),
-        metric_sum(&agent.metrics(), CHECKS),
-        lateness(&agent.metrics()),
-    );
-    let t0 = Instant::now();
+    // One scrape at each end, then the CPU and the clock read together, so that the scrapes'
+    // own CPU is not counted without their time (as in resmon-bench-protocols).
+    let metrics = agent.metrics();
+    let (checks0, late0) = (metric_sum(&metrics, CHECKS), lateness(&metrics));
+    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
     std::thread::sleep(measure);
     let metrics = agent.metrics();
-    let (cpu1, checks1, late1) = (
-        cpu_seconds(pid),
-        metric_sum(&metrics, CHECKS),
-        lateness(&metrics),
-    );
-    let elapsed = t0.elapsed().as_secs_f64();
+    let (cpu1, elapsed) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
+    let (checks1, late1) = (metric_sum(&metrics, CHECKS), lateness(&metrics));
 
     let mut scrapes = Vec::new();
     let mut size = 0;
