@@ -83,16 +83,31 @@ mod tests {
         assert!(err.detail.contains(&addr), "{err}");
     }
 
-    #[tokio::test]
-    async fn ipv6_loopback_is_reachable() {
-        let Ok(listener) = tokio::net::TcpListener::bind("[::1]:0").await else {
-            return; // no IPv6 on this host: nothing to test
-        };
-        let addr = listener.local_addr().unwrap().to_string();
-        resource(&addr)
-            .is_alive(&Progress::default())
-            .await
-            .unwrap();
+    #[test]
+    fn ipv6_loopback_is_reachable() {
+        // In a namespace of its own, whose loopback has ::1 whenever the kernel has IPv6 at
+        // all, whatever the host's settings: a host with IPv6 turned off cannot skip the test.
+        if !std::path::Path::new("/proc/sys/net/ipv6").exists() {
+            eprintln!("skipped: this kernel has no IPv6");
+            return;
+        }
+        let ns = crate::testing::Netns::new("tcp-v6");
+        ns.block_on(async {
+            let listener = tokio::net::TcpListener::bind("[::1]:0")
+                .await
+                .expect("::1 on a new namespace's loopback");
+            let addr = listener.local_addr().unwrap().to_string();
+            resource(&addr)
+                .is_alive(&Progress::default())
+                .await
+                .unwrap();
+            drop(listener);
+            let err = resource(&addr)
+                .is_alive(&Progress::default())
+                .await
+                .unwrap_err();
+            assert_eq!(err.reason, FailureReason::Refused, "{err}");
+        });
     }
 
     #[tokio::test]
