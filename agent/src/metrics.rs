@@ -312,22 +312,9 @@ impl Metrics {
 
     /// Resolves the handles of one resource's series and creates them (state `offline`).
     pub fn resource(&self, labels: ResourceLabels) -> ResourceMetrics {
-        let duration = CheckKind::ALL.map(|check| {
-            self.check_duration
-                .get_or_create(&TypeCheckLabels {
-                    r#type: labels.kind.r#type,
-                    check: check.as_str(),
-                })
-                .clone()
-        });
-        let stuck = CheckKind::ALL.map(|check| {
-            self.checks_stuck
-                .get_or_create(&TypeCheckLabels {
-                    r#type: labels.kind.r#type,
-                    check: check.as_str(),
-                })
-                .clone()
-        });
+        let duration = per_check(&self.check_duration, labels.kind.r#type);
+        let stuck = per_check(&self.checks_stuck, labels.kind.r#type);
+        let seen_late = per_check(&self.checks_seen_late, labels.kind.r#type);
         let series = Arc::new(ResourceSeries::new(&labels));
         let previous = self
             .series
@@ -345,6 +332,7 @@ impl Metrics {
             series,
             duration,
             stuck,
+            seen_late,
         }
     }
 
@@ -486,16 +474,6 @@ impl Metrics {
     /// Counts a skipped check.
     pub fn check_skipped(&self, r#type: &'static str, check: CheckKind) {
         self.checks_skipped
-            .get_or_create(&TypeCheckLabels {
-                r#type,
-                check: check.as_str(),
-            })
-            .inc();
-    }
-
-    /// Counts a check whose answer the busy agent first looked at after its deadline.
-    pub fn check_seen_late(&self, r#type: &'static str, check: CheckKind) {
-        self.checks_seen_late
             .get_or_create(&TypeCheckLabels {
                 r#type,
                 check: check.as_str(),
@@ -747,6 +725,7 @@ pub struct ResourceMetrics {
     series: Arc<ResourceSeries>,
     duration: [Histogram; 2],
     stuck: [Gauge; 2],
+    seen_late: [Counter; 2],
 }
 
 impl ResourceMetrics {
@@ -770,10 +749,32 @@ impl ResourceMetrics {
         self.stuck[check_index(check)].inc_by(delta);
     }
 
+    /// Counts a check whose answer the busy agent first looked at after its deadline.
+    pub fn seen_late(&self, check: CheckKind) {
+        self.seen_late[check_index(check)].inc();
+    }
+
     /// Counts a restart.
     pub fn restart(&self) {
         self.series.restarts.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// The series of a type's two checks in `family`, resolved once per resource: the families'
+/// lookups (a lock and a hash) stay off the path of every check.
+fn per_check<M, C>(family: &Family<TypeCheckLabels, M, C>, r#type: &'static str) -> [M; 2]
+where
+    M: Clone,
+    C: prometheus_client::metrics::family::MetricConstructor<M>,
+{
+    CheckKind::ALL.map(|check| {
+        family
+            .get_or_create(&TypeCheckLabels {
+                r#type,
+                check: check.as_str(),
+            })
+            .clone()
+    })
 }
 
 fn state_index(s: State) -> usize {

@@ -98,6 +98,18 @@ pub struct Agent {
     netns: Option<String>,
 }
 
+/// What [`Agent::measure`] saw.
+pub struct Measurement {
+    /// The exposition at the start.
+    pub before: String,
+    /// The exposition at the end.
+    pub after: String,
+    /// The agent's CPU time in between.
+    pub cpu_seconds: f64,
+    /// The time in between.
+    pub elapsed_seconds: f64,
+}
+
 impl Agent {
     /// Writes `body` (the config without `[agent]`) and starts the agent on it. The `[agent]`
     /// section is added here: a free port and a state dir inside the temp dir.
@@ -211,6 +223,25 @@ impl Agent {
     /// The agent's pid.
     pub fn pid(&self) -> i32 {
         self.child.as_ref().expect("running").id() as i32
+    }
+
+    /// Measures the agent over `measure`: one scrape at each end, then its CPU and the clock
+    /// read together. A scrape of 10,000 resources takes a second or more when the agent is
+    /// saturated; reading the CPU before it (or scraping twice) counted that second in the CPU
+    /// but not in the elapsed time.
+    pub fn measure(&self, measure: Duration) -> Measurement {
+        let pid = self.pid();
+        let before = self.metrics();
+        let (cpu0, t0) = (procfs::cpu_seconds(pid), Instant::now());
+        std::thread::sleep(measure);
+        let after = self.metrics();
+        let (cpu1, elapsed) = (procfs::cpu_seconds(pid), t0.elapsed());
+        Measurement {
+            before,
+            after,
+            cpu_seconds: cpu1 - cpu0,
+            elapsed_seconds: elapsed.as_secs_f64(),
+        }
     }
 
     /// Sends a signal to the agent.

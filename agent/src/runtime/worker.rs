@@ -659,10 +659,7 @@ impl Worker {
             // Its answer was in when first looked at, after its deadline because the agent's
             // threads were busy: the answer stands, for the agent's own lateness must not
             // restart a healthy service; the count shows the agent's overload.
-            self.cx
-                .sink
-                .metrics()
-                .check_seen_late(self.cx.type_name, kind);
+            self.cx.metrics.seen_late(kind);
         }
         let elapsed = (now - check.started).as_secs_f64();
         self.export_certificate(kind);

@@ -118,15 +118,10 @@ fn run(n: usize, ports: &[u16], measure: Duration) -> Figures {
     std::thread::sleep(Duration::from_secs(3));
 
     let pid = agent.pid();
-    // One scrape at each end, then the CPU and the clock read together, so that the scrapes'
-    // own CPU is not counted without their time (as in resmon-bench-protocols).
-    let metrics = agent.metrics();
-    let (checks0, late0) = (metric_sum(&metrics, CHECKS), lateness(&metrics));
-    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
-    std::thread::sleep(measure);
-    let metrics = agent.metrics();
-    let (cpu1, elapsed) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
-    let (checks1, late1) = (metric_sum(&metrics, CHECKS), lateness(&metrics));
+    let m = agent.measure(measure);
+    let (checks0, late0) = (metric_sum(&m.before, CHECKS), lateness(&m.before));
+    let (checks1, late1) = (metric_sum(&m.after, CHECKS), lateness(&m.after));
+    let (cpu, elapsed) = (m.cpu_seconds, m.elapsed_seconds);
 
     let mut scrapes = Vec::new();
     let mut size = 0;
@@ -137,7 +132,6 @@ fn run(n: usize, ports: &[u16], measure: Duration) -> Figures {
         size = text.len();
     }
     scrapes.sort_by(f64::total_cmp);
-    let cpu = cpu1 - cpu0;
     let checks = checks1 - checks0;
     let late: Vec<(f64, f64)> = late1
         .iter()

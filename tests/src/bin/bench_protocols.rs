@@ -221,25 +221,16 @@ fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Dura
     });
     std::thread::sleep(Duration::from_secs(2));
     let pid = agent.pid();
-    // One scrape at each end, then the CPU and the clock read together: a scrape of 10,000
-    // resources takes a second or more at saturation, and reading the CPU before it (or
-    // scraping twice) counted that second in the CPU but not in the elapsed time.
-    let metrics = agent.metrics();
-    let (n0, f0) = (metric_sum(&metrics, CHECKS), metric_sum(&metrics, FAILURES));
-    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
-    std::thread::sleep(measure);
-    let metrics = agent.metrics();
-    let (cpu1, elapsed) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
-    let (n1, f1) = (metric_sum(&metrics, CHECKS), metric_sum(&metrics, FAILURES));
+    let m = agent.measure(measure);
+    let n = metric_sum(&m.after, CHECKS) - metric_sum(&m.before, CHECKS);
+    let failed = metric_sum(&m.after, FAILURES) - metric_sum(&m.before, FAILURES);
     let rss = peak_rss_mb(pid);
-    let n = n1 - n0;
     Measured {
-        rate: n / elapsed,
-        cpu_ms: (cpu1 - cpu0) * 1000.0 / n,
+        rate: n / m.elapsed_seconds,
+        cpu_ms: m.cpu_seconds * 1000.0 / n,
         note: Some(format!(
-            "resmon: {:.0}% of one core, peak RSS {rss:.1} MB, {} failed checks",
-            (cpu1 - cpu0) / elapsed * 100.0,
-            f1 - f0
+            "resmon: {:.0}% of one core, peak RSS {rss:.1} MB, {failed} failed checks",
+            m.cpu_seconds / m.elapsed_seconds * 100.0,
         )),
     }
 }
