@@ -78,12 +78,12 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
             )
         }
         "/healthz" => {
-            let age = shared.heartbeat_age();
+            let (scheduler, age) = shared.heartbeats.oldest();
             if age > STALL {
                 plain(
                     StatusCode::SERVICE_UNAVAILABLE,
                     &format!(
-                        "scheduler stalled: last heartbeat {:.1}s ago\n",
+                        "scheduler stalled: {scheduler} last proved it runs {:.1}s ago\n",
                         age.as_secs_f64()
                     ),
                 )

@@ -17,7 +17,7 @@ pub fn ready(shared: Arc<Shared>) {
             .spawn(move || loop {
                 std::thread::sleep(period / 4);
                 // A heartbeat older than half the watchdog period means the scheduler stalls.
-                if shared.heartbeat_age() < period / 2 {
+                if shared.heartbeats.oldest().1 < period / 2 {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                 }
             });

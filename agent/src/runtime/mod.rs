@@ -3,10 +3,12 @@
 //!
 //! - [`group`]: one task per group, driving the policy's state machine;
 //! - [`worker`]: one task per resource, running its calls under deadlines;
+//! - [`threads`]: the check threads the workers run on, and every scheduler's heartbeat;
 //! - this module: [`Agent`] (start, reload on SIGHUP with only the difference applied, exit
 //!   without touching services unless `stop_on_exit`) and [`run`], what `resmon run` does.
 
 pub mod group;
+pub mod threads;
 pub(crate) mod worker;
 
 use crate::config::{self, Config, ConfigErrors, ResourceProps};
@@ -19,9 +21,8 @@ use group::GroupHandle;
 use resmon_policies::ResourceId;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use threads::{CheckThreads, Heartbeats, Scheduler};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::time::Instant;
 
@@ -45,9 +46,10 @@ pub struct Shared {
     /// resource costs a progress record only for the kinds of call it really makes (most never
     /// poll `looks_alive` or run an operation after adoption).
     pub unused_progress: Arc<resmon_probes::Progress>,
-    /// Milliseconds since `heartbeat_epoch` when the scheduler last ran its heartbeat task.
-    heartbeat_ms: AtomicU64,
-    heartbeat_epoch: std::time::Instant,
+    /// Where the resources' workers run: `[agent] check_threads`.
+    pub check_threads: CheckThreads,
+    /// When the main runtime and each check thread last proved they run.
+    pub heartbeats: Arc<Heartbeats>,
 }
 
 impl Shared {
@@ -56,16 +58,23 @@ impl Shared {
         let sink = Arc::new(EventSink::new(metrics, log_events));
         let coordinator = crate::cluster::Coordinator::embedded(&node, sink.clone());
         let starts = config::default_max_parallel_starts().get();
-        Self::with_coordinator(sink, node, coordinator, starts)
+        Self::with_coordinator(
+            sink,
+            node,
+            coordinator,
+            starts,
+            CheckThreads::on_callers_runtime(),
+        )
     }
 
     /// Fresh shared state around a coordinator of the caller's, letting `max_parallel_starts`
-    /// starts run at once.
+    /// starts run at once, with workers on `check_threads`.
     pub fn with_coordinator(
         sink: Arc<EventSink>,
         node: String,
         coordinator: crate::cluster::Coordinator,
         max_parallel_starts: usize,
+        check_threads: CheckThreads,
     ) -> Arc<Self> {
         Arc::new(Shared {
             sink,
@@ -76,20 +85,9 @@ impl Shared {
             admins: Default::default(),
             start_gate: Arc::new(tokio::sync::Semaphore::new(max_parallel_starts)),
             unused_progress: Default::default(),
-            heartbeat_ms: AtomicU64::new(0),
-            heartbeat_epoch: std::time::Instant::now(),
+            heartbeats: Arc::new(Heartbeats::new(check_threads.count())),
+            check_threads,
         })
-    }
-
-    /// How long ago the scheduler last proved it runs.
-    pub fn heartbeat_age(&self) -> Duration {
-        let now = self.heartbeat_epoch.elapsed().as_millis() as u64;
-        Duration::from_millis(now.saturating_sub(self.heartbeat_ms.load(Ordering::Relaxed)))
-    }
-
-    fn beat(&self) {
-        let now = self.heartbeat_epoch.elapsed().as_millis() as u64;
-        self.heartbeat_ms.store(now, Ordering::Relaxed);
     }
 }
 
@@ -242,6 +240,14 @@ pub enum RunError {
     /// A signal handler could not be installed.
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
+    /// The check threads could not be started.
+    #[error("cannot start the check threads (agent.check_threads = {count}): {source}")]
+    CheckThreads {
+        /// How many were asked for.
+        count: usize,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Returns to the system the pages that reading the config freed. Parsing 10,000 resources
@@ -297,11 +303,17 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
             crate::cluster::Coordinator::embedded(&config.agent.node, sink.clone()),
         ),
     };
+    let count = config.agent.check_threads;
+    let check_threads = CheckThreads::start(count).map_err(|source| RunError::CheckThreads {
+        count: count.get(),
+        source,
+    })?;
     let shared = Shared::with_coordinator(
         sink,
         node,
         coordinator,
         config.agent.max_parallel_starts.get(),
+        check_threads,
     );
     tokio::spawn(crate::http::serve(listener, shared.clone()));
     match crate::control::bind(&config.agent.control_socket) {
@@ -314,7 +326,8 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
             config.agent.control_socket.display()
         ),
     }
-    tokio::spawn(heartbeat(shared.clone()));
+    tokio::spawn(shared.heartbeats.clone().beat(Scheduler::Main));
+    shared.check_threads.beat(&shared.heartbeats);
 
     let resources = config.groups.iter().map(|g| g.resources.len()).sum();
     let groups = config.groups.len();
@@ -348,15 +361,6 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     let stop = agent.agent_config().stop_on_exit;
     agent.shutdown(stop).await;
     Ok(())
-}
-
-/// Proves every 250 ms that the scheduler runs; `/healthz` and the watchdog read it.
-async fn heartbeat(shared: Arc<Shared>) {
-    let mut tick = tokio::time::interval(Duration::from_millis(250));
-    loop {
-        tick.tick().await;
-        shared.beat();
-    }
 }
 
 #[cfg(test)]

@@ -127,7 +127,13 @@ fn start_gated(
         false,
     ));
     let coordinator = crate::cluster::Coordinator::embedded("test", sink.clone());
-    let shared = Shared::with_coordinator(sink, "test".into(), coordinator, max_parallel_starts);
+    let shared = Shared::with_coordinator(
+        sink,
+        "test".into(),
+        coordinator,
+        max_parallel_starts,
+        super::threads::CheckThreads::on_callers_runtime(),
+    );
     let group_config = loaded.config.groups[0].clone();
     let resources = resources
         .into_iter()

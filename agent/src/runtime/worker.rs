@@ -20,6 +20,7 @@
 //! adopted at once do not hold 10,000 connections and their buffers at the same moment.
 
 use super::group::GroupEvent;
+use super::threads::CheckThreads;
 use super::ResourceContext;
 use crate::events::{
     CheckStuck, Event, FailureSignalled, OperationFailed, OperationTimedOut, ProbeFailed,
@@ -134,6 +135,7 @@ pub(crate) fn spawn(
     resource: Arc<dyn Resource>,
     group: mpsc::UnboundedSender<GroupEvent>,
     unused_progress: &Arc<Progress>,
+    check_threads: &CheckThreads,
 ) -> WorkerHandle {
     let (tx, commands) = futures::channel::mpsc::unbounded();
     let mut worker = Worker {
@@ -153,7 +155,7 @@ pub(crate) fn spawn(
         queued: None,
         signal: None,
     };
-    tokio::spawn(async move {
+    check_threads.spawn(async move {
         worker.start(Start::Adopt);
         worker.run().await;
     });

@@ -185,7 +185,8 @@ fn floor_child() {
     let args: Vec<String> = std::env::args().skip(2).collect();
     let n: usize = args[0].parse().unwrap();
     let ports: Vec<u16> = args[1..].iter().map(|p| p.parse().unwrap()).collect();
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    // One thread, as the agent runs its checks by default (`[agent] check_threads = 1`).
+    let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();

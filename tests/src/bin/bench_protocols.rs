@@ -4,14 +4,17 @@
 //! - the agent's `smtp` and `http` checks (`resmon run`, N resources);
 //! - Prometheus' blackbox_exporter (Debian `prometheus-blackbox-exporter`): a `tcp` module with
 //!   `query_response` expecting `^220`, and `http_2xx`, driven through `/probe`;
-//! - the floor: a bare tokio loop doing the same connect, read, compare and close, nothing else.
+//! - the floor: a bare tokio loop doing the same connect, read, compare and close, nothing else,
+//!   on as many single-threaded runtimes as the agent has check threads (`--check-threads`,
+//!   default 1, the agent's default): the same shape of threads, so that the ratio is the cost
+//!   of the agent's work and not of a different scheduler.
 //!
 //! Servers (a banner server and a minimal HTTP server, in this process) listen on 64 loopback
 //! addresses so that probers that close with a FIN do not run out of ports to `TIME_WAIT`.
 //! Two loads: paced at `--rate` checks per second (default 10,000: 10,000 resources at 1 s),
 //! and saturation (as many as the prober completes). Prints CPU-ms per check and the ratios.
 //!
-//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation]`
+//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation] [--check-threads N]`
 
 use resmon_e2e::procfs::{cpu_seconds, peak_rss_kib, raise_fd_limit};
 use resmon_e2e::{free_port, metric_sum, online_resources, Agent};
@@ -52,6 +55,7 @@ fn main() {
     let mut rate = 10_000usize;
     let mut protos = vec![Proto::Smtp, Proto::Http];
     let mut loads = vec!["paced", "saturation"];
+    let mut threads = 1usize;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
@@ -65,6 +69,7 @@ fn main() {
                 }]
             }
             "--load" => loads.retain(|l| *l == args[i + 1]),
+            "--check-threads" => threads = args[i + 1].parse().expect("--check-threads N"),
             other => panic!("unknown argument {other}"),
         }
         i += 2;
@@ -82,7 +87,7 @@ fn main() {
         )
     });
     let measure = Duration::from_secs(seconds);
-    println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, servers on {ADDRESSES} loopback addresses");
+    println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)");
     println!(
         "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9}",
         "proto", "load", "prober", "checks/s", "cpu_ms/check", "vs_floor"
@@ -97,12 +102,13 @@ fn main() {
             if !loads.contains(&load) {
                 continue;
             }
-            let floor = run_floor(proto, port, target_rate, measure);
+            let floor = run_floor(proto, port, target_rate, threads, measure);
             let agent = run_agent(
                 proto,
                 port,
                 target_rate.unwrap_or(rate),
                 target_rate.is_none(),
+                threads,
                 measure,
             );
             let blackbox = run_blackbox(proto, port, target_rate, measure);
@@ -194,7 +200,14 @@ async fn serve(proto: Proto, mut stream: TcpStream) {
 
 // --- the agent ------------------------------------------------------------------------------
 
-fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Duration) -> Measured {
+fn run_agent(
+    proto: Proto,
+    port: u16,
+    rate: usize,
+    saturate: bool,
+    threads: usize,
+    measure: Duration,
+) -> Measured {
     // Paced: `rate` resources at 1 s. Saturation: the same resources at 250 ms (4x the rate).
     let interval = if saturate { "250ms" } else { "1s" };
     let mut body = format!(
@@ -215,7 +228,7 @@ fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Dura
             );
         }
     }
-    let agent = Agent::start(&body);
+    let agent = Agent::start_with(&body, &format!("check_threads = {threads}"));
     agent.wait_for("every resource online", Duration::from_secs(120), |a| {
         online_resources(&a.metrics()) >= if saturate { rate / 2 } else { rate * 99 / 100 }
     });
@@ -237,13 +250,20 @@ fn run_agent(proto: Proto, port: u16, rate: usize, saturate: bool, measure: Dura
 
 // --- the floor ------------------------------------------------------------------------------
 
-fn run_floor(proto: Proto, port: u16, rate: Option<usize>, measure: Duration) -> Measured {
+fn run_floor(
+    proto: Proto,
+    port: u16,
+    rate: Option<usize>,
+    threads: usize,
+    measure: Duration,
+) -> Measured {
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "--floor-child",
             proto.name(),
             &port.to_string(),
             &rate.map_or("0".to_string(), |r| r.to_string()),
+            &threads.to_string(),
         ])
         .stdout(std::process::Stdio::piped())
         .spawn()
@@ -298,40 +318,49 @@ fn floor_child(args: &[String]) {
     };
     let port: u16 = args[1].parse().unwrap();
     let rate: usize = args[2].parse().unwrap();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let threads: usize = args[3].parse().unwrap();
     let done = Arc::new(AtomicU64::new(0));
-    rt.block_on(async move {
-        let tasks = if rate > 0 { rate } else { 64 };
-        for i in 0..tasks {
-            let done = done.clone();
-            tokio::spawn(async move {
-                let target = format!("{}:{port}", address(i));
-                let mut tick = (rate > 0).then(|| {
-                    let phase =
-                        Duration::from_micros((i as u64 * 1_000_000 / rate as u64) % 1_000_000);
-                    tokio::time::interval_at(
-                        tokio::time::Instant::now() + phase,
-                        Duration::from_secs(1),
-                    )
-                });
-                loop {
-                    if let Some(t) = tick.as_mut() {
-                        t.tick().await;
-                    }
-                    if floor_check(proto, &target).await {
-                        done.fetch_add(1, Ordering::Relaxed);
-                    }
+    let tasks = if rate > 0 { rate } else { 64 };
+    // Tasks are dealt round the threads, as the agent deals its resources.
+    for t in 0..threads {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                for i in (t..tasks).step_by(threads) {
+                    let done = done.clone();
+                    tokio::spawn(async move {
+                        let target = format!("{}:{port}", address(i));
+                        let mut tick = (rate > 0).then(|| {
+                            let phase = Duration::from_micros(
+                                (i as u64 * 1_000_000 / rate as u64) % 1_000_000,
+                            );
+                            tokio::time::interval_at(
+                                tokio::time::Instant::now() + phase,
+                                Duration::from_secs(1),
+                            )
+                        });
+                        loop {
+                            if let Some(t) = tick.as_mut() {
+                                t.tick().await;
+                            }
+                            if floor_check(proto, &target).await {
+                                done.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                    });
                 }
+                std::future::pending::<()>().await
             });
-        }
-        loop {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            println!("{}", done.load(Ordering::Relaxed));
-        }
-    });
+        });
+    }
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        println!("{}", done.load(Ordering::Relaxed));
+    }
 }
 
 /// One check with nothing else: connect, (send), read, compare, close.
