@@ -345,6 +345,9 @@ pub struct ConfigReloaded {
     pub removed: Vec<String>,
     /// Groups left as they were.
     pub unchanged: usize,
+    /// `[agent]` keys whose new value takes effect at the next agent start; until then the
+    /// running agent keeps its own.
+    pub at_next_start: Vec<&'static str>,
 }
 
 impl Event for ConfigReloaded {

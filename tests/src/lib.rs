@@ -297,6 +297,22 @@ impl Agent {
         std::fs::write(&self.config, format!("{agent_part}\n\n{body}")).unwrap();
     }
 
+    /// How many check threads (`resmon-checks-N`) the agent runs.
+    pub fn check_threads(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.pid()))
+            .unwrap()
+            .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+            .filter(|comm| comm.starts_with("resmon-checks-"))
+            .count()
+    }
+
+    /// Adds a line to `[agent]`, keeping the rest of the file.
+    pub fn add_agent_key(&self, line: &str) {
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let (agent_part, rest) = text.split_once("\n\n").unwrap();
+        std::fs::write(&self.config, format!("{agent_part}\n{line}\n\n{rest}")).unwrap();
+    }
+
     /// Writes the config file verbatim.
     pub fn write_raw_config(&self, text: &str) {
         std::fs::write(&self.config, text).unwrap();

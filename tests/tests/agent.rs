@@ -219,13 +219,7 @@ depends_on = ["port"]
     // order below also holds across threads.
     let agent = Agent::start_with(&body, "check_threads = 3");
     agent.wait_state("vs1", "worker", "online", LONG);
-    let threads: Vec<String> = std::fs::read_dir(format!("/proc/{}/task", agent.pid()))
-        .unwrap()
-        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
-        .map(|comm| comm.trim().to_string())
-        .filter(|comm| comm.starts_with("resmon-checks"))
-        .collect();
-    assert_eq!(threads.len(), 3, "{threads:?}");
+    assert_eq!(agent.check_threads(), 3);
     let order: Vec<String> = agent
         .events_of("state_changed", "")
         .iter()
@@ -337,6 +331,27 @@ fn sighup_with_a_bad_config_keeps_the_running_one_and_a_good_one_applies_only_th
         2,
         "the daemon saw no transition since start"
     );
+    assert_eq!(reloaded["at_next_start"], serde_json::json!([]));
+
+    // A key read only at start is reported and left for the next start: the running agent
+    // keeps its one check thread, and nothing is restarted.
+    agent.add_agent_key("check_threads = 2");
+    agent.signal(libc::SIGHUP);
+    agent.wait_for("the second reload", LONG, |a| {
+        a.events_of("config_reloaded", "").len() == 2
+    });
+    let reloads = agent.events_of("config_reloaded", "");
+    let reloaded = reloads
+        .iter()
+        .find(|e| e["at_next_start"] != serde_json::json!([]))
+        .unwrap_or_else(|| panic!("no reload reported a key for the next start: {reloads:?}"));
+    assert_eq!(
+        reloaded["at_next_start"],
+        serde_json::json!(["check_threads"])
+    );
+    assert_eq!(reloaded["unchanged"], 2);
+    assert_eq!(agent.check_threads(), 1);
+    assert_eq!(agent.pid_of("app", "daemon"), Some(pid));
 }
 
 #[test]

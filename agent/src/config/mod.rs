@@ -154,6 +154,36 @@ pub struct AgentConfig {
     pub check_threads: std::num::NonZeroUsize,
 }
 
+impl AgentConfig {
+    /// The keys read only when the agent starts whose value `new` changes: a reload reports
+    /// them and the running agent keeps its own.
+    pub fn changed_at_next_start(&self, new: &AgentConfig) -> Vec<&'static str> {
+        [
+            ("listen", self.listen != new.listen),
+            ("control_socket", self.control_socket != new.control_socket),
+            (
+                "max_parallel_starts",
+                self.max_parallel_starts != new.max_parallel_starts,
+            ),
+            ("check_threads", self.check_threads != new.check_threads),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect()
+    }
+
+    /// `new` with the running values of the keys read only at start.
+    pub(crate) fn running_with(&self, new: AgentConfig) -> AgentConfig {
+        AgentConfig {
+            listen: self.listen,
+            control_socket: self.control_socket.clone(),
+            max_parallel_starts: self.max_parallel_starts,
+            check_threads: self.check_threads,
+            ..new
+        }
+    }
+}
+
 pub(crate) fn default_max_parallel_starts() -> std::num::NonZeroUsize {
     std::num::NonZeroUsize::new(64).expect("64 is not zero")
 }

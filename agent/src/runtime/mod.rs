@@ -162,18 +162,12 @@ impl Agent {
             tracing::warn!("{w}");
         }
         let new = loaded.config;
-        if new.agent.listen != self.agent.listen {
-            tracing::warn!(
-                old = %self.agent.listen,
-                new = %new.agent.listen,
-                "a new listen address takes effect at the next start"
-            );
-        }
         let mut event = ConfigReloaded {
             added: Vec::new(),
             changed: Vec::new(),
             removed: Vec::new(),
             unchanged: 0,
+            at_next_start: self.agent.changed_at_next_start(&new.agent),
         };
         let mut old = std::mem::take(&mut self.groups);
         for g in new.groups {
@@ -204,7 +198,7 @@ impl Agent {
             event.removed.push(name);
         }
         event.emit(&self.shared.sink);
-        self.agent = new.agent;
+        self.agent = self.agent.running_with(new.agent);
         Ok(())
     }
 
@@ -241,10 +235,12 @@ pub enum RunError {
     #[error("cannot install signal handlers: {0}")]
     Signals(std::io::Error),
     /// The check threads could not be started.
-    #[error("cannot start the check threads (agent.check_threads = {count}): {source}")]
+    #[error("cannot start {count} check threads (agent.check_threads in {config}): {source}")]
     CheckThreads {
         /// How many were asked for.
         count: usize,
+        /// The config file.
+        config: PathBuf,
         /// Why.
         source: std::io::Error,
     },
@@ -306,6 +302,7 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     let count = config.agent.check_threads;
     let check_threads = CheckThreads::start(count).map_err(|source| RunError::CheckThreads {
         count: count.get(),
+        config: path.clone(),
         source,
     })?;
     let shared = Shared::with_coordinator(
