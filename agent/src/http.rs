@@ -107,6 +107,7 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
 fn metrics_stream(shared: &Shared, openmetrics: bool) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
     let metrics = shared.sink.metrics_handle();
+    metrics.heartbeat_age(shared.heartbeats.oldest().1);
     tokio::task::spawn_blocking(move || {
         for chunk in metrics.encode_chunks(openmetrics) {
             if tx.blocking_send(Bytes::from(chunk)).is_err() {
@@ -153,4 +154,53 @@ fn with_content_type(
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Metrics;
+    use crate::runtime::threads::Heartbeats;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn get(address: std::net::SocketAddr, path: &str) -> String {
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        stream
+            .write_all(
+                format!("GET {path} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").as_bytes(),
+            )
+            .await
+            .unwrap();
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.unwrap();
+        answer
+    }
+
+    /// A stalled scheduler leaves this endpoint answering (it runs on the main runtime, a
+    /// stalled check thread does not hold it): what it answers must say so.
+    #[tokio::test]
+    async fn a_stalled_scheduler_shows_in_healthz_and_in_the_metrics() {
+        let mut shared = Shared::new(Arc::new(Metrics::new()), false, "test".into());
+        let five_seconds_ago = std::time::Instant::now() - Duration::from_secs(5);
+        Arc::get_mut(&mut shared).unwrap().heartbeats =
+            Arc::new(Heartbeats::last_beaten_at(0, five_seconds_ago));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(serve(listener, shared));
+
+        let health = get(address, "/healthz").await;
+        assert!(health.starts_with("HTTP/1.1 503"), "{health}");
+        assert!(
+            health.contains("scheduler stalled: the main runtime last proved it runs 5."),
+            "{health}"
+        );
+        let metrics = get(address, "/metrics").await;
+        let age: f64 = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("resmon_heartbeat_age_seconds "))
+            .unwrap_or_else(|| panic!("no heartbeat age in {metrics}"))
+            .parse()
+            .unwrap();
+        assert!((5.0..10.0).contains(&age), "{age}");
+    }
 }

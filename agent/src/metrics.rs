@@ -143,6 +143,7 @@ pub struct Metrics {
     config_reloads: Family<ResultLabels, Counter>,
     group_failovers: Family<GroupLabels, Counter>,
     coordinator_up: Gauge,
+    heartbeat_age: Gauge<f64, AtomicU64>,
     lease_renew: Histogram,
     resources: Gauge,
 }
@@ -260,6 +261,12 @@ impl Metrics {
             "1 while the coordinator is in touch with the cluster and holds a lease",
             coordinator_up.clone(),
         );
+        let heartbeat_age = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "resmon_heartbeat_age_seconds",
+            "Since the least recent of the agent's schedulers (its main runtime, each check thread) last proved it runs, as of the scrape; above 1 one of them is stalled",
+            heartbeat_age.clone(),
+        );
         let lease_renew = Histogram::new([
             0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
         ]);
@@ -305,6 +312,7 @@ impl Metrics {
             config_reloads,
             group_failovers,
             coordinator_up,
+            heartbeat_age,
             lease_renew,
             resources,
         }
@@ -410,6 +418,12 @@ impl Metrics {
     /// Whether the coordinator is in touch with the cluster.
     pub fn coordinator_up(&self, up: bool) {
         self.coordinator_up.set(i64::from(up));
+    }
+
+    /// How long ago the least recent scheduler proved it runs: set at each scrape, for a
+    /// stalled check thread leaves the endpoint, on the main runtime, answering.
+    pub fn heartbeat_age(&self, age: std::time::Duration) {
+        self.heartbeat_age.set(age.as_secs_f64());
     }
 
     /// Records a lease renewal's round trip.

@@ -122,8 +122,14 @@ const BEAT: Duration = Duration::from_millis(250);
 impl Heartbeats {
     /// Heartbeats for the main runtime and `check_threads` threads, all fresh now.
     pub fn new(check_threads: usize) -> Heartbeats {
+        Heartbeats::last_beaten_at(check_threads, std::time::Instant::now())
+    }
+
+    /// Heartbeats for the main runtime and `check_threads` threads, as if each had last
+    /// proved it runs at `when`.
+    pub fn last_beaten_at(check_threads: usize, when: std::time::Instant) -> Heartbeats {
         Heartbeats {
-            epoch: std::time::Instant::now(),
+            epoch: when,
             last_ms: (0..=check_threads).map(|_| AtomicU64::new(0)).collect(),
         }
     }
