@@ -108,8 +108,9 @@ impl std::fmt::Display for Scheduler {
     }
 }
 
-/// When each scheduler last ran its heartbeat task; `/healthz` and the systemd watchdog read
-/// the oldest, so a check thread that a blocking call holds is seen as a stalled agent.
+/// When each scheduler last ran its heartbeat task; `/healthz`, the systemd watchdog and
+/// `resmon_heartbeat_age_seconds` read the oldest, so a check thread that a blocking call holds
+/// is seen as a stalled agent.
 pub struct Heartbeats {
     epoch: std::time::Instant,
     /// Milliseconds since `epoch`: the main runtime's first, then each check thread's.
