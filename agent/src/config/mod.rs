@@ -155,32 +155,41 @@ pub struct AgentConfig {
 }
 
 impl AgentConfig {
-    /// The keys read only when the agent starts whose value `new` changes: a reload reports
-    /// them and the running agent keeps its own.
-    pub fn changed_at_next_start(&self, new: &AgentConfig) -> Vec<&'static str> {
-        [
-            ("listen", self.listen != new.listen),
-            ("control_socket", self.control_socket != new.control_socket),
-            (
-                "max_parallel_starts",
-                self.max_parallel_starts != new.max_parallel_starts,
-            ),
-            ("check_threads", self.check_threads != new.check_threads),
-        ]
-        .into_iter()
-        .filter_map(|(key, changed)| changed.then_some(key))
-        .collect()
-    }
-
-    /// `new` with the running values of the keys read only at start.
-    pub(crate) fn running_with(&self, new: AgentConfig) -> AgentConfig {
-        AgentConfig {
-            listen: self.listen,
-            control_socket: self.control_socket.clone(),
-            max_parallel_starts: self.max_parallel_starts,
-            check_threads: self.check_threads,
-            ..new
+    /// Gives `new` the running values of the keys read only when the agent starts, and names
+    /// those whose value `new` changed: their new value waits for the next start.
+    pub(crate) fn keep_start_only_keys(&self, new: &mut AgentConfig) -> Vec<&'static str> {
+        fn keep<T: PartialEq + Clone>(
+            key: &'static str,
+            running: &T,
+            new: &mut T,
+            changed: &mut Vec<&'static str>,
+        ) {
+            if running != new {
+                changed.push(key);
+                new.clone_from(running);
+            }
         }
+        let mut changed = Vec::new();
+        keep("listen", &self.listen, &mut new.listen, &mut changed);
+        keep(
+            "control_socket",
+            &self.control_socket,
+            &mut new.control_socket,
+            &mut changed,
+        );
+        keep(
+            "max_parallel_starts",
+            &self.max_parallel_starts,
+            &mut new.max_parallel_starts,
+            &mut changed,
+        );
+        keep(
+            "check_threads",
+            &self.check_threads,
+            &mut new.check_threads,
+            &mut changed,
+        );
+        changed
     }
 }
 

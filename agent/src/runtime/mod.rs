@@ -161,13 +161,14 @@ impl Agent {
         for w in &loaded.warnings {
             tracing::warn!("{w}");
         }
-        let new = loaded.config;
+        let mut new = loaded.config;
+        let at_next_start = self.agent.keep_start_only_keys(&mut new.agent);
         let mut event = ConfigReloaded {
             added: Vec::new(),
             changed: Vec::new(),
             removed: Vec::new(),
             unchanged: 0,
-            at_next_start: self.agent.changed_at_next_start(&new.agent),
+            at_next_start,
         };
         let mut old = std::mem::take(&mut self.groups);
         for g in new.groups {
@@ -198,7 +199,7 @@ impl Agent {
             event.removed.push(name);
         }
         event.emit(&self.shared.sink);
-        self.agent = self.agent.running_with(new.agent);
+        self.agent = new.agent;
         Ok(())
     }
 
