@@ -106,6 +106,9 @@ pub struct Measurement {
     pub after: String,
     /// The agent's CPU time in between.
     pub cpu_seconds: f64,
+    /// The user-space part of it: steadier than the kernel's, which pays for waking the
+    /// servers and so swings with their timing.
+    pub user_seconds: f64,
     /// The time in between.
     pub elapsed_seconds: f64,
 }
@@ -232,14 +235,15 @@ impl Agent {
     pub fn measure(&self, measure: Duration) -> Measurement {
         let pid = self.pid();
         let before = self.metrics();
-        let (cpu0, t0) = (procfs::cpu_seconds(pid), Instant::now());
+        let (cpu0, t0) = (procfs::cpu_times(pid), Instant::now());
         std::thread::sleep(measure);
         let after = self.metrics();
-        let (cpu1, elapsed) = (procfs::cpu_seconds(pid), t0.elapsed());
+        let (cpu1, elapsed) = (procfs::cpu_times(pid), t0.elapsed());
         Measurement {
             before,
             after,
-            cpu_seconds: cpu1 - cpu0,
+            cpu_seconds: (cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1),
+            user_seconds: cpu1.0 - cpu0.0,
             elapsed_seconds: elapsed.as_secs_f64(),
         }
     }

@@ -14,6 +14,12 @@ pub fn raise_fd_limit() {
 
 /// User plus system CPU seconds of a process.
 pub fn cpu_seconds(pid: i32) -> f64 {
+    let (user, system) = cpu_times(pid);
+    user + system
+}
+
+/// User and system CPU seconds of a process, read together.
+pub fn cpu_times(pid: i32) -> (f64, f64) {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -22,17 +28,27 @@ pub fn cpu_seconds(pid: i32) -> f64 {
         .split_whitespace()
         .collect();
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
-    let ticks: f64 = fields[11].parse::<f64>().unwrap() + fields[12].parse::<f64>().unwrap();
     // SAFETY: sysconf has no preconditions.
-    ticks / unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let ticks = |i: usize| fields[i].parse::<f64>().unwrap() / hz;
+    (ticks(11), ticks(12))
 }
 
 /// Peak resident set size of a process, in KiB.
 pub fn peak_rss_kib(pid: i32) -> f64 {
+    status_kib(pid, "VmHWM:")
+}
+
+/// Resident set size of a process now, in KiB.
+pub fn rss_kib(pid: i32) -> f64 {
+    status_kib(pid, "VmRSS:")
+}
+
+fn status_kib(pid: i32, key: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(key))
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)

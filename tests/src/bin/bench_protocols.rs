@@ -14,9 +14,19 @@
 //! Two loads: paced at `--rate` checks per second (default 10,000: 10,000 resources at 1 s),
 //! and saturation (as many as the prober completes). Prints CPU-ms per check and the ratios.
 //!
-//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation] [--check-threads N]`
+//! The floor and the agent run in turn, both started once: while one is measured the other is
+//! stopped (SIGSTOP), and each resumes two seconds before its window so that the checks it
+//! missed are not measured. The speed of this VM drifts by 10-20% from minute to minute, so a
+//! floor measured a minute before the agent made a noisy ratio; `--rounds N` (default 3)
+//! measures N such pairs seconds apart and prints each pair's ratio and their median. User CPU
+//! is shown apart from the total: it is the prober's own work, and steadier than the kernel's,
+//! which is mostly the loopback network and waking the servers. blackbox_exporter, at more
+//! than ten times the floor, is measured once (`--no-blackbox` skips it).
+//!
+//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation] [--check-threads N] [--rounds N] [--no-blackbox]`
+//! (`--seconds`, default 10, is each window's length.)
 
-use resmon_e2e::procfs::{cpu_seconds, peak_rss_kib, raise_fd_limit};
+use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib};
 use resmon_e2e::{free_port, metric_sum, online_resources, Agent};
 
 const CHECKS: &str = "resmon_check_duration_seconds_count";
@@ -51,14 +61,22 @@ fn main() {
         floor_child(&args[2..]);
         return;
     }
-    let mut seconds = 20u64;
+    let mut seconds = 10u64;
     let mut rate = 10_000usize;
     let mut protos = vec![Proto::Smtp, Proto::Http];
     let mut loads = vec!["paced", "saturation"];
     let mut threads = 1usize;
+    let mut rounds = 3usize;
+    let mut blackbox = true;
     let mut i = 1;
     while i < args.len() {
         match args[i].as_str() {
+            "--no-blackbox" => {
+                blackbox = false;
+                i += 1;
+                continue;
+            }
+            "--rounds" => rounds = args[i + 1].parse().expect("--rounds N"),
             "--seconds" => seconds = args[i + 1].parse().expect("--seconds N"),
             "--rate" => rate = args[i + 1].parse().expect("--rate N"),
             "--proto" => {
@@ -89,8 +107,15 @@ fn main() {
     let measure = Duration::from_secs(seconds);
     println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)");
     println!(
-        "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9}",
-        "proto", "load", "prober", "checks/s", "cpu_ms/check", "vs_floor"
+        "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9} {:>13} {:>9}",
+        "proto",
+        "load",
+        "prober",
+        "checks/s",
+        "cpu_ms/check",
+        "vs_floor",
+        "user_ms/check",
+        "vs_floor"
     );
     for proto in protos {
         let port = if proto == Proto::Smtp {
@@ -102,41 +127,119 @@ fn main() {
             if !loads.contains(&load) {
                 continue;
             }
-            let floor = run_floor(proto, port, target_rate, threads, measure);
-            let agent = run_agent(
-                proto,
-                port,
-                target_rate.unwrap_or(rate),
-                target_rate.is_none(),
-                threads,
-                measure,
-            );
-            let blackbox = run_blackbox(proto, port, target_rate, measure);
-            for (name, r) in [
-                ("floor", &floor),
-                ("resmon", &agent),
-                ("blackbox", &blackbox),
-            ] {
+            let (floors, agents) =
+                run_pair(proto, port, target_rate, rate, threads, measure, rounds);
+            let (mut ratios, mut user_ratios) = (Vec::new(), Vec::new());
+            for (floor, agent) in floors.iter().zip(&agents) {
+                for (name, r) in [("floor", floor), ("resmon", agent)] {
+                    print_line(proto, load, name, r, floor);
+                }
+                if let Some(extra) = &agent.note {
+                    println!("{:<6} {:<10} {:<11} {extra}", "", "", "");
+                }
+                ratios.push(agent.cpu_ms / floor.cpu_ms);
+                user_ratios.push(agent.user_ms / floor.user_ms);
+            }
+            if blackbox {
+                let r = run_blackbox(proto, port, target_rate, measure);
+                print_line(proto, load, "blackbox", &r, &floors[floors.len() / 2]);
+            }
+            if rounds > 1 {
                 println!(
-                    "{:<6} {:<10} {:<11} {:>10.0} {:>12.4} {:>9.2}",
+                    "{:<6} {:<10} resmon vs floor over {rounds} rounds: CPU {}, user CPU {}",
                     proto.name(),
                     load,
-                    name,
-                    r.rate,
-                    r.cpu_ms,
-                    r.cpu_ms / floor.cpu_ms
+                    spread(&mut ratios),
+                    spread(&mut user_ratios),
                 );
-            }
-            if let Some(extra) = agent.note {
-                println!("{:<6} {:<10} {:<11} {extra}", "", "", "");
             }
         }
     }
 }
 
+/// The floor and the agent, both started and warmed up, then measured in turn: `rounds`
+/// times the floor while the agent is stopped (SIGSTOP), then the agent while the floor is.
+/// Each resumes for two seconds before its window, so that the checks it missed while stopped
+/// (one per resource, at once) are not measured. Pairs a minute apart on this VM differ by
+/// 10-20% in speed; pairs seconds apart, much less.
+fn run_pair(
+    proto: Proto,
+    port: u16,
+    target_rate: Option<usize>,
+    rate: usize,
+    threads: usize,
+    measure: Duration,
+    rounds: usize,
+) -> (Vec<Measured>, Vec<Measured>) {
+    let settle = Duration::from_secs(2);
+    let floor = FloorChild::start(proto, port, target_rate, threads);
+    // Stopped while the agent starts: 10,000 adoptions and the floor's 10,000 checks a second
+    // at once would overrun the servers.
+    signal(floor.pid(), libc::SIGSTOP);
+    let agent = start_agent(
+        proto,
+        port,
+        target_rate.unwrap_or(rate),
+        target_rate.is_none(),
+        threads,
+    );
+    // Its peak before the first stop: resumed, it runs the checks it missed all at once.
+    std::thread::sleep(settle);
+    println!(
+        "{:<6} {:<10} {:<11} resmon: peak RSS {:.1} MB before the rounds",
+        proto.name(),
+        if target_rate.is_some() {
+            "paced"
+        } else {
+            "saturation"
+        },
+        "",
+        peak_rss_kib(agent.pid()) / 1024.0
+    );
+    let (mut floors, mut agents) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        signal(agent.pid(), libc::SIGSTOP);
+        signal(floor.pid(), libc::SIGCONT);
+        std::thread::sleep(settle);
+        floors.push(floor.measure(measure));
+        signal(floor.pid(), libc::SIGSTOP);
+        signal(agent.pid(), libc::SIGCONT);
+        std::thread::sleep(settle);
+        agents.push(measure_agent(&agent, measure));
+    }
+    (floors, agents)
+}
+
+/// "median M, LOW-HIGH" of some ratios.
+fn spread(ratios: &mut [f64]) -> String {
+    ratios.sort_by(f64::total_cmp);
+    format!(
+        "median {:.2}, {:.2}-{:.2}",
+        ratios[ratios.len() / 2],
+        ratios[0],
+        ratios[ratios.len() - 1]
+    )
+}
+
+fn print_line(proto: Proto, load: &str, name: &str, r: &Measured, floor: &Measured) {
+    println!(
+        "{:<6} {:<10} {:<11} {:>10.0} {:>12.4} {:>9.2} {:>13.4} {:>9.2}",
+        proto.name(),
+        load,
+        name,
+        r.rate,
+        r.cpu_ms,
+        r.cpu_ms / floor.cpu_ms,
+        r.user_ms,
+        r.user_ms / floor.user_ms,
+    );
+}
+
 struct Measured {
     rate: f64,
     cpu_ms: f64,
+    /// The user-space part of `cpu_ms`.
+    user_ms: f64,
     note: Option<String>,
 }
 
@@ -200,14 +303,7 @@ async fn serve(proto: Proto, mut stream: TcpStream) {
 
 // --- the agent ------------------------------------------------------------------------------
 
-fn run_agent(
-    proto: Proto,
-    port: u16,
-    rate: usize,
-    saturate: bool,
-    threads: usize,
-    measure: Duration,
-) -> Measured {
+fn start_agent(proto: Proto, port: u16, rate: usize, saturate: bool, threads: usize) -> Agent {
     // Paced: `rate` resources at 1 s. Saturation: the same resources at 250 ms (4x the rate).
     let interval = if saturate { "250ms" } else { "1s" };
     let mut body = format!(
@@ -232,17 +328,21 @@ fn run_agent(
     agent.wait_for("every resource online", Duration::from_secs(120), |a| {
         online_resources(&a.metrics()) >= if saturate { rate / 2 } else { rate * 99 / 100 }
     });
-    std::thread::sleep(Duration::from_secs(2));
+    agent
+}
+
+fn measure_agent(agent: &Agent, measure: Duration) -> Measured {
     let pid = agent.pid();
     let m = agent.measure(measure);
     let n = metric_sum(&m.after, CHECKS) - metric_sum(&m.before, CHECKS);
     let failed = metric_sum(&m.after, FAILURES) - metric_sum(&m.before, FAILURES);
-    let rss = peak_rss_mb(pid);
+    let rss = rss_kib(pid) / 1024.0;
     Measured {
         rate: n / m.elapsed_seconds,
         cpu_ms: m.cpu_seconds * 1000.0 / n,
+        user_ms: m.user_seconds * 1000.0 / n,
         note: Some(format!(
-            "resmon: {:.0}% of one core, peak RSS {rss:.1} MB, {failed} failed checks",
+            "resmon: {:.0}% of one core, RSS {rss:.1} MB, {failed} failed checks",
             m.cpu_seconds / m.elapsed_seconds * 100.0,
         )),
     }
@@ -250,63 +350,90 @@ fn run_agent(
 
 // --- the floor ------------------------------------------------------------------------------
 
-fn run_floor(
-    proto: Proto,
-    port: u16,
-    rate: Option<usize>,
-    threads: usize,
-    measure: Duration,
-) -> Measured {
-    let mut child = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--floor-child",
-            proto.name(),
-            &port.to_string(),
-            &rate.map_or("0".to_string(), |r| r.to_string()),
-            &threads.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("floor child");
-    let pid = child.id() as i32;
-    let stdout = child.stdout.take().unwrap();
-    // Read from the start: lines left in the pipe during the warm-up would otherwise all be
-    // stamped after `t0`, and the warm-up's checks counted in the measurement.
-    let counter = std::thread::spawn(move || {
-        // The child prints its running total of checks every 100 ms.
-        use std::io::BufRead;
-        let mut last = Vec::new();
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            last.push((Instant::now(), line.parse::<f64>().unwrap_or(0.0)));
-            if last.len() > 100_000 {
-                break;
+/// The floor's process, and the running total of checks it prints every 10 ms, as it came.
+struct FloorChild {
+    child: std::process::Child,
+    samples: Arc<std::sync::Mutex<Vec<(Instant, f64)>>>,
+}
+
+impl FloorChild {
+    fn start(proto: Proto, port: u16, rate: Option<usize>, threads: usize) -> FloorChild {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--floor-child",
+                proto.name(),
+                &port.to_string(),
+                &rate.map_or("0".to_string(), |r| r.to_string()),
+                &threads.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("floor child");
+        let stdout = child.stdout.take().unwrap();
+        let samples = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = samples.clone();
+        // Read from the start, stamping each line as it comes: lines left in the pipe would
+        // otherwise be stamped late, and checks counted in the wrong window.
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                let total = line.parse::<f64>().unwrap_or(0.0);
+                sink.lock().unwrap().push((Instant::now(), total));
             }
+        });
+        FloorChild { child, samples }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    /// Checks done by `t`: interpolated between the samples either side.
+    fn checks_at(&self, t: Instant) -> f64 {
+        let samples = self.samples.lock().unwrap();
+        let after = samples.partition_point(|(when, _)| *when <= t);
+        match (after.checked_sub(1).map(|i| samples[i]), samples.get(after)) {
+            (Some((t0, n0)), Some(&(t1, n1))) => {
+                let span = (t1 - t0).as_secs_f64();
+                n0 + (n1 - n0) * ((t - t0).as_secs_f64() / span.max(f64::EPSILON))
+            }
+            (Some((_, n0)), None) => n0,
+            (None, _) => 0.0,
         }
-        last
-    });
-    std::thread::sleep(Duration::from_secs(2));
-    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
-    std::thread::sleep(measure);
-    let (cpu1, t1) = (cpu_seconds(pid), Instant::now());
-    let _ = child.kill();
-    let _ = child.wait();
-    let samples = counter.join().unwrap();
-    let at = |t: Instant| {
-        samples
-            .iter()
-            .rev()
-            .find(|(when, _)| *when <= t)
-            .map_or(0.0, |s| s.1)
-    };
-    let n = at(t1) - at(t0);
-    let elapsed = (t1 - t0).as_secs_f64();
-    Measured {
-        rate: n / elapsed,
-        cpu_ms: (cpu1 - cpu0) * 1000.0 / n,
-        note: None,
+    }
+
+    /// Measures the floor over `measure`.
+    fn measure(&self, measure: Duration) -> Measured {
+        let pid = self.pid();
+        let (cpu0, t0) = (cpu_times(pid), Instant::now());
+        std::thread::sleep(measure);
+        let (cpu1, t1) = (cpu_times(pid), Instant::now());
+        // The sample after `t1`, to interpolate against.
+        std::thread::sleep(Duration::from_millis(50));
+        let n = self.checks_at(t1) - self.checks_at(t0);
+        Measured {
+            rate: n / (t1 - t0).as_secs_f64(),
+            cpu_ms: ((cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1)) * 1000.0 / n,
+            user_ms: (cpu1.0 - cpu0.0) * 1000.0 / n,
+            note: None,
+        }
+    }
+}
+
+impl Drop for FloorChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill with a pid this process started and has not reaped.
+    unsafe {
+        libc::kill(pid, sig);
     }
 }
 
@@ -338,10 +465,14 @@ fn floor_child(args: &[String]) {
                             let phase = Duration::from_micros(
                                 (i as u64 * 1_000_000 / rate as u64) % 1_000_000,
                             );
-                            tokio::time::interval_at(
+                            let mut tick = tokio::time::interval_at(
                                 tokio::time::Instant::now() + phase,
                                 Duration::from_secs(1),
-                            )
+                            );
+                            // Stopped and resumed (see `run_pair`), it carries on at its
+                            // pace instead of catching up on the checks it missed.
+                            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+                            tick
                         });
                         loop {
                             if let Some(t) = tick.as_mut() {
@@ -358,7 +489,7 @@ fn floor_child(args: &[String]) {
         });
     }
     loop {
-        std::thread::sleep(Duration::from_millis(100));
+        std::thread::sleep(Duration::from_millis(10));
         println!("{}", done.load(Ordering::Relaxed));
     }
 }
@@ -429,7 +560,7 @@ fn run_blackbox(proto: Proto, port: u16, rate: Option<usize>, measure: Duration)
         .unwrap();
     let ok = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (cpu0, t0) = (cpu_seconds(pid), Instant::now());
+    let (cpu0, t0) = (cpu_times(pid), Instant::now());
     let deadline = t0 + measure;
     rt.block_on(async {
         let drivers = 128;
@@ -466,13 +597,14 @@ fn run_blackbox(proto: Proto, port: u16, rate: Option<usize>, measure: Duration)
         }
     });
     stop.store(true, Ordering::Relaxed);
-    let (cpu1, elapsed) = (cpu_seconds(pid), t0.elapsed().as_secs_f64());
+    let (cpu1, elapsed) = (cpu_times(pid), t0.elapsed().as_secs_f64());
     let _ = child.kill();
     let _ = child.wait();
     let n = ok.load(Ordering::Relaxed) as f64;
     Measured {
         rate: n / elapsed,
-        cpu_ms: (cpu1 - cpu0) * 1000.0 / n,
+        cpu_ms: ((cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1)) * 1000.0 / n,
+        user_ms: (cpu1.0 - cpu0.0) * 1000.0 / n,
         note: None,
     }
 }
@@ -487,8 +619,4 @@ async fn probe(listen: &str, module: &str, target: &str) -> Option<bool> {
     let mut body = Vec::new();
     conn.read_to_end(&mut body).await.ok()?;
     Some(String::from_utf8_lossy(&body).contains("probe_success 1"))
-}
-
-fn peak_rss_mb(pid: i32) -> f64 {
-    peak_rss_kib(pid) / 1024.0
 }
