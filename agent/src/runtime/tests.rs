@@ -34,6 +34,8 @@ struct Scripted {
     max_running: AtomicUsize,
     /// Starts (adoptions and onlines) of every resource sharing this counter, in flight.
     starts: Option<Arc<Concurrency>>,
+    /// Checks of every resource sharing this counter, in flight; each takes 10 ms.
+    checks: Option<Arc<Concurrency>>,
 }
 
 /// How many calls run at once, and the most seen.
@@ -84,6 +86,9 @@ impl Resource for Scripted {
         if self.panic_in_is_alive {
             self.running_now.fetch_sub(1, Ordering::SeqCst);
             panic!("scripted panic");
+        }
+        if let Some(checks) = &self.checks {
+            checks.during(Duration::from_millis(10)).await;
         }
         if let Some(d) = self.block_in_is_alive {
             std::thread::sleep(d);
@@ -410,4 +415,66 @@ async fn starts_wait_their_turn_at_the_start_gate() {
     for name in &names {
         assert!(events(&shared, "operation_timed_out", name).is_empty());
     }
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn checks_that_missed_their_slot_in_a_stall_resume_spread_not_in_one_burst() {
+    // Twenty resources at 100 ms, spread over the interval. The agent's only thread is held
+    // for half a second (a stopped process, a suspended machine): every resource misses its
+    // slots together. Run at once on resuming, the twenty checks would all be in flight
+    // together (10,000 HTTP checks held 300 MB so); put off to their next slots, they stay
+    // spread as before.
+    let checks = Arc::new(Concurrency::default());
+    let names: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
+    let fleet: Vec<Arc<Scripted>> = names
+        .iter()
+        .map(|_| {
+            Arc::new(Scripted {
+                checks: Some(checks.clone()),
+                ..Default::default()
+            })
+        })
+        .collect();
+    let props = "is_alive_interval = \"100ms\"\ncheck_timeout = \"50ms\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"";
+    let declared: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), props)).collect();
+    let (shared, _group) = start(&resources(&declared), fleet.clone());
+    wait_until("every resource online", || {
+        names.iter().all(|n| state_of(&shared, n) == "online")
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let spread = checks.max.swap(0, Ordering::SeqCst);
+    let calls_before: Vec<usize> = fleet
+        .iter()
+        .map(|r| r.is_alive_calls.load(Ordering::SeqCst))
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    let after_stall = checks.max.load(Ordering::SeqCst);
+    // Twenty is all of them at once; spread, it is what it was before the stall.
+    assert!(
+        after_stall < 20 && after_stall <= spread + 3,
+        "{after_stall} checks at once after the stall, {spread} before it"
+    );
+    // Put off once, not skipped for good: every resource checked again within two intervals.
+    for (i, r) in fleet.iter().enumerate() {
+        assert!(
+            r.is_alive_calls.load(Ordering::SeqCst) > calls_before[i],
+            "r{i} was not checked after the stall"
+        );
+    }
+    let text = shared.sink.metrics().encode_text();
+    let series = "resmon_checks_skipped_total{type=\"tcp\",check=\"is_alive\"} ";
+    let skipped: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(series))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap();
+    assert!(skipped >= 20.0, "{skipped} checks counted as put off");
+    let failures: Vec<_> = names
+        .iter()
+        .flat_map(|n| events(&shared, "probe_failed", n))
+        .collect();
+    assert!(failures.is_empty(), "{failures:?}");
 }
