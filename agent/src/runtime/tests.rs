@@ -156,6 +156,30 @@ fn resources(names_and_props: &[(&str, &str)]) -> String {
     s
 }
 
+/// `n` resources named `r0`, `r1`..., each made by `make`.
+fn fleet(n: usize, make: impl Fn() -> Scripted) -> (Vec<String>, Vec<Arc<Scripted>>) {
+    let names = (0..n).map(|i| format!("r{i}")).collect();
+    let scripted = (0..n).map(|_| Arc::new(make())).collect();
+    (names, scripted)
+}
+
+/// A group of `names`, each with the same `props`.
+fn same_resources(names: &[String], props: &str) -> String {
+    let spec: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), props)).collect();
+    resources(&spec)
+}
+
+/// The value of a `tcp` resource type's is_alive series of the counter `family`.
+fn is_alive_counter(shared: &Shared, family: &str) -> f64 {
+    let text = shared.sink.metrics().encode_text();
+    let series = format!("{family}{{type=\"tcp\",check=\"is_alive\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(series.as_str()))
+        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
+        .parse()
+        .unwrap()
+}
+
 fn state_of(shared: &Shared, resource: &str) -> String {
     let status = shared.status.snapshot(shared.coordinator.view());
     let r = status.groups[0]
@@ -346,14 +370,7 @@ async fn an_answer_the_busy_agent_looks_at_after_its_deadline_still_counts() {
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(state_of(&shared, "healthy"), "online");
     // And the agent's lateness is counted where an operator sees it.
-    let text = shared.sink.metrics().encode_text();
-    let series = "resmon_checks_seen_late_total{type=\"tcp\",check=\"is_alive\"} ";
-    let seen_late: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(series))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap();
+    let seen_late = is_alive_counter(&shared, "resmon_checks_seen_late_total");
     assert!(seen_late >= 4.0, "counted {seen_late}");
 }
 
@@ -389,20 +406,13 @@ async fn pending_timeout_never_waits_while_a_finite_one_fails_the_resource() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn starts_wait_their_turn_at_the_start_gate() {
     let starts = Arc::new(Concurrency::default());
-    let names: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
-    let scripted: Vec<Arc<Scripted>> = names
-        .iter()
-        .map(|_| {
-            Arc::new(Scripted {
-                online_takes: Some(Duration::from_millis(60)),
-                starts: Some(starts.clone()),
-                ..Default::default()
-            })
-        })
-        .collect();
+    let (names, scripted) = fleet(8, || Scripted {
+        online_takes: Some(Duration::from_millis(60)),
+        starts: Some(starts.clone()),
+        ..Default::default()
+    });
     let props = "pending_timeout = \"100ms\"\npoll_looks_alive = false";
-    let spec: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), props)).collect();
-    let (shared, _group) = start_gated(&resources(&spec), scripted, 2);
+    let (shared, _group) = start_gated(&same_resources(&names, props), scripted, 2);
     for name in &names {
         wait_until("every resource online", || {
             state_of(&shared, name) == "online"
@@ -425,19 +435,12 @@ async fn checks_that_missed_their_slot_in_a_stall_resume_spread_not_in_one_burst
     // together (10,000 HTTP checks held 300 MB so); put off to their next slots, they stay
     // spread as before.
     let checks = Arc::new(Concurrency::default());
-    let names: Vec<String> = (0..20).map(|i| format!("r{i}")).collect();
-    let fleet: Vec<Arc<Scripted>> = names
-        .iter()
-        .map(|_| {
-            Arc::new(Scripted {
-                checks: Some(checks.clone()),
-                ..Default::default()
-            })
-        })
-        .collect();
+    let (names, fleet) = fleet(20, || Scripted {
+        checks: Some(checks.clone()),
+        ..Default::default()
+    });
     let props = "is_alive_interval = \"100ms\"\ncheck_timeout = \"50ms\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"";
-    let declared: Vec<(&str, &str)> = names.iter().map(|n| (n.as_str(), props)).collect();
-    let (shared, _group) = start(&resources(&declared), fleet.clone());
+    let (shared, _group) = start(&same_resources(&names, props), fleet.clone());
     wait_until("every resource online", || {
         names.iter().all(|n| state_of(&shared, n) == "online")
     })
@@ -463,14 +466,7 @@ async fn checks_that_missed_their_slot_in_a_stall_resume_spread_not_in_one_burst
             "r{i} was not checked after the stall"
         );
     }
-    let text = shared.sink.metrics().encode_text();
-    let series = "resmon_checks_skipped_total{type=\"tcp\",check=\"is_alive\"} ";
-    let skipped: f64 = text
-        .lines()
-        .find_map(|l| l.strip_prefix(series))
-        .unwrap_or_else(|| panic!("no {series} in\n{text}"))
-        .parse()
-        .unwrap();
+    let skipped = is_alive_counter(&shared, "resmon_checks_skipped_total");
     assert!(skipped >= 20.0, "{skipped} checks counted as put off");
     let failures: Vec<_> = names
         .iter()
