@@ -187,7 +187,7 @@ impl Metrics {
         let checks_skipped = Family::<TypeCheckLabels, Counter>::default();
         registry.register(
             "resmon_checks_skipped",
-            "Scheduled checks not started: the previous one of the same resource was still running, or the check missed a whole interval (the agent was stopped or starved) and was put off to its next slot",
+            "Scheduled checks not started: the previous one of the same resource was still running, or the check was a whole interval or a second late (the agent was stopped or starved) and was put off to its next slot",
             checks_skipped.clone(),
         );
         let checks_seen_late = Family::<TypeCheckLabels, Counter>::default();

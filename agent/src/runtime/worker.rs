@@ -40,6 +40,11 @@ use tokio::sync::{mpsc, AcquireError, OwnedSemaphorePermit, TryAcquireError};
 use tokio::task::{JoinError, JoinHandle};
 use tokio::time::Instant;
 
+/// A check this late is off its schedule, whatever its interval: the agent was stopped or
+/// starved, not merely busy (its checks run a few milliseconds late at 10,000 a second). With
+/// a 60 s interval, a 30 s stall would otherwise bring half the resources' checks at once.
+const PUT_OFF_AFTER: Duration = Duration::from_secs(1);
+
 /// What the group task asks of a worker.
 #[derive(Debug)]
 pub(crate) enum WorkerCommand {
@@ -544,12 +549,13 @@ impl Worker {
         })
     }
 
-    /// Starts the checks that are due. A check that missed a whole interval (the agent was
-    /// stopped, its machine suspended, its thread starved) is not run at once but put off to
-    /// its next slot: every resource missed its slot together, and run at once, 10,000 HTTP
-    /// checks held 300 MB of connections in one burst; on their slots they stay spread over
-    /// the interval, as before the stall. Put off once at most, so that an agent that cannot
-    /// keep up still checks every resource; each put-off check counts as skipped.
+    /// Starts the checks that are due. A check late by a whole interval, or by
+    /// [`PUT_OFF_AFTER`] (the agent was stopped, its machine suspended, its thread starved), is
+    /// not run at once but put off to its next slot: every resource missed its slot together,
+    /// and run at once, 10,000 HTTP checks held 300 MB of connections in one burst; on their
+    /// slots they stay spread over the interval, as before the stall. Put off once at most, so
+    /// that an agent that cannot keep up still checks every resource; each put-off check
+    /// counts as skipped.
     fn start_due_checks(&mut self) {
         let now = Instant::now();
         let Some(m) = self.monitoring.as_mut() else {
@@ -578,7 +584,7 @@ impl Worker {
             }
             let scheduled = *next;
             *next = advance(scheduled, interval, now);
-            put_off[i] = now - scheduled >= interval && !m.put_off[i];
+            put_off[i] = !m.put_off[i] && off_schedule(now - scheduled, interval);
             m.put_off[i] = put_off[i];
             if !put_off[i] {
                 due[i] = Some((kind, scheduled));
@@ -871,6 +877,11 @@ pub(crate) fn phase(group: &str, resource: &str, kind: CheckKind, interval: Dura
     Duration::from_micros(h.finish() % micros)
 }
 
+/// Whether a check this `late` is off its schedule (see [`Worker::start_due_checks`]).
+fn off_schedule(late: Duration, interval: Duration) -> bool {
+    late >= interval.min(PUT_OFF_AFTER)
+}
+
 /// The next slot of a fixed-rate schedule after `now`: late checks are not bunched up.
 fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
     let mut next = scheduled + interval;
@@ -884,7 +895,7 @@ fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::{advance, phase};
+    use super::{advance, off_schedule, phase};
     use resmon_policies::CheckKind;
     use std::time::Duration;
     use tokio::time::Instant;
@@ -905,6 +916,21 @@ mod tests {
             per_ms.iter().filter(|&&n| n == 0).count() < 5,
             "the spread leaves holes"
         );
+    }
+
+    #[test]
+    fn a_check_a_whole_interval_or_a_second_late_is_off_its_schedule() {
+        let ms = Duration::from_millis;
+        // A busy agent's few milliseconds: on schedule.
+        assert!(!off_schedule(ms(5), ms(1000)));
+        assert!(!off_schedule(ms(99), ms(100)));
+        // A whole interval missed.
+        assert!(off_schedule(ms(100), ms(100)));
+        assert!(off_schedule(ms(12_000), ms(1000)));
+        // A long interval: a second late is a stall, not business.
+        assert!(!off_schedule(ms(900), ms(60_000)));
+        assert!(off_schedule(ms(1000), ms(60_000)));
+        assert!(off_schedule(ms(30_000), ms(60_000)));
     }
 
     #[test]
