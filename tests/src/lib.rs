@@ -104,11 +104,9 @@ pub struct Measurement {
     pub before: String,
     /// The exposition at the end.
     pub after: String,
-    /// The agent's CPU time in between.
-    pub cpu_seconds: f64,
-    /// The user-space part of it: steadier than the kernel's, which pays for waking the
-    /// servers and so swings with their timing.
-    pub user_seconds: f64,
+    /// The agent's CPU time in between; its user-space part is steadier than the kernel's,
+    /// which pays for waking the servers and so swings with their timing.
+    pub cpu: procfs::CpuTimes,
     /// The time in between.
     pub elapsed_seconds: f64,
 }
@@ -242,8 +240,7 @@ impl Agent {
         Measurement {
             before,
             after,
-            cpu_seconds: (cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1),
-            user_seconds: cpu1.0 - cpu0.0,
+            cpu: cpu1.since(cpu0),
             elapsed_seconds: elapsed.as_secs_f64(),
         }
     }

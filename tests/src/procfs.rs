@@ -14,12 +14,35 @@ pub fn raise_fd_limit() {
 
 /// User plus system CPU seconds of a process.
 pub fn cpu_seconds(pid: i32) -> f64 {
-    let (user, system) = cpu_times(pid);
-    user + system
+    cpu_times(pid).total()
 }
 
-/// User and system CPU seconds of a process, read together.
-pub fn cpu_times(pid: i32) -> (f64, f64) {
+/// A process's CPU seconds, in user space and in the kernel, read together.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuTimes {
+    /// User-space seconds.
+    pub user: f64,
+    /// Kernel seconds.
+    pub system: f64,
+}
+
+impl CpuTimes {
+    /// User plus system.
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+
+    /// What was spent between the reading `earlier` and this one.
+    pub fn since(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+/// A process's CPU seconds now.
+pub fn cpu_times(pid: i32) -> CpuTimes {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
     let fields: Vec<&str> = stat
         .rsplit_once(')')
@@ -30,8 +53,11 @@ pub fn cpu_times(pid: i32) -> (f64, f64) {
     // utime and stime are fields 14 and 15 (1-based), i.e. 11 and 12 after the name.
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let ticks = |i: usize| fields[i].parse::<f64>().unwrap() / hz;
-    (ticks(11), ticks(12))
+    let seconds = |i: usize| fields[i].parse::<f64>().unwrap() / hz;
+    CpuTimes {
+        user: seconds(11),
+        system: seconds(12),
+    }
 }
 
 /// Peak resident set size of a process, in KiB.

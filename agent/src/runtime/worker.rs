@@ -563,7 +563,6 @@ impl Worker {
         };
         let props = &self.cx.props;
         let mut due = [None, None];
-        let mut put_off = [false; 2];
         let schedules = [
             (
                 CheckKind::LooksAlive,
@@ -584,26 +583,23 @@ impl Worker {
             }
             let scheduled = *next;
             *next = advance(scheduled, interval, now);
-            put_off[i] = !m.put_off[i] && off_schedule(now - scheduled, interval);
-            m.put_off[i] = put_off[i];
-            if !put_off[i] {
-                due[i] = Some((kind, scheduled));
-            }
-        }
-        for (i, kind) in CheckKind::ALL.into_iter().enumerate() {
-            if put_off[i] {
+            m.put_off[i] = !m.put_off[i] && off_schedule(now - scheduled, interval);
+            if m.put_off[i] {
                 self.cx
                     .sink
                     .metrics()
                     .check_skipped(self.cx.type_name, kind);
+            } else {
+                due[i] = Some((kind, scheduled));
             }
+        }
+        if due == [None, None] {
+            // All put off: no check will record the new schedule, so publish it here.
+            self.publish_schedule();
         }
         // The status shows the new schedule once the check is recorded: one lock per check.
         for (kind, scheduled) in due.into_iter().flatten() {
             self.start_check(kind, Some(scheduled));
-        }
-        if put_off.contains(&true) && due.iter().all(Option::is_none) {
-            self.publish_schedule();
         }
     }
 

@@ -121,7 +121,7 @@ fn run(n: usize, ports: &[u16], measure: Duration) -> Figures {
     let m = agent.measure(measure);
     let (checks0, late0) = (metric_sum(&m.before, CHECKS), lateness(&m.before));
     let (checks1, late1) = (metric_sum(&m.after, CHECKS), lateness(&m.after));
-    let (cpu, elapsed) = (m.cpu_seconds, m.elapsed_seconds);
+    let (cpu, elapsed) = (m.cpu.total(), m.elapsed_seconds);
 
     let mut scrapes = Vec::new();
     let mut size = 0;

@@ -26,7 +26,7 @@
 //! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation] [--check-threads N] [--rounds N] [--no-blackbox]`
 //! (`--seconds`, default 10, is each window's length.)
 
-use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib};
+use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib, CpuTimes};
 use resmon_e2e::{free_port, metric_sum, online_resources, Agent};
 
 const CHECKS: &str = "resmon_check_duration_seconds_count";
@@ -243,6 +243,25 @@ struct Measured {
     note: Option<String>,
 }
 
+impl Measured {
+    /// `checks` done in `seconds`, costing `cpu`.
+    fn per_check(checks: f64, seconds: f64, cpu: CpuTimes) -> Measured {
+        Measured {
+            rate: checks / seconds,
+            cpu_ms: cpu.total() * 1000.0 / checks,
+            user_ms: cpu.user * 1000.0 / checks,
+            note: None,
+        }
+    }
+
+    fn with_note(self, note: String) -> Measured {
+        Measured {
+            note: Some(note),
+            ..self
+        }
+    }
+}
+
 fn address(i: usize) -> String {
     format!("127.0.0.{}", 1 + i % ADDRESSES)
 }
@@ -337,15 +356,11 @@ fn measure_agent(agent: &Agent, measure: Duration) -> Measured {
     let n = metric_sum(&m.after, CHECKS) - metric_sum(&m.before, CHECKS);
     let failed = metric_sum(&m.after, FAILURES) - metric_sum(&m.before, FAILURES);
     let rss = rss_kib(pid) / 1024.0;
-    Measured {
-        rate: n / m.elapsed_seconds,
-        cpu_ms: m.cpu_seconds * 1000.0 / n,
-        user_ms: m.user_seconds * 1000.0 / n,
-        note: Some(format!(
-            "resmon: {:.0}% of one core, RSS {rss:.1} MB, {failed} failed checks",
-            m.cpu_seconds / m.elapsed_seconds * 100.0,
-        )),
-    }
+    let note = format!(
+        "resmon: {:.0}% of one core, RSS {rss:.1} MB, {failed} failed checks",
+        m.cpu.total() / m.elapsed_seconds * 100.0,
+    );
+    Measured::per_check(n, m.elapsed_seconds, m.cpu).with_note(note)
 }
 
 // --- the floor ------------------------------------------------------------------------------
@@ -414,12 +429,7 @@ impl FloorChild {
         // The sample after `t1`, to interpolate against.
         std::thread::sleep(Duration::from_millis(50));
         let n = self.checks_at(t1) - self.checks_at(t0);
-        Measured {
-            rate: n / (t1 - t0).as_secs_f64(),
-            cpu_ms: ((cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1)) * 1000.0 / n,
-            user_ms: (cpu1.0 - cpu0.0) * 1000.0 / n,
-            note: None,
-        }
+        Measured::per_check(n, (t1 - t0).as_secs_f64(), cpu1.since(cpu0))
     }
 }
 
@@ -601,12 +611,7 @@ fn run_blackbox(proto: Proto, port: u16, rate: Option<usize>, measure: Duration)
     let _ = child.kill();
     let _ = child.wait();
     let n = ok.load(Ordering::Relaxed) as f64;
-    Measured {
-        rate: n / elapsed,
-        cpu_ms: ((cpu1.0 + cpu1.1) - (cpu0.0 + cpu0.1)) * 1000.0 / n,
-        user_ms: (cpu1.0 - cpu0.0) * 1000.0 / n,
-        note: None,
-    }
+    Measured::per_check(n, elapsed, cpu1.since(cpu0))
 }
 
 /// One `/probe` over a connection of its own (HTTP/1.0: the exporter answers the bigger http
