@@ -21,12 +21,12 @@ fuzz_target!(|data: &[u8]| {
         for _ in 0..64 {
             match read_reply(&mut reader, &framing, &progress).await {
                 Ok(reply) => {
-                    let size: usize = reply.lines.iter().map(|l| l.len() + 2).sum();
+                    let size: usize = reply.lines().map(|l| l.len() + 2).sum();
                     assert!(size <= MAX_REPLY + MAX_LINE + 2);
-                    assert!(reply.lines.iter().all(|l| l.len() < MAX_LINE));
+                    assert!(reply.lines().all(|l| l.len() < MAX_LINE));
                     let _ = prefix.matches(&reply);
                     let _ = reply.has_capability("STARTTLS");
-                    for line in &reply.lines {
+                    for line in reply.lines() {
                         let escaped = escape_bytes(line);
                         assert!(escaped.is_ascii());
                     }

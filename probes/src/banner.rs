@@ -13,6 +13,7 @@ use crate::resource::{escape_bytes, Failure, Progress, Stage};
 use crate::tls::{TlsClient, TlsOptions};
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
+use std::borrow::Cow;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use tokio::io::{
@@ -26,8 +27,16 @@ pub const MAX_LINE: usize = 4096;
 /// Most bytes accepted in one reply (all lines of a multi-line answer).
 pub const MAX_REPLY: usize = 64 * 1024;
 /// The read buffer: a greeting fits, and 10,000 checks in flight at once (an agent start)
-/// cost 10 MB instead of the 80 MB of tokio's default. Longer lines take several reads.
-const READ_BUFFER: usize = 1024;
+/// cost 5 MB instead of the 80 MB of tokio's default. Longer lines take several reads. Under
+/// 1 KB on purpose: glibc serves a request of 1 KB or more from its large bins, and first
+/// merges every freed small chunk (`malloc_consolidate`), which cost a banner check as many
+/// instructions as its connect.
+const READ_BUFFER: usize = 512;
+
+/// A line of a script: the presets' own are static, shared by every resource rather than
+/// copied into each (a check would read ten thousand copies, each from cold memory); a user's
+/// is owned.
+pub type Text = Cow<'static, str>;
 
 /// How a connection is secured.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
@@ -46,7 +55,7 @@ pub enum TlsMode {
 #[derive(Clone, Debug)]
 pub enum Matcher {
     /// The reply's last line starts with this text.
-    Prefix(String),
+    Prefix(Text),
     /// The reply (all its lines) matches this regular expression.
     Regex(regex::Regex),
 }
@@ -66,7 +75,7 @@ impl Matcher {
     pub fn matches(&self, reply: &Reply) -> bool {
         match self {
             Matcher::Prefix(p) => reply.last_line().starts_with(p.as_bytes()),
-            Matcher::Regex(r) => r.is_match(&String::from_utf8_lossy(&reply.joined())),
+            Matcher::Regex(r) => r.is_match(&String::from_utf8_lossy(reply.text())),
         }
     }
 
@@ -109,30 +118,41 @@ pub enum Step {
         name: String,
     },
     /// Send a line (CRLF is added).
-    Send(String),
+    Send(Text),
     /// Upgrade the connection to TLS (after the protocol's STARTTLS was accepted).
     StartTls,
 }
 
-/// A reply: its lines without line ends.
+/// A reply: its lines without line ends, joined by `\n` (which no line contains), so that a
+/// reply of any number of lines is one allocation.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Reply {
-    /// The lines.
-    pub lines: Vec<Vec<u8>>,
+    text: Vec<u8>,
+    /// Tells a reply of one empty line from none.
+    line_count: usize,
 }
 
 impl Reply {
-    fn last_line(&self) -> &[u8] {
-        self.lines.last().map_or(&[][..], |l| l.as_slice())
+    /// The lines, without line ends.
+    pub fn lines(&self) -> impl Iterator<Item = &[u8]> {
+        self.text.split(|b| *b == b'\n').take(self.line_count)
     }
 
-    fn joined(&self) -> Vec<u8> {
-        self.lines.join(&b"\n"[..])
+    /// The lines joined by `\n`.
+    pub fn text(&self) -> &[u8] {
+        &self.text
+    }
+
+    fn last_line(&self) -> &[u8] {
+        match self.text.iter().rposition(|b| *b == b'\n') {
+            Some(i) => &self.text[i + 1..],
+            None => &self.text,
+        }
     }
 
     /// Whether a line, after its first 4 bytes (`250-`, `250 `), names `capability`.
     pub fn has_capability(&self, capability: &str) -> bool {
-        self.lines.iter().any(|l| {
+        self.lines().any(|l| {
             let rest = l.get(4..).unwrap_or_default();
             let word = rest.split(|b| *b == b' ').next().unwrap_or_default();
             word.eq_ignore_ascii_case(capability.as_bytes())
@@ -214,7 +234,7 @@ pub struct Script {
     /// The steps, greeting first.
     pub steps: Vec<Step>,
     /// The polite goodbye sent at the end (`QUIT`, `a9 LOGOUT`), its answer not checked.
-    pub goodbye: Option<String>,
+    pub goodbye: Option<Text>,
 }
 
 /// Runs a banner exchange against one target.
@@ -247,6 +267,19 @@ impl BannerClient {
         })
     }
 
+    /// The TLS handshake over `stream`, its state boxed: inline, it would make every check's
+    /// future 1.4 KB, plain ones too, and glibc serves requests of 1 KB or more from its large
+    /// bins after merging every freed small chunk (`malloc_consolidate`), which cost a plain
+    /// check as many instructions as its connect.
+    async fn handshake(
+        &self,
+        stream: TcpStream,
+        progress: &Progress,
+    ) -> Result<TlsStream<TcpStream>, Failure> {
+        let tls = self.tls()?;
+        Box::pin(tls.handshake(crate::net::before_tls(stream), progress)).await
+    }
+
     /// The cheap check: a TCP connect.
     pub async fn connect_only(&self, progress: &Progress) -> Result<(), Failure> {
         let stream = crate::net::connect(&self.target, progress).await?;
@@ -261,11 +294,7 @@ impl BannerClient {
         // behind, as the tcp type does (thousands of checks a second would fill the port range).
         crate::net::close_with_reset(&stream);
         let conn = if self.tls_mode == TlsMode::Implicit {
-            Conn::Tls(Box::new(
-                self.tls()?
-                    .handshake(crate::net::before_tls(stream), progress)
-                    .await?,
-            ))
+            Conn::Tls(Box::new(self.handshake(stream, progress).await?))
         } else {
             Conn::Plain(stream)
         };
@@ -289,7 +318,7 @@ impl BannerClient {
                             format!(
                                 "{} answered {}, expected {}",
                                 self.target,
-                                escape_bytes(&reply.joined()),
+                                escape_bytes(reply.text()),
                                 matcher.describe()
                             ),
                         ));
@@ -304,7 +333,7 @@ impl BannerClient {
                             format!(
                                 "{} does not offer {name}: {}",
                                 self.target,
-                                escape_bytes(&reply.joined())
+                                escape_bytes(reply.text())
                             ),
                         ));
                     }
@@ -330,11 +359,7 @@ impl BannerClient {
                     };
                     reader = BufReader::with_capacity(
                         READ_BUFFER,
-                        Conn::Tls(Box::new(
-                            self.tls()?
-                                .handshake(crate::net::before_tls(stream), progress)
-                                .await?,
-                        )),
+                        Conn::Tls(Box::new(self.handshake(stream, progress).await?)),
                     );
                 }
             }
@@ -353,48 +378,63 @@ impl BannerClient {
 }
 
 async fn send(reader: &mut BufReader<Conn>, line: &str) -> Result<(), Failure> {
+    // One write, so one segment and one system call: the line and its CRLF together, copied
+    // on the stack when it fits (every preset's line does), not formatted into a new String.
+    let mut short = [0u8; 128];
+    let long;
+    let bytes = if line.len() + 2 <= short.len() {
+        short[..line.len()].copy_from_slice(line.as_bytes());
+        short[line.len()..line.len() + 2].copy_from_slice(b"\r\n");
+        &short[..line.len() + 2]
+    } else {
+        long = format!("{line}\r\n");
+        long.as_bytes()
+    };
     let conn = reader.get_mut();
-    conn.write_all(format!("{line}\r\n").as_bytes())
+    conn.write_all(bytes)
         .await
         .map_err(|e| Failure::from_io("send", &e))?;
     conn.flush().await.map_err(|e| Failure::from_io("send", &e))
 }
 
-/// Reads one line under [`MAX_LINE`]; `\r\n` or `\n` ends it, and is not returned.
+/// Reads one line under [`MAX_LINE`] onto the end of `text`; `\r\n` or `\n` ends it, and is
+/// not kept.
 async fn read_line<R: AsyncBufRead + Unpin>(
     reader: &mut R,
     progress: &Progress,
-) -> Result<Vec<u8>, Failure> {
-    let mut line = Vec::new();
+    text: &mut Vec<u8>,
+) -> Result<(), Failure> {
+    let start = text.len();
     loop {
         let buf = reader
             .fill_buf()
             .await
             .map_err(|e| Failure::from_io("read", &e))?;
+        let line = &text[start..];
         if buf.is_empty() {
             let detail = if line.is_empty() {
                 "the server closed the connection".to_string()
             } else {
                 format!(
                     "the server closed the connection after {}",
-                    escape_bytes(&line)
+                    escape_bytes(line)
                 )
             };
             return Err(Failure::new(FailureReason::Reset, detail));
         }
         match line_end(buf, line.len()) {
             Ok(Some(n)) => {
-                line.extend_from_slice(&buf[..n]);
+                text.extend_from_slice(&buf[..n]);
                 progress.received(&buf[..n]);
                 reader.consume(n);
-                while matches!(line.last(), Some(b'\n' | b'\r')) {
-                    line.pop();
+                while text.len() > start && matches!(text.last(), Some(b'\n' | b'\r')) {
+                    text.pop();
                 }
-                return Ok(line);
+                return Ok(());
             }
             Ok(None) => {
                 let n = buf.len();
-                line.extend_from_slice(buf);
+                text.extend_from_slice(buf);
                 progress.received(buf);
                 reader.consume(n);
             }
@@ -402,7 +442,7 @@ async fn read_line<R: AsyncBufRead + Unpin>(
                 progress.received(buf);
                 return Err(Failure::new(
                     FailureReason::UnexpectedBanner,
-                    format!("{why}: {}", escape_bytes(&line)),
+                    format!("{why}: {}", escape_bytes(line)),
                 ));
             }
         }
@@ -418,11 +458,15 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(
     let mut reply = Reply::default();
     let mut size = 0;
     loop {
-        let line = read_line(reader, progress).await?;
+        if reply.line_count > 0 {
+            reply.text.push(b'\n');
+        }
+        let start = reply.text.len();
+        read_line(reader, progress, &mut reply.text).await?;
+        reply.line_count += 1;
+        let line = &reply.text[start..];
         size += line.len() + 2;
-        let done = ends_reply(framing, &line);
-        reply.lines.push(line);
-        if done {
+        if ends_reply(framing, line) {
             return Ok(reply);
         }
         if size > MAX_REPLY {
@@ -430,7 +474,7 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(
                 FailureReason::UnexpectedBanner,
                 format!(
                     "a reply longer than {MAX_REPLY} bytes: {}",
-                    escape_bytes(&reply.joined())
+                    escape_bytes(reply.text())
                 ),
             ));
         }
@@ -442,12 +486,12 @@ pub async fn read_reply<R: AsyncBufRead + Unpin>(
 pub fn greeting_matcher(
     prefix: Option<&str>,
     regex: Option<&regex::Regex>,
-    default: &str,
+    default: &'static str,
 ) -> Matcher {
     match (prefix, regex) {
         (_, Some(r)) => Matcher::Regex(r.clone()),
-        (Some(p), None) => Matcher::Prefix(p.to_string()),
-        (None, None) => Matcher::Prefix(default.to_string()),
+        (Some(p), None) => Matcher::Prefix(p.to_string().into()),
+        (None, None) => Matcher::Prefix(default.into()),
     }
 }
 
@@ -490,11 +534,11 @@ impl ExtraStep {
     pub fn steps(&self, framing: &Framing) -> Vec<Step> {
         let mut out = Vec::new();
         if let Some(line) = &self.send {
-            out.push(Step::Send(line.clone()));
+            out.push(Step::Send(line.clone().into()));
         }
         let matcher = match (&self.expect, &self.expect_regex) {
             (_, Some(r)) => Some(Matcher::Regex(r.0.clone())),
-            (Some(p), None) => Some(Matcher::Prefix(p.clone())),
+            (Some(p), None) => Some(Matcher::Prefix(p.clone().into())),
             (None, None) => None,
         };
         if let Some(matcher) = matcher {
@@ -524,7 +568,8 @@ mod tests {
 
     fn reply(lines: &[&str]) -> Reply {
         Reply {
-            lines: lines.iter().map(|l| l.as_bytes().to_vec()).collect(),
+            text: lines.join("\n").into_bytes(),
+            line_count: lines.len(),
         }
     }
 
@@ -561,6 +606,25 @@ mod tests {
         assert_eq!(line_end(b"220 ok", 0), Ok(None));
         assert!(line_end(&vec![b'x'; MAX_LINE], 0).is_err());
         assert!(line_end(b"x\n", MAX_LINE).is_err());
+    }
+
+    #[test]
+    fn a_checks_state_stays_under_a_kilobyte() {
+        use crate::Resource;
+        let resource = BannerResource::new(
+            "127.0.0.1:25".parse().unwrap(),
+            TlsMode::Implicit,
+            TlsOptions::default(),
+            Script {
+                steps: vec![Step::StartTls],
+                goodbye: Some("QUIT".into()),
+            },
+        );
+        let progress = Progress::default();
+        let check = resource.is_alive(&progress);
+        // See `BannerClient::handshake`: glibc's large bins start at 1 KB.
+        let size = std::mem::size_of_val(&*check);
+        assert!(size < 1000, "a check's future is {size} bytes");
     }
 
     #[test]

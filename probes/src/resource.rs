@@ -61,7 +61,9 @@ impl std::error::Error for Failure {}
 #[derive(Debug, Default)]
 pub struct Progress {
     inner: Mutex<ProgressState>,
-    blocking: std::sync::Arc<BlockingCount>,
+    /// Made by the first blocking call. Most resource types never make one, and made up front
+    /// it is one more allocation that every check reads from cold memory to learn it is zero.
+    blocking: std::sync::OnceLock<std::sync::Arc<BlockingCount>>,
 }
 
 /// The stages a check goes through; the one it is in when its deadline passes names the reason.
@@ -91,12 +93,33 @@ pub struct CertValidity {
     pub not_after: f64,
 }
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 struct ProgressState {
     stage: Stage,
-    received: Vec<u8>,
+    /// The first bytes received, in place rather than in a buffer of their own (one cache
+    /// line fewer to fetch per check, at ten thousand checks a second).
+    received: [u8; KEPT_BYTES],
+    received_len: usize,
     peer_certificate: Option<CertValidity>,
     disk_space: Option<(u64, u64)>,
+}
+
+impl Default for ProgressState {
+    fn default() -> Self {
+        ProgressState {
+            stage: Stage::Other,
+            received: [0; KEPT_BYTES],
+            received_len: 0,
+            peer_certificate: None,
+            disk_space: None,
+        }
+    }
+}
+
+impl ProgressState {
+    fn received(&self) -> &[u8] {
+        &self.received[..self.received_len]
+    }
 }
 
 /// Blocking threads of a call still running, and a bell rung as each returns.
@@ -132,7 +155,7 @@ impl Progress {
     pub fn reset(&self) {
         let mut s = self.state();
         s.stage = Stage::Other;
-        s.received.clear();
+        s.received_len = 0;
         s.peer_certificate = None;
         s.disk_space = None;
     }
@@ -145,9 +168,10 @@ impl Progress {
     /// Keeps the first bytes received, for the failure's detail.
     pub fn received(&self, bytes: &[u8]) {
         let mut s = self.state();
-        let room = KEPT_BYTES.saturating_sub(s.received.len());
-        s.received
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        let at = s.received_len;
+        let n = bytes.len().min(KEPT_BYTES - at);
+        s.received[at..at + n].copy_from_slice(&bytes[..n]);
+        s.received_len += n;
     }
 
     /// Records the TLS peer certificate's validity.
@@ -158,24 +182,28 @@ impl Progress {
     /// A guard to move into a blocking thread: while it lives, [`Progress::blocking_in_flight`]
     /// counts the thread, so the runtime knows a timed-out check is still stuck in the kernel.
     pub fn blocking_guard(&self) -> BlockingGuard {
-        self.blocking
+        let count = self.blocking.get_or_init(Default::default);
+        count
             .running
             .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        BlockingGuard(self.blocking.clone())
+        BlockingGuard(count.clone())
     }
 
     /// Blocking threads of this call still running.
     pub fn blocking_in_flight(&self) -> usize {
-        self.blocking
-            .running
-            .load(std::sync::atomic::Ordering::SeqCst)
+        self.blocking.get().map_or(0, |count| {
+            count.running.load(std::sync::atomic::Ordering::SeqCst)
+        })
     }
 
     /// Resolves once no blocking thread of this call runs any more: how the runtime learns
     /// that a stuck check's thread came back from the kernel.
     pub async fn blocking_returned(&self) {
+        let Some(count) = self.blocking.get() else {
+            return;
+        };
         loop {
-            let returned = self.blocking.returned.notified();
+            let returned = count.returned.notified();
             tokio::pin!(returned);
             // Registered before the count is read, so a return in between is not missed.
             returned.as_mut().enable();
@@ -213,8 +241,8 @@ impl Progress {
             Stage::Other => (FailureReason::Timeout, "running"),
         };
         let mut detail = format!("still {doing} when {limit} passed");
-        if !s.received.is_empty() {
-            detail += &format!("; received {}", escape_bytes(&s.received));
+        if s.received_len > 0 {
+            detail += &format!("; received {}", escape_bytes(s.received()));
         }
         Failure::new(reason, detail)
     }

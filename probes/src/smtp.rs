@@ -57,7 +57,7 @@ impl BannerPreset for SmtpConfig {
     }
 
     fn script(&self) -> Script {
-        let reply = |prefix: &str| Step::Expect {
+        let reply = |prefix: &'static str| Step::Expect {
             framing: Framing::Smtp,
             matcher: Matcher::Prefix(prefix.into()),
             greeting: false,
@@ -80,7 +80,7 @@ impl BannerPreset for SmtpConfig {
             None => steps.push(reply("250")),
         };
         if self.tls == TlsMode::Starttls {
-            steps.push(Step::Send(format!("EHLO {name}")));
+            steps.push(Step::Send(format!("EHLO {name}").into()));
             steps.push(Step::Capability {
                 framing: Framing::Smtp,
                 name: "STARTTLS".into(),
@@ -88,10 +88,10 @@ impl BannerPreset for SmtpConfig {
             steps.push(Step::Send("STARTTLS".into()));
             steps.push(reply("220"));
             steps.push(Step::StartTls);
-            steps.push(Step::Send(format!("EHLO {name}")));
+            steps.push(Step::Send(format!("EHLO {name}").into()));
             ehlo_answer(&mut steps);
         } else if self.ehlo.is_some() || self.require_capability.is_some() {
-            steps.push(Step::Send(format!("EHLO {name}")));
+            steps.push(Step::Send(format!("EHLO {name}").into()));
             ehlo_answer(&mut steps);
         }
         for extra in &self.steps {
@@ -158,7 +158,7 @@ mod tests {
             .steps
             .iter()
             .filter_map(|s| match s {
-                Step::Send(l) => Some(l.clone()),
+                Step::Send(l) => Some(l.to_string()),
                 Step::StartTls => Some("<tls>".into()),
                 _ => None,
             })
