@@ -182,6 +182,7 @@ pub(crate) fn spawn_with(
             status: slot,
             sink: shared.sink.clone(),
             start_gate: shared.start_gate.clone(),
+            commands: Default::default(),
         });
         workers.push(worker::spawn(
             cx.clone(),

@@ -101,6 +101,8 @@ pub(crate) struct ResourceContext {
     pub(crate) status: ResourceSlot,
     pub(crate) sink: Arc<EventSink>,
     pub(crate) start_gate: Arc<tokio::sync::Semaphore>,
+    /// The group's commands to the worker.
+    pub(crate) commands: worker::Mailbox,
 }
 
 impl ResourceContext {

@@ -26,14 +26,15 @@ use crate::events::{
     CheckStuck, Event, FailureSignalled, OperationFailed, OperationTimedOut, ProbeFailed,
 };
 use crate::status;
-use futures::StreamExt;
 use resmon_policies::{CheckKind, FailureReason, Input, Operation};
 use resmon_probes::{Failure, Progress, Resource};
+use std::collections::VecDeque;
 use std::future::Future;
 use std::hash::{Hash, Hasher};
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::Poll;
 use std::time::Duration;
 use tokio::sync::{mpsc, AcquireError, OwnedSemaphorePermit, TryAcquireError};
@@ -58,16 +59,78 @@ pub(crate) enum WorkerCommand {
     RunIsAlive,
 }
 
-/// The group task's end of a worker. Its channel is futures' rather than tokio's: tokio's
-/// allocates a block of 32 slots up front, half a kilobyte per resource that mostly sits idle.
+/// The group task's end of a worker; dropping it ends the worker.
 pub(crate) struct WorkerHandle {
-    tx: futures::channel::mpsc::UnboundedSender<WorkerCommand>,
+    cx: Arc<ResourceContext>,
 }
 
 impl WorkerHandle {
     pub(crate) fn send(&self, command: WorkerCommand) {
-        // A worker only ends when this handle drops, so the send cannot fail while we hold it.
-        let _ = self.tx.unbounded_send(command);
+        self.cx.commands.send(command);
+    }
+}
+
+impl Drop for WorkerHandle {
+    fn drop(&mut self) {
+        self.cx.commands.close();
+    }
+}
+
+/// The group's commands to one worker, kept in the resource's context rather than in a channel
+/// of its own. The worker looks for commands at every wake-up, several per check and ten
+/// thousand checks a second, and a channel's shared state and queue node were two more cache
+/// lines to fetch each time, from cold memory (a tokio channel would add a block of 32 slots,
+/// half a kilobyte per resource). Commands are rare; the flag is what the worker reads.
+#[derive(Default)]
+pub(crate) struct Mailbox {
+    /// Whether the queue holds a command or the mailbox is closed; written under the queue's
+    /// lock, so that it never says "empty" of a queue that is not.
+    pending: AtomicBool,
+    closed: AtomicBool,
+    queue: Mutex<VecDeque<WorkerCommand>>,
+    waker: futures::task::AtomicWaker,
+}
+
+impl Mailbox {
+    fn queue(&self) -> MutexGuard<'_, VecDeque<WorkerCommand>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn send(&self, command: WorkerCommand) {
+        let mut queue = self.queue();
+        queue.push_back(command);
+        self.pending.store(true, Ordering::Release);
+        drop(queue);
+        self.waker.wake();
+    }
+
+    /// Ends the worker once it has taken the commands already sent.
+    fn close(&self) {
+        let queue = self.queue();
+        self.closed.store(true, Ordering::Release);
+        self.pending.store(true, Ordering::Release);
+        drop(queue);
+        self.waker.wake();
+    }
+
+    /// The next command; `None` once closed and drained.
+    async fn recv(&self) -> Option<WorkerCommand> {
+        std::future::poll_fn(|cx| {
+            if !self.pending.load(Ordering::Acquire) {
+                self.waker.register(cx.waker());
+                // A command sent before the registration is seen here; one after, wakes.
+                if !self.pending.load(Ordering::Acquire) {
+                    return Poll::Pending;
+                }
+            }
+            let mut queue = self.queue();
+            let command = queue.pop_front();
+            if queue.is_empty() && !self.closed.load(Ordering::Acquire) {
+                self.pending.store(false, Ordering::Release);
+            }
+            Poll::Ready(command)
+        })
+        .await
     }
 }
 
@@ -125,7 +188,6 @@ struct Worker {
     cx: Arc<ResourceContext>,
     resource: Arc<dyn Resource>,
     group: mpsc::UnboundedSender<GroupEvent>,
-    commands: futures::channel::mpsc::UnboundedReceiver<WorkerCommand>,
     monitoring: Option<Monitoring>,
     looks_alive_check: Option<Check>,
     is_alive_check: Option<Check>,
@@ -155,12 +217,11 @@ pub(crate) fn spawn(
     unused_progress: &Arc<Progress>,
     check_threads: &CheckThreads,
 ) -> WorkerHandle {
-    let (tx, commands) = futures::channel::mpsc::unbounded();
+    let handle = WorkerHandle { cx: cx.clone() };
     let mut worker = Worker {
         cx,
         resource,
         group,
-        commands,
         monitoring: None,
         looks_alive_check: None,
         is_alive_check: None,
@@ -177,7 +238,7 @@ pub(crate) fn spawn(
         worker.start(Start::Adopt);
         worker.run().await;
     });
-    WorkerHandle { tx }
+    handle
 }
 
 /// Awaits `future` (a task, a permit, a stuck thread's return), or never when there is none:
@@ -261,7 +322,7 @@ impl Worker {
                 result = poll_check(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
                 result = poll_check(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
                 _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
-                command = self.commands.next() => match command {
+                command = self.cx.commands.recv() => match command {
                     Some(command) => self.command(command),
                     None => break,
                 },
@@ -901,7 +962,7 @@ fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::{advance, off_schedule, phase};
+    use super::{advance, off_schedule, phase, Mailbox, WorkerCommand};
     use resmon_policies::CheckKind;
     use std::time::Duration;
     use tokio::time::Instant;
@@ -921,6 +982,36 @@ mod tests {
         assert!(
             per_ms.iter().filter(|&&n| n == 0).count() < 5,
             "the spread leaves holes"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_mailbox_wakes_its_worker_and_delivers_what_was_sent_before_it_closed() {
+        let mailbox = std::sync::Arc::new(Mailbox::default());
+        let worker = tokio::spawn({
+            let mailbox = mailbox.clone();
+            async move {
+                let mut got = Vec::new();
+                while let Some(command) = mailbox.recv().await {
+                    got.push(format!("{command:?}"));
+                }
+                got
+            }
+        });
+        // The worker is waiting on an empty mailbox: each send must wake it.
+        tokio::task::yield_now().await;
+        mailbox.send(WorkerCommand::RunIsAlive);
+        tokio::task::yield_now().await;
+        mailbox.send(WorkerCommand::Monitor { looks_alive: true });
+        mailbox.send(WorkerCommand::Unmonitor);
+        mailbox.close();
+        let got = tokio::time::timeout(std::time::Duration::from_secs(5), worker)
+            .await
+            .expect("the worker saw the close")
+            .unwrap();
+        assert_eq!(
+            got,
+            ["RunIsAlive", "Monitor { looks_alive: true }", "Unmonitor"]
         );
     }
 
