@@ -35,7 +35,7 @@ use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{mpsc, AcquireError, OwnedSemaphorePermit, TryAcquireError};
 use tokio::task::{JoinError, JoinHandle};
@@ -114,23 +114,20 @@ impl Mailbox {
     }
 
     /// The next command; `None` once closed and drained.
-    async fn recv(&self) -> Option<WorkerCommand> {
-        std::future::poll_fn(|cx| {
+    fn poll_recv(&self, task: &mut Context<'_>) -> Poll<Option<WorkerCommand>> {
+        if !self.pending.load(Ordering::Acquire) {
+            self.waker.register(task.waker());
+            // A command sent before the registration is seen here; one after, wakes.
             if !self.pending.load(Ordering::Acquire) {
-                self.waker.register(cx.waker());
-                // A command sent before the registration is seen here; one after, wakes.
-                if !self.pending.load(Ordering::Acquire) {
-                    return Poll::Pending;
-                }
+                return Poll::Pending;
             }
-            let mut queue = self.queue();
-            let command = queue.pop_front();
-            if queue.is_empty() && !self.closed.load(Ordering::Acquire) {
-                self.pending.store(false, Ordering::Release);
-            }
-            Poll::Ready(command)
-        })
-        .await
+        }
+        let mut queue = self.queue();
+        let command = queue.pop_front();
+        if queue.is_empty() && !self.closed.load(Ordering::Acquire) {
+            self.pending.store(false, Ordering::Release);
+        }
+        Poll::Ready(command)
     }
 }
 
@@ -241,30 +238,35 @@ pub(crate) fn spawn(
     handle
 }
 
-/// Awaits `future` (a task, a permit, a stuck thread's return), or never when there is none:
-/// how each optional thing the worker waits for becomes a `select!` branch.
-async fn awaited<F: Future + Unpin>(future: Option<&mut F>) -> F::Output {
-    match future {
-        Some(future) => future.await,
-        None => std::future::pending().await,
+/// What woke the worker: one event, handled with the worker to itself.
+enum Wake {
+    CheckReturned(CheckKind, Result<(), Failure>),
+    Timer,
+    Command(Option<WorkerCommand>),
+    OperationReturned(Result<Result<(), Failure>, JoinError>),
+    AdoptionReturned(Result<Result<bool, Failure>, JoinError>),
+    Admitted(Result<OwnedSemaphorePermit, AcquireError>),
+    Unstuck(CheckKind),
+    Signalled(Result<Failure, JoinError>),
+}
+
+/// Polls what `slot` holds, if anything.
+fn poll_some<F: Future + Unpin>(slot: Option<&mut F>, task: &mut Context<'_>) -> Poll<F::Output> {
+    match slot {
+        Some(future) => Pin::new(future).poll(task),
+        None => Poll::Pending,
     }
 }
 
-/// Polls the check in `slot`, turning a panic into a failure; never resolves when there is none.
-async fn poll_check(slot: &mut Option<Check>) -> Result<(), Failure> {
-    match slot {
-        Some(check) => {
-            std::future::poll_fn(|cx| {
-                check.polled_at = Instant::now();
-                match std::panic::catch_unwind(AssertUnwindSafe(|| check.future.as_mut().poll(cx)))
-                {
-                    Ok(poll) => poll,
-                    Err(payload) => Poll::Ready(Err(panic_failure(payload))),
-                }
-            })
-            .await
-        }
-        None => std::future::pending().await,
+/// Polls the check in `slot`, turning a panic into a failure.
+fn poll_check(slot: &mut Option<Check>, task: &mut Context<'_>) -> Poll<Result<(), Failure>> {
+    let Some(check) = slot else {
+        return Poll::Pending;
+    };
+    check.polled_at = Instant::now();
+    match std::panic::catch_unwind(AssertUnwindSafe(|| check.future.as_mut().poll(task))) {
+        Ok(poll) => poll,
+        Err(payload) => Poll::Ready(Err(panic_failure(payload))),
     }
 }
 
@@ -311,27 +313,19 @@ impl Worker {
                     timer.as_mut().reset(at);
                 }
             }
-            let [stuck_looks_alive, stuck_is_alive] = &mut self.stuck;
-            // Biased: the branches are polled in this order, which spares drawing a random
-            // start at every wake-up (ten thousand a second); none can starve the others, as
-            // each is a single event that changes the worker's state. Checks come before the
-            // timer so that a check whose answer is in is looked at before its deadline's
-            // timer, late in the same wake-up, can fail it.
-            tokio::select! {
-                biased;
-                result = poll_check(&mut self.looks_alive_check) => self.check_returned(CheckKind::LooksAlive, result),
-                result = poll_check(&mut self.is_alive_check) => self.check_returned(CheckKind::IsAlive, result),
-                _ = &mut timer, if wake.is_some() => self.on_timer(Instant::now()),
-                command = self.cx.commands.recv() => match command {
-                    Some(command) => self.command(command),
-                    None => break,
-                },
-                result = awaited(self.operation.as_mut().map(|r| &mut r.handle)) => self.operation_returned(result),
-                result = awaited(self.adoption.as_mut().map(|r| &mut r.handle)) => self.adoption_returned(result),
-                permit = awaited(self.queued.as_mut().map(|q| &mut q.permit)) => self.admitted(permit),
-                _ = awaited(stuck_looks_alive.as_mut().map(|s| &mut s.returned)) => self.unstuck(CheckKind::LooksAlive),
-                _ = awaited(stuck_is_alive.as_mut().map(|s| &mut s.returned)) => self.unstuck(CheckKind::IsAlive),
-                result = awaited(self.signal.as_mut()) => self.signalled(result),
+            let woken =
+                std::future::poll_fn(|task| self.poll_wake(timer.as_mut(), wake.is_some(), task))
+                    .await;
+            match woken {
+                Wake::CheckReturned(kind, result) => self.check_returned(kind, result),
+                Wake::Timer => self.on_timer(Instant::now()),
+                Wake::Command(Some(command)) => self.command(command),
+                Wake::Command(None) => break,
+                Wake::OperationReturned(result) => self.operation_returned(result),
+                Wake::AdoptionReturned(result) => self.adoption_returned(result),
+                Wake::Admitted(permit) => self.admitted(permit),
+                Wake::Unstuck(kind) => self.unstuck(kind),
+                Wake::Signalled(result) => self.signalled(result),
             }
         }
         // The group let go of this resource (agent exit, reload): stop watching, touch nothing.
@@ -345,6 +339,54 @@ impl Worker {
         if let Some(signal) = self.signal.take() {
             signal.abort();
         }
+    }
+
+    /// The first thing that is ready, in a fixed order, polled in place. Not `select!`: that
+    /// builds a future per branch at every turn, ten of them, and writes them to the worker's
+    /// task, which at ten thousand checks a second is cold memory each time. The fixed order
+    /// also spares drawing a random start at every wake-up; none can starve the others, as
+    /// each is a single event that changes the worker's state. Checks come before the timer
+    /// so that a check whose answer is in is looked at before its deadline's timer, late in
+    /// the same wake-up, can fail it.
+    fn poll_wake(
+        &mut self,
+        timer: Pin<&mut tokio::time::Sleep>,
+        timer_set: bool,
+        task: &mut Context<'_>,
+    ) -> Poll<Wake> {
+        if let Poll::Ready(result) = poll_check(&mut self.looks_alive_check, task) {
+            return Poll::Ready(Wake::CheckReturned(CheckKind::LooksAlive, result));
+        }
+        if let Poll::Ready(result) = poll_check(&mut self.is_alive_check, task) {
+            return Poll::Ready(Wake::CheckReturned(CheckKind::IsAlive, result));
+        }
+        if timer_set && timer.poll(task).is_ready() {
+            return Poll::Ready(Wake::Timer);
+        }
+        if let Poll::Ready(command) = self.cx.commands.poll_recv(task) {
+            return Poll::Ready(Wake::Command(command));
+        }
+        if let Poll::Ready(result) = poll_some(self.operation.as_mut().map(|r| &mut r.handle), task)
+        {
+            return Poll::Ready(Wake::OperationReturned(result));
+        }
+        if let Poll::Ready(result) = poll_some(self.adoption.as_mut().map(|r| &mut r.handle), task)
+        {
+            return Poll::Ready(Wake::AdoptionReturned(result));
+        }
+        if let Poll::Ready(permit) = poll_some(self.queued.as_mut().map(|q| &mut q.permit), task) {
+            return Poll::Ready(Wake::Admitted(permit));
+        }
+        for kind in CheckKind::ALL {
+            let stuck = self.stuck[kind_index(kind)].as_mut();
+            if poll_some(stuck.map(|s| &mut s.returned), task).is_ready() {
+                return Poll::Ready(Wake::Unstuck(kind));
+            }
+        }
+        if let Poll::Ready(result) = poll_some(self.signal.as_mut(), task) {
+            return Poll::Ready(Wake::Signalled(result));
+        }
+        Poll::Pending
     }
 
     /// The earliest deadline or scheduled check, if any.
@@ -992,7 +1034,8 @@ mod tests {
             let mailbox = mailbox.clone();
             async move {
                 let mut got = Vec::new();
-                while let Some(command) = mailbox.recv().await {
+                while let Some(command) = std::future::poll_fn(|task| mailbox.poll_recv(task)).await
+                {
                     got.push(format!("{command:?}"));
                 }
                 got
