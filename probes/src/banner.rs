@@ -28,9 +28,7 @@ pub const MAX_LINE: usize = 4096;
 pub const MAX_REPLY: usize = 64 * 1024;
 /// The read buffer: a greeting fits, and 10,000 checks in flight at once (an agent start)
 /// cost 5 MB instead of the 80 MB of tokio's default. Longer lines take several reads. Under
-/// 1 KB on purpose: glibc serves a request of 1 KB or more from its large bins, and first
-/// merges every freed small chunk (`malloc_consolidate`), which cost a banner check as many
-/// instructions as its connect.
+/// 1 KB on purpose, for the reason given at [`BannerClient::handshake`].
 const READ_BUFFER: usize = 512;
 
 /// A line of a script: the presets' own are static, shared by every resource rather than
