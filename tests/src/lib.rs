@@ -401,16 +401,24 @@ impl Agent {
 
     /// Polls `cond` every 20 ms until it holds; panics with `what` and the event log after
     /// `timeout`.
-    pub fn wait_for(&self, what: &str, timeout: Duration, mut cond: impl FnMut(&Agent) -> bool) {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if cond(self) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
+    pub fn wait_for(&self, what: &str, timeout: Duration, cond: impl FnMut(&Agent) -> bool) {
+        if self.try_wait_for(timeout, cond) {
+            return;
         }
         let log = std::fs::read_to_string(&self.log).unwrap_or_default();
         panic!("timed out after {timeout:?} waiting for {what}; event log:\n{log}");
+    }
+
+    /// Polls `cond` every 20 ms until it holds (true) or `timeout` passes (false).
+    pub fn try_wait_for(&self, timeout: Duration, mut cond: impl FnMut(&Agent) -> bool) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if cond(self) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
     }
 
     /// Waits until a resource is in `state`.

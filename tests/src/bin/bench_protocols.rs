@@ -129,6 +129,9 @@ fn main() {
             }
             let (floors, agents) =
                 run_pair(proto, port, target_rate, rate, threads, measure, rounds);
+            if floors.is_empty() {
+                continue;
+            }
             let (mut ratios, mut user_ratios) = (Vec::new(), Vec::new());
             for (floor, agent) in floors.iter().zip(&agents) {
                 for (name, r) in [("floor", floor), ("resmon", agent)] {
@@ -176,13 +179,22 @@ fn run_pair(
     // Stopped while the agent starts: 10,000 adoptions and the floor's 10,000 checks a second
     // at once would overrun the servers.
     signal(floor.pid(), libc::SIGSTOP);
-    let agent = start_agent(
+    let Some(agent) = start_agent(
         proto,
         port,
         target_rate.unwrap_or(rate),
         target_rate.is_none(),
         threads,
-    );
+    ) else {
+        println!(
+            "{:<6} {:<10} {:<11} resmon: its resources were not all online after 2 minutes: checks time out at this rate on {threads} check thread(s) on this machine (try --check-threads {} or a lower --rate); not measured",
+            proto.name(),
+            if target_rate.is_some() { "paced" } else { "saturation" },
+            "",
+            threads + 1
+        );
+        return (Vec::new(), Vec::new());
+    };
     // Its peak before the first stop: resumed, it runs the checks it missed all at once.
     std::thread::sleep(settle);
     println!(
@@ -322,7 +334,16 @@ async fn serve(proto: Proto, mut stream: TcpStream) {
 
 // --- the agent ------------------------------------------------------------------------------
 
-fn start_agent(proto: Proto, port: u16, rate: usize, saturate: bool, threads: usize) -> Agent {
+/// The agent with its resources online, or `None` if they are not all online within two
+/// minutes: on a machine too slow for this rate on this many check threads, checks time out and
+/// their resources restart over and over.
+fn start_agent(
+    proto: Proto,
+    port: u16,
+    rate: usize,
+    saturate: bool,
+    threads: usize,
+) -> Option<Agent> {
     // Paced: `rate` resources at 1 s. Saturation: the same resources at 250 ms (4x the rate).
     let interval = if saturate { "250ms" } else { "1s" };
     let mut body = format!(
@@ -344,10 +365,10 @@ fn start_agent(proto: Proto, port: u16, rate: usize, saturate: bool, threads: us
         }
     }
     let agent = Agent::start_with(&body, &format!("check_threads = {threads}"));
-    agent.wait_for("every resource online", Duration::from_secs(120), |a| {
+    let online = agent.try_wait_for(Duration::from_secs(120), |a| {
         online_resources(&a.metrics()) >= if saturate { rate / 2 } else { rate * 99 / 100 }
     });
-    agent
+    online.then_some(agent)
 }
 
 fn measure_agent(agent: &Agent, measure: Duration) -> Measured {
