@@ -8,6 +8,7 @@
 
 use crate::banner::ConfigRegex;
 use crate::config::HostPort;
+use crate::net::Conn;
 use crate::resource::{escape_bytes, Failure, Progress, Resource, Stage};
 use crate::tls::{TlsClient, TlsOptions};
 use async_trait::async_trait;
@@ -18,9 +19,6 @@ use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::pin::Pin;
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite};
 
 /// An `http://` or `https://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -184,73 +182,6 @@ impl HttpConfig {
     }
 }
 
-/// A check's connection: plain, or TLS (boxed: its state would take every check's future, plain
-/// ones too, over 1 KB; see `crate::banner::BannerClient::handshake`). An enum rather than a
-/// `Box<dyn ..>`, which cost every plain check an allocation.
-///
-/// hyper's half-close is taken out: hyper shuts the write side once an answer ends the connection
-/// (`Connection: close`); the connection already ends with a reset when dropped
-/// (`net::close_with_reset`), so the half-close would only add a system call and a FIN (and for
-/// TLS a close_notify) to every check.
-enum CheckStream {
-    Plain(tokio::net::TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>),
-}
-
-/// Forwards one `AsyncRead`/`AsyncWrite` call to whichever stream this is.
-macro_rules! forward {
-    ($self:ident, $s:ident => $call:expr) => {
-        match $self.get_mut() {
-            CheckStream::Plain($s) => $call,
-            CheckStream::Tls($s) => $call,
-        }
-    };
-}
-
-impl AsyncRead for CheckStream {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_read(cx, buf))
-    }
-}
-
-impl AsyncWrite for CheckStream {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        forward!(self, s => Pin::new(s).poll_write(cx, buf))
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[std::io::IoSlice<'_>],
-    ) -> Poll<std::io::Result<usize>> {
-        forward!(self, s => Pin::new(s).poll_write_vectored(cx, bufs))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        match self {
-            CheckStream::Plain(s) => s.is_write_vectored(),
-            CheckStream::Tls(s) => s.is_write_vectored(),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        forward!(self, s => Pin::new(s).poll_flush(cx))
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        // What was written must still be on its way; the close itself is the reset.
-        forward!(self, s => Pin::new(s).poll_flush(cx))
-    }
-}
-
 /// An HTTP health check.
 pub struct HttpResource {
     config: HttpConfig,
@@ -327,11 +258,11 @@ impl HttpResource {
         let tcp = crate::net::connect(&c.url.target, progress).await?;
         crate::net::close_with_reset(&tcp);
         let stream = match &self.tls {
-            // The handshake boxed for the same reason as its stream (see `CheckStream`).
-            Some(tls) => CheckStream::Tls(Box::new(
+            // The handshake boxed for the same reason as its stream (see `Conn`).
+            Some(tls) => Conn::Tls(Box::new(
                 Box::pin(tls.handshake(crate::net::before_tls(tcp), progress)).await?,
             )),
-            None => CheckStream::Plain(tcp),
+            None => Conn::Plain(tcp),
         };
         progress.stage(Stage::Exchange);
         let io_error = |e: hyper::Error| {

@@ -25,7 +25,8 @@
 //! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
 //!   [`command`]: how both run a command.
 //! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
-//! - [`net`]: connection helpers shared by the network types.
+//! - [`net`]: connection helpers shared by the network types, and `Conn`, a check's plain or
+//!   TLS connection (the banner engine's and the `http` type's).
 
 pub mod banner;
 pub mod command;

@@ -4,8 +4,12 @@ use crate::config::HostPort;
 use crate::resource::{Failure, Progress, Stage};
 use resmon_policies::FailureReason;
 use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio_rustls::client::TlsStream;
 
 /// Opens a TCP connection to `target`. A host name is resolved first, in [`Stage::Resolve`], and
 /// its failure is `dns`, not a connection failure: the operator looks at the name service, not
@@ -72,4 +76,71 @@ pub fn before_tls(stream: TcpStream) -> TcpStream {
 /// `TIME_WAIT` entry. (A zero linger never blocks, unlike the linger tokio deprecates.)
 pub fn close_with_reset(stream: &TcpStream) {
     let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+}
+
+/// A check's connection: plain, or TLS from the start or from an upgrade in the middle
+/// (`STARTTLS`). The TLS state is boxed: inline, it would take every check's future, plain ones
+/// too, over 1 KB (see `crate::banner::BannerClient::handshake`). An enum, not a `Box<dyn ..>`,
+/// which would cost every plain check an allocation.
+///
+/// Shutting it down only flushes: a check's connection ends with a reset when dropped
+/// ([`close_with_reset`]), so a half-close (which hyper makes once an answer ends the
+/// connection) would only add a system call and a FIN to every check. A TLS `close_notify`,
+/// where wanted, is sent on the TLS stream itself.
+pub enum Conn {
+    /// Plain TCP.
+    Plain(TcpStream),
+    /// TLS over TCP.
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+/// Forwards one `AsyncRead`/`AsyncWrite` call to whichever stream this is.
+macro_rules! forward {
+    ($self:expr, $s:ident => $call:expr) => {
+        match $self {
+            Conn::Plain($s) => $call,
+            Conn::Tls($s) => $call,
+        }
+    };
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_read(cx, buf))
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_write(cx, buf))
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_write_vectored(cx, bufs))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        forward!(self, s => s.is_write_vectored())
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        forward!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        // What was written must still be on its way; the close itself is the reset.
+        forward!(self.get_mut(), s => Pin::new(s).poll_flush(cx))
+    }
 }
