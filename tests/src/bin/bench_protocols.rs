@@ -175,6 +175,11 @@ fn run_pair(
     rounds: usize,
 ) -> (Vec<Measured>, Vec<Measured>) {
     let settle = Duration::from_secs(2);
+    let load = if target_rate.is_some() {
+        "paced"
+    } else {
+        "saturation"
+    };
     let floor = FloorChild::start(proto, port, target_rate, threads);
     // Stopped while the agent starts: 10,000 adoptions and the floor's 10,000 checks a second
     // at once would overrun the servers.
@@ -189,7 +194,7 @@ fn run_pair(
         println!(
             "{:<6} {:<10} {:<11} resmon: its resources were not all online after 2 minutes: checks time out at this rate on {threads} check thread(s) on this machine (try --check-threads {} or a lower --rate); not measured",
             proto.name(),
-            if target_rate.is_some() { "paced" } else { "saturation" },
+            load,
             "",
             threads + 1
         );
@@ -200,11 +205,7 @@ fn run_pair(
     println!(
         "{:<6} {:<10} {:<11} resmon: peak RSS {:.1} MB before the rounds",
         proto.name(),
-        if target_rate.is_some() {
-            "paced"
-        } else {
-            "saturation"
-        },
+        load,
         "",
         peak_rss_kib(agent.pid()) / 1024.0
     );
