@@ -45,6 +45,16 @@ pub fn binary(name: &str) -> PathBuf {
     path
 }
 
+/// A count of at least one, for the tools' command lines (clap's `value_parser`): zero
+/// resources, rounds or check threads would measure nothing and divide by zero.
+pub fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".into()),
+        Ok(n) => Ok(n),
+        Err(e) => Err(format!("not a count: {e}")),
+    }
+}
+
 /// A free TCP port on 127.0.0.1 (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -173,11 +173,19 @@ fn keepalived_runs(cluster: &Cluster, runs: usize) -> Vec<f64> {
     times
 }
 
+/// Failover time of resmon against keepalived: three nodes in network namespaces, the active
+/// one's cable cut and every process on it killed, RUNS times each. Needs root and a release
+/// build: `cargo build --release --workspace --bins`.
+#[derive(clap::Parser)]
+#[command(name = "resmon-bench-failover")]
+struct Args {
+    /// Failovers measured for each of the two.
+    #[arg(default_value_t = 20, value_parser = resmon_e2e::at_least_one)]
+    runs: usize,
+}
+
 fn main() {
-    let runs: usize = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
-        .unwrap_or(20);
+    let Args { runs } = clap::Parser::parse();
     let cluster = Cluster::new(3);
     println!(
         "failover benchmark: {runs} runs each, 3 nodes, kill = cable cut + every process killed"

@@ -27,7 +27,7 @@
 //! (`--seconds`, default 10, is each window's length.)
 
 use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib, CpuTimes};
-use resmon_e2e::{free_port, metric_sum, online_resources, Agent};
+use resmon_e2e::{at_least_one, free_port, metric_sum, online_resources, Agent};
 
 const CHECKS: &str = "resmon_check_duration_seconds_count";
 const FAILURES: &str = "resmon_check_failures_total";
@@ -40,7 +40,7 @@ use tokio::net::{TcpListener, TcpStream};
 const ADDRESSES: usize = 64;
 const BANNER: &[u8] = b"220 bench.test ESMTP ready\r\n";
 
-#[derive(Clone, Copy, PartialEq)]
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
 enum Proto {
     Smtp,
     Http,
@@ -55,43 +55,73 @@ impl Proto {
     }
 }
 
+/// Its name, padded as asked (`{:<10}` lines up the tables).
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.pad(match self {
+            Load::Paced => "paced",
+            Load::Saturation => "saturation",
+        })
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, clap::ValueEnum)]
+enum Load {
+    /// `--rate` checks a second: that many resources at a 1 s interval.
+    Paced,
+    /// As many checks as each prober completes.
+    Saturation,
+}
+
+/// Three probers side by side against the same servers (the agent, blackbox_exporter, a bare
+/// tokio loop: the floor), each one's CPU read from /proc; prints CPU-ms per check and the
+/// ratios to the floor. Needs a release build: `cargo build --release --workspace --bins`.
+#[derive(clap::Parser)]
+#[command(name = "resmon-bench-protocols")]
+struct Args {
+    /// Each measurement window's length, in seconds.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
+    seconds: usize,
+    /// Checks a second of the paced load.
+    #[arg(long, default_value_t = 10_000, value_parser = at_least_one)]
+    rate: usize,
+    /// Only this protocol (both when not given).
+    #[arg(long, value_enum)]
+    proto: Option<Proto>,
+    /// Only this load (both when not given).
+    #[arg(long, value_enum)]
+    load: Option<Load>,
+    /// The agent's check threads, and the floor's runtimes.
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
+    check_threads: usize,
+    /// Floor and agent pairs measured in turn; their median ratio is printed.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
+    rounds: usize,
+    /// Skips blackbox_exporter.
+    #[arg(long)]
+    no_blackbox: bool,
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    // The floor's own process, started by this one (and by scripts/bench-callgrind): not part
+    // of the command line a user types.
     if args.get(1).map(String::as_str) == Some("--floor-child") {
         floor_child(&args[2..]);
         return;
     }
-    let mut seconds = 10u64;
-    let mut rate = 10_000usize;
-    let mut protos = vec![Proto::Smtp, Proto::Http];
-    let mut loads = vec!["paced", "saturation"];
-    let mut threads = 1usize;
-    let mut rounds = 3usize;
-    let mut blackbox = true;
-    let mut i = 1;
-    while i < args.len() {
-        match args[i].as_str() {
-            "--no-blackbox" => {
-                blackbox = false;
-                i += 1;
-                continue;
-            }
-            "--rounds" => rounds = args[i + 1].parse().expect("--rounds N"),
-            "--seconds" => seconds = args[i + 1].parse().expect("--seconds N"),
-            "--rate" => rate = args[i + 1].parse().expect("--rate N"),
-            "--proto" => {
-                protos = vec![if args[i + 1] == "smtp" {
-                    Proto::Smtp
-                } else {
-                    Proto::Http
-                }]
-            }
-            "--load" => loads.retain(|l| *l == args[i + 1]),
-            "--check-threads" => threads = args[i + 1].parse().expect("--check-threads N"),
-            other => panic!("unknown argument {other}"),
-        }
-        i += 2;
-    }
+    let Args {
+        seconds,
+        rate,
+        proto,
+        load,
+        check_threads: threads,
+        rounds,
+        no_blackbox,
+    } = clap::Parser::parse();
+    let blackbox = !no_blackbox;
+    let protos = proto.map_or(vec![Proto::Smtp, Proto::Http], |p| vec![p]);
+    let loads = load.map_or(vec![Load::Paced, Load::Saturation], |l| vec![l]);
     raise_fd_limit();
     let servers = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -104,7 +134,7 @@ fn main() {
             start_servers(Proto::Http).await,
         )
     });
-    let measure = Duration::from_secs(seconds);
+    let measure = Duration::from_secs(seconds as u64);
     println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)");
     println!(
         "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9} {:>13} {:>9}",
@@ -123,12 +153,9 @@ fn main() {
         } else {
             http_port
         };
-        for (load, target_rate) in [("paced", Some(rate)), ("saturation", None)] {
-            if !loads.contains(&load) {
-                continue;
-            }
-            let (floors, agents) =
-                run_pair(proto, port, target_rate, rate, threads, measure, rounds);
+        for &load in &loads {
+            let target_rate = (load == Load::Paced).then_some(rate);
+            let (floors, agents) = run_pair(proto, port, load, rate, threads, measure, rounds);
             if floors.is_empty() {
                 continue;
             }
@@ -168,18 +195,14 @@ fn main() {
 fn run_pair(
     proto: Proto,
     port: u16,
-    target_rate: Option<usize>,
+    load: Load,
     rate: usize,
     threads: usize,
     measure: Duration,
     rounds: usize,
 ) -> (Vec<Measured>, Vec<Measured>) {
     let settle = Duration::from_secs(2);
-    let load = if target_rate.is_some() {
-        "paced"
-    } else {
-        "saturation"
-    };
+    let target_rate = (load == Load::Paced).then_some(rate);
     let floor = FloorChild::start(proto, port, target_rate, threads);
     // Stopped while the agent starts: 10,000 adoptions and the floor's 10,000 checks a second
     // at once would overrun the servers.
@@ -234,7 +257,7 @@ fn spread(ratios: &mut [f64]) -> String {
     )
 }
 
-fn print_line(proto: Proto, load: &str, name: &str, r: &Measured, floor: &Measured) {
+fn print_line(proto: Proto, load: Load, name: &str, r: &Measured, floor: &Measured) {
     println!(
         "{:<6} {:<10} {:<11} {:>10.0} {:>12.4} {:>9.2} {:>13.4} {:>9.2}",
         proto.name(),

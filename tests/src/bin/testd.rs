@@ -8,26 +8,42 @@
 use std::io::Write;
 use std::time::Duration;
 
+/// A small daemon for the end-to-end tests to supervise: it listens, answers, and misbehaves
+/// when asked.
+#[derive(clap::Parser)]
+#[command(name = "resmon-testd")]
+struct Args {
+    /// Listens here (host:port) and answers each connection with the banner, then closes it;
+    /// without it, only sleeps.
+    #[arg(long)]
+    listen: Option<String>,
+    /// Ignores SIGTERM, as a hung service would.
+    #[arg(long)]
+    ignore_term: bool,
+    /// Exits with status 3 after this many milliseconds.
+    #[arg(long)]
+    exit_after: Option<u64>,
+    /// What each connection is answered with.
+    #[arg(
+        long,
+        default_value = "hello\r\n",
+        hide_default_value = true,
+        allow_hyphen_values = true
+    )]
+    banner: String,
+    /// Reads the request first and answers `HTTP/1.0 200 OK` with the banner as the body.
+    #[arg(long)]
+    http: bool,
+}
+
 fn main() {
-    let mut args = std::env::args().skip(1);
-    let mut listen = None;
-    let mut ignore_term = false;
-    let mut exit_after = None;
-    let mut banner = String::from("hello\r\n");
-    let mut http = false;
-    while let Some(a) = args.next() {
-        match a.as_str() {
-            "--listen" => listen = args.next(),
-            "--ignore-term" => ignore_term = true,
-            "--exit-after" => exit_after = args.next().and_then(|v| v.parse::<u64>().ok()),
-            "--banner" => banner = args.next().unwrap_or_default(),
-            "--http" => http = true,
-            other => {
-                eprintln!("resmon-testd: unknown argument {other}");
-                std::process::exit(2);
-            }
-        }
-    }
+    let Args {
+        listen,
+        ignore_term,
+        exit_after,
+        banner,
+        http,
+    } = clap::Parser::parse();
     // SAFETY: setting signal dispositions before any thread starts.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
