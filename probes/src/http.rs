@@ -1,7 +1,9 @@
 //! `http`: a GET (or HEAD) of a URL on hyper, over a new connection per check as a health check
 //! should, plain or TLS. Passes when the status is in `valid_status` (default 200-399) and,
-//! when asked, the body holds a substring or matches a regular expression. Redirects are never
-//! followed: a 3xx is judged by its status like any other answer.
+//! when asked, the body holds a substring or matches a regular expression. Redirects are not
+//! followed unless `follow_redirects` asks: a 3xx is judged by its status like any other answer.
+//! Followed, each redirect is a new connection to its `Location` (at most ten), and the last
+//! answer is judged.
 //!
 //! Failure reasons: `refused`, `connect_timeout`, `tls_handshake`, `tls_expired`,
 //! `http_status`, `http_body`, `reset`, `timeout`, `io`.
@@ -19,6 +21,7 @@ use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::OnceLock;
 
 /// An `http://` or `https://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -33,17 +36,16 @@ pub struct HttpUrl {
     pub text: String,
 }
 
-impl<'de> Deserialize<'de> for HttpUrl {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        let bad = |why: &str| serde::de::Error::custom(format!("invalid url {text:?}: {why}"));
-        let uri: hyper::Uri = text.parse().map_err(|_| bad("not a URL"))?;
+impl HttpUrl {
+    /// Reads an absolute `http` or `https` URL; the error says why it is not one.
+    fn parse(text: &str) -> Result<HttpUrl, String> {
+        let uri: hyper::Uri = text.parse().map_err(|_| "not a URL".to_string())?;
         let https = match uri.scheme_str() {
             Some("http") => false,
             Some("https") => true,
-            _ => return Err(bad("the scheme must be http or https")),
+            _ => return Err("the scheme must be http or https".into()),
         };
-        let host = uri.host().ok_or_else(|| bad("no host"))?;
+        let host = uri.host().ok_or("no host")?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -56,8 +58,24 @@ impl<'de> Deserialize<'de> for HttpUrl {
             https,
             target: HostPort::new(host, port),
             path,
-            text,
+            text: text.to_string(),
         })
+    }
+
+    /// Where a redirect's `Location` leads from this URL: absolute, or relative to it as
+    /// RFC 3986 resolves a reference (`/x`, `x`, `../x`, `//host/x`).
+    fn join(&self, location: &str) -> Result<HttpUrl, String> {
+        let base = url::Url::parse(&self.text).map_err(|e| e.to_string())?;
+        let next = base.join(location).map_err(|e| e.to_string())?;
+        HttpUrl::parse(next.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for HttpUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        HttpUrl::parse(&text)
+            .map_err(|why| serde::de::Error::custom(format!("invalid url {text:?}: {why}")))
     }
 }
 
@@ -146,7 +164,17 @@ pub struct HttpConfig {
     /// How much of the body is read to match it.
     #[serde(default = "default_body_limit")]
     pub body_limit: usize,
+    /// Follow 301, 302, 303, 307 and 308 answers to their `Location` (at most
+    /// [`MAX_REDIRECTS`]) and judge the last answer. Off: a redirect is judged by its status.
+    #[serde(default)]
+    pub follow_redirects: bool,
 }
+
+/// Answers that send the client to their `Location` (RFC 9110 15.4; 300 and 304 do not).
+const REDIRECTS: [u16; 5] = [301, 302, 303, 307, 308];
+
+/// Redirects a check follows before it fails: browsers and Go's client stop at ten too.
+pub const MAX_REDIRECTS: usize = 10;
 
 impl HttpConfig {
     /// Checks that need several keys.
@@ -175,7 +203,8 @@ impl HttpConfig {
                 errors.push(("headers", format!("invalid header {name}: {value}")));
             }
         }
-        if self.url.https {
+        // A followed redirect may lead to https from a plain URL.
+        if self.url.https || self.follow_redirects {
             errors.extend(self.tls_options.validate());
         }
         errors
@@ -189,6 +218,8 @@ pub struct HttpResource {
     tls: Option<Box<TlsClient>>,
     /// The request every check sends, parsed once (or why it cannot be).
     request: Result<RequestTemplate, String>,
+    /// For redirects to `https` from a plain URL (see `hop_tls`), made on the first.
+    redirect_tls: OnceLock<Box<TlsClient>>,
 }
 
 /// What each check's request is cloned from: parsing the path and every header anew for each
@@ -200,14 +231,15 @@ struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    fn new(c: &HttpConfig) -> Result<Self, String> {
-        let host = c.host.clone().unwrap_or_else(|| authority(&c.url));
+    /// The request for `url`, with `host` as its `Host` (the URL's authority when `None`).
+    fn new(c: &HttpConfig, url: &HttpUrl, host: Option<&str>) -> Result<Self, String> {
+        let host = host.map_or_else(|| authority(url), str::to_string);
         let mut request = hyper::Request::builder()
             .method(match c.method {
                 HttpMethod::Get => hyper::Method::GET,
                 HttpMethod::Head => hyper::Method::HEAD,
             })
-            .uri(&c.url.path)
+            .uri(&url.path)
             .header(hyper::header::HOST, host)
             .header(
                 hyper::header::USER_AGENT,
@@ -245,40 +277,117 @@ impl HttpResource {
                 &config.url.target.host,
             ))
         });
-        let request = RequestTemplate::new(&config);
+        let request = RequestTemplate::new(&config, &config.url, config.host.as_deref());
         HttpResource {
             config,
             tls,
             request,
+            redirect_tls: OnceLock::new(),
         }
     }
 
     async fn fetch(&self, progress: &Progress) -> Result<(), Failure> {
+        let template = match &self.request {
+            Ok(template) => template,
+            Err(e) => return Err(Failure::new(FailureReason::Io, format!("request: {e}"))),
+        };
+        let tls = self.tls.as_deref().map(|tls| (tls, None));
+        match self
+            .exchange(&self.config.url, tls, template, progress)
+            .await?
+        {
+            None => Ok(()),
+            // Boxed: the rare path's state stays out of every check's future.
+            Some(location) => Box::pin(self.follow(location, progress)).await,
+        }
+    }
+
+    /// Follows redirects from the configured URL's `location`, each over a new connection, and
+    /// judges the answer that does not redirect.
+    async fn follow(&self, mut location: String, progress: &Progress) -> Result<(), Failure> {
         let c = &self.config;
-        let tcp = crate::net::connect(&c.url.target, progress).await?;
+        let mut url = c.url.clone();
+        for _ in 0..MAX_REDIRECTS {
+            let next = url.join(&location).map_err(|why| {
+                Failure::new(
+                    FailureReason::HttpStatus,
+                    format!(
+                        "{} {} redirected to {location:?}, which is not an http(s) URL: {why}",
+                        method(c),
+                        url.text
+                    ),
+                )
+            })?;
+            url = next;
+            let template = RequestTemplate::new(c, &url, None)
+                .map_err(|e| Failure::new(FailureReason::Io, format!("request: {e}")))?;
+            let tls = url
+                .https
+                .then(|| (self.hop_tls(), Some(url.target.host.as_str())));
+            match self.exchange(&url, tls, &template, progress).await? {
+                None => return Ok(()),
+                Some(further) => location = further,
+            }
+        }
+        Err(Failure::new(
+            FailureReason::HttpStatus,
+            format!(
+                "{} {} still redirects after {MAX_REDIRECTS} redirects (to {location:?})",
+                method(c),
+                c.url.text
+            ),
+        ))
+    }
+
+    /// The TLS client for a redirect's host: this resource's trust and client certificate,
+    /// its `server_name` override left out (it names the configured URL's server).
+    fn hop_tls(&self) -> &TlsClient {
+        match &self.tls {
+            Some(tls) => tls,
+            None => self
+                .redirect_tls
+                .get_or_init(|| Box::new(TlsClient::new(self.config.tls_options.clone(), ""))),
+        }
+    }
+
+    /// One request to `url` over a new connection (TLS through `tls`, with the redirect's host
+    /// name when it has one). `Ok(Some(location))` when the answer is a redirect to follow,
+    /// `Ok(None)` when the answer passed.
+    async fn exchange(
+        &self,
+        url: &HttpUrl,
+        tls: Option<(&TlsClient, Option<&str>)>,
+        template: &RequestTemplate,
+        progress: &Progress,
+    ) -> Result<Option<String>, Failure> {
+        let c = &self.config;
+        let tcp = crate::net::connect(&url.target, progress).await?;
         crate::net::close_with_reset(&tcp);
-        let stream = match &self.tls {
+        let stream = match tls {
             // The handshake boxed for the same reason as its stream (see `Conn`).
-            Some(tls) => Conn::Tls(Box::new(
+            Some((tls, None)) => Conn::Tls(Box::new(
                 Box::pin(tls.handshake(crate::net::before_tls(tcp), progress)).await?,
             )),
+            Some((tls, Some(host))) => {
+                progress.stage(Stage::TlsHandshake);
+                Conn::Tls(Box::new(
+                    Box::pin(redirect_handshake(tls, tcp, host)).await?,
+                ))
+            }
             None => Conn::Plain(tcp),
         };
         progress.stage(Stage::Exchange);
         let io_error = |e: hyper::Error| {
             Failure::new(
                 FailureReason::Io,
-                format!("{} {}: {e}", method(c), c.url.text),
+                format!("{} {}: {e}", method(c), url.text),
             )
         };
         let (mut sender, conn) =
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
                 .map_err(io_error)?;
-        let request = match &self.request {
-            Ok(template) => template.request(),
-            Err(e) => return Err(Failure::new(FailureReason::Io, format!("request: {e}"))),
-        };
+        let request = template.request();
 
         let exchange = async {
             let response = sender.send_request(request).await.map_err(io_error)?;
@@ -287,6 +396,12 @@ impl HttpResource {
             let mut seen = *b"HTTP 000 ";
             seen[5..8].copy_from_slice(status.as_str().as_bytes());
             progress.received(&seen);
+            if c.follow_redirects && REDIRECTS.contains(&status.as_u16()) {
+                if let Some(location) = response.headers().get(hyper::header::LOCATION) {
+                    let location = String::from_utf8_lossy(location.as_bytes()).into_owned();
+                    return Ok(Some(location));
+                }
+            }
             if !c
                 .valid_status
                 .iter()
@@ -298,13 +413,13 @@ impl HttpResource {
                     format!(
                         "{} {} answered {status}, expected {}",
                         method(c),
-                        c.url.text,
+                        url.text,
                         expected.join(", ")
                     ),
                 ));
             }
             if c.body_contains.is_none() && c.body_regex.is_none() {
-                return Ok(());
+                return Ok(None);
             }
             let body = read_body(response.into_body(), c.body_limit)
                 .await
@@ -317,14 +432,14 @@ impl HttpResource {
                 .is_none_or(|s| text.contains(s.as_str()));
             let matches = c.body_regex.as_ref().is_none_or(|r| r.0.is_match(&text));
             if contains && matches {
-                Ok(())
+                Ok(None)
             } else {
                 Err(Failure::new(
                     FailureReason::HttpBody,
                     format!(
                         "{} {} answered {status} with a body that does not hold {}: {}",
                         method(c),
-                        c.url.text,
+                        url.text,
                         c.body_contains
                             .as_ref()
                             .map(|s| format!("{s:?}"))
@@ -355,6 +470,18 @@ impl HttpResource {
             }
         }
     }
+}
+
+/// The TLS handshake with a redirect's server: its certificate is checked but not recorded, so
+/// that the exported validity stays that of the configured URL's server.
+async fn redirect_handshake(
+    tls: &TlsClient,
+    tcp: tokio::net::TcpStream,
+    host: &str,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Failure> {
+    let unrecorded = Progress::default();
+    tls.handshake_as(crate::net::before_tls(tcp), host, &unrecorded)
+        .await
 }
 
 fn method(c: &HttpConfig) -> &'static str {
@@ -612,6 +739,147 @@ mod tests {
         .await
         .unwrap_err();
         assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+    }
+
+    /// Answers each request by its path from `routes` (path, whole answer), counting the
+    /// requests; an unknown path gets a 404.
+    async fn router(
+        routes: Vec<(&'static str, String)>,
+    ) -> (
+        std::net::SocketAddr,
+        std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    ) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let routes = std::sync::Arc::new(routes);
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        let addr = crate::testing::serve(move |stream| {
+            let routes = routes.clone();
+            let served = served.clone();
+            async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut line = String::new();
+                if stream.read_line(&mut line).await.is_err() {
+                    return;
+                }
+                served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                let answer = routes.iter().find(|(p, _)| *p == path).map_or(
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
+                    |(_, a)| a.clone(),
+                );
+                let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        (addr, count)
+    }
+
+    fn moved(status: &str, location: &str) -> String {
+        format!("HTTP/1.1 {status}\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n")
+    }
+
+    #[tokio::test]
+    async fn redirects_are_followed_when_asked_and_the_last_answer_is_judged() {
+        let (elsewhere, _) = router(vec![(
+            "/final",
+            "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nlanded".to_string(),
+        )])
+        .await;
+        let (start, served) = router(vec![
+            ("/a/start", moved("302 Found", "next")),
+            ("/a/next", moved("301 Moved Permanently", "../b?x=1")),
+            (
+                "/b?x=1",
+                moved(
+                    "308 Permanent Redirect",
+                    &format!("http://{elsewhere}/final"),
+                ),
+            ),
+        ])
+        .await;
+        let config = format!(
+            "url = \"http://{start}/a/start\"\nfollow_redirects = true\nbody_contains = \"landed\"\nvalid_status = [\"200\"]"
+        );
+        resource(&config)
+            .is_alive(&Progress::default())
+            .await
+            .unwrap();
+        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+        // The last answer is judged: a redirect to a 404 fails on the 404.
+        let (gone, _) = router(vec![("/x", moved("307 Temporary Redirect", "/missing"))]).await;
+        let f = resource(&format!(
+            "url = \"http://{gone}/x\"\nfollow_redirects = true"
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+        assert!(
+            f.detail
+                .contains(&format!("http://{gone}/missing answered 404")),
+            "{f}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_loop_fails_after_ten_redirects() {
+        let (looping, served) = router(vec![("/loop", moved("302 Found", "/loop"))]).await;
+        let f = resource(&format!(
+            "url = \"http://{looping}/loop\"\nfollow_redirects = true"
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+        assert!(
+            f.detail.contains("still redirects after 10 redirects"),
+            "{f}"
+        );
+        assert_eq!(
+            served.load(std::sync::atomic::Ordering::SeqCst),
+            1 + MAX_REDIRECTS
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_out_of_http_fails_with_where_it_led() {
+        let (away, _) = router(vec![("/", moved("302 Found", "ftp://files.invalid/x"))]).await;
+        let f = resource(&format!(
+            "url = \"http://{away}/\"\nfollow_redirects = true"
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+        assert!(
+            f.detail
+                .contains("redirected to \"ftp://files.invalid/x\", which is not an http(s) URL"),
+            "{f}"
+        );
+    }
+
+    #[test]
+    fn a_location_is_resolved_against_the_url_it_came_from() {
+        let base = HttpUrl::parse("http://h:8080/a/b/c?q=1").unwrap();
+        let cases = [
+            ("d", "http://h:8080/a/b/d"),
+            ("../x", "http://h:8080/a/x"),
+            ("/y?z", "http://h:8080/y?z"),
+            ("//other:9/p", "http://other:9/p"),
+            ("https://[::1]/s", "https://[::1]/s"),
+        ];
+        for (location, want) in cases {
+            let next = base.join(location).unwrap();
+            assert_eq!(next.text, want, "{location}");
+        }
+        let next = base.join("https://[::1]/s").unwrap();
+        assert_eq!(
+            (next.target.host.as_str(), next.target.port, next.https),
+            ("::1", 443, true)
+        );
+        assert!(base.join("mailto:x@y").is_err());
     }
 
     #[test]

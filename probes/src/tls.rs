@@ -117,6 +117,25 @@ impl TlsClient {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let name = self
+            .options
+            .server_name
+            .as_deref()
+            .unwrap_or(&self.default_host);
+        self.handshake_as(stream, name, progress).await
+    }
+
+    /// [`Self::handshake`] with a server known as `name`, whatever the options say: the host
+    /// an HTTP redirect leads to.
+    pub async fn handshake_as<S>(
+        &self,
+        stream: S,
+        name: &str,
+        progress: &Progress,
+    ) -> Result<TlsStream<S>, Failure>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         let loaded = self.load()?;
         let seen = Arc::new(Mutex::new(None));
         let verifier = Arc::new(Recording {
@@ -139,12 +158,7 @@ impl TlsClient {
                 })?,
             None => builder.with_no_client_auth(),
         };
-        let name = self
-            .options
-            .server_name
-            .clone()
-            .unwrap_or_else(|| self.default_host.clone());
-        let server_name = ServerName::try_from(name.clone()).map_err(|_| {
+        let server_name = ServerName::try_from(name.to_string()).map_err(|_| {
             Failure::new(
                 FailureReason::TlsHandshake,
                 format!("invalid server name {name:?}"),
@@ -158,7 +172,7 @@ impl TlsClient {
         if let Some(v) = validity {
             progress.peer_certificate(v);
         }
-        let tls = result.map_err(|e| handshake_failure(&name, &e))?;
+        let tls = result.map_err(|e| handshake_failure(name, &e))?;
         progress.stage(Stage::Other);
         if let (Some(window), Some(v)) = (self.options.fail_if_expires_within, validity) {
             let left = v.not_after - unix_now();

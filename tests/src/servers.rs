@@ -179,6 +179,7 @@ http {{
     ssl_certificate_key {key};
     location / {{ return 200 "ok\n"; }}
     location /down {{ return 503; }}
+    location /moved {{ return 302 https://localhost:{https}/; }}
   }}
 }}
 "#,

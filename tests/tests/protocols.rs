@@ -114,6 +114,17 @@ fn every_protocol_check_passes_against_real_mail_and_web_servers() {
             tls(ca, "")
         ),
     );
+    // Redirected from plain HTTP to HTTPS on another authority: the hop is trusted through
+    // the same CA and sent with its own SNI.
+    body += &resource(
+        "http-redirect",
+        "http",
+        &format!(
+            "url = \"http://127.0.0.1:{}/moved\"\nfollow_redirects = true\nvalid_status = [\"200\"]\nbody_regex = \"^ok\"\n{}",
+            nginx.port("http"),
+            tls(ca, "")
+        ),
+    );
     let agent = Agent::start(&body);
     let names = [
         "imap",
@@ -127,6 +138,7 @@ fn every_protocol_check_passes_against_real_mail_and_web_servers() {
         "smtps",
         "http",
         "https",
+        "http-redirect",
     ];
     for name in names {
         agent.wait_state("vs1", name, "online", LONG);
@@ -170,6 +182,16 @@ fn every_protocol_check_passes_against_real_mail_and_web_servers() {
         let not_after: f64 = line.rsplit(' ').next().unwrap().parse().unwrap();
         assert!(not_after > resmon_e2e::unix_now(), "{line}");
     }
+    // The redirect's server is not the configured URL's: its dates are not exported.
+    assert!(
+        !metrics
+            .lines()
+            .any(|l| l.starts_with("resmon_tls_cert_not_")
+                && l.contains("resource=\"http-redirect\"")),
+        "{metrics}"
+    );
+    let access = std::fs::read_to_string(nginx.dir.join("access.log")).unwrap_or_default();
+    assert!(access.contains("GET /moved "), "{access}");
 }
 
 #[test]
