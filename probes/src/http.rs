@@ -780,6 +780,16 @@ mod tests {
         format!("HTTP/1.1 {status}\r\nLocation: {location}\r\nContent-Length: 0\r\n\r\n")
     }
 
+    /// A check of `url` with `follow_redirects` that must fail with `http_status`, saying `why`.
+    async fn fails_following(url: String, why: &str) {
+        let f = resource(&format!("url = \"{url}\"\nfollow_redirects = true"))
+            .is_alive(&Progress::default())
+            .await
+            .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+        assert!(f.detail.contains(why), "{f}");
+    }
+
     #[tokio::test]
     async fn redirects_are_followed_when_asked_and_the_last_answer_is_judged() {
         let (elsewhere, _) = router(vec![(
@@ -809,55 +819,24 @@ mod tests {
         assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
         // The last answer is judged: a redirect to a 404 fails on the 404.
         let (gone, _) = router(vec![("/x", moved("307 Temporary Redirect", "/missing"))]).await;
-        let f = resource(&format!(
-            "url = \"http://{gone}/x\"\nfollow_redirects = true"
-        ))
-        .is_alive(&Progress::default())
-        .await
-        .unwrap_err();
-        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
-        assert!(
-            f.detail
-                .contains(&format!("http://{gone}/missing answered 404")),
-            "{f}"
-        );
+        let why = format!("http://{gone}/missing answered 404");
+        fails_following(format!("http://{gone}/x"), &why).await;
     }
 
     #[tokio::test]
     async fn a_redirect_loop_fails_after_ten_redirects() {
         let (looping, served) = router(vec![("/loop", moved("302 Found", "/loop"))]).await;
-        let f = resource(&format!(
-            "url = \"http://{looping}/loop\"\nfollow_redirects = true"
-        ))
-        .is_alive(&Progress::default())
-        .await
-        .unwrap_err();
-        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
-        assert!(
-            f.detail.contains("still redirects after 10 redirects"),
-            "{f}"
-        );
-        assert_eq!(
-            served.load(std::sync::atomic::Ordering::SeqCst),
-            1 + MAX_REDIRECTS
-        );
+        let why = "still redirects after 10 redirects";
+        fails_following(format!("http://{looping}/loop"), why).await;
+        let requests = served.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(requests, 1 + MAX_REDIRECTS);
     }
 
     #[tokio::test]
     async fn a_redirect_out_of_http_fails_with_where_it_led() {
         let (away, _) = router(vec![("/", moved("302 Found", "ftp://files.invalid/x"))]).await;
-        let f = resource(&format!(
-            "url = \"http://{away}/\"\nfollow_redirects = true"
-        ))
-        .is_alive(&Progress::default())
-        .await
-        .unwrap_err();
-        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
-        assert!(
-            f.detail
-                .contains("redirected to \"ftp://files.invalid/x\", which is not an http(s) URL"),
-            "{f}"
-        );
+        let why = "redirected to \"ftp://files.invalid/x\", which is not an http(s) URL";
+        fails_following(format!("http://{away}/"), why).await;
     }
 
     #[test]
