@@ -11,7 +11,7 @@
 use crate::config::HostPort;
 use crate::net::Conn;
 use crate::resource::{escape_bytes, Failure, Progress, Stage};
-use crate::tls::{TlsClient, TlsOptions};
+use crate::tls::{TlsClient, TlsOptions, TrustCache};
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::borrow::Cow;
@@ -199,9 +199,14 @@ pub struct BannerClient {
 
 impl BannerClient {
     /// A client for `target` secured per `tls_mode`.
-    pub fn new(target: HostPort, tls_mode: TlsMode, tls_options: TlsOptions) -> Self {
+    pub fn new(
+        target: HostPort,
+        tls_mode: TlsMode,
+        tls_options: TlsOptions,
+        trust: &TrustCache,
+    ) -> Self {
         let tls = (tls_mode != TlsMode::None)
-            .then(|| Box::new(TlsClient::new(tls_options, &target.host)));
+            .then(|| Box::new(TlsClient::new(tls_options, &target.host, trust)));
         BannerClient {
             target,
             tls_mode,
@@ -566,6 +571,7 @@ mod tests {
             "127.0.0.1:25".parse().unwrap(),
             TlsMode::Implicit,
             TlsOptions::default(),
+            &TrustCache::default(),
             Script {
                 steps: vec![Step::StartTls],
                 goodbye: Some("QUIT".into()),
@@ -601,10 +607,11 @@ impl BannerResource {
         target: HostPort,
         tls_mode: TlsMode,
         tls_options: TlsOptions,
+        trust: &TrustCache,
         script: Script,
     ) -> Self {
         BannerResource {
-            client: BannerClient::new(target, tls_mode, tls_options),
+            client: BannerClient::new(target, tls_mode, tls_options, trust),
             script,
         }
     }
@@ -657,12 +664,13 @@ pub trait BannerPreset {
         errors
     }
 
-    /// The runnable resource.
-    fn build(&self) -> BannerResource {
+    /// The runnable resource, its TLS trust loaded through `trust`.
+    fn build(&self, trust: &TrustCache) -> BannerResource {
         BannerResource::new(
             self.address().clone(),
             self.tls(),
             self.tls_options().clone(),
+            trust,
             self.script(),
         )
     }
@@ -681,7 +689,7 @@ mod adversarial {
         let c: crate::smtp::SmtpConfig =
             toml::from_str(&format!("address = \"{addr}\"\n{extra}")).unwrap();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
-        c.build()
+        c.build(&TrustCache::default())
     }
 
     /// Runs is_alive under a deadline the way the runtime does.

@@ -151,6 +151,8 @@ pub struct BuildContext {
     pub group: String,
     /// The resource's name.
     pub resource: String,
+    /// Trust material shared by the TLS resources of one config.
+    pub trust: crate::tls::TrustCache,
 }
 
 impl BuildContext {
@@ -279,10 +281,12 @@ impl ResourceConfig {
                 Arc::new(crate::process::ProcessResource::new(c.clone(), cx))
             }
             ResourceConfig::Tcp(c) => Arc::new(crate::tcp::TcpResource::new(c.clone())),
-            ResourceConfig::Smtp(c) => Arc::new(c.build()),
-            ResourceConfig::Pop3(c) => Arc::new(c.build()),
-            ResourceConfig::Imap(c) => Arc::new(c.build()),
-            ResourceConfig::Http(c) => Arc::new(crate::http::HttpResource::new(c.clone())),
+            ResourceConfig::Smtp(c) => Arc::new(c.build(&cx.trust)),
+            ResourceConfig::Pop3(c) => Arc::new(c.build(&cx.trust)),
+            ResourceConfig::Imap(c) => Arc::new(c.build(&cx.trust)),
+            ResourceConfig::Http(c) => {
+                Arc::new(crate::http::HttpResource::new(c.clone(), &cx.trust))
+            }
             ResourceConfig::Exec(c) => Arc::new(crate::exec::ExecResource::new(c.clone())),
             ResourceConfig::Ocf(c) => {
                 Arc::new(crate::ocf::OcfResource::new(c.clone(), &cx.resource))

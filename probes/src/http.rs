@@ -12,7 +12,7 @@ use crate::banner::ConfigRegex;
 use crate::config::HostPort;
 use crate::net::Conn;
 use crate::resource::{escape_bytes, Failure, Progress, Resource, Stage};
-use crate::tls::{TlsClient, TlsOptions};
+use crate::tls::{TlsClient, TlsOptions, TrustCache};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -218,6 +218,8 @@ pub struct HttpResource {
     tls: Option<Box<TlsClient>>,
     /// The request every check sends, parsed once (or why it cannot be).
     request: Result<RequestTemplate, String>,
+    /// Where a redirect to `https` from a plain URL gets its trust.
+    trust: TrustCache,
     /// For redirects to `https` from a plain URL (see `hop_tls`), made on the first.
     redirect_tls: OnceLock<Box<TlsClient>>,
 }
@@ -269,12 +271,13 @@ impl RequestTemplate {
 }
 
 impl HttpResource {
-    /// Builds it from its config.
-    pub fn new(config: HttpConfig) -> Self {
+    /// Builds it from its config, its TLS trust loaded through `trust`.
+    pub fn new(config: HttpConfig, trust: &TrustCache) -> Self {
         let tls = config.url.https.then(|| {
             Box::new(TlsClient::new(
                 config.tls_options.clone(),
                 &config.url.target.host,
+                trust,
             ))
         });
         let request = RequestTemplate::new(&config, &config.url, config.host.as_deref());
@@ -282,6 +285,7 @@ impl HttpResource {
             config,
             tls,
             request,
+            trust: trust.clone(),
             redirect_tls: OnceLock::new(),
         }
     }
@@ -344,9 +348,13 @@ impl HttpResource {
     fn hop_tls(&self) -> &TlsClient {
         match &self.tls {
             Some(tls) => tls,
-            None => self
-                .redirect_tls
-                .get_or_init(|| Box::new(TlsClient::new(self.config.tls_options.clone(), ""))),
+            None => self.redirect_tls.get_or_init(|| {
+                Box::new(TlsClient::new(
+                    self.config.tls_options.clone(),
+                    "",
+                    &self.trust,
+                ))
+            }),
         }
     }
 
@@ -554,7 +562,7 @@ mod tests {
     fn resource(config: &str) -> HttpResource {
         let c: HttpConfig = toml::from_str(config).unwrap();
         assert!(c.validate().is_empty(), "{:?}", c.validate());
-        HttpResource::new(c)
+        HttpResource::new(c, &TrustCache::default())
     }
 
     async fn server(response: &'static str) -> std::net::SocketAddr {

@@ -93,7 +93,7 @@ mod tests {
         ])
         .await;
         let c: ImapConfig = toml::from_str(&format!("address = \"{addr}\"")).unwrap();
-        let r = c.build();
+        let r = c.build(&crate::tls::TrustCache::default());
         r.is_alive(&Default::default()).await.unwrap();
     }
 }

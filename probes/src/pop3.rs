@@ -99,7 +99,7 @@ mod tests {
             "address = \"{addr}\"\nsteps = [{{ send = \"CAPA\", expect = \"+OK\" }}]"
         ))
         .unwrap();
-        let r = c.build();
+        let r = c.build(&crate::tls::TrustCache::default());
         r.is_alive(&Default::default()).await.unwrap();
     }
 
@@ -107,7 +107,7 @@ mod tests {
     async fn an_error_greeting_is_unexpected() {
         let addr = serve_script(vec![Answer::Send("-ERR go away\r\n")]).await;
         let c: Pop3Config = toml::from_str(&format!("address = \"{addr}\"")).unwrap();
-        let r = c.build();
+        let r = c.build(&crate::tls::TrustCache::default());
         let err = r.is_alive(&Default::default()).await.unwrap_err();
         assert_eq!(err.reason, FailureReason::UnexpectedBanner);
         assert!(err.detail.contains(r#""-ERR go away""#), "{err}");

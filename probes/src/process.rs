@@ -453,6 +453,7 @@ mod tests {
                 state_dir: dir.to_path_buf(),
                 group: "g".into(),
                 resource: "p".into(),
+                trust: Default::default(),
             },
         )
     }

@@ -114,7 +114,7 @@ mod tests {
     fn resource(config: &str) -> crate::banner::BannerResource {
         let c: SmtpConfig = toml::from_str(config).unwrap();
         assert!(c.validate().is_empty());
-        c.build()
+        c.build(&crate::tls::TrustCache::default())
     }
 
     #[tokio::test]

@@ -19,6 +19,7 @@ pub use props::{CommonProps, PendingTimeout, ResourceProps};
 
 use resmon_policies::placement::{Failback, Placement};
 use resmon_policies::{GroupSpec, ResourceId, ResourceSpec, SpecError};
+use resmon_probes::tls::TrustCache;
 use resmon_probes::{BuildContext, HumanDuration, ResourceConfig as PrivateConfig, RESOURCE_TYPES};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -492,12 +493,19 @@ impl GroupConfig {
         feed.0.finish()
     }
 
-    /// What a resource of this group needs to be built.
-    pub fn build_context(&self, agent: &AgentConfig, resource: &ResourceConfig) -> BuildContext {
+    /// What a resource of this group needs to be built; `trust` is shared by the resources of
+    /// one config.
+    pub fn build_context(
+        &self,
+        agent: &AgentConfig,
+        resource: &ResourceConfig,
+        trust: &TrustCache,
+    ) -> BuildContext {
         BuildContext {
             state_dir: agent.state_dir.clone(),
             group: self.name.to_string(),
             resource: resource.name.to_string(),
+            trust: trust.clone(),
         }
     }
 }

@@ -14,6 +14,7 @@ use crate::status::{self, CheckStatus, GroupSlots, ResourceStatus};
 use resmon_policies::{
     AdminCommand, Effect, GroupController, GroupMode, Input, Operation, ResourceId, State, Time,
 };
+use resmon_probes::tls::TrustCache;
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot};
@@ -130,10 +131,15 @@ struct GroupTask {
     failover: Option<oneshot::Receiver<FailoverAnswer>>,
 }
 
-/// Builds a group's resources and workers and starts its task.
-pub(crate) fn spawn(config: GroupConfig, agent: &AgentConfig, shared: &Arc<Shared>) -> GroupHandle {
+/// Builds a group's resources (their TLS trust through `trust`) and workers and starts its task.
+pub(crate) fn spawn(
+    config: GroupConfig,
+    agent: &AgentConfig,
+    shared: &Arc<Shared>,
+    trust: &TrustCache,
+) -> GroupHandle {
     let build =
-        |r: &crate::config::ResourceConfig| r.private.build(&config.build_context(agent, r));
+        |r: &crate::config::ResourceConfig| r.private.build(&config.build_context(agent, r, trust));
     let resources = config.resources.iter().map(build).collect();
     spawn_with(config, agent, shared, resources)
 }

@@ -19,6 +19,7 @@ use crate::metrics::{Metrics, ResourceMetrics};
 use crate::status::{ResourceSlot, StatusBoard};
 use group::GroupHandle;
 use resmon_policies::ResourceId;
+use resmon_probes::tls::TrustCache;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -128,8 +129,12 @@ impl Agent {
     /// Starts every group of `config`.
     pub fn start(config: Config, shared: Arc<Shared>) -> Agent {
         let mut groups = BTreeMap::new();
+        let trust = TrustCache::default();
         for g in config.groups {
-            groups.insert(g.name.to_string(), group::spawn(g, &config.agent, &shared));
+            groups.insert(
+                g.name.to_string(),
+                group::spawn(g, &config.agent, &shared, &trust),
+            );
         }
         Agent {
             agent: config.agent,
@@ -173,6 +178,8 @@ impl Agent {
             at_next_start,
         };
         let mut old = std::mem::take(&mut self.groups);
+        // A new one: the resources this reload builds read their CA files again.
+        let trust = TrustCache::default();
         for g in new.groups {
             let name = g.name.to_string();
             match old.remove(&name) {
@@ -185,13 +192,17 @@ impl Agent {
                 }
                 Some(running) => {
                     running.stop(false, &self.shared).await;
-                    self.groups
-                        .insert(name.clone(), group::spawn(g, &new.agent, &self.shared));
+                    self.groups.insert(
+                        name.clone(),
+                        group::spawn(g, &new.agent, &self.shared, &trust),
+                    );
                     event.changed.push(name);
                 }
                 None => {
-                    self.groups
-                        .insert(name.clone(), group::spawn(g, &new.agent, &self.shared));
+                    self.groups.insert(
+                        name.clone(),
+                        group::spawn(g, &new.agent, &self.shared, &trust),
+                    );
                     event.added.push(name);
                 }
             }
