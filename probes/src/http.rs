@@ -323,11 +323,17 @@ impl HttpResource {
                 )
             })?;
             url = next;
-            let template = RequestTemplate::new(c, &url, None)
+            // Back to the configured server (`/login` on a virtual host): its `host` and
+            // `server_name` overrides still name it, as Go's client keeps a custom Host.
+            let same_server = url.https == c.url.https && url.target == c.url.target;
+            let host = if same_server { c.host.as_deref() } else { None };
+            let template = RequestTemplate::new(c, &url, host)
                 .map_err(|e| Failure::new(FailureReason::Io, format!("request: {e}")))?;
-            let tls = url
-                .https
-                .then(|| (self.hop_tls(), Some(url.target.host.as_str())));
+            let tls = match (url.https, same_server) {
+                (false, _) => None,
+                (true, true) => self.tls.as_deref().map(|tls| (tls, None)),
+                (true, false) => Some((self.hop_tls(), Some(url.target.host.as_str()))),
+            };
             match self.exchange(&url, tls, &template, progress).await? {
                 None => return Ok(()),
                 Some(further) => location = further,
@@ -749,29 +755,39 @@ mod tests {
         assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
     }
 
-    /// Answers each request by its path from `routes` (path, whole answer), counting the
-    /// requests; an unknown path gets a 404.
-    async fn router(
-        routes: Vec<(&'static str, String)>,
-    ) -> (
-        std::net::SocketAddr,
-        std::sync::Arc<std::sync::atomic::AtomicUsize>,
-    ) {
+    /// What a [`router`] was asked: each request's path and `Host`.
+    type Asked = std::sync::Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
+    /// Answers each request by its path from `routes` (path, whole answer), keeping what it
+    /// was asked; an unknown path gets a 404.
+    async fn router(routes: Vec<(&'static str, String)>) -> (std::net::SocketAddr, Asked) {
         use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
         let routes = std::sync::Arc::new(routes);
-        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let count = served.clone();
+        let asked = Asked::default();
+        let seen = asked.clone();
         let addr = crate::testing::serve(move |stream| {
             let routes = routes.clone();
-            let served = served.clone();
+            let asked = asked.clone();
             async move {
                 let mut stream = tokio::io::BufReader::new(stream);
-                let mut line = String::new();
-                if stream.read_line(&mut line).await.is_err() {
-                    return;
+                let mut head = Vec::new();
+                loop {
+                    let mut line = String::new();
+                    match stream.read_line(&mut line).await {
+                        Ok(n) if n > 0 && line != "\r\n" => head.push(line),
+                        _ => break,
+                    }
                 }
-                served.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                let path = line.split(' ').nth(1).unwrap_or_default().to_string();
+                let Some(first) = head.first() else {
+                    return;
+                };
+                let path = first.split(' ').nth(1).unwrap_or_default().to_string();
+                let host = head
+                    .iter()
+                    .find(|l| l.to_ascii_lowercase().starts_with("host: "))
+                    .map_or("", |l| l["host: ".len()..].trim_end())
+                    .to_string();
+                asked.lock().unwrap().push((path.clone(), host));
                 let answer = routes.iter().find(|(p, _)| *p == path).map_or(
                     "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n".to_string(),
                     |(_, a)| a.clone(),
@@ -781,7 +797,14 @@ mod tests {
             }
         })
         .await;
-        (addr, count)
+        (addr, seen)
+    }
+
+    fn ok_with(body: &str) -> String {
+        format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
     }
 
     fn moved(status: &str, location: &str) -> String {
@@ -800,11 +823,7 @@ mod tests {
 
     #[tokio::test]
     async fn redirects_are_followed_when_asked_and_the_last_answer_is_judged() {
-        let (elsewhere, _) = router(vec![(
-            "/final",
-            "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nlanded".to_string(),
-        )])
-        .await;
+        let (elsewhere, _) = router(vec![("/final", ok_with("landed"))]).await;
         let (start, served) = router(vec![
             ("/a/start", moved("302 Found", "next")),
             ("/a/next", moved("301 Moved Permanently", "../b?x=1")),
@@ -824,7 +843,7 @@ mod tests {
             .is_alive(&Progress::default())
             .await
             .unwrap();
-        assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 3);
+        assert_eq!(served.lock().unwrap().len(), 3);
         // The last answer is judged: a redirect to a 404 fails on the 404.
         let (gone, _) = router(vec![("/x", moved("307 Temporary Redirect", "/missing"))]).await;
         let why = format!("http://{gone}/missing answered 404");
@@ -836,8 +855,32 @@ mod tests {
         let (looping, served) = router(vec![("/loop", moved("302 Found", "/loop"))]).await;
         let why = "still redirects after 10 redirects";
         fails_following(format!("http://{looping}/loop"), why).await;
-        let requests = served.load(std::sync::atomic::Ordering::SeqCst);
-        assert_eq!(requests, 1 + MAX_REDIRECTS);
+        assert_eq!(served.lock().unwrap().len(), 1 + MAX_REDIRECTS);
+    }
+
+    #[tokio::test]
+    async fn a_redirect_back_to_the_configured_server_keeps_the_host_override() {
+        let (elsewhere, away) = router(vec![("/", ok_with(""))]).await;
+        let (vhost, asked) = router(vec![
+            ("/", moved("302 Found", "/login")),
+            (
+                "/login",
+                moved("302 Found", &format!("http://{elsewhere}/")),
+            ),
+        ])
+        .await;
+        let config = format!(
+            "url = \"http://{vhost}/\"\nhost = \"www.example.test\"\nfollow_redirects = true"
+        );
+        resource(&config)
+            .is_alive(&Progress::default())
+            .await
+            .unwrap();
+        let asked = asked.lock().unwrap().clone();
+        let host = "www.example.test".to_string();
+        assert_eq!(asked, [("/".into(), host.clone()), ("/login".into(), host)]);
+        // Another server is asked with its own name.
+        assert_eq!(away.lock().unwrap()[0], ("/".into(), elsewhere.to_string()));
     }
 
     #[tokio::test]
