@@ -56,6 +56,9 @@ impl TestPki {
 /// A server process, killed (with its process group) on drop.
 pub struct Server {
     child: Option<Child>,
+    /// The pid file of a daemon that leaves the process group it was started in (postfix's
+    /// master makes a session of its own), so that dropping the server stops it too.
+    detached_pid_file: Option<PathBuf>,
     /// Its directory.
     pub dir: PathBuf,
     /// Named ports.
@@ -126,6 +129,21 @@ impl Drop for Server {
             }
             let _ = child.wait();
         }
+        let detached = self.detached_pid_file.as_ref().and_then(|f| {
+            let pid = std::fs::read_to_string(f)
+                .ok()?
+                .trim()
+                .parse::<i32>()
+                .ok()?;
+            (pid > 1).then_some(pid)
+        });
+        if let Some(pid) = detached {
+            // SAFETY: signalling the group the daemon made, with its workers in it.
+            unsafe {
+                libc::kill(-pid, libc::SIGKILL);
+                libc::kill(pid, libc::SIGKILL);
+            }
+        }
     }
 }
 
@@ -190,6 +208,7 @@ http {{
     .unwrap();
     Server {
         child: None,
+        detached_pid_file: None,
         command: vec![
             "nginx".into(),
             "-c".into(),
@@ -270,6 +289,7 @@ service pop3-login {{
     .unwrap();
     Server {
         child: None,
+        detached_pid_file: None,
         command: vec![
             "dovecot".into(),
             "-F".into(),
@@ -367,6 +387,7 @@ pub fn postfix_config_on(base: &Path, pki: &TestPki, smtp: u16, smtps: u16) -> S
         .status();
     Server {
         child: None,
+        detached_pid_file: Some(d.join("spool/pid/master.pid")),
         command: vec![
             "postfix".into(),
             "-c".into(),
