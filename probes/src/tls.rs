@@ -125,13 +125,8 @@ impl TrustCache {
     }
 
     /// How many distinct trusts it holds.
-    pub fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    /// Whether it holds none.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
     }
 }
 
