@@ -15,7 +15,7 @@ use serde::Deserialize;
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_rustls::client::TlsStream;
@@ -83,7 +83,7 @@ pub struct TlsClient {
     options: TlsOptions,
     default_host: String,
     trust: TrustCache,
-    loaded: OnceLock<Result<Arc<Loaded>, String>>,
+    loaded: tokio::sync::OnceCell<Result<Arc<Loaded>, String>>,
 }
 
 /// Trust material shared by the TLS resources built from one config: loaded once for each
@@ -152,13 +152,29 @@ impl TlsClient {
             options,
             default_host: default_host.to_string(),
             trust: trust.clone(),
-            loaded: OnceLock::new(),
+            loaded: tokio::sync::OnceCell::new(),
         }
     }
 
-    fn load(&self) -> Result<&Loaded, Failure> {
-        self.loaded
-            .get_or_init(|| self.trust.get_or_load(&self.options))
+    /// The trust, read on a blocking thread the first time (files, and the system's roots
+    /// parsed), counted in `progress` while that thread runs, as the resource contract asks of a
+    /// call that blocks.
+    async fn load(&self, progress: &Progress) -> Result<&Loaded, Failure> {
+        let loaded = self
+            .loaded
+            .get_or_init(|| async {
+                let trust = self.trust.clone();
+                let options = self.options.clone();
+                let guard = progress.blocking_guard();
+                tokio::task::spawn_blocking(move || {
+                    let _guard = guard;
+                    trust.get_or_load(&options)
+                })
+                .await
+                .unwrap_or_else(|e| Err(format!("loading the TLS trust: {e}")))
+            })
+            .await;
+        loaded
             .as_deref()
             .map_err(|e| Failure::new(FailureReason::TlsHandshake, e.clone()))
     }
@@ -192,7 +208,9 @@ impl TlsClient {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let loaded = self.load()?;
+        // A trust file that hangs (a dead NFS mount) times out as the handshake.
+        progress.stage(Stage::TlsHandshake);
+        let loaded = self.load(progress).await?;
         let seen = Arc::new(Mutex::new(None));
         let verifier = Arc::new(Recording {
             inner: loaded.verifier.clone(),
@@ -220,7 +238,6 @@ impl TlsClient {
                 format!("invalid server name {name:?}"),
             )
         })?;
-        progress.stage(Stage::TlsHandshake);
         let result = tokio_rustls::TlsConnector::from(Arc::new(config))
             .connect(server_name, stream)
             .await;
@@ -436,8 +453,9 @@ mod tests {
     use super::*;
     use crate::testing::TestCa;
 
-    #[test]
-    fn clients_with_the_same_trust_share_one_load_and_a_failure_is_their_own() {
+    #[tokio::test]
+    async fn clients_with_the_same_trust_share_one_load_and_a_failure_is_their_own() {
+        let progress = Progress::default();
         let dir = tempfile::tempdir().unwrap();
         let ca_file = TestCa::new().write(dir.path());
         let trust = TrustCache::default();
@@ -456,20 +474,29 @@ mod tests {
             "b.test",
             &trust,
         );
-        let (a, b) = (a.load().unwrap(), b.load().unwrap());
+        let (a, b) = (
+            a.load(&progress).await.unwrap(),
+            b.load(&progress).await.unwrap(),
+        );
         assert!(std::ptr::eq(a, b), "loaded twice");
         assert_eq!(trust.len(), 1);
         let insecure = TlsOptions {
             insecure_skip_verify: true,
             ..TlsOptions::default()
         };
-        TlsClient::new(insecure, "c.test", &trust).load().unwrap();
+        TlsClient::new(insecure, "c.test", &trust)
+            .load(&progress)
+            .await
+            .unwrap();
         assert_eq!(trust.len(), 2);
         let missing = TlsOptions {
             ca_file: Some(dir.path().join("missing.pem")),
             ..TlsOptions::default()
         };
-        let Err(e) = TlsClient::new(missing, "d.test", &trust).load() else {
+        let Err(e) = TlsClient::new(missing, "d.test", &trust)
+            .load(&progress)
+            .await
+        else {
             panic!("a missing ca_file loaded");
         };
         assert_eq!(e.reason, FailureReason::TlsHandshake);
@@ -478,6 +505,7 @@ mod tests {
         // A new cache (a reload) reads the file again.
         let reloaded = TrustCache::default();
         let c = TlsClient::new(by_ca, "a.test", &reloaded);
-        assert!(!std::ptr::eq(c.load().unwrap(), a));
+        assert!(!std::ptr::eq(c.load(&progress).await.unwrap(), a));
+        assert_eq!(progress.blocking_in_flight(), 0);
     }
 }
