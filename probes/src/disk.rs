@@ -7,7 +7,7 @@
 //! dead NFS server) makes the check time out instead of hanging the agent, and the thread that
 //! is still stuck in the kernel is counted by the runtime until it returns.
 
-use crate::resource::{Failure, Progress, Resource};
+use crate::resource::{blocking, Failure, Progress, Resource};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
@@ -97,28 +97,6 @@ pub struct DiskConfig {
 
 fn default_canary() -> bool {
     true
-}
-
-/// Runs blocking filesystem work on a blocking thread. The runtime may stop waiting at its
-/// deadline; the thread is counted in `progress` until it returns, so a check stuck in the
-/// kernel is seen as stuck, and not started again, for as long as it lasts.
-pub async fn blocking<T, F>(progress: &Progress, f: F) -> Result<T, Failure>
-where
-    T: Send + 'static,
-    F: FnOnce() -> Result<T, Failure> + Send + 'static,
-{
-    let guard = progress.blocking_guard();
-    tokio::task::spawn_blocking(move || {
-        let _guard = guard;
-        f()
-    })
-    .await
-    .map_err(|e| {
-        Failure::new(
-            FailureReason::Panic,
-            format!("blocking filesystem call: {e}"),
-        )
-    })?
 }
 
 /// What `statvfs` says.

@@ -21,7 +21,6 @@ use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::OnceLock;
 
 /// An `http://` or `https://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -218,10 +217,9 @@ pub struct HttpResource {
     tls: Option<Box<TlsClient>>,
     /// The request every check sends, parsed once (or why it cannot be).
     request: Result<RequestTemplate, String>,
-    /// Where a redirect to `https` from a plain URL gets its trust.
-    trust: TrustCache,
-    /// For redirects to `https` from a plain URL (see `hop_tls`), made on the first.
-    redirect_tls: OnceLock<Box<TlsClient>>,
+    /// For redirects to `https` from a plain URL that follows them (see `hop_tls`); it loads
+    /// nothing until used.
+    redirect_tls: Option<Box<TlsClient>>,
 }
 
 /// What each check's request is cloned from: parsing the path and every header anew for each
@@ -280,13 +278,14 @@ impl HttpResource {
                 trust,
             ))
         });
+        let redirect_tls = (config.follow_redirects && !config.url.https)
+            .then(|| Box::new(TlsClient::new(config.tls_options.clone(), "", trust)));
         let request = RequestTemplate::new(&config, &config.url, config.host.as_deref());
         HttpResource {
             config,
             tls,
             request,
-            trust: trust.clone(),
-            redirect_tls: OnceLock::new(),
+            redirect_tls,
         }
     }
 
@@ -352,16 +351,10 @@ impl HttpResource {
     /// The TLS client for a redirect's host: this resource's trust and client certificate,
     /// its `server_name` override left out (it names the configured URL's server).
     fn hop_tls(&self) -> &TlsClient {
-        match &self.tls {
-            Some(tls) => tls,
-            None => self.redirect_tls.get_or_init(|| {
-                Box::new(TlsClient::new(
-                    self.config.tls_options.clone(),
-                    "",
-                    &self.trust,
-                ))
-            }),
-        }
+        self.tls
+            .as_deref()
+            .or(self.redirect_tls.as_deref())
+            .expect("a resource that follows redirects has a TLS client for them")
     }
 
     /// One request to `url` over a new connection (TLS through `tls`, with the redirect's host

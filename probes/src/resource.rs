@@ -269,6 +269,23 @@ pub fn escape_bytes(bytes: &[u8]) -> String {
     out
 }
 
+/// Runs blocking work (filesystem calls, reading trust files) on a blocking thread. The runtime may stop waiting at its
+/// deadline; the thread is counted in `progress` until it returns, so a check stuck in the
+/// kernel is seen as stuck, and not started again, for as long as it lasts.
+pub async fn blocking<T, F>(progress: &Progress, f: F) -> Result<T, Failure>
+where
+    T: Send + 'static,
+    F: FnOnce() -> Result<T, Failure> + Send + 'static,
+{
+    let guard = progress.blocking_guard();
+    tokio::task::spawn_blocking(move || {
+        let _guard = guard;
+        f()
+    })
+    .await
+    .map_err(|e| Failure::new(FailureReason::Panic, format!("blocking call: {e}")))?
+}
+
 /// One kept thing, as a resource DLL keeps it for the cluster's resource monitor.
 ///
 /// Every method may be slow or hang: the runtime runs each under its own deadline on a task of

@@ -4,7 +4,7 @@
 //! because the certificate has expired.
 
 use crate::config::HumanDuration;
-use crate::resource::{CertValidity, Failure, Progress, Stage};
+use crate::resource::{blocking, CertValidity, Failure, Progress, Stage};
 use resmon_policies::FailureReason;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
@@ -83,14 +83,14 @@ pub struct TlsClient {
     options: TlsOptions,
     default_host: String,
     trust: TrustCache,
-    loaded: tokio::sync::OnceCell<Result<Arc<Loaded>, String>>,
+    loaded: tokio::sync::OnceCell<Result<Arc<Loaded>, Failure>>,
 }
 
 /// Trust material shared by the TLS resources built from one config: loaded once for each
 /// distinct set of trust keys, not once for each resource. The system's roots, parsed, take
-/// about 80 KB: 1,000 `https` resources on them held 104 MB (20 MB with a one-certificate
-/// `ca_file`), and each parsed them on its first check, on the check thread. A config reload
-/// starts a new cache, so that the resources it builds read a changed CA file again.
+/// about 80 KB: 1,000 `https` resources each holding their own came to 104.6 MB, 18.7 MB
+/// shared (`scripts/bench-tls-trust`). A config reload starts a new cache, so that the
+/// resources it builds read a changed CA file again.
 #[derive(Clone, Default)]
 pub struct TrustCache(Arc<Mutex<HashMap<TrustKey, Arc<Loaded>>>>);
 
@@ -157,26 +157,20 @@ impl TlsClient {
     }
 
     /// The trust, read on a blocking thread the first time (files, and the system's roots
-    /// parsed), counted in `progress` while that thread runs, as the resource contract asks of a
-    /// call that blocks.
+    /// parsed), as the resource contract asks of a call that blocks.
     async fn load(&self, progress: &Progress) -> Result<&Loaded, Failure> {
         let loaded = self
             .loaded
-            .get_or_init(|| async {
-                let trust = self.trust.clone();
-                let options = self.options.clone();
-                let guard = progress.blocking_guard();
-                tokio::task::spawn_blocking(move || {
-                    let _guard = guard;
-                    trust.get_or_load(&options)
+            .get_or_init(|| {
+                let (trust, options) = (self.trust.clone(), self.options.clone());
+                blocking(progress, move || {
+                    trust
+                        .get_or_load(&options)
+                        .map_err(|e| Failure::new(FailureReason::TlsHandshake, e))
                 })
-                .await
-                .unwrap_or_else(|e| Err(format!("loading the TLS trust: {e}")))
             })
             .await;
-        loaded
-            .as_deref()
-            .map_err(|e| Failure::new(FailureReason::TlsHandshake, e.clone()))
+        loaded.as_deref().map_err(Failure::clone)
     }
 
     /// Runs the handshake over `stream` in [`Stage::TlsHandshake`], records the peer

@@ -55,6 +55,13 @@ impl Proto {
     }
 }
 
+impl Load {
+    /// Checks a second the prober is held to: `rate` when paced, none at saturation.
+    fn target_rate(self, rate: usize) -> Option<usize> {
+        (self == Load::Paced).then_some(rate)
+    }
+}
+
 /// Its name, padded as asked (`{:<10}` lines up the tables).
 impl std::fmt::Display for Load {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,7 +161,7 @@ fn main() {
             http_port
         };
         for &load in &loads {
-            let target_rate = (load == Load::Paced).then_some(rate);
+            let target_rate = load.target_rate(rate);
             let (floors, agents) = run_pair(proto, port, load, rate, threads, measure, rounds);
             if floors.is_empty() {
                 continue;
@@ -202,7 +209,7 @@ fn run_pair(
     rounds: usize,
 ) -> (Vec<Measured>, Vec<Measured>) {
     let settle = Duration::from_secs(2);
-    let target_rate = (load == Load::Paced).then_some(rate);
+    let target_rate = load.target_rate(rate);
     let floor = FloorChild::start(proto, port, target_rate, threads);
     // Stopped while the agent starts: 10,000 adoptions and the floor's 10,000 checks a second
     // at once would overrun the servers.
