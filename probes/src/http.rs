@@ -21,7 +21,6 @@ use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// An `http://` or `https://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -176,13 +175,6 @@ const REDIRECTS: [u16; 5] = [301, 302, 303, 307, 308];
 /// Redirects a check follows before it fails: browsers and Go's client stop at ten too.
 pub const MAX_REDIRECTS: usize = 10;
 
-/// The read buffer of a check, and so the longest answer head it reads, until its server sends
-/// a longer one. hyper's own first read is 8 KB, which glibc serves from its large bins, and
-/// which every check in flight holds while it waits: at 10,000 checks a second the agent
-/// holds thousands of them. A health check's head is a few hundred bytes (nginx: about 250).
-/// Under glibc's 1 KB large-bin size (see `crate::banner::BannerClient::handshake`).
-pub const SHORT_HEAD_BYTES: usize = 1000;
-
 impl HttpConfig {
     /// Checks that need several keys.
     pub fn validate(&self) -> Vec<(&'static str, String)> {
@@ -228,23 +220,6 @@ pub struct HttpResource {
     /// For redirects to `https` from a plain URL that follows them (see `hop_tls`); it loads
     /// nothing until used.
     redirect_tls: Option<Box<TlsClient>>,
-    /// Set once an answer's head did not fit in [`SHORT_HEAD_BYTES`]: from then on this
-    /// resource's checks read with hyper's own growing buffer.
-    long_heads: AtomicBool,
-}
-
-/// Why one exchange did not give an answer to judge.
-enum ExchangeError {
-    /// The check fails.
-    Failed(Failure),
-    /// The head was longer than the short read buffer could hold: read it again with a long one.
-    HeadTooLong,
-}
-
-impl From<Failure> for ExchangeError {
-    fn from(failure: Failure) -> Self {
-        ExchangeError::Failed(failure)
-    }
 }
 
 /// What each check's request is cloned from: parsing the path and every header anew for each
@@ -311,7 +286,6 @@ impl HttpResource {
             tls,
             request,
             redirect_tls,
-            long_heads: AtomicBool::new(false),
         }
     }
 
@@ -385,10 +359,7 @@ impl HttpResource {
 
     /// One request to `url` over a new connection (TLS through `tls`, with the redirect's host
     /// name when it has one). `Ok(Some(location))` when the answer is a redirect to follow,
-    /// `Ok(None)` when the answer passed. Read with a short buffer first; an answer whose head
-    /// does not fit is asked for again at once, over a new connection with hyper's growing
-    /// buffer, which the resource keeps from then on (its server sends long heads): that server
-    /// sees two requests in that one check.
+    /// `Ok(None)` when the answer passed.
     async fn exchange(
         &self,
         url: &HttpUrl,
@@ -396,35 +367,6 @@ impl HttpResource {
         template: &RequestTemplate,
         progress: &Progress,
     ) -> Result<Option<String>, Failure> {
-        let short = !self.long_heads.load(Ordering::Relaxed);
-        match self
-            .exchange_once(url, tls, template, progress, short)
-            .await
-        {
-            Ok(answer) => return Ok(answer),
-            Err(ExchangeError::Failed(failure)) => return Err(failure),
-            Err(ExchangeError::HeadTooLong) => self.long_heads.store(true, Ordering::Relaxed),
-        }
-        // Boxed: the rare path's state stays out of every check's future. A long buffer's read
-        // never answers HeadTooLong: hyper's own limit is an `io` failure.
-        Box::pin(self.exchange_once(url, tls, template, progress, false))
-            .await
-            .map_err(|e| match e {
-                ExchangeError::Failed(failure) => failure,
-                ExchangeError::HeadTooLong => {
-                    Failure::new(FailureReason::Io, "the answer's head is too long")
-                }
-            })
-    }
-
-    async fn exchange_once(
-        &self,
-        url: &HttpUrl,
-        tls: Option<(&TlsClient, Option<&str>)>,
-        template: &RequestTemplate,
-        progress: &Progress,
-        short: bool,
-    ) -> Result<Option<String>, ExchangeError> {
         let c = &self.config;
         let tcp = crate::net::connect(&url.target, progress).await?;
         crate::net::close_with_reset(&tcp);
@@ -443,23 +385,15 @@ impl HttpResource {
         };
         progress.stage(Stage::Exchange);
         let io_error = |e: hyper::Error| {
-            if short && e.is_parse_too_large() {
-                return ExchangeError::HeadTooLong;
-            }
-            ExchangeError::Failed(Failure::new(
+            Failure::new(
                 FailureReason::Io,
                 format!("{} {}: {e}", method(c), url.text),
-            ))
+            )
         };
-        let handshake = {
-            // Not held across the await: the handshake keeps its own copy.
-            let mut builder = hyper::client::conn::http1::Builder::new();
-            if short {
-                builder.read_buf_exact_size(Some(SHORT_HEAD_BYTES));
-            }
-            builder.handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
-        };
-        let (mut sender, conn) = handshake.await.map_err(io_error)?;
+        let (mut sender, conn) =
+            hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
+                .await
+                .map_err(io_error)?;
         let request = template.request();
 
         let exchange = async {
@@ -481,7 +415,7 @@ impl HttpResource {
                 .any(|r| (r.0..=r.1).contains(&status.as_u16()))
             {
                 let expected: Vec<String> = c.valid_status.iter().map(|r| r.to_string()).collect();
-                return Err(ExchangeError::Failed(Failure::new(
+                return Err(Failure::new(
                     FailureReason::HttpStatus,
                     format!(
                         "{} {} answered {status}, expected {}",
@@ -489,7 +423,7 @@ impl HttpResource {
                         url.text,
                         expected.join(", ")
                     ),
-                )));
+                ));
             }
             if c.body_contains.is_none() && c.body_regex.is_none() {
                 return Ok(None);
@@ -507,7 +441,7 @@ impl HttpResource {
             if contains && matches {
                 Ok(None)
             } else {
-                Err(ExchangeError::Failed(Failure::new(
+                Err(Failure::new(
                     FailureReason::HttpBody,
                     format!(
                         "{} {} answered {status} with a body that does not hold {}: {}",
@@ -523,7 +457,7 @@ impl HttpResource {
                             .unwrap_or_default(),
                         escape_bytes(&body)
                     ),
-                )))
+                ))
             }
         };
         // The connection is driven here, not on a task of its own, so that a check the runtime
@@ -796,31 +730,6 @@ mod tests {
         .is_alive(&Progress::default())
         .await
         .unwrap();
-    }
-
-    #[tokio::test]
-    async fn a_head_longer_than_the_short_buffer_is_asked_for_again_then_read_long() {
-        let long = format!(
-            "HTTP/1.1 200 OK\r\nX-Padding: {}\r\nContent-Length: 0\r\n\r\n",
-            "p".repeat(SHORT_HEAD_BYTES)
-        );
-        let (addr, asked) = router(vec![("/", long)]).await;
-        let r = resource(&format!("url = \"http://{addr}/\""));
-        r.is_alive(&Progress::default()).await.unwrap();
-        assert_eq!(
-            asked.lock().unwrap().len(),
-            2,
-            "the short read, then the long"
-        );
-        r.is_alive(&Progress::default()).await.unwrap();
-        assert_eq!(asked.lock().unwrap().len(), 3, "long from the start");
-        // A short head is read once per check.
-        let (addr, asked) = router(vec![("/", ok_with("ok"))]).await;
-        let r = resource(&format!("url = \"http://{addr}/\""));
-        for _ in 0..2 {
-            r.is_alive(&Progress::default()).await.unwrap();
-        }
-        assert_eq!(asked.lock().unwrap().len(), 2);
     }
 
     #[tokio::test]
