@@ -107,6 +107,9 @@ struct Args {
     /// Skips blackbox_exporter.
     #[arg(long)]
     no_blackbox: bool,
+    /// The floor's tasks at saturation: each loops over checks with no pause.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    floor_tasks: usize,
 }
 
 fn main() {
@@ -125,6 +128,7 @@ fn main() {
         check_threads: threads,
         rounds,
         no_blackbox,
+        floor_tasks,
     } = clap::Parser::parse();
     let blackbox = !no_blackbox;
     let protos = proto.map_or(vec![Proto::Smtp, Proto::Http], |p| vec![p]);
@@ -162,7 +166,11 @@ fn main() {
         };
         for &load in &loads {
             let target_rate = load.target_rate(rate);
-            let (floors, agents) = run_pair(proto, port, load, rate, threads, measure, rounds);
+            let shape = Shape {
+                threads,
+                saturation_tasks: floor_tasks,
+            };
+            let (floors, agents) = run_pair(proto, port, load, rate, shape, measure, rounds);
             if floors.is_empty() {
                 continue;
             }
@@ -194,6 +202,15 @@ fn main() {
     }
 }
 
+/// How the floor runs: on `threads` single-threaded runtimes (the agent's check threads), and at
+/// saturation with `saturation_tasks` tasks, each looping over checks with no pause (paced, one
+/// task per check a second, as the agent has a resource per check a second).
+#[derive(Clone, Copy)]
+struct Shape {
+    threads: usize,
+    saturation_tasks: usize,
+}
+
 /// The floor and the agent, both started and warmed up, then measured in turn: `rounds`
 /// times the floor while the agent is stopped (SIGSTOP), then the agent while the floor is.
 /// Each resumes for two seconds before its window, so that the checks it missed while stopped
@@ -204,13 +221,14 @@ fn run_pair(
     port: u16,
     load: Load,
     rate: usize,
-    threads: usize,
+    shape: Shape,
     measure: Duration,
     rounds: usize,
 ) -> (Vec<Measured>, Vec<Measured>) {
     let settle = Duration::from_secs(2);
     let target_rate = load.target_rate(rate);
-    let floor = FloorChild::start(proto, port, target_rate, threads);
+    let threads = shape.threads;
+    let floor = FloorChild::start(proto, port, target_rate, shape);
     // Stopped while the agent starts: 10,000 adoptions and the floor's 10,000 checks a second
     // at once would overrun the servers.
     signal(floor.pid(), libc::SIGSTOP);
@@ -424,14 +442,15 @@ struct FloorChild {
 }
 
 impl FloorChild {
-    fn start(proto: Proto, port: u16, rate: Option<usize>, threads: usize) -> FloorChild {
+    fn start(proto: Proto, port: u16, rate: Option<usize>, shape: Shape) -> FloorChild {
         let mut child = std::process::Command::new(std::env::current_exe().unwrap())
             .args([
                 "--floor-child",
                 proto.name(),
                 &port.to_string(),
                 &rate.map_or("0".to_string(), |r| r.to_string()),
-                &threads.to_string(),
+                &shape.threads.to_string(),
+                &shape.saturation_tasks.to_string(),
             ])
             .stdout(std::process::Stdio::piped())
             .spawn()
@@ -509,7 +528,9 @@ fn floor_child(args: &[String]) {
     let rate: usize = args[2].parse().unwrap();
     let threads: usize = args[3].parse().unwrap();
     let done = Arc::new(AtomicU64::new(0));
-    let tasks = if rate > 0 { rate } else { 64 };
+    // At saturation, 64 unless told (bench-callgrind gives no fifth argument).
+    let saturation_tasks: usize = args.get(4).map_or(64, |t| t.parse().unwrap());
+    let tasks = if rate > 0 { rate } else { saturation_tasks };
     // Tasks are dealt round the threads, as the agent deals its resources.
     for t in 0..threads {
         let done = done.clone();
