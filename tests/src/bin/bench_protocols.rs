@@ -27,7 +27,7 @@
 //! (`--seconds`, default 10, is each window's length.)
 
 use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib, CpuTimes};
-use resmon_e2e::{at_least_one, free_port, metric_sum, online_resources, Agent};
+use resmon_e2e::{at_least_one, free_port, metric_sum, online_resources, process_alive, Agent};
 
 const CHECKS: &str = "resmon_check_duration_seconds_count";
 const FAILURES: &str = "resmon_check_failures_total";
@@ -499,6 +499,9 @@ impl FloorChild {
         let (cpu1, t1) = (cpu_times(pid), Instant::now());
         // The sample after `t1`, to interpolate against.
         std::thread::sleep(Duration::from_millis(50));
+        // A floor that died would be measured as no checks for no CPU: stop instead (a panic,
+        // so that the agent and the servers are dropped, and killed, on the way out).
+        assert!(process_alive(pid), "the floor's process ({pid}) has exited");
         let n = self.checks_at(t1) - self.checks_at(t0);
         Measured::per_check(n, (t1 - t0).as_secs_f64(), cpu1.since(cpu0))
     }
