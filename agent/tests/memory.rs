@@ -2,11 +2,12 @@
 //! which `resmon run` calls every ten seconds. A process of its own (this file), so that no
 //! other test allocates while its resident memory is read.
 
-/// Resident memory, from /proc/self/statm (in pages; 4 KiB on the machines this runs on).
+/// Resident memory, from /proc/self/status.
 fn resident_bytes() -> usize {
-    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
-    let pages: usize = statm.split_whitespace().nth(1).unwrap().parse().unwrap();
-    pages * 4096
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    let kib: usize = line.split_whitespace().nth(1).unwrap().parse().unwrap();
+    kib * 1024
 }
 
 #[cfg(target_env = "gnu")]

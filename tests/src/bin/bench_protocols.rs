@@ -30,6 +30,9 @@ use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib, CpuTi
 use resmon_e2e::{at_least_one, free_port, metric_sum, online_resources, process_alive, Agent};
 
 const CHECKS: &str = "resmon_check_duration_seconds_count";
+/// The floor's tasks at saturation unless `--floor-tasks` says otherwise (or, for
+/// `scripts/bench-callgrind`, which starts the floor child itself, a fifth argument).
+const FLOOR_TASKS: usize = 64;
 const FAILURES: &str = "resmon_check_failures_total";
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -108,7 +111,7 @@ struct Args {
     #[arg(long)]
     no_blackbox: bool,
     /// The floor's tasks at saturation: each loops over checks with no pause.
-    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
+    #[arg(long, default_value_t = FLOOR_TASKS, value_parser = at_least_one)]
     floor_tasks: usize,
 }
 
@@ -132,6 +135,10 @@ fn main() {
     } = clap::Parser::parse();
     let blackbox = !no_blackbox;
     let protos = proto.map_or(vec![Proto::Smtp, Proto::Http], |p| vec![p]);
+    let shape = Shape {
+        threads,
+        saturation_tasks: floor_tasks,
+    };
     let loads = load.map_or(vec![Load::Paced, Load::Saturation], |l| vec![l]);
     raise_fd_limit();
     let servers = tokio::runtime::Builder::new_multi_thread()
@@ -166,10 +173,6 @@ fn main() {
         };
         for &load in &loads {
             let target_rate = load.target_rate(rate);
-            let shape = Shape {
-                threads,
-                saturation_tasks: floor_tasks,
-            };
             let (floors, agents) = run_pair(proto, port, load, rate, shape, measure, rounds);
             if floors.is_empty() {
                 continue;
@@ -531,8 +534,7 @@ fn floor_child(args: &[String]) {
     let rate: usize = args[2].parse().unwrap();
     let threads: usize = args[3].parse().unwrap();
     let done = Arc::new(AtomicU64::new(0));
-    // At saturation, 64 unless told (bench-callgrind gives no fifth argument).
-    let saturation_tasks: usize = args.get(4).map_or(64, |t| t.parse().unwrap());
+    let saturation_tasks: usize = args.get(4).map_or(FLOOR_TASKS, |t| t.parse().unwrap());
     let tasks = if rate > 0 { rate } else { saturation_tasks };
     // Tasks are dealt round the threads, as the agent deals its resources.
     for t in 0..threads {
