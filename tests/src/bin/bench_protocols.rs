@@ -34,6 +34,7 @@ const CHECKS: &str = "resmon_check_duration_seconds_count";
 /// `scripts/bench-callgrind`, which starts the floor child itself, a fifth argument).
 const FLOOR_TASKS: usize = 64;
 const FAILURES: &str = "resmon_check_failures_total";
+const SKIPPED: &str = "resmon_checks_skipped_total";
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -428,9 +429,10 @@ fn measure_agent(agent: &Agent, measure: Duration) -> Measured {
     let m = agent.measure(measure);
     let n = metric_sum(&m.after, CHECKS) - metric_sum(&m.before, CHECKS);
     let failed = metric_sum(&m.after, FAILURES) - metric_sum(&m.before, FAILURES);
+    let skipped = metric_sum(&m.after, SKIPPED) - metric_sum(&m.before, SKIPPED);
     let rss = rss_kib(pid) / 1024.0;
     let note = format!(
-        "resmon: {:.0}% of one core, RSS {rss:.1} MB, {failed} failed checks",
+        "resmon: {:.0}% of one core, RSS {rss:.1} MB, {failed} failed checks, {skipped} skipped",
         m.cpu.total() / m.elapsed_seconds * 100.0,
     );
     Measured::per_check(n, m.elapsed_seconds, m.cpu).with_note(note)
