@@ -12,7 +12,9 @@
 //! Servers (a banner server and a minimal HTTP server, in this process) listen on 64 loopback
 //! addresses so that probers that close with a FIN do not run out of ports to `TIME_WAIT`.
 //! Two loads: paced at `--rate` checks per second (default 10,000: 10,000 resources at 1 s),
-//! and saturation (as many as the prober completes). Prints CPU-ms per check and the ratios.
+//! and saturation (as many as the prober completes: the agent's resources at 250 ms, the floor
+//! with as many tasks, each looping with no pause, so that both hold as many checks in flight).
+//! Prints CPU-ms per check and the ratios.
 //!
 //! The floor and the agent run in turn, both started once: while one is measured the other is
 //! stopped (SIGSTOP), and each resumes two seconds before its window so that the checks it
@@ -23,16 +25,13 @@
 //! which is mostly the loopback network and waking the servers. blackbox_exporter, at more
 //! than ten times the floor, is measured once (`--no-blackbox` skips it).
 //!
-//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation] [--check-threads N] [--rounds N] [--no-blackbox]`
+//! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation] [--check-threads N] [--rounds N] [--floor-tasks N] [--no-blackbox]`
 //! (`--seconds`, default 10, is each window's length.)
 
 use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib, CpuTimes};
 use resmon_e2e::{at_least_one, free_port, metric_sum, online_resources, process_alive, Agent};
 
 const CHECKS: &str = "resmon_check_duration_seconds_count";
-/// The floor's tasks at saturation unless `--floor-tasks` says otherwise (or, for
-/// `scripts/bench-callgrind`, which starts the floor child itself, a fifth argument).
-const FLOOR_TASKS: usize = 64;
 const FAILURES: &str = "resmon_check_failures_total";
 const SKIPPED: &str = "resmon_checks_skipped_total";
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -111,9 +110,10 @@ struct Args {
     /// Skips blackbox_exporter.
     #[arg(long)]
     no_blackbox: bool,
-    /// The floor's tasks at saturation: each loops over checks with no pause.
-    #[arg(long, default_value_t = FLOOR_TASKS, value_parser = at_least_one)]
-    floor_tasks: usize,
+    /// The floor's tasks at saturation, each looping over checks with no pause. Default: as
+    /// many as the agent has resources (`--rate`), so that both hold as many checks in flight.
+    #[arg(long, value_parser = at_least_one)]
+    floor_tasks: Option<usize>,
 }
 
 fn main() {
@@ -138,7 +138,7 @@ fn main() {
     let protos = proto.map_or(vec![Proto::Smtp, Proto::Http], |p| vec![p]);
     let shape = Shape {
         threads,
-        saturation_tasks: floor_tasks,
+        saturation_tasks: floor_tasks.unwrap_or(rate),
     };
     let loads = load.map_or(vec![Load::Paced, Load::Saturation], |l| vec![l]);
     raise_fd_limit();
@@ -154,7 +154,7 @@ fn main() {
         )
     });
     let measure = Duration::from_secs(seconds as u64);
-    println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)");
+    println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, at saturation {rate} resources at 250 ms against {} floor tasks, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)", shape.saturation_tasks);
     println!(
         "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9} {:>13} {:>9}",
         "proto",
@@ -536,8 +536,13 @@ fn floor_child(args: &[String]) {
     let rate: usize = args[2].parse().unwrap();
     let threads: usize = args[3].parse().unwrap();
     let done = Arc::new(AtomicU64::new(0));
-    let saturation_tasks: usize = args.get(4).map_or(FLOOR_TASKS, |t| t.parse().unwrap());
-    let tasks = if rate > 0 { rate } else { saturation_tasks };
+    // Paced, a task per check a second; at saturation, the parent says how many (a paced floor,
+    // as `scripts/bench-callgrind` starts it, needs no fifth argument).
+    let tasks = if rate > 0 {
+        rate
+    } else {
+        args[4].parse().unwrap()
+    };
     // Tasks are dealt round the threads, as the agent deals its resources.
     for t in 0..threads {
         let done = done.clone();
