@@ -34,6 +34,9 @@ use resmon_e2e::{at_least_one, free_port, metric_sum, online_resources, process_
 const CHECKS: &str = "resmon_check_duration_seconds_count";
 const FAILURES: &str = "resmon_check_failures_total";
 const SKIPPED: &str = "resmon_checks_skipped_total";
+/// The agent's `is_alive_interval` at saturation: four times the paced rate, more than one
+/// check thread completes.
+const SATURATION_INTERVAL: &str = "250ms";
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -154,7 +157,7 @@ fn main() {
         )
     });
     let measure = Duration::from_secs(seconds as u64);
-    println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, at saturation {rate} resources at 250 ms against {} floor tasks, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)", shape.saturation_tasks);
+    println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, at saturation {rate} resources at {SATURATION_INTERVAL} against {} floor tasks, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)", shape.saturation_tasks);
     println!(
         "{:<6} {:<10} {:<11} {:>10} {:>12} {:>9} {:>13} {:>9}",
         "proto",
@@ -398,7 +401,7 @@ fn start_agent(
     threads: usize,
 ) -> Option<Agent> {
     // Paced: `rate` resources at 1 s. Saturation: the same resources at 250 ms (4x the rate).
-    let interval = if saturate { "250ms" } else { "1s" };
+    let interval = if saturate { SATURATION_INTERVAL } else { "1s" };
     let mut body = format!(
         "[resource_types.{t}]\nis_alive_interval = \"{interval}\"\ncheck_timeout = \"1s\"\npoll_looks_alive = false\nrestart_threshold = 1000000\nrestart_period = \"1s\"\n",
         t = proto.name()
