@@ -21,6 +21,7 @@ use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
+use std::future::Future;
 
 /// An `http://` or `https://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -394,10 +395,11 @@ impl HttpResource {
             hyper::client::conn::http1::handshake::<_, Empty<Bytes>>(TokioIo::new(stream))
                 .await
                 .map_err(io_error)?;
-        let request = template.request();
-
+        // Queued now, before the connection is first polled: its first poll then finds the
+        // request and writes it, where queueing it later would wake this task once more.
+        let response = sender.send_request(template.request());
         let exchange = async {
-            let response = sender.send_request(request).await.map_err(io_error)?;
+            let response = response.await.map_err(io_error)?;
             let status = response.status();
             // Kept as the start of what was received, without formatting a String per check.
             let mut seen = *b"HTTP 000 ";
@@ -467,15 +469,17 @@ impl HttpResource {
         let mut conn = Box::pin(conn);
         let mut exchange = std::pin::pin!(exchange);
         let mut conn_done = false;
-        loop {
-            tokio::select! {
-                result = &mut exchange => return result,
-                ended = &mut conn, if !conn_done => {
-                    conn_done = true;
-                    ended.map_err(io_error)?;
-                }
+        std::future::poll_fn(|cx| {
+            // The connection first: it reads the answer and hands it over, so that the exchange,
+            // polled next, finds it there. Its error is not the check's: hyper hands an error
+            // that comes before the answer to the exchange, and returns one only when the
+            // answer (which the exchange judges) has already been handed over.
+            if !conn_done && conn.as_mut().poll(cx).is_ready() {
+                conn_done = true;
             }
-        }
+            exchange.as_mut().poll(cx)
+        })
+        .await
     }
 }
 
@@ -644,6 +648,26 @@ mod tests {
                 ended.recv().await.unwrap(),
                 Err(std::io::ErrorKind::ConnectionReset)
             );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_whole_answer_passes_even_if_the_server_resets_after_it() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // On this test's one thread the answer and the reset are both in the socket before the
+        // check reads, so hyper's connection reads the answer and then fails on the reset.
+        let web = crate::testing::serve(|mut stream| async move {
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            let _ = stream
+                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+                .await;
+            crate::net::close_with_reset(&stream);
+        })
+        .await;
+        let check = resource(&format!("url = \"http://{web}/\""));
+        for _ in 0..3 {
+            check.is_alive(&Progress::default()).await.unwrap();
         }
     }
 
