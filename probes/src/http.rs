@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::task::Context;
 
 /// An `http://` or `https://` URL.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -467,7 +468,9 @@ impl HttpResource {
         // Boxed, as the handshake is: inline, the connection's state takes the check's future
         // over 1 KB.
         let mut conn = Box::pin(conn);
-        let mut exchange = std::pin::pin!(exchange);
+        // Unconstrained: out of its budget tokio would have it yield by waking it, and while
+        // the connection runs its wakes go nowhere (below).
+        let mut exchange = std::pin::pin!(tokio::task::unconstrained(exchange));
         let mut conn_done = false;
         std::future::poll_fn(|cx| {
             // The connection first: it reads the answer and hands it over, so that the exchange,
@@ -477,7 +480,17 @@ impl HttpResource {
             if !conn_done && conn.as_mut().poll(cx).is_ready() {
                 conn_done = true;
             }
-            exchange.as_mut().poll(cx)
+            // While the connection runs, all the exchange waits for (the answer, the body's
+            // chunks) comes out of the connection's poll just above, and this poll follows
+            // each one: a wake at the handover would only poll the task once more for nothing,
+            // late and cold when thousands of checks are in flight. The connection's own
+            // wake-ups (the socket, the exchange asking for the body) keep the real waker.
+            let waker = if conn_done {
+                cx.waker()
+            } else {
+                futures::task::noop_waker_ref()
+            };
+            exchange.as_mut().poll(&mut Context::from_waker(waker))
         })
         .await
     }
@@ -730,6 +743,38 @@ mod tests {
             }
         })
         .await
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_comes_in_pieces_is_read_to_its_end() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The head alone, then the body in two parts, each a while later: the check waits for
+        // each piece as it waits for the answer (a wake lost there would leave it to time out).
+        let slow = crate::testing::serve(|mut stream| async move {
+            let mut head = [0u8; 1024];
+            let _ = stream.read(&mut head).await;
+            let pieces: [&[u8]; 3] = [
+                b"HTTP/1.1 200 OK\r\nContent-Length: 11\r\n\r\n",
+                b"all is",
+                b" well",
+            ];
+            for piece in pieces {
+                let _ = stream.write_all(piece).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        for (body_contains, passes) in [("is well", true), ("is ill", false)] {
+            let check = resource(&format!(
+                "url = \"http://{slow}/\"\nbody_contains = \"{body_contains}\""
+            ));
+            let progress = Progress::default();
+            let outcome =
+                tokio::time::timeout(std::time::Duration::from_secs(5), check.is_alive(&progress))
+                    .await
+                    .expect("the check saw every piece of the answer");
+            assert_eq!(outcome.is_ok(), passes, "{body_contains}: {outcome:?}");
+        }
     }
 
     #[tokio::test]
