@@ -669,3 +669,126 @@ fn an_ocf_agent_from_resource_agents_is_kept_online() {
     );
     assert!(state.exists());
 }
+
+/// A banner server whose answers the test holds back and lets go: accepted connections wait
+/// for `release` while `hold` is set, then get their greeting; each stays open until the agent
+/// closes it.
+struct HeldBanners {
+    addr: std::net::SocketAddr,
+    hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    release: tokio::sync::watch::Sender<bool>,
+    _runtime: tokio::runtime::Runtime,
+}
+
+impl HeldBanners {
+    fn start() -> HeldBanners {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let addr = listener.local_addr().unwrap();
+        let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (release, released) = tokio::sync::watch::channel(false);
+        let held = hold.clone();
+        runtime.spawn(async move {
+            while let Ok((mut conn, _)) = listener.accept().await {
+                let (held, mut released) = (held.clone(), released.clone());
+                tokio::spawn(async move {
+                    if held.load(std::sync::atomic::Ordering::SeqCst) {
+                        let _ = released.wait_for(|&go| go).await;
+                    }
+                    let _ = conn.write_all(b"220 held ESMTP\r\n").await;
+                    let mut buf = [0u8; 64];
+                    while matches!(conn.read(&mut buf).await, Ok(n) if n > 0) {}
+                });
+            }
+        });
+        HeldBanners {
+            addr,
+            hold,
+            release,
+            _runtime: runtime,
+        }
+    }
+}
+
+#[test]
+fn answers_that_came_in_while_the_agent_was_stopped_are_not_timeouts() {
+    // More checks in flight than the agent's event loop takes in one turn (tokio: 1,024), so
+    // that after the stop most sockets' answers are still unread when every deadline's timer
+    // fires at once. Each answer was in long before the agent could look: none is a failure.
+    // A few more resources on a server that stops answering for good: those still fail.
+    const RESOURCES: usize = 1500;
+    const SILENT: usize = 10;
+    resmon_e2e::procfs::raise_fd_limit();
+    let server = HeldBanners::start();
+    let silent = HeldBanners::start();
+    let mut body = String::new();
+    for i in 0..RESOURCES + SILENT {
+        if i % 100 == 0 {
+            body += &format!("\n[[groups]]\nname = \"g{}\"\n", i / 100);
+        }
+        let addr = if i < RESOURCES {
+            server.addr
+        } else {
+            silent.addr
+        };
+        body += &format!(
+            "\n[[groups.resources]]\nname = \"r{i}\"\ntype = \"smtp\"\naddress = \"{addr}\"\n"
+        );
+    }
+    let agent = Agent::start(&format!(
+        "[resource_types.smtp]\nis_alive_interval = \"1s\"\ncheck_timeout = \"2s\"\npoll_looks_alive = false\nrestart_threshold = 1000000\nrestart_period = \"1s\"\n{body}"
+    ));
+    agent.wait_for("every resource online", Duration::from_secs(60), |a| {
+        resmon_e2e::online_resources(&a.metrics()) == RESOURCES + SILENT
+    });
+    // Every resource's next check starts within its 1 s interval and waits for its answer.
+    server.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    silent.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    std::thread::sleep(Duration::from_millis(1300));
+    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    server.release.send(true).unwrap();
+    // Past every deadline (2 s from each check's start) while the agent cannot look.
+    std::thread::sleep(Duration::from_secs(3));
+    unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+    // The silent server's checks are judged a check_timeout after the agent came back.
+    agent.wait_for("the silent server's checks to fail", LONG, |a| {
+        let failed = a.events_of("probe_failed", "");
+        (RESOURCES..RESOURCES + SILENT)
+            .all(|i| failed.iter().any(|e| e["resource"] == format!("r{i}")))
+    });
+    let failed = agent.events_of("probe_failed", "");
+    let wrongly: Vec<_> = failed
+        .iter()
+        .filter(|e| {
+            let i: usize = e["resource"].as_str().unwrap()[1..].parse().unwrap();
+            i < RESOURCES
+        })
+        .collect();
+    assert!(
+        wrongly.is_empty(),
+        "{} checks failed whose answer was in, the first: {}",
+        wrongly.len(),
+        wrongly[0]
+    );
+    assert!(
+        failed.iter().all(|e| e["reason"] == "banner_timeout"),
+        "{failed:?}"
+    );
+    let seen_late: f64 = agent
+        .metrics()
+        .lines()
+        .filter(|l| l.starts_with("resmon_checks_seen_late_total{") && l.contains("is_alive"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert!(
+        seen_late >= RESOURCES as f64 / 2.0,
+        "only {seen_late} answers were seen late: the stop did not catch the checks in flight"
+    );
+}
