@@ -342,8 +342,19 @@ async fn start_servers(proto: Proto) -> u16 {
             .await
             .expect("bind");
         tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve(proto, stream));
+            // An accept that fails (out of descriptors, a connection reset in the queue) must
+            // not close the listener: every prober's later connect would be refused, and the
+            // rest of the run would measure a restart storm instead of checks.
+            loop {
+                match listener.accept().await {
+                    Ok((stream, _)) => {
+                        tokio::spawn(serve(proto, stream));
+                    }
+                    Err(e) => {
+                        eprintln!("resmon-bench-protocols: server {i}: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(10)).await;
+                    }
+                }
             }
         });
     }
