@@ -752,11 +752,11 @@ fn answers_that_came_in_while_the_agent_was_stopped_are_not_timeouts() {
     server.hold.store(true, std::sync::atomic::Ordering::SeqCst);
     silent.hold.store(true, std::sync::atomic::Ordering::SeqCst);
     std::thread::sleep(Duration::from_millis(1300));
-    unsafe { libc::kill(agent.pid(), libc::SIGSTOP) };
+    agent.signal(libc::SIGSTOP);
     server.release.send(true).unwrap();
     // Past every deadline (2 s from each check's start) while the agent cannot look.
     std::thread::sleep(Duration::from_secs(3));
-    unsafe { libc::kill(agent.pid(), libc::SIGCONT) };
+    agent.signal(libc::SIGCONT);
     // The silent server's checks are judged a check_timeout after the agent came back.
     agent.wait_for("the silent server's checks to fail", LONG, |a| {
         let failed = a.events_of("probe_failed", "");
@@ -781,12 +781,10 @@ fn answers_that_came_in_while_the_agent_was_stopped_are_not_timeouts() {
         failed.iter().all(|e| e["reason"] == "banner_timeout"),
         "{failed:?}"
     );
-    let seen_late: f64 = agent
-        .metrics()
-        .lines()
-        .filter(|l| l.starts_with("resmon_checks_seen_late_total{") && l.contains("is_alive"))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum();
+    let seen_late = resmon_e2e::metric_sum(
+        &agent.metrics(),
+        r#"resmon_checks_seen_late_total{type="smtp",check="is_alive"}"#,
+    );
     assert!(
         seen_late >= RESOURCES as f64 / 2.0,
         "only {seen_late} answers were seen late: the stop did not catch the checks in flight"
