@@ -677,6 +677,8 @@ struct HeldBanners {
     addr: std::net::SocketAddr,
     hold: std::sync::Arc<std::sync::atomic::AtomicBool>,
     release: tokio::sync::watch::Sender<bool>,
+    /// Connections accepted so far.
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     _runtime: tokio::runtime::Runtime,
 }
 
@@ -688,15 +690,24 @@ impl HeldBanners {
             .enable_all()
             .build()
             .unwrap();
+        // A backlog for every connection the tests open at once: tokio's default, 1,024, drops
+        // the rest's SYNs, and each of those connects a second later, after the test's timing.
         let listener = runtime
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .block_on(async {
+                let socket = tokio::net::TcpSocket::new_v4()?;
+                socket.bind("127.0.0.1:0".parse().unwrap())?;
+                socket.listen(4096)
+            })
             .unwrap();
         let addr = listener.local_addr().unwrap();
         let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (release, released) = tokio::sync::watch::channel(false);
         let held = hold.clone();
+        let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = accepted.clone();
         runtime.spawn(async move {
             while let Ok((mut conn, _)) = listener.accept().await {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let (held, mut released) = (held.clone(), released.clone());
                 tokio::spawn(async move {
                     if held.load(std::sync::atomic::Ordering::SeqCst) {
@@ -712,9 +723,35 @@ impl HeldBanners {
             addr,
             hold,
             release,
+            accepted,
             _runtime: runtime,
         }
     }
+}
+
+/// `smtp` resources `r0`, `r1`...: `answering` of them on `server`, then `silent` more on
+/// `silent_server`, a hundred to a group.
+fn held_resources(
+    answering: usize,
+    server: &HeldBanners,
+    silent: usize,
+    silent_server: &HeldBanners,
+) -> String {
+    let mut body = String::new();
+    for i in 0..answering + silent {
+        if i % 100 == 0 {
+            body += &format!("\n[[groups]]\nname = \"g{}\"\n", i / 100);
+        }
+        let addr = if i < answering {
+            server.addr
+        } else {
+            silent_server.addr
+        };
+        body += &format!(
+            "\n[[groups.resources]]\nname = \"r{i}\"\ntype = \"smtp\"\naddress = \"{addr}\"\n"
+        );
+    }
+    body
 }
 
 #[test]
@@ -728,20 +765,7 @@ fn answers_that_came_in_while_the_agent_was_stopped_are_not_timeouts() {
     resmon_e2e::procfs::raise_fd_limit();
     let server = HeldBanners::start();
     let silent = HeldBanners::start();
-    let mut body = String::new();
-    for i in 0..RESOURCES + SILENT {
-        if i % 100 == 0 {
-            body += &format!("\n[[groups]]\nname = \"g{}\"\n", i / 100);
-        }
-        let addr = if i < RESOURCES {
-            server.addr
-        } else {
-            silent.addr
-        };
-        body += &format!(
-            "\n[[groups.resources]]\nname = \"r{i}\"\ntype = \"smtp\"\naddress = \"{addr}\"\n"
-        );
-    }
+    let body = held_resources(RESOURCES, &server, SILENT, &silent);
     let agent = Agent::start(&format!(
         "[resource_types.smtp]\nis_alive_interval = \"1s\"\ncheck_timeout = \"2s\"\npoll_looks_alive = false\nrestart_threshold = 1000000\nrestart_period = \"1s\"\n{body}"
     ));
@@ -788,5 +812,81 @@ fn answers_that_came_in_while_the_agent_was_stopped_are_not_timeouts() {
     assert!(
         seen_late >= RESOURCES as f64 / 2.0,
         "only {seen_late} answers were seen late: the stop did not catch the checks in flight"
+    );
+}
+
+#[test]
+fn onlines_that_answered_while_the_agent_was_stopped_are_not_timed_out() {
+    // The checks' rule (above) for the `online` operations: a stop that outlasts their
+    // `pending_timeout` must not fail an online whose answer came in meanwhile.
+    const RESOURCES: usize = 1500;
+    const SILENT: usize = 10;
+    resmon_e2e::procfs::raise_fd_limit();
+    let server = HeldBanners::start();
+    let silent = HeldBanners::start();
+    // Held from the start: each adoption times out (the resource is not found running), then
+    // each resource's online waits for its greeting.
+    server.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    silent.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let body = held_resources(RESOURCES, &server, SILENT, &silent);
+    let agent = Agent::start_with(
+        &format!(
+            "[resource_types.smtp]\nis_alive_interval = \"1s\"\ncheck_timeout = \"1s\"\npending_timeout = \"3s\"\npoll_looks_alive = false\nrestart_threshold = 1000000\nrestart_period = \"1s\"\n{body}"
+        ),
+        "max_parallel_starts = 2000",
+    );
+    // Every online has connected once every resource's adoption and online have: in flight,
+    // waiting for its greeting.
+    let accepted = |held: &HeldBanners| held.accepted.load(std::sync::atomic::Ordering::SeqCst);
+    agent.wait_for("every resource's online in flight", LONG, |_| {
+        accepted(&server) >= 2 * RESOURCES && accepted(&silent) >= 2 * SILENT
+    });
+    assert!(
+        agent.events_of("operation_timed_out", "").is_empty(),
+        "an online timed out before the stop: this machine is too slow for the test's timing"
+    );
+    agent.signal(libc::SIGSTOP);
+    server.release.send(true).unwrap();
+    // Past every online's pending_timeout (3 s from its start) while the agent cannot look.
+    std::thread::sleep(Duration::from_secs(4));
+    agent.signal(libc::SIGCONT);
+    agent.wait_for("the answering resources online", LONG, |a| {
+        resmon_e2e::online_resources(&a.metrics()) >= RESOURCES
+    });
+    // The silent server's onlines are judged a check_timeout after the agent came back.
+    agent.wait_for("the silent server's onlines to time out", LONG, |a| {
+        let timed_out = a.events_of("operation_timed_out", "");
+        (RESOURCES..RESOURCES + SILENT)
+            .all(|i| timed_out.iter().any(|e| e["resource"] == format!("r{i}")))
+    });
+    let timed_out = agent.events_of("operation_timed_out", "");
+    let wrongly: Vec<_> = timed_out
+        .iter()
+        .filter(|e| {
+            e["resource"].as_str().unwrap()[1..]
+                .parse::<usize>()
+                .unwrap()
+                < RESOURCES
+        })
+        .collect();
+    assert!(
+        wrongly.is_empty(),
+        "{} onlines timed out whose answer was in, the first: {}",
+        wrongly.len(),
+        wrongly[0]
+    );
+    // Each names the timeout it was given, not the longer time it ran.
+    assert!(
+        timed_out.iter().all(|e| e["timeout_seconds"] == 3.0
+            && e["detail"]
+                .as_str()
+                .unwrap()
+                .contains("when pending_timeout 3s passed")),
+        "{timed_out:?}"
+    );
+    assert!(
+        agent.events_of("operation_failed", "").is_empty(),
+        "{:?}",
+        agent.events_of("operation_failed", "")
     );
 }

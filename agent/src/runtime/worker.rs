@@ -136,6 +136,8 @@ struct Running<T> {
     handle: JoinHandle<T>,
     started: Instant,
     deadline: Option<Instant>,
+    /// When the timer judges it: its deadline, or, once, later (see [`judge_late`]).
+    judged_at: Option<Instant>,
 }
 
 /// A start waiting for its turn at the start gate; its deadline starts with the call.
@@ -159,6 +161,20 @@ enum Start {
 /// no answer (an end-to-end test stops an agent with 1,500 checks in flight: 76-78 of them
 /// failed so, every answer in).
 const LATE_DEADLINE: Duration = Duration::from_millis(100);
+
+/// When a call whose deadline passed is judged: `None` for now, or, when the agent reached the
+/// deadline over [`LATE_DEADLINE`] late and has not put it off before, `grace` from now, so that
+/// what came in while the agent was away is taken in first. Checks, adoptions and operations
+/// all follow it: a stopped agent's lateness must not fail the call it was waiting on.
+fn judge_late(
+    deadline: Instant,
+    judged_at: Instant,
+    now: Instant,
+    grace: Duration,
+) -> Option<Instant> {
+    (judged_at == deadline && now.saturating_duration_since(deadline) > LATE_DEADLINE)
+        .then(|| now + grace)
+}
 
 /// A check in flight, polled by the worker task. It started `check_timeout` before its
 /// deadline, which is not kept twice.
@@ -406,8 +422,8 @@ impl Worker {
         [
             self.looks_alive_check.as_ref().map(|c| c.judged_at),
             self.is_alive_check.as_ref().map(|c| c.judged_at),
-            self.operation.as_ref().and_then(|r| r.deadline),
-            self.adoption.as_ref().and_then(|r| r.deadline),
+            self.operation.as_ref().and_then(|r| r.judged_at),
+            self.adoption.as_ref().and_then(|r| r.judged_at),
             self.next_check(),
         ]
         .into_iter()
@@ -418,10 +434,18 @@ impl Worker {
     /// Handles every deadline that has passed and starts the checks that are due.
     fn on_timer(&mut self, now: Instant) {
         let passed = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-        if passed(self.adoption.as_ref().and_then(|r| r.deadline)) {
+        // An adoption is a check: its grace is a check's. An operation's is one
+        // `check_timeout` too, unless its own timeout is shorter.
+        let grace = self.cx.props.check_timeout;
+        if passed(self.adoption.as_ref().and_then(|r| r.judged_at))
+            && !Self::put_off(self.adoption.as_deref_mut(), now, grace)
+        {
             self.adoption_timed_out();
         }
-        if passed(self.operation.as_ref().and_then(|r| r.deadline)) {
+        let grace = grace.min(self.cx.props.pending_timeout.duration().unwrap_or(grace));
+        if passed(self.operation.as_ref().and_then(|r| r.judged_at))
+            && !Self::put_off(self.operation.as_deref_mut(), now, grace)
+        {
             self.operation_timed_out();
         }
         if passed(self.looks_alive_check.as_ref().map(|c| c.judged_at)) {
@@ -445,11 +469,31 @@ impl Worker {
         F: Future<Output = T> + Send + 'static,
     {
         let started = Instant::now();
+        let deadline = deadline.map(|d| started + d);
         Box::new(Running {
             handle: tokio::spawn(call),
             started,
-            deadline: deadline.map(|d| started + d),
+            deadline,
+            judged_at: deadline,
         })
+    }
+
+    /// Whether a call whose deadline passed is put off rather than timed out (see
+    /// [`judge_late`]); its answer, taken in meanwhile, ends it as usual.
+    fn put_off<T>(running: Option<&mut Running<T>>, now: Instant, grace: Duration) -> bool {
+        let Some(running) = running else {
+            return false;
+        };
+        let (Some(deadline), Some(judged_at)) = (running.deadline, running.judged_at) else {
+            return false;
+        };
+        match judge_late(deadline, judged_at, now, grace) {
+            Some(later) => {
+                running.judged_at = Some(later);
+                true
+            }
+            None => false,
+        }
     }
 
     fn command(&mut self, command: WorkerCommand) {
@@ -613,15 +657,16 @@ impl Worker {
         let op = self.operation_kind;
         running.handle.abort();
         self.export_from(&self.operation_progress);
-        let limit = format!(
-            "pending_timeout {}",
-            resmon_probes::HumanDuration(running.started.elapsed())
-        );
+        // The configured timeout, not the time it ran: that is longer when the agent was late.
+        let timeout = running
+            .deadline
+            .map_or_else(|| running.started.elapsed(), |d| d - running.started);
+        let limit = format!("pending_timeout {}", resmon_probes::HumanDuration(timeout));
         OperationTimedOut {
             group: self.cx.group(),
             resource: self.cx.name(),
             op,
-            timeout_seconds: running.started.elapsed().as_secs_f64(),
+            timeout_seconds: timeout.as_secs_f64(),
             detail: &self.operation_progress.timed_out(&limit).detail,
             metrics: &self.cx.metrics,
         }
@@ -846,13 +891,11 @@ impl Worker {
     fn check_timed_out(&mut self, kind: CheckKind, now: Instant) {
         let timeout = self.cx.props.check_timeout;
         if let Some(check) = self.slot(kind).as_mut() {
-            if check.judged_at == check.deadline
-                && now.saturating_duration_since(check.deadline) > LATE_DEADLINE
-            {
-                // What came in while the agent was away is read as the agent takes it in; an
-                // answer that is in by then stands (`check_returned`), a silent server still
-                // fails, one `check_timeout` later.
-                check.judged_at = now + timeout;
+            // What came in while the agent was away is read as the agent takes it in; an
+            // answer that is in by then stands (`check_returned`), a silent server still
+            // fails, one `check_timeout` later.
+            if let Some(later) = judge_late(check.deadline, check.judged_at, now, timeout) {
+                check.judged_at = later;
                 return;
             }
         }
@@ -1030,7 +1073,7 @@ fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
 
 #[cfg(test)]
 mod tests {
-    use super::{advance, off_schedule, phase, Mailbox, WorkerCommand};
+    use super::{advance, judge_late, off_schedule, phase, Mailbox, WorkerCommand};
     use resmon_policies::CheckKind;
     use std::time::Duration;
     use tokio::time::Instant;
@@ -1082,6 +1125,28 @@ mod tests {
             got,
             ["RunIsAlive", "Monitor { looks_alive: true }", "Unmonitor"]
         );
+    }
+
+    #[test]
+    fn a_deadline_reached_late_is_judged_once_more_and_only_once() {
+        let deadline = Instant::now();
+        let grace = Duration::from_secs(5);
+        let ms = Duration::from_millis;
+        // On time, or late within LATE_DEADLINE: judged now.
+        assert_eq!(judge_late(deadline, deadline, deadline, grace), None);
+        assert_eq!(
+            judge_late(deadline, deadline, deadline + ms(100), grace),
+            None
+        );
+        // Later: judged `grace` after the agent came back.
+        let now = deadline + ms(101);
+        assert_eq!(
+            judge_late(deadline, deadline, now, grace),
+            Some(now + grace)
+        );
+        // Already put off once: judged now, however late the agent is again.
+        let later = now + grace + Duration::from_secs(30);
+        assert_eq!(judge_late(deadline, now + grace, later, grace), None);
     }
 
     #[test]
