@@ -436,17 +436,19 @@ impl Worker {
         let passed = |d: Option<Instant>| d.is_some_and(|d| d <= now);
         // An adoption is a check: its grace is a check's. An operation's is one
         // `check_timeout` too, unless its own timeout is shorter.
-        let grace = self.cx.props.check_timeout;
-        if passed(self.adoption.as_ref().and_then(|r| r.judged_at))
-            && !Self::put_off(self.adoption.as_deref_mut(), now, grace)
-        {
-            self.adoption_timed_out();
+        if passed(self.adoption.as_ref().and_then(|r| r.judged_at)) {
+            let grace = self.cx.props.check_timeout;
+            if !Self::put_off(self.adoption.as_deref_mut(), now, grace) {
+                self.adoption_timed_out();
+            }
         }
-        let grace = grace.min(self.cx.props.pending_timeout.duration().unwrap_or(grace));
-        if passed(self.operation.as_ref().and_then(|r| r.judged_at))
-            && !Self::put_off(self.operation.as_deref_mut(), now, grace)
-        {
-            self.operation_timed_out();
+        if passed(self.operation.as_ref().and_then(|r| r.judged_at)) {
+            let props = &self.cx.props;
+            let grace = props.check_timeout;
+            let grace = grace.min(props.pending_timeout.duration().unwrap_or(grace));
+            if !Self::put_off(self.operation.as_deref_mut(), now, grace) {
+                self.operation_timed_out();
+            }
         }
         if passed(self.looks_alive_check.as_ref().map(|c| c.judged_at)) {
             self.check_timed_out(CheckKind::LooksAlive, now);
