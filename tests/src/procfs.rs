@@ -1,15 +1,29 @@
 //! What the benchmarks read from /proc about the processes they measure.
 
-/// Raises the open-files limit (inherited by the agent) for 10,000 resources.
-pub fn raise_fd_limit() {
-    let limit = libc::rlimit {
+/// Raises the open-files limit (inherited by the agent) for 10,000 resources: to 65,536, or,
+/// where the process may not raise its hard limit (no `CAP_SYS_RESOURCE`, as in some VMs and
+/// containers), to the hard limit. Returns the limit it got.
+pub fn raise_fd_limit() -> u64 {
+    let wanted = libc::rlimit {
         rlim_cur: 65536,
         rlim_max: 65536,
     };
-    // SAFETY: setrlimit with a valid struct; failure only means a lower limit.
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: setrlimit and getrlimit with valid structs.
     unsafe {
-        libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &wanted) != 0
+            && libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0
+            && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
     }
+    limit.rlim_cur
 }
 
 /// User plus system CPU seconds of a process.

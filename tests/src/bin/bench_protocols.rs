@@ -9,8 +9,12 @@
 //!   default 1, the agent's default): the same shape of threads, so that the ratio is the cost
 //!   of the agent's work and not of a different scheduler.
 //!
-//! Servers (a banner server and a minimal HTTP server, in this process) listen on 64 loopback
-//! addresses so that probers that close with a FIN do not run out of ports to `TIME_WAIT`.
+//! Servers (a banner server and a minimal HTTP server) listen on 64 loopback addresses so that
+//! probers that close with a FIN do not run out of ports to `TIME_WAIT`. The agent's and the
+//! floor's are the same code on the same addresses and the same thread shape, each in a process
+//! of its own: a stopped prober holds its checks' connections open (10,000 at saturation), and
+//! one process holding both probers' ran out of descriptors where its limit cannot be raised
+//! (20,000 on some VMs), which stalled its accepts in the other prober's window.
 //! Two loads: paced at `--rate` checks per second (default 10,000: 10,000 resources at 1 s),
 //! and saturation (as many as the prober completes: the agent's resources at 250 ms, the floor
 //! with as many tasks, each looping with no pause, so that both hold as many checks in flight).
@@ -127,6 +131,10 @@ fn main() {
         floor_child(&args[2..]);
         return;
     }
+    if args.get(1).map(String::as_str) == Some("--servers-child") {
+        servers_child(&args[2..]);
+        return;
+    }
     let Args {
         seconds,
         rate,
@@ -145,17 +153,6 @@ fn main() {
     };
     let loads = load.map_or(vec![Load::Paced, Load::Saturation], |l| vec![l]);
     raise_fd_limit();
-    let servers = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let (smtp_port, http_port) = servers.block_on(async {
-        (
-            start_servers(Proto::Smtp).await,
-            start_servers(Proto::Http).await,
-        )
-    });
     let measure = Duration::from_secs(seconds as u64);
     println!("resmon-bench-protocols: {seconds}s per measurement, paced at {rate} checks/s, at saturation {rate} resources at {SATURATION_INTERVAL} against {} floor tasks, servers on {ADDRESSES} loopback addresses, {threads} check thread(s)", shape.saturation_tasks);
     println!(
@@ -170,14 +167,15 @@ fn main() {
         "vs_floor"
     );
     for proto in protos {
-        let port = if proto == Proto::Smtp {
-            smtp_port
-        } else {
-            http_port
-        };
+        // The agent's servers also serve blackbox_exporter, measured while neither the agent
+        // nor the floor runs.
+        let agent_servers = ServersChild::start(proto);
+        let floor_servers = ServersChild::start(proto);
+        let port = agent_servers.port;
         for &load in &loads {
             let target_rate = load.target_rate(rate);
-            let (floors, agents) = run_pair(proto, port, load, rate, shape, measure, rounds);
+            let ports = (agent_servers.port, floor_servers.port);
+            let (floors, agents) = run_pair(proto, ports, load, rate, shape, measure, rounds);
             if floors.is_empty() {
                 continue;
             }
@@ -225,7 +223,7 @@ struct Shape {
 /// 10-20% in speed; pairs seconds apart, much less.
 fn run_pair(
     proto: Proto,
-    port: u16,
+    (agent_port, floor_port): (u16, u16),
     load: Load,
     rate: usize,
     shape: Shape,
@@ -235,13 +233,13 @@ fn run_pair(
     let settle = Duration::from_secs(2);
     let target_rate = load.target_rate(rate);
     let threads = shape.threads;
-    let floor = FloorChild::start(proto, port, target_rate, shape);
+    let floor = FloorChild::start(proto, floor_port, target_rate, shape);
     // Stopped while the agent starts: 10,000 adoptions and the floor's 10,000 checks a second
     // at once would overrun the servers.
     signal(floor.pid(), libc::SIGSTOP);
     let Some(agent) = start_agent(
         proto,
-        port,
+        agent_port,
         target_rate.unwrap_or(rate),
         target_rate.is_none(),
         threads,
@@ -332,6 +330,64 @@ impl Measured {
 
 fn address(i: usize) -> String {
     format!("127.0.0.{}", 1 + i % ADDRESSES)
+}
+
+/// A process serving `proto` on 64 loopback addresses (see the module's doc for why each
+/// prober has its own).
+struct ServersChild {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl ServersChild {
+    fn start(proto: Proto) -> ServersChild {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--servers-child", proto.name()])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("servers child");
+        let mut line = String::new();
+        use std::io::BufRead;
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .expect("the servers' process prints its port");
+        let port = line
+            .trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("the servers' process printed {line:?}, not its port"));
+        ServersChild { child, port }
+    }
+}
+
+impl Drop for ServersChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The servers' process: one runtime thread, as the servers ran in the parent before, serving
+/// until killed; prints its port when listening.
+fn servers_child(args: &[String]) {
+    let proto = if args[0] == "smtp" {
+        Proto::Smtp
+    } else {
+        Proto::Http
+    };
+    let limit = raise_fd_limit();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let port = start_servers(proto).await;
+        println!("{port}");
+        if limit < 12_000 {
+            eprintln!("resmon-bench-protocols: the servers may open only {limit} files");
+        }
+        std::future::pending::<()>().await
+    });
 }
 
 /// Listeners on 127.0.0.1..64, all on one port.
