@@ -690,7 +690,7 @@ impl HeldBanners {
             .enable_all()
             .build()
             .unwrap();
-        // A backlog for every connection the tests open at once: tokio's default, 1,024, drops
+        // A backlog for every connection the tests open at once: tokio's default, 128, drops
         // the rest's SYNs, and each of those connects a second later, after the test's timing.
         let listener = runtime
             .block_on(async {

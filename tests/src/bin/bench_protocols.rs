@@ -45,7 +45,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 const ADDRESSES: usize = 64;
 const BANNER: &[u8] = b"220 bench.test ESMTP ready\r\n";
@@ -394,9 +394,15 @@ fn servers_child(args: &[String]) {
 async fn start_servers(proto: Proto) -> u16 {
     let port = free_port();
     for i in 0..ADDRESSES {
-        let listener = TcpListener::bind((address(i).as_str(), port))
-            .await
+        // A backlog for every prober's checks to one address at once (10,000 over 64
+        // addresses): tokio's default, 128, overflowed at saturation, and each connect whose
+        // SYN was dropped waited a second to try again.
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
+        socket
+            .bind(format!("{}:{port}", address(i)).parse().unwrap())
             .expect("bind");
+        let listener = socket.listen(4096).expect("listen");
         tokio::spawn(async move {
             // An accept that fails (out of descriptors, a connection reset in the queue) must
             // not close the listener: every prober's later connect would be refused, and the
