@@ -754,6 +754,26 @@ fn held_resources(
     body
 }
 
+/// Asserts that no event is about one of the first `answering` resources of
+/// [`held_resources`], those whose server answered.
+fn assert_none_answering(events: &[serde_json::Value], answering: usize, what: &str) {
+    let wrongly: Vec<_> = events
+        .iter()
+        .filter(|e| {
+            e["resource"].as_str().unwrap()[1..]
+                .parse::<usize>()
+                .unwrap()
+                < answering
+        })
+        .collect();
+    assert!(
+        wrongly.is_empty(),
+        "{} {what} whose answer was in, the first: {}",
+        wrongly.len(),
+        wrongly[0]
+    );
+}
+
 #[test]
 fn answers_that_came_in_while_the_agent_was_stopped_are_not_timeouts() {
     // More checks in flight than the agent's event loop takes in one turn (tokio: 1,024), so
@@ -788,19 +808,7 @@ fn answers_that_came_in_while_the_agent_was_stopped_are_not_timeouts() {
             .all(|i| failed.iter().any(|e| e["resource"] == format!("r{i}")))
     });
     let failed = agent.events_of("probe_failed", "");
-    let wrongly: Vec<_> = failed
-        .iter()
-        .filter(|e| {
-            let i: usize = e["resource"].as_str().unwrap()[1..].parse().unwrap();
-            i < RESOURCES
-        })
-        .collect();
-    assert!(
-        wrongly.is_empty(),
-        "{} checks failed whose answer was in, the first: {}",
-        wrongly.len(),
-        wrongly[0]
-    );
+    assert_none_answering(&failed, RESOURCES, "checks failed");
     assert!(
         failed.iter().all(|e| e["reason"] == "banner_timeout"),
         "{failed:?}"
@@ -860,21 +868,7 @@ fn onlines_that_answered_while_the_agent_was_stopped_are_not_timed_out() {
             .all(|i| timed_out.iter().any(|e| e["resource"] == format!("r{i}")))
     });
     let timed_out = agent.events_of("operation_timed_out", "");
-    let wrongly: Vec<_> = timed_out
-        .iter()
-        .filter(|e| {
-            e["resource"].as_str().unwrap()[1..]
-                .parse::<usize>()
-                .unwrap()
-                < RESOURCES
-        })
-        .collect();
-    assert!(
-        wrongly.is_empty(),
-        "{} onlines timed out whose answer was in, the first: {}",
-        wrongly.len(),
-        wrongly[0]
-    );
+    assert_none_answering(&timed_out, RESOURCES, "onlines timed out");
     // Each names the timeout it was given, not the longer time it ran.
     assert!(
         timed_out.iter().all(|e| e["timeout_seconds"] == 3.0
