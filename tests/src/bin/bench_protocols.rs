@@ -267,13 +267,47 @@ fn run_pair(
         signal(agent.pid(), libc::SIGSTOP);
         signal(floor.pid(), libc::SIGCONT);
         std::thread::sleep(settle);
+        let dropped = listen_overflows();
         floors.push(floor.measure(measure));
+        warn_of_dropped(proto, load, "floor", listen_overflows() - dropped);
         signal(floor.pid(), libc::SIGSTOP);
         signal(agent.pid(), libc::SIGCONT);
         std::thread::sleep(settle);
+        let dropped = listen_overflows();
         agents.push(measure_agent(&agent, measure));
+        warn_of_dropped(proto, load, "resmon", listen_overflows() - dropped);
     }
     (floors, agents)
+}
+
+/// The kernel's count of connects that found a listen queue full (`TcpExt: ListenOverflows` in
+/// /proc/net/netstat): each is a SYN dropped and a connect that waits a second to try again,
+/// a fault of the benchmark's servers that a window must not measure unseen.
+fn listen_overflows() -> u64 {
+    let Ok(netstat) = std::fs::read_to_string("/proc/net/netstat") else {
+        return 0;
+    };
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (tcp_ext.next(), tcp_ext.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
+}
+
+fn warn_of_dropped(proto: Proto, load: Load, prober: &str, dropped: u64) {
+    if dropped > 0 {
+        println!(
+            "{:<6} {:<10} {:<11} warning: {dropped} connects found a listen queue full in this window (dropped SYNs, each a second's wait)",
+            proto.name(),
+            load,
+            prober
+        );
+    }
 }
 
 /// "median M, LOW-HIGH" of some ratios.
