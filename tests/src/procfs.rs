@@ -1,4 +1,5 @@
-//! What the benchmarks read from /proc about the processes they measure.
+//! What the benchmarks read from /proc about the processes they measure, and about the
+//! loopback network their servers share.
 
 /// Raises the open-files limit (inherited by the agent) for 10,000 resources: to 65,536, or,
 /// where the process may not raise its hard limit (no `CAP_SYS_RESOURCE`, as in some VMs and
@@ -92,4 +93,23 @@ fn status_kib(pid: i32, key: &str) -> f64 {
         .and_then(|l| l.split_whitespace().nth(1))
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// The kernel's count of connects that found a listen queue full (`TcpExt: ListenOverflows` in
+/// /proc/net/netstat): each is a SYN dropped and a connect that waits a second to try again,
+/// a fault of the benchmark's servers that a window must not measure unseen.
+pub fn listen_overflows() -> u64 {
+    let Ok(netstat) = std::fs::read_to_string("/proc/net/netstat") else {
+        return 0;
+    };
+    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
+    let (Some(names), Some(values)) = (tcp_ext.next(), tcp_ext.next()) else {
+        return 0;
+    };
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ListenOverflows")
+        .and_then(|(_, value)| value.parse().ok())
+        .unwrap_or(0)
 }

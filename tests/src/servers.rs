@@ -147,6 +147,16 @@ impl Drop for Server {
     }
 }
 
+/// A listener on `addr` (IPv4) for servers of our own that take many connects at once: a
+/// backlog of 4,096 where tokio's is 128, which drops the SYNs beyond it, so that each of those
+/// connects comes a second later. Called on a tokio runtime.
+pub fn listen_for_many(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(4096)
+}
+
 /// Waits until `port` on 127.0.0.1 accepts a connection.
 pub fn wait_port(port: u16, timeout: Duration) -> Option<()> {
     let deadline = Instant::now() + timeout;

@@ -690,15 +690,11 @@ impl HeldBanners {
             .enable_all()
             .build()
             .unwrap();
-        // A backlog for every connection the tests open at once: tokio's default, 128, drops
-        // the rest's SYNs, and each of those connects a second later, after the test's timing.
-        let listener = runtime
-            .block_on(async {
-                let socket = tokio::net::TcpSocket::new_v4()?;
-                socket.bind("127.0.0.1:0".parse().unwrap())?;
-                socket.listen(4096)
-            })
-            .unwrap();
+        // 1,510 connects at once.
+        let listener = {
+            let _on_runtime = runtime.enter();
+            resmon_e2e::servers::listen_for_many("127.0.0.1:0".parse().unwrap()).unwrap()
+        };
         let addr = listener.local_addr().unwrap();
         let hold = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (release, released) = tokio::sync::watch::channel(false);

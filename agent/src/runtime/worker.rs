@@ -140,6 +140,27 @@ struct Running<T> {
     judged_at: Option<Instant>,
 }
 
+impl<T> Running<T> {
+    /// The timeout it was given.
+    fn timeout(&self) -> Option<Duration> {
+        self.deadline.map(|d| d - self.started)
+    }
+
+    /// Whether its deadline, passed, is put off rather than judged now (see [`judge_late`]):
+    /// by its own timeout, or `check_timeout` if that is shorter. Its answer, taken in
+    /// meanwhile, ends it as usual.
+    fn put_off(&mut self, now: Instant, check_timeout: Duration) -> bool {
+        let (Some(deadline), Some(judged_at), Some(timeout)) =
+            (self.deadline, self.judged_at, self.timeout())
+        else {
+            return false;
+        };
+        let later = judge_late(deadline, judged_at, now, timeout.min(check_timeout));
+        self.judged_at = later.or(self.judged_at);
+        later.is_some()
+    }
+}
+
 /// A start waiting for its turn at the start gate; its deadline starts with the call.
 struct Queued {
     start: Start,
@@ -434,19 +455,23 @@ impl Worker {
     /// Handles every deadline that has passed and starts the checks that are due.
     fn on_timer(&mut self, now: Instant) {
         let passed = |d: Option<Instant>| d.is_some_and(|d| d <= now);
-        // An adoption is a check: its grace is a check's. An operation's is one
-        // `check_timeout` too, unless its own timeout is shorter.
         if passed(self.adoption.as_ref().and_then(|r| r.judged_at)) {
-            let grace = self.cx.props.check_timeout;
-            if !Self::put_off(self.adoption.as_deref_mut(), now, grace) {
+            let check_timeout = self.cx.props.check_timeout;
+            if !self
+                .adoption
+                .as_mut()
+                .is_some_and(|r| r.put_off(now, check_timeout))
+            {
                 self.adoption_timed_out();
             }
         }
         if passed(self.operation.as_ref().and_then(|r| r.judged_at)) {
-            let props = &self.cx.props;
-            let grace = props.check_timeout;
-            let grace = grace.min(props.pending_timeout.duration().unwrap_or(grace));
-            if !Self::put_off(self.operation.as_deref_mut(), now, grace) {
+            let check_timeout = self.cx.props.check_timeout;
+            if !self
+                .operation
+                .as_mut()
+                .is_some_and(|r| r.put_off(now, check_timeout))
+            {
                 self.operation_timed_out();
             }
         }
@@ -478,24 +503,6 @@ impl Worker {
             deadline,
             judged_at: deadline,
         })
-    }
-
-    /// Whether a call whose deadline passed is put off rather than timed out (see
-    /// [`judge_late`]); its answer, taken in meanwhile, ends it as usual.
-    fn put_off<T>(running: Option<&mut Running<T>>, now: Instant, grace: Duration) -> bool {
-        let Some(running) = running else {
-            return false;
-        };
-        let (Some(deadline), Some(judged_at)) = (running.deadline, running.judged_at) else {
-            return false;
-        };
-        match judge_late(deadline, judged_at, now, grace) {
-            Some(later) => {
-                running.judged_at = Some(later);
-                true
-            }
-            None => false,
-        }
     }
 
     fn command(&mut self, command: WorkerCommand) {
@@ -661,8 +668,8 @@ impl Worker {
         self.export_from(&self.operation_progress);
         // The configured timeout, not the time it ran: that is longer when the agent was late.
         let timeout = running
-            .deadline
-            .map_or_else(|| running.started.elapsed(), |d| d - running.started);
+            .timeout()
+            .unwrap_or_else(|| running.started.elapsed());
         let limit = format!("pending_timeout {}", resmon_probes::HumanDuration(timeout));
         OperationTimedOut {
             group: self.cx.group(),

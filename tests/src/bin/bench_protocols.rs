@@ -32,7 +32,10 @@
 //! `cargo build --release --workspace --bins && target/release/resmon-bench-protocols [--seconds S] [--rate R] [--proto smtp|http] [--load paced|saturation] [--check-threads N] [--rounds N] [--floor-tasks N] [--no-blackbox]`
 //! (`--seconds`, default 10, is each window's length.)
 
-use resmon_e2e::procfs::{cpu_times, peak_rss_kib, raise_fd_limit, rss_kib, CpuTimes};
+use resmon_e2e::procfs::{
+    cpu_times, listen_overflows, peak_rss_kib, raise_fd_limit, rss_kib, CpuTimes,
+};
+use resmon_e2e::servers::listen_for_many;
 use resmon_e2e::{at_least_one, free_port, metric_sum, online_resources, process_alive, Agent};
 
 const CHECKS: &str = "resmon_check_duration_seconds_count";
@@ -57,6 +60,15 @@ enum Proto {
 }
 
 impl Proto {
+    /// The protocol a child process is started for (see [`Proto::name`]).
+    fn from_arg(name: &str) -> Proto {
+        if name == Proto::Smtp.name() {
+            Proto::Smtp
+        } else {
+            Proto::Http
+        }
+    }
+
     fn name(self) -> &'static str {
         match self {
             Proto::Smtp => "smtp",
@@ -280,25 +292,6 @@ fn run_pair(
     (floors, agents)
 }
 
-/// The kernel's count of connects that found a listen queue full (`TcpExt: ListenOverflows` in
-/// /proc/net/netstat): each is a SYN dropped and a connect that waits a second to try again,
-/// a fault of the benchmark's servers that a window must not measure unseen.
-fn listen_overflows() -> u64 {
-    let Ok(netstat) = std::fs::read_to_string("/proc/net/netstat") else {
-        return 0;
-    };
-    let mut tcp_ext = netstat.lines().filter(|l| l.starts_with("TcpExt:"));
-    let (Some(names), Some(values)) = (tcp_ext.next(), tcp_ext.next()) else {
-        return 0;
-    };
-    names
-        .split_whitespace()
-        .zip(values.split_whitespace())
-        .find(|(name, _)| *name == "ListenOverflows")
-        .and_then(|(_, value)| value.parse().ok())
-        .unwrap_or(0)
-}
-
 fn warn_of_dropped(proto: Proto, load: Load, prober: &str, dropped: u64) {
     if dropped > 0 {
         println!(
@@ -403,11 +396,7 @@ impl Drop for ServersChild {
 /// The servers' process: one runtime thread, as the servers ran in the parent before, serving
 /// until killed; prints its port when listening.
 fn servers_child(args: &[String]) {
-    let proto = if args[0] == "smtp" {
-        Proto::Smtp
-    } else {
-        Proto::Http
-    };
+    let proto = Proto::from_arg(&args[0]);
     let limit = raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -428,15 +417,10 @@ fn servers_child(args: &[String]) {
 async fn start_servers(proto: Proto) -> u16 {
     let port = free_port();
     for i in 0..ADDRESSES {
-        // A backlog for every prober's checks to one address at once (10,000 over 64
-        // addresses): tokio's default, 128, overflowed at saturation, and each connect whose
-        // SYN was dropped waited a second to try again.
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.set_reuseaddr(true).expect("SO_REUSEADDR");
-        socket
-            .bind(format!("{}:{port}", address(i)).parse().unwrap())
-            .expect("bind");
-        let listener = socket.listen(4096).expect("listen");
+        // 156 checks of one prober to each address at once at saturation: tokio's backlog of
+        // 128 overflowed.
+        let listener =
+            listen_for_many(format!("{}:{port}", address(i)).parse().unwrap()).expect("listen");
         tokio::spawn(async move {
             // An accept that fails (out of descriptors, a connection reset in the queue) must
             // not close the listener: every prober's later connect would be refused, and the
@@ -637,11 +621,7 @@ fn signal(pid: i32, sig: i32) {
 }
 
 fn floor_child(args: &[String]) {
-    let proto = if args[0] == "smtp" {
-        Proto::Smtp
-    } else {
-        Proto::Http
-    };
+    let proto = Proto::from_arg(&args[0]);
     let port: u16 = args[1].parse().unwrap();
     let rate: usize = args[2].parse().unwrap();
     let threads: usize = args[3].parse().unwrap();
