@@ -487,12 +487,20 @@ impl Metrics {
 
     /// Counts a skipped check.
     pub fn check_skipped(&self, r#type: &'static str, check: CheckKind) {
+        self.checks_skipped(r#type, check, 1);
+    }
+
+    /// Counts `skipped` skipped checks at once.
+    pub fn checks_skipped(&self, r#type: &'static str, check: CheckKind, skipped: u64) {
+        if skipped == 0 {
+            return;
+        }
         self.checks_skipped
             .get_or_create(&TypeCheckLabels {
                 r#type,
                 check: check.as_str(),
             })
-            .inc();
+            .inc_by(skipped);
     }
 
     /// The Prometheus text exposition format (version 0.0.4), which `promtool check metrics`

@@ -9,6 +9,7 @@ use crate::config;
 use crate::metrics::Metrics;
 use async_trait::async_trait;
 use resmon_probes::{Failure, Progress, Resource};
+use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -29,6 +30,8 @@ struct Scripted {
     /// Checks whose answer, ready after `is_alive_takes`, was taken more than twice that long
     /// after it was asked.
     late_answers: AtomicUsize,
+    /// Times a check was polled while it waited `is_alive_takes`.
+    is_alive_polls: AtomicUsize,
     is_alive_calls: AtomicUsize,
     running_now: Arc<AtomicUsize>,
     max_running: AtomicUsize,
@@ -95,7 +98,12 @@ impl Resource for Scripted {
         }
         if let Some(d) = self.is_alive_takes {
             let asked = std::time::Instant::now();
-            tokio::time::sleep(d).await;
+            let mut answer = std::pin::pin!(tokio::time::sleep(d));
+            std::future::poll_fn(|task| {
+                self.is_alive_polls.fetch_add(1, Ordering::SeqCst);
+                answer.as_mut().poll(task)
+            })
+            .await;
             if asked.elapsed() > d * 2 {
                 self.late_answers.fetch_add(1, Ordering::SeqCst);
             }
@@ -473,4 +481,33 @@ async fn checks_that_missed_their_slot_in_a_stall_resume_spread_not_in_one_burst
         .flat_map(|n| events(&shared, "probe_failed", n))
         .collect();
     assert!(failures.is_empty(), "{failures:?}");
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_check_that_outlasts_its_interval_skips_its_slots_without_being_polled_at_them() {
+    // Checks of 250 ms at 100 ms: each spans two slots, which are skipped. Waking at those
+    // slots polled the check in flight for nothing (at saturation, more wake-ups than checks,
+    // each reading a cold connection); now only its answer wakes it.
+    let slow = Arc::new(Scripted {
+        is_alive_takes: Some(Duration::from_millis(250)),
+        ..Default::default()
+    });
+    let props = "is_alive_interval = \"100ms\"\ncheck_timeout = \"2s\"\npoll_looks_alive = false\nrestart_action = \"no_restart\"";
+    let (shared, _group) = start(&resources(&[("slow", props)]), vec![slow.clone()]);
+    wait_until("six checks", || {
+        slow.is_alive_calls.load(Ordering::SeqCst) >= 6
+    })
+    .await;
+    let calls = slow.is_alive_calls.load(Ordering::SeqCst);
+    let polls = slow.is_alive_polls.load(Ordering::SeqCst);
+    // Two polls a check: the first, and the one its answer wakes.
+    assert!(polls <= 2 * calls, "{polls} polls of {calls} checks");
+    // The check in flight has not ended, so its slots are not counted yet.
+    let ended = (calls - 1) as f64;
+    let skipped = is_alive_counter(&shared, "resmon_checks_skipped_total");
+    assert!(
+        skipped >= 2.0 * ended && skipped <= 3.0 * ended,
+        "{skipped} slots skipped by {ended} checks of 250 ms at 100 ms"
+    );
+    assert_eq!(state_of(&shared, "slow"), "online");
 }

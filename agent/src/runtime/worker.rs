@@ -719,13 +719,39 @@ impl Worker {
         phase(self.cx.group(), self.cx.name(), kind, interval)
     }
 
+    /// The next slot of a check that is not in flight. A kind whose check is in flight has no
+    /// wake-up for its slots: they are skipped, and counted when the check ends
+    /// ([`Worker::skip_slots_passed`]). A wake-up at each such slot polled the check in flight
+    /// for nothing, its connection's state cold: at saturation, where HTTP checks outlast
+    /// their interval, there were more of those wake-ups than checks.
     fn next_check(&self) -> Option<Instant> {
         let m = self.monitoring.as_ref()?;
-        Some(if m.looks_alive {
-            m.next_looks_alive.min(m.next_is_alive)
-        } else {
-            m.next_is_alive
-        })
+        let looks_alive =
+            (m.looks_alive && self.looks_alive_check.is_none()).then_some(m.next_looks_alive);
+        let is_alive = self.is_alive_check.is_none().then_some(m.next_is_alive);
+        looks_alive.into_iter().chain(is_alive).min()
+    }
+
+    /// A check of `kind` has ended at `now`: the slots that came while it was in flight are
+    /// skipped, and its next slot is the first after `now`.
+    fn skip_slots_passed(&mut self, kind: CheckKind, now: Instant) {
+        let Some(m) = self.monitoring.as_mut() else {
+            return;
+        };
+        let (next, interval) = match kind {
+            CheckKind::LooksAlive => (&mut m.next_looks_alive, self.cx.props.looks_alive_interval),
+            CheckKind::IsAlive => (&mut m.next_is_alive, self.cx.props.is_alive_interval),
+        };
+        if *next > now {
+            return;
+        }
+        let caught_up = advance(*next, interval, now);
+        let skipped = (caught_up - *next).as_nanos() / interval.as_nanos().max(1);
+        *next = caught_up;
+        self.cx
+            .sink
+            .metrics()
+            .checks_skipped(self.cx.type_name, kind, skipped as u64);
     }
 
     /// Starts the checks that are due. A check late by a whole interval, or by
@@ -740,6 +766,10 @@ impl Worker {
             return;
         };
         let props = &self.cx.props;
+        let in_flight = [
+            self.looks_alive_check.is_some(),
+            self.is_alive_check.is_some(),
+        ];
         let mut due = [None, None];
         let schedules = [
             (
@@ -756,7 +786,7 @@ impl Worker {
             ),
         ];
         for (i, (kind, polled, next, interval)) in schedules.into_iter().enumerate() {
-            if !polled || *next > now {
+            if !polled || *next > now || in_flight[i] {
                 continue;
             }
             let scheduled = *next;
@@ -799,7 +829,7 @@ impl Worker {
             self.unstuck(kind);
         }
         if self.slot(kind).is_some() {
-            // Still within its timeout (a timeout longer than the interval): just skip.
+            // An is_alive asked for while one is in flight: that one answers for both.
             self.cx
                 .sink
                 .metrics()
@@ -872,6 +902,7 @@ impl Worker {
             return;
         };
         let now = Instant::now();
+        self.skip_slots_passed(kind, now);
         if now > check.deadline {
             if check.polled_at <= check.deadline {
                 // It blocked the worker's thread past its deadline, so the timer could not
@@ -909,6 +940,7 @@ impl Worker {
             }
         }
         if let Some(check) = self.slot(kind).take() {
+            self.skip_slots_passed(kind, now);
             self.report_timeout(kind, &check, now);
         }
     }
