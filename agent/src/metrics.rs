@@ -323,6 +323,7 @@ impl Metrics {
         let duration = per_check(&self.check_duration, labels.kind.r#type);
         let stuck = per_check(&self.checks_stuck, labels.kind.r#type);
         let seen_late = per_check(&self.checks_seen_late, labels.kind.r#type);
+        let skipped = per_check(&self.checks_skipped, labels.kind.r#type);
         let series = Arc::new(ResourceSeries::new(&labels));
         let previous = self
             .series
@@ -341,6 +342,7 @@ impl Metrics {
             duration,
             stuck,
             seen_late,
+            skipped,
         }
     }
 
@@ -487,20 +489,12 @@ impl Metrics {
 
     /// Counts a skipped check.
     pub fn check_skipped(&self, r#type: &'static str, check: CheckKind) {
-        self.checks_skipped(r#type, check, 1);
-    }
-
-    /// Counts `skipped` skipped checks at once.
-    pub fn checks_skipped(&self, r#type: &'static str, check: CheckKind, skipped: u64) {
-        if skipped == 0 {
-            return;
-        }
         self.checks_skipped
             .get_or_create(&TypeCheckLabels {
                 r#type,
                 check: check.as_str(),
             })
-            .inc_by(skipped);
+            .inc();
     }
 
     /// The Prometheus text exposition format (version 0.0.4), which `promtool check metrics`
@@ -748,6 +742,7 @@ pub struct ResourceMetrics {
     duration: [Histogram; 2],
     stuck: [Gauge; 2],
     seen_late: [Counter; 2],
+    skipped: [Counter; 2],
 }
 
 impl ResourceMetrics {
@@ -774,6 +769,11 @@ impl ResourceMetrics {
     /// Counts a check whose answer the busy agent first looked at after its deadline.
     pub fn seen_late(&self, check: CheckKind) {
         self.seen_late[check_index(check)].inc();
+    }
+
+    /// Counts `slots` scheduled checks of this resource that were skipped.
+    pub fn skipped(&self, check: CheckKind, slots: u64) {
+        self.skipped[check_index(check)].inc_by(slots);
     }
 
     /// Counts a restart.

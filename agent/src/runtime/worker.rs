@@ -748,10 +748,7 @@ impl Worker {
         let caught_up = advance(*next, interval, now);
         let skipped = (caught_up - *next).as_nanos() / interval.as_nanos().max(1);
         *next = caught_up;
-        self.cx
-            .sink
-            .metrics()
-            .checks_skipped(self.cx.type_name, kind, skipped as u64);
+        self.cx.metrics.skipped(kind, skipped as u64);
     }
 
     /// Starts the checks that are due. A check late by a whole interval, or by
@@ -793,10 +790,7 @@ impl Worker {
             *next = advance(scheduled, interval, now);
             m.put_off[i] = !m.put_off[i] && off_schedule(now - scheduled, interval);
             if m.put_off[i] {
-                self.cx
-                    .sink
-                    .metrics()
-                    .check_skipped(self.cx.type_name, kind);
+                self.cx.metrics.skipped(kind, 1);
             } else {
                 due[i] = Some((kind, scheduled));
             }
@@ -830,10 +824,7 @@ impl Worker {
         }
         if self.slot(kind).is_some() {
             // An is_alive asked for while one is in flight: that one answers for both.
-            self.cx
-                .sink
-                .metrics()
-                .check_skipped(self.cx.type_name, kind);
+            self.cx.metrics.skipped(kind, 1);
             return;
         }
         if let Some(scheduled) = scheduled {
