@@ -17,7 +17,9 @@
 //! - [`control`]: the control API on a Unix socket (online, offline, clear, events).
 //! - [`watchdog`]: systemd readiness and watchdog.
 //! - [`cli`]: the `resmon` command line.
+//! - [`alloc`]: the binary's allocator: glibc's, with a stack of 8 KB blocks per check thread.
 
+pub mod alloc;
 pub mod cli;
 pub mod cluster;
 pub mod config;

@@ -2,6 +2,9 @@
 
 use clap::Parser;
 
+#[global_allocator]
+static ALLOCATOR: resmon::alloc::CheckThreadAllocator = resmon::alloc::CheckThreadAllocator;
+
 fn main() -> std::process::ExitCode {
     resmon::cli::main(resmon::cli::Cli::parse())
 }

@@ -32,6 +32,7 @@ impl CheckThreads {
             std::thread::Builder::new()
                 .name(format!("resmon-checks-{i}"))
                 .spawn(move || {
+                    crate::alloc::keep_blocks_on_this_thread();
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
