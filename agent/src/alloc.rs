@@ -14,7 +14,8 @@
 //! allocated and freed with the same 8 KB layout. Only the threads that opt in
 //! ([`keep_blocks_on_this_thread`]: the check threads, which live as long as the process) keep
 //! blocks: a thread that ends leaves its stack behind, and the runtime's blocking threads
-//! come and go.
+//! come and go. Each check thread gives back every few seconds the blocks it kept but did not
+//! use ([`give_back_idle_blocks`]), so that glibc can return their pages to the kernel.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};
@@ -33,6 +34,9 @@ const ALIGN: usize = 16;
 struct Kept {
     on: Cell<bool>,
     len: Cell<usize>,
+    /// The fewest blocks kept since the last [`give_back_idle_blocks`]: that many, at the
+    /// bottom of the stack, were not used since.
+    low: Cell<usize>,
     blocks: UnsafeCell<[*mut u8; KEPT]>,
 }
 
@@ -43,6 +47,7 @@ thread_local! {
         Kept {
             on: Cell::new(false),
             len: Cell::new(0),
+            low: Cell::new(0),
             blocks: UnsafeCell::new([std::ptr::null_mut(); KEPT]),
         }
     };
@@ -52,6 +57,30 @@ thread_local! {
 /// long as the process: the blocks of a thread that ends are never freed.
 pub fn keep_blocks_on_this_thread() {
     KEPT_BLOCKS.with(|k| k.on.set(true));
+}
+
+/// Gives back to glibc the blocks this thread kept but did not use since the last call, the
+/// oldest first, and returns how many. A burst of checks (a restart storm: every check at once)
+/// leaves the stack full, and what it holds neither glibc's `malloc_trim` nor anything else can
+/// return to the kernel; called every few seconds, the stack holds only what the checks use.
+pub fn give_back_idle_blocks() -> usize {
+    KEPT_BLOCKS
+        .try_with(|k| {
+            let len = k.len.get();
+            let idle = k.low.get().min(len);
+            if idle > 0 {
+                // SAFETY: as in `take_block`; glibc's `free` does not come back here.
+                let blocks = unsafe { &mut *k.blocks.get() };
+                for &block in &blocks[..idle] {
+                    unsafe { System.dealloc(block, block_layout()) };
+                }
+                blocks.copy_within(idle..len, 0);
+                k.len.set(len - idle);
+            }
+            k.low.set(k.len.get());
+            idle
+        })
+        .unwrap_or(0)
 }
 
 /// glibc's allocator with a stack of 8 KB blocks on the threads that opted in (see the module).
@@ -74,6 +103,7 @@ fn take_block() -> Option<*mut u8> {
                 return None;
             }
             k.len.set(len - 1);
+            k.low.set(k.low.get().min(len - 1));
             // SAFETY: only this thread reaches its own stack, and no reference to it outlives
             // this call.
             Some(unsafe { (*k.blocks.get())[len - 1] })
@@ -203,6 +233,34 @@ mod tests {
                 assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), KEPT);
                 // Last freed, first reused.
                 assert_eq!(a.alloc(layout(8192)), blocks[KEPT - 1]);
+            }
+        })
+        .join()
+        .unwrap();
+    }
+
+    #[test]
+    fn blocks_unused_since_the_last_give_back_go_back_to_glibc() {
+        std::thread::spawn(|| {
+            let a = CheckThreadAllocator;
+            keep_blocks_on_this_thread();
+            unsafe {
+                let blocks: Vec<*mut u8> = (0..10).map(|_| a.alloc(layout(8192))).collect();
+                for &b in &blocks {
+                    a.dealloc(b, layout(8192));
+                }
+                // The ten were just freed: none has sat unused for a whole period yet.
+                assert_eq!(give_back_idle_blocks(), 0);
+                // Three taken, two given back: the bottom seven were not used.
+                let taken: Vec<*mut u8> = (0..3).map(|_| a.alloc(layout(8192))).collect();
+                a.dealloc(taken[0], layout(8192));
+                a.dealloc(taken[1], layout(8192));
+                assert_eq!(give_back_idle_blocks(), 7);
+                assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), 2);
+                // The two left were last used before this period: idle now.
+                assert_eq!(give_back_idle_blocks(), 2);
+                assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), 0);
+                a.dealloc(taken[2], layout(8192));
             }
         })
         .join()

@@ -261,7 +261,7 @@ pub enum RunError {
 }
 
 /// How often [`give_back_freed_memory`] runs while the agent does.
-const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+pub(crate) const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Returns to the kernel the pages of the heap that hold no live allocation.
 ///

@@ -23,6 +23,18 @@ pub struct CheckThreads {
     next: AtomicUsize,
 }
 
+/// A check thread's own loop, beside its workers: the 8 KB blocks it keeps for its checks and
+/// did not use in the last period go back to glibc (see [`crate::alloc`]), before
+/// [`super::give_back_freed_memory`] returns their pages.
+async fn give_back_idle_blocks_periodically() {
+    let mut every = tokio::time::interval(super::GIVE_BACK_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        crate::alloc::give_back_idle_blocks();
+    }
+}
+
 impl CheckThreads {
     /// Starts `count` threads, each running a single-threaded runtime until the process exits.
     pub fn start(count: NonZeroUsize) -> std::io::Result<CheckThreads> {
@@ -39,7 +51,7 @@ impl CheckThreads {
                     {
                         Ok(runtime) => {
                             let _ = tx.send(Ok(runtime.handle().clone()));
-                            runtime.block_on(std::future::pending::<()>());
+                            runtime.block_on(give_back_idle_blocks_periodically());
                         }
                         Err(e) => {
                             let _ = tx.send(Err(e));
