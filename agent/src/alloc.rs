@@ -186,9 +186,27 @@ mod tests {
         Layout::from_size_align(size, 1).unwrap()
     }
 
+    /// Runs `test` on a thread of its own: its stack of kept blocks starts empty.
+    fn on_a_fresh_thread(test: impl FnOnce() + Send + 'static) {
+        std::thread::spawn(test).join().unwrap();
+    }
+
+    fn kept() -> usize {
+        KEPT_BLOCKS.with(|k| k.len.get())
+    }
+
+    /// Allocates `n` blocks, then frees them all, in order.
+    unsafe fn allocate_then_free(a: &CheckThreadAllocator, n: usize) -> Vec<*mut u8> {
+        let blocks: Vec<*mut u8> = (0..n).map(|_| a.alloc(layout(8192))).collect();
+        for &b in &blocks {
+            a.dealloc(b, layout(8192));
+        }
+        blocks
+    }
+
     #[test]
     fn a_thread_that_keeps_blocks_hands_the_last_freed_to_the_next_request() {
-        std::thread::spawn(|| {
+        on_a_fresh_thread(|| {
             let a = CheckThreadAllocator;
             keep_blocks_on_this_thread();
             unsafe {
@@ -211,44 +229,34 @@ mod tests {
                     .all(|&b| b == 0));
                 a.dealloc(zeroed, layout(5000));
             }
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn a_thread_keeps_at_most_kept_blocks_and_others_keep_none() {
-        std::thread::spawn(|| {
+        on_a_fresh_thread(|| {
             let a = CheckThreadAllocator;
             unsafe {
                 // Not opted in: nothing kept.
                 let block = a.alloc(layout(8192));
                 a.dealloc(block, layout(8192));
-                assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), 0);
+                assert_eq!(kept(), 0);
                 keep_blocks_on_this_thread();
-                let blocks: Vec<*mut u8> = (0..KEPT + 10).map(|_| a.alloc(layout(8192))).collect();
-                for &b in &blocks {
-                    a.dealloc(b, layout(8192));
-                }
-                assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), KEPT);
+                let blocks = allocate_then_free(&a, KEPT + 10);
+                assert_eq!(kept(), KEPT);
                 // Last freed, first reused.
                 assert_eq!(a.alloc(layout(8192)), blocks[KEPT - 1]);
             }
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn blocks_unused_since_the_last_give_back_go_back_to_glibc() {
-        std::thread::spawn(|| {
+        on_a_fresh_thread(|| {
             let a = CheckThreadAllocator;
             keep_blocks_on_this_thread();
             unsafe {
-                let blocks: Vec<*mut u8> = (0..10).map(|_| a.alloc(layout(8192))).collect();
-                for &b in &blocks {
-                    a.dealloc(b, layout(8192));
-                }
+                allocate_then_free(&a, 10);
                 // The ten were just freed: none has sat unused for a whole period yet.
                 assert_eq!(give_back_idle_blocks(), 0);
                 // Three taken, two given back: the bottom seven were not used.
@@ -256,20 +264,18 @@ mod tests {
                 a.dealloc(taken[0], layout(8192));
                 a.dealloc(taken[1], layout(8192));
                 assert_eq!(give_back_idle_blocks(), 7);
-                assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), 2);
+                assert_eq!(kept(), 2);
                 // The two left were last used before this period: idle now.
                 assert_eq!(give_back_idle_blocks(), 2);
-                assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), 0);
+                assert_eq!(kept(), 0);
                 a.dealloc(taken[2], layout(8192));
             }
-        })
-        .join()
-        .unwrap();
+        });
     }
 
     #[test]
     fn growing_into_and_out_of_a_block_keeps_the_contents() {
-        std::thread::spawn(|| {
+        on_a_fresh_thread(|| {
             let a = CheckThreadAllocator;
             keep_blocks_on_this_thread();
             unsafe {
@@ -286,11 +292,9 @@ mod tests {
                     assert_eq!(*r.add(i), i as u8);
                 }
                 // The block it left is kept.
-                assert_eq!(KEPT_BLOCKS.with(|k| k.len.get()), 1);
+                assert_eq!(kept(), 1);
                 a.dealloc(r, layout(20_000));
             }
-        })
-        .join()
-        .unwrap();
+        });
     }
 }
