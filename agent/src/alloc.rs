@@ -15,8 +15,9 @@
 //! allocated and freed with the same 8 KB layout. Only the threads that opt in
 //! ([`keep_blocks_on_this_thread`]: the check threads, which live as long as the process) keep
 //! blocks: a thread that ends leaves its stack behind, and the runtime's blocking threads
-//! come and go. Each check thread gives back every few seconds the blocks it kept but did not
-//! use ([`give_back_idle_blocks`]), so that glibc can return their pages to the kernel.
+//! come and go. Each check thread gives back every 10 s, just before the agent's `malloc_trim`,
+//! the blocks it kept but did not use ([`give_back_idle_blocks`]), so that glibc can return
+//! their pages to the kernel in the same turn.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{Cell, UnsafeCell};

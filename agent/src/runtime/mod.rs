@@ -261,7 +261,7 @@ pub enum RunError {
 }
 
 /// How often [`give_back_freed_memory`] runs while the agent does.
-pub(crate) const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Returns to the kernel the pages of the heap that hold no live allocation.
 ///
@@ -283,12 +283,15 @@ pub fn give_back_freed_memory() {
 /// [`give_back_freed_memory`] now (reading the config left its 20 MB) and every
 /// [`GIVE_BACK_EVERY`], on a blocking thread: not the runtime's, which it would hold for
 /// milliseconds. While it walks an allocator arena, a thread that allocates from that arena
-/// waits, so a check may take up to that long more once in ten seconds.
-async fn give_back_freed_memory_periodically() {
+/// waits, so a check may take up to that long more once in ten seconds. The check threads
+/// first hand glibc the blocks they kept and did not use (see [`crate::alloc`]), so that
+/// their pages go back in the same turn.
+async fn give_back_freed_memory_periodically(shared: Arc<Shared>) {
     let mut every = tokio::time::interval(GIVE_BACK_EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
+        shared.check_threads.give_back_idle_blocks().await;
         let _ = tokio::task::spawn_blocking(give_back_freed_memory).await;
     }
 }
@@ -370,7 +373,7 @@ pub async fn run(path: PathBuf) -> Result<(), RunError> {
     }
     .emit(&shared.sink);
     crate::watchdog::ready(shared.clone());
-    tokio::spawn(give_back_freed_memory_periodically());
+    tokio::spawn(give_back_freed_memory_periodically(shared.clone()));
 
     loop {
         tokio::select! {

@@ -23,18 +23,6 @@ pub struct CheckThreads {
     next: AtomicUsize,
 }
 
-/// A check thread's own loop, beside its workers: the 8 KB blocks it keeps for its checks and
-/// did not use in the last period go back to glibc (see [`crate::alloc`]), before
-/// [`super::give_back_freed_memory`] returns their pages.
-async fn give_back_idle_blocks_periodically() {
-    let mut every = tokio::time::interval(super::GIVE_BACK_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        crate::alloc::give_back_idle_blocks();
-    }
-}
-
 impl CheckThreads {
     /// Starts `count` threads, each running a single-threaded runtime until the process exits.
     pub fn start(count: NonZeroUsize) -> std::io::Result<CheckThreads> {
@@ -51,7 +39,7 @@ impl CheckThreads {
                     {
                         Ok(runtime) => {
                             let _ = tx.send(Ok(runtime.handle().clone()));
-                            runtime.block_on(give_back_idle_blocks_periodically());
+                            runtime.block_on(std::future::pending::<()>());
                         }
                         Err(e) => {
                             let _ = tx.send(Err(e));
@@ -87,6 +75,19 @@ impl CheckThreads {
         } else {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
             self.handles[i].spawn(worker);
+        }
+    }
+
+    /// Has every thread hand glibc the 8 KB blocks it kept for its checks and did not use
+    /// since the last time (see [`crate::alloc`]); returns when all have.
+    pub(crate) async fn give_back_idle_blocks(&self) {
+        let on_each: Vec<_> = self
+            .handles
+            .iter()
+            .map(|h| h.spawn(async { crate::alloc::give_back_idle_blocks() }))
+            .collect();
+        for done in on_each {
+            let _ = done.await;
         }
     }
 

@@ -726,10 +726,22 @@ impl Worker {
     /// their interval, there were more of those wake-ups than checks.
     fn next_check(&self) -> Option<Instant> {
         let m = self.monitoring.as_ref()?;
-        let looks_alive =
-            (m.looks_alive && self.looks_alive_check.is_none()).then_some(m.next_looks_alive);
-        let is_alive = self.is_alive_check.is_none().then_some(m.next_is_alive);
+        let [looks_alive, is_alive] = self.waiting_for_slot();
+        let looks_alive = looks_alive.then_some(m.next_looks_alive);
+        let is_alive = is_alive.then_some(m.next_is_alive);
         looks_alive.into_iter().chain(is_alive).min()
+    }
+
+    /// Which kinds ([`CheckKind::ALL`] order) wait for their next slot: monitored, polled, and
+    /// with no check in flight.
+    fn waiting_for_slot(&self) -> [bool; 2] {
+        let Some(m) = &self.monitoring else {
+            return [false, false];
+        };
+        [
+            m.looks_alive && self.looks_alive_check.is_none(),
+            self.is_alive_check.is_none(),
+        ]
     }
 
     /// A check of `kind` has ended at `now`: the slots that came while it was in flight are
@@ -745,10 +757,9 @@ impl Worker {
         if *next > now {
             return;
         }
-        let caught_up = advance(*next, interval, now);
-        let skipped = (caught_up - *next).as_nanos() / interval.as_nanos().max(1);
+        let (caught_up, skipped) = advance(*next, interval, now);
         *next = caught_up;
-        self.cx.metrics.skipped(kind, skipped as u64);
+        self.cx.metrics.skipped(kind, skipped);
     }
 
     /// Starts the checks that are due. A check late by a whole interval, or by
@@ -759,35 +770,30 @@ impl Worker {
     /// that an agent that cannot keep up still checks every resource; each put-off check
     /// counts as skipped.
     fn start_due_checks(&mut self, now: Instant) {
+        let waiting = self.waiting_for_slot();
         let Some(m) = self.monitoring.as_mut() else {
             return;
         };
         let props = &self.cx.props;
-        let in_flight = [
-            self.looks_alive_check.is_some(),
-            self.is_alive_check.is_some(),
-        ];
         let mut due = [None, None];
         let schedules = [
             (
                 CheckKind::LooksAlive,
-                m.looks_alive,
                 &mut m.next_looks_alive,
                 props.looks_alive_interval,
             ),
             (
                 CheckKind::IsAlive,
-                true,
                 &mut m.next_is_alive,
                 props.is_alive_interval,
             ),
         ];
-        for (i, (kind, polled, next, interval)) in schedules.into_iter().enumerate() {
-            if !polled || *next > now || in_flight[i] {
+        for (i, (kind, next, interval)) in schedules.into_iter().enumerate() {
+            if !waiting[i] || *next > now {
                 continue;
             }
             let scheduled = *next;
-            *next = advance(scheduled, interval, now);
+            (*next, _) = advance(scheduled, interval, now);
             m.put_off[i] = !m.put_off[i] && off_schedule(now - scheduled, interval);
             if m.put_off[i] {
                 self.cx.metrics.skipped(kind, 1);
@@ -1092,15 +1098,18 @@ fn off_schedule(late: Duration, interval: Duration) -> bool {
     late >= interval.min(PUT_OFF_AFTER)
 }
 
-/// The next slot of a fixed-rate schedule after `now`: late checks are not bunched up.
-fn advance(scheduled: Instant, interval: Duration, now: Instant) -> Instant {
+/// The next slot of a fixed-rate schedule after `now`, and how many slots from `scheduled`
+/// on it steps over (`scheduled` itself included): late checks are not bunched up.
+fn advance(scheduled: Instant, interval: Duration, now: Instant) -> (Instant, u64) {
     let mut next = scheduled + interval;
+    let mut stepped = 1;
     if next <= now {
         let behind = now - next;
         let skipped = behind.as_nanos() / interval.as_nanos().max(1) + 1;
         next += interval * skipped as u32;
+        stepped += skipped as u64;
     }
-    next
+    (next, stepped)
 }
 
 #[cfg(test)]
@@ -1200,14 +1209,15 @@ mod tests {
     fn a_late_schedule_skips_to_the_next_future_slot() {
         let t0 = Instant::now();
         let s = Duration::from_secs(1);
-        assert_eq!(advance(t0, s, t0), t0 + s);
+        assert_eq!(advance(t0, s, t0), (t0 + s, 1));
+        // Slots 0 to 3 s stepped over.
         assert_eq!(
             advance(t0, s, t0 + Duration::from_millis(3500)),
-            t0 + Duration::from_secs(4)
+            (t0 + Duration::from_secs(4), 4)
         );
         assert_eq!(
             advance(t0, s, t0 + Duration::from_secs(2)),
-            t0 + Duration::from_secs(3)
+            (t0 + Duration::from_secs(3), 3)
         );
     }
 }
