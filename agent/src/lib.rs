@@ -17,7 +17,7 @@
 //! - [`control`]: the control API on a Unix socket (online, offline, clear, events).
 //! - [`watchdog`]: systemd readiness and watchdog.
 //! - [`cli`]: the `resmon` command line.
-//! - [`alloc`]: the binary's allocator: glibc's, with a stack of 8 KB blocks per check thread.
+//! - [`alloc`]: the binary's allocator: glibc's, with lists of freed chunks per check thread.
 
 pub mod alloc;
 pub mod cli;

@@ -291,7 +291,7 @@ async fn give_back_freed_memory_periodically(shared: Arc<Shared>) {
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        shared.check_threads.give_back_idle_blocks().await;
+        shared.check_threads.give_back_idle_chunks().await;
         let _ = tokio::task::spawn_blocking(give_back_freed_memory).await;
     }
 }

@@ -32,7 +32,7 @@ impl CheckThreads {
             std::thread::Builder::new()
                 .name(format!("resmon-checks-{i}"))
                 .spawn(move || {
-                    crate::alloc::keep_blocks_on_this_thread();
+                    crate::alloc::keep_freed_chunks_on_this_thread();
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -78,13 +78,13 @@ impl CheckThreads {
         }
     }
 
-    /// Has every thread hand glibc the 8 KB blocks it kept for its checks and did not use
+    /// Has every thread hand glibc the chunks it kept for its checks and did not use
     /// since the last time (see [`crate::alloc`]); returns when all have.
-    pub(crate) async fn give_back_idle_blocks(&self) {
+    pub(crate) async fn give_back_idle_chunks(&self) {
         let on_each: Vec<_> = self
             .handles
             .iter()
-            .map(|h| h.spawn(async { crate::alloc::give_back_idle_blocks() }))
+            .map(|h| h.spawn(async { crate::alloc::give_back_idle_chunks() }))
             .collect();
         for done in on_each {
             let _ = done.await;
