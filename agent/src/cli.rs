@@ -3,8 +3,6 @@
 use crate::config::{self, DEFAULT_CONFIG_PATH};
 use crate::status::{AgentStatus, CheckStatus};
 use clap::{Parser, Subcommand, ValueEnum};
-use http_body_util::{BodyExt, Empty};
-use hyper_util::rt::TokioIo;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -146,7 +144,19 @@ pub fn main(cli: Cli) -> ExitCode {
                 Ok(rt) => rt,
                 Err(code) => return code,
             };
-            match runtime.block_on(crate::runtime::run(config)) {
+            let signals = runtime.block_on(async { Signals::install() });
+            let signals = match signals {
+                Ok(s) => s,
+                Err(e) => {
+                    eprintln!("error: cannot install signal handlers: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(crate::server::run(
+                config,
+                signals.reloads,
+                signals.shutdown,
+            )) {
                 Ok(()) => {
                     // Tasks still waiting on processes are not awaited: exit now.
                     runtime.shutdown_background();
@@ -180,6 +190,36 @@ pub fn main(cli: Cli) -> ExitCode {
             address,
             output,
         } => status(&config, address, output),
+    }
+}
+
+/// `resmon run`'s triggers: SIGHUP reloads, SIGTERM or SIGINT stops.
+struct Signals {
+    reloads: futures::stream::BoxStream<'static, ()>,
+    shutdown: futures::future::BoxFuture<'static, ()>,
+}
+
+impl Signals {
+    /// Installs the handlers; inside a runtime.
+    fn install() -> std::io::Result<Signals> {
+        use futures::FutureExt;
+        use tokio::signal::unix::{signal, SignalKind};
+        let hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let mut int = signal(SignalKind::interrupt())?;
+        let reloads = futures::stream::unfold(hup, |mut hup| async move {
+            hup.recv().await.map(|()| ((), hup))
+        });
+        let shutdown = async move {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        };
+        Ok(Signals {
+            reloads: Box::pin(reloads),
+            shutdown: shutdown.boxed(),
+        })
     }
 }
 
@@ -304,7 +344,7 @@ fn post_control(
     path: &str,
 ) -> Result<(serde_json::Value, String), ExitCode> {
     let runtime = build_runtime(tokio::runtime::Builder::new_current_thread())?;
-    match runtime.block_on(crate::control::request(socket, hyper::Method::POST, path)) {
+    match runtime.block_on(crate::client::control(socket, hyper::Method::POST, path)) {
         Ok((status, body)) => {
             let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
             if status.is_success() {
@@ -356,7 +396,7 @@ fn events(config: &std::path::Path, socket: Option<PathBuf>, output: Output) -> 
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    match runtime.block_on(crate::control::request(
+    match runtime.block_on(crate::client::control(
         &socket,
         hyper::Method::GET,
         "/api/v1/events",
@@ -484,7 +524,7 @@ fn status(path: &std::path::Path, address: Option<String>, output: Output) -> Ex
         Ok(rt) => rt,
         Err(code) => return code,
     };
-    let body = match runtime.block_on(get(&address, "/api/v1/status")) {
+    let body = match runtime.block_on(crate::client::get(&address, "/api/v1/status")) {
         Ok(body) => body,
         Err(e) => {
             eprintln!("error: cannot reach the agent at {address}: {e}");
@@ -507,37 +547,6 @@ fn status(path: &std::path::Path, address: Option<String>, output: Output) -> Ex
             ExitCode::FAILURE
         }
     }
-}
-
-/// A GET over a fresh HTTP/1 connection; returns the body of a 200.
-pub async fn get(address: &str, path: &str) -> Result<String, String> {
-    let stream = tokio::net::TcpStream::connect(address)
-        .await
-        .map_err(|e| e.to_string())?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let request = hyper::Request::get(path)
-        .header(hyper::header::HOST, address)
-        .body(Empty::<bytes::Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    let text = String::from_utf8_lossy(&body).into_owned();
-    if !status.is_success() {
-        return Err(format!("HTTP {status}: {text}"));
-    }
-    Ok(text)
 }
 
 fn ago(now: f64, t: f64) -> String {

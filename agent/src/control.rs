@@ -13,16 +13,24 @@
 //! refused request answers 404 (unknown name) or 409 (the policy refused) with the reason, and
 //! changes nothing.
 
-use crate::runtime::Shared;
+use crate::runtime::{Admins, Views};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use resmon_policies::AdminCommand;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
-use std::sync::Arc;
+
+/// What the control API reads and steers.
+#[derive(Clone)]
+pub struct ControlApi {
+    /// What it shows: status and events.
+    pub views: Views,
+    /// What it steers: each group's admin handle.
+    pub admins: Admins,
+}
 
 /// Opens the control socket (replacing a stale one) with mode 0660 and group `resmon` if it
 /// exists.
@@ -44,17 +52,17 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
 }
 
 /// Serves the control API until the process exits.
-pub async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
+pub async fn serve(listener: tokio::net::UnixListener, api: ControlApi) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             continue;
         };
-        let shared = shared.clone();
+        let api = api.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(req, &shared).await) }
+                let api = api.clone();
+                async move { Ok::<_, std::convert::Infallible>(respond(req, &api).await) }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(stream), service)
@@ -63,7 +71,7 @@ pub async fn serve(listener: tokio::net::UnixListener, shared: Arc<Shared>) {
     }
 }
 
-async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes>> {
+async fn respond(req: Request<Incoming>, api: &ControlApi) -> Response<Full<Bytes>> {
     let path: Vec<String> = req
         .uri()
         .path()
@@ -75,9 +83,9 @@ async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["api", "v1", "status"]) => json(
             StatusCode::OK,
-            &shared.status.snapshot(shared.coordinator.view()),
+            &api.views.status.snapshot(api.views.coordinator.view()),
         ),
-        (&Method::GET, ["api", "v1", "events"]) => json(StatusCode::OK, &shared.sink.recent()),
+        (&Method::GET, ["api", "v1", "events"]) => json(StatusCode::OK, &api.views.sink.recent()),
         (&Method::POST, ["api", "v1", "groups", group, "move"]) => {
             // `?to=NODE`; without it, the best other node.
             let to = req.uri().query().and_then(|q| {
@@ -86,7 +94,7 @@ async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
                     .filter(|n| !n.is_empty())
                     .map(String::from)
             });
-            match shared.coordinator.move_group(group, to).await {
+            match api.views.coordinator.move_group(group, to).await {
                 Ok(to) => json(
                     StatusCode::OK,
                     &serde_json::json!({"group": group, "move": "requested", "to": to}),
@@ -105,10 +113,10 @@ async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
                     )
                 }
             };
-            apply(shared, group, None, command).await
+            apply(api, group, None, command).await
         }
         (&Method::POST, ["api", "v1", "groups", group, "resources", resource, action]) => {
-            let Some(admin) = find_group(shared, group) else {
+            let Some(admin) = find_group(api, group) else {
                 return refuse(StatusCode::NOT_FOUND, format!("no group {group:?}"));
             };
             let Some(id) = admin.find(resource) else {
@@ -128,7 +136,7 @@ async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
                     )
                 }
             };
-            apply(shared, group, Some(resource), command).await
+            apply(api, group, Some(resource), command).await
         }
         _ => refuse(
             StatusCode::NOT_FOUND,
@@ -137,9 +145,8 @@ async fn respond(req: Request<Incoming>, shared: &Shared) -> Response<Full<Bytes
     }
 }
 
-fn find_group(shared: &Shared, group: &str) -> Option<crate::runtime::group::GroupAdmin> {
-    shared
-        .admins
+fn find_group(api: &ControlApi, group: &str) -> Option<crate::runtime::group::GroupAdmin> {
+    api.admins
         .read()
         .unwrap_or_else(|e| e.into_inner())
         .get(group)
@@ -147,12 +154,12 @@ fn find_group(shared: &Shared, group: &str) -> Option<crate::runtime::group::Gro
 }
 
 async fn apply(
-    shared: &Shared,
+    api: &ControlApi,
     group: &str,
     resource: Option<&str>,
     command: AdminCommand,
 ) -> Response<Full<Bytes>> {
-    let Some(admin) = find_group(shared, group) else {
+    let Some(admin) = find_group(api, group) else {
         return refuse(StatusCode::NOT_FOUND, format!("no group {group:?}"));
     };
     let target = resource.map_or_else(|| format!("group {group}"), |r| format!("{group}/{r}"));
@@ -180,40 +187,4 @@ fn json<T: serde::Serialize>(status: StatusCode, value: &T) -> Response<Full<Byt
         hyper::header::HeaderValue::from_static("application/json"),
     );
     response
-}
-
-/// A request to the control socket: the status code and the body.
-pub async fn request(
-    socket: &Path,
-    method: Method,
-    path: &str,
-) -> Result<(StatusCode, String), String> {
-    let stream = tokio::net::UnixStream::connect(socket).await.map_err(|e| {
-        format!(
-            "cannot reach the agent's control socket {}: {e}",
-            socket.display()
-        )
-    })?;
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
-    let request = Request::builder()
-        .method(method)
-        .uri(path)
-        .header(hyper::header::HOST, "resmon")
-        .body(Empty::<Bytes>::new())
-        .map_err(|e| e.to_string())?;
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
-    let status = response.status();
-    let body = response
-        .into_body()
-        .collect()
-        .await
-        .map_err(|e| e.to_string())?
-        .to_bytes();
-    Ok((status, String::from_utf8_lossy(&body).into_owned()))
 }

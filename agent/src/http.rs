@@ -1,7 +1,7 @@
 //! The HTTP endpoint (read-only): `/metrics`, `/healthz`, `/api/v1/status`,
 //! `/api/v1/events`.
 
-use crate::runtime::Shared;
+use crate::runtime::Views;
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -9,7 +9,6 @@ use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
-use std::sync::Arc;
 use std::time::Duration;
 
 /// What every answer carries: whole, or (the metrics) streamed as it is encoded.
@@ -19,7 +18,7 @@ type Body = BoxBody<Bytes, std::convert::Infallible>;
 const STALL: Duration = Duration::from_secs(2);
 
 /// Serves until the process exits; one task per connection.
-pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
+pub async fn serve(listener: tokio::net::TcpListener, views: Views) {
     loop {
         let (stream, _) = match listener.accept().await {
             Ok(conn) => conn,
@@ -30,14 +29,14 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
                 continue;
             }
         };
-        let shared = shared.clone();
+        let views = views.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
-                let shared = shared.clone();
+                let views = views.clone();
                 // Encoding 10,000 resources' metrics takes tens of milliseconds of CPU: do it on
                 // a blocking thread so that no check on the runtime waits behind a scrape.
                 async move {
-                    let response = tokio::task::spawn_blocking(move || respond(&req, &shared))
+                    let response = tokio::task::spawn_blocking(move || respond(&req, &views))
                         .await
                         .unwrap_or_else(|_| {
                             plain(StatusCode::INTERNAL_SERVER_ERROR, "the handler panicked\n")
@@ -52,7 +51,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shared: Arc<Shared>) {
     }
 }
 
-fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
+fn respond(req: &Request<Incoming>, views: &Views) -> Response<Body> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(
             StatusCode::METHOD_NOT_ALLOWED,
@@ -72,13 +71,13 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 "text/plain; version=0.0.4; charset=utf-8"
             };
             with_content_type(
-                Response::new(metrics_stream(shared, wants_openmetrics)),
+                Response::new(metrics_stream(views, wants_openmetrics)),
                 StatusCode::OK,
                 content_type,
             )
         }
         "/healthz" => {
-            let (scheduler, age) = shared.heartbeats.oldest();
+            let (scheduler, age) = views.heartbeats.oldest();
             if age > STALL {
                 plain(
                     StatusCode::SERVICE_UNAVAILABLE,
@@ -91,8 +90,8 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
                 plain(StatusCode::OK, "ok\n")
             }
         }
-        "/api/v1/status" => json(&shared.status.snapshot(shared.coordinator.view())),
-        "/api/v1/events" => json(&shared.sink.recent()),
+        "/api/v1/status" => json(&views.status.snapshot(views.coordinator.view())),
+        "/api/v1/events" => json(&views.sink.recent()),
         _ => plain(
             StatusCode::NOT_FOUND,
             "not found; try /metrics, /healthz, /api/v1/status or /api/v1/events\n",
@@ -104,10 +103,10 @@ fn respond(req: &Request<Incoming>, shared: &Shared) -> Response<Body> {
 /// tens of milliseconds of CPU, which no check on the runtime should wait behind) and sent as
 /// they come: with two chunks in flight at most, a scrape holds about 200 KB instead of the
 /// whole 10 MB text. A client that goes away stops the encoding.
-fn metrics_stream(shared: &Shared, openmetrics: bool) -> Body {
+fn metrics_stream(views: &Views, openmetrics: bool) -> Body {
     let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(2);
-    let metrics = shared.sink.metrics_handle();
-    metrics.heartbeat_age(shared.heartbeats.oldest().1);
+    let metrics = views.sink.metrics_handle();
+    metrics.heartbeat_age(views.heartbeats.oldest().1);
     tokio::task::spawn_blocking(move || {
         for chunk in metrics.encode_chunks(openmetrics) {
             if tx.blocking_send(Bytes::from(chunk)).is_err() {
@@ -161,6 +160,8 @@ mod tests {
     use super::*;
     use crate::metrics::Metrics;
     use crate::runtime::threads::Heartbeats;
+    use crate::runtime::Shared;
+    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     async fn get(address: std::net::SocketAddr, path: &str) -> String {
@@ -180,13 +181,12 @@ mod tests {
     /// stalled check thread does not hold it): what it answers must say so.
     #[tokio::test]
     async fn a_stalled_scheduler_shows_in_healthz_and_in_the_metrics() {
-        let mut shared = Shared::new(Arc::new(Metrics::new()), false, "test".into());
+        let mut views = Shared::new(Arc::new(Metrics::new()), false, "test".into()).views();
         let five_seconds_ago = std::time::Instant::now() - Duration::from_secs(5);
-        Arc::get_mut(&mut shared).unwrap().heartbeats =
-            Arc::new(Heartbeats::last_beaten_at(0, five_seconds_ago));
+        views.heartbeats = Arc::new(Heartbeats::last_beaten_at(0, five_seconds_ago));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let address = listener.local_addr().unwrap();
-        tokio::spawn(serve(listener, shared));
+        tokio::spawn(serve(listener, views));
 
         let health = get(address, "/healthz").await;
         assert!(health.starts_with("HTTP/1.1 503"), "{health}");

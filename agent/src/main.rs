@@ -1,9 +1,8 @@
 //! The `resmon` binary: parses the command line and hands over to [`resmon::cli::main`].
 
-use clap::Parser;
+#![forbid(unsafe_code)]
 
-#[global_allocator]
-static ALLOCATOR: resmon::alloc::CheckThreadAllocator = resmon::alloc::CheckThreadAllocator;
+use clap::Parser;
 
 fn main() -> std::process::ExitCode {
     resmon::cli::main(resmon::cli::Cli::parse())

@@ -3,13 +3,13 @@
 //! scheduler stops proving it runs (its heartbeat task falls behind), so systemd restarts an
 //! agent whose runtime hangs. Without `NOTIFY_SOCKET` every call does nothing.
 
-use crate::runtime::Shared;
+use crate::runtime::threads::Heartbeats;
 use sd_notify::NotifyState;
 use std::sync::Arc;
 use std::time::Duration;
 
 /// Tells systemd the agent is ready and starts petting the watchdog if one is configured.
-pub fn ready(shared: Arc<Shared>) {
+pub fn ready(heartbeats: Arc<Heartbeats>) {
     let _ = sd_notify::notify(false, &[NotifyState::Ready]);
     if let Some(period) = watchdog_period() {
         let spawned = std::thread::Builder::new()
@@ -17,7 +17,7 @@ pub fn ready(shared: Arc<Shared>) {
             .spawn(move || loop {
                 std::thread::sleep(period / 4);
                 // A heartbeat older than half the watchdog period means the scheduler stalls.
-                if shared.heartbeats.oldest().1 < period / 2 {
+                if heartbeats.oldest().1 < period / 2 {
                     let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
                 }
             });

@@ -1,4 +1,4 @@
-//! The heap's freed pages go back to the kernel: [`resmon::runtime::give_back_freed_memory`],
+//! The heap's freed pages go back to the kernel: [`resmon::memory::give_back_freed_memory`],
 //! which `resmon run` calls every ten seconds. A process of its own (this file), so that no
 //! other test allocates while its resident memory is read.
 
@@ -25,7 +25,7 @@ fn pages_freed_between_live_allocations_go_back_to_the_kernel() {
     }
     drop(burst);
     let held = resident_bytes();
-    resmon::runtime::give_back_freed_memory();
+    resmon::memory::give_back_freed_memory();
     let after = resident_bytes();
     // Each buffer spans at least three whole pages: 48 MB of the 64 can go back.
     assert!(

@@ -19,6 +19,8 @@
 //! - [`placement`]: where a group runs across nodes: possible and preferred owners, the
 //!   failover target, the failover threshold, failback.
 
+#![forbid(unsafe_code)]
+
 pub mod controller;
 pub mod placement;
 pub mod reason;

@@ -14,6 +14,8 @@
 //! Announcements go out back to back, `announcements` of them, with no sleep in between: the
 //! probe owns no timer. A peer that drops the first still sees the next.
 
+#![allow(unsafe_code)] // system calls no safe crate wraps; a SAFETY note at each site
+
 use crate::resource::{Failure, Progress, Resource};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};

@@ -28,6 +28,10 @@
 //! - [`net`]: connection helpers shared by the network types, and `Conn`, a check's plain or
 //!   TLS connection (the banner engine's and the `http` type's).
 
+// Unsafe only for system calls that no safe crate wraps (raw packet sockets, pidfd_open),
+// allowed per module with a SAFETY note at each site.
+#![deny(unsafe_code)]
+
 pub mod banner;
 pub mod command;
 pub mod config;

@@ -17,6 +17,8 @@
 //! The readiness connection is closed politely (FIN): it is rare, and a naive server that
 //! writes to a reset socket may die of SIGPIPE.
 
+#![allow(unsafe_code)] // system calls no safe crate wraps; a SAFETY note at each site
+
 use crate::config::{Argv, BuildContext, ConfigError, HostPort, HumanDuration};
 use crate::resource::{Failure, Progress, Resource};
 use async_trait::async_trait;

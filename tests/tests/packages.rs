@@ -1,7 +1,7 @@
 //! The packages: `scripts/package` builds a .deb and an .rpm (the test script runs it first); the .deb installs with `dpkg -i`,
 //! its `resmon validate` and its binary work on its own config, a local change to the conffile
 //! survives an upgrade, and a purge leaves nothing behind; lintian reports no error; `rpm -qpl`
-//! lists the expected files. Installs on this machine: run as root (CI is).
+//! lists the expected files; the installed binary is the one the end-to-end tests ran. Installs on this machine: run as root (CI is).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -99,6 +99,14 @@ fn the_deb_installs_runs_upgrades_and_purges_cleanly_and_the_rpm_lists_its_files
             || Path::new("/usr/lib/systemd/system/resmon.service").exists()
     );
     run(Command::new("getent").args(["passwd", "resmon"]));
+    // The shipped binary is the tested one: the package installs target/release/resmon byte
+    // for byte, and the test script runs the end-to-end suite against that file.
+    let shipped = std::fs::read("/usr/bin/resmon").unwrap();
+    let built = std::fs::read(root().join("target/release/resmon")).unwrap();
+    assert!(
+        shipped == built,
+        "/usr/bin/resmon differs from target/release/resmon (the binary the tests ran)"
+    );
     let validated = run(Command::new("/usr/bin/resmon").args([
         "validate",
         "--config",

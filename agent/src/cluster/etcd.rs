@@ -232,6 +232,7 @@ fn unix_now() -> f64 {
     crate::events::unix_now()
 }
 
+#[allow(unsafe_code)] // localtime_r: no safe wrapper in the dependencies.
 fn local_hour() -> u8 {
     let now = libc::time_t::try_from(unix_now() as i64).unwrap_or_default();
     // SAFETY: localtime_r writes only into the tm we own.

@@ -4,53 +4,66 @@
 //! - [`group`]: one task per group, driving the policy's state machine;
 //! - [`worker`]: one task per resource, running its calls under deadlines;
 //! - [`threads`]: the check threads the workers run on, and every scheduler's heartbeat;
-//! - this module: [`Agent`] (start, reload on SIGHUP with only the difference applied, exit
-//!   without touching services unless `stop_on_exit`) and [`run`], what `resmon run` does.
+//! - this module: [`Agent`] (start, reload with only the difference applied, exit without
+//!   touching services unless `stop_on_exit`). [`crate::server::run`] wires it to the rest.
 
 pub mod group;
 pub mod threads;
 pub(crate) mod worker;
 
 use crate::config::{self, Config, ConfigErrors, ResourceProps};
-use crate::events::{
-    AgentStarted, AgentStopping, ConfigRejected, ConfigReloaded, Event, EventSink,
-};
+use crate::events::{AgentStopping, ConfigRejected, ConfigReloaded, Event, EventSink};
 use crate::metrics::{Metrics, ResourceMetrics};
 use crate::status::{ResourceSlot, StatusBoard};
 use group::GroupHandle;
 use resmon_policies::ResourceId;
 use resmon_probes::tls::TrustCache;
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
-use threads::{CheckThreads, Heartbeats, Scheduler};
-use tokio::signal::unix::{signal, SignalKind};
+use threads::{CheckThreads, Heartbeats};
 use tokio::time::Instant;
 
-/// State shared by every task of the agent.
-pub struct Shared {
-    /// Events, and through them the metrics.
+/// What the read-only endpoint and the control API show: every group's status, recent
+/// events, who owns what, and whether the schedulers run. Cheap to clone.
+#[derive(Clone)]
+pub struct Views {
+    /// Recent events, and through the sink the metrics.
     pub sink: Arc<EventSink>,
     /// What the status API shows.
     pub status: Arc<StatusBoard>,
-    /// The origin of the policy's clock.
-    pub epoch: Instant,
-    /// This node's name.
-    pub node: String,
-    /// Every running group's control handle, for the control API.
-    pub admins: std::sync::RwLock<BTreeMap<String, group::GroupAdmin>>,
-    /// Who owns each group: the embedded single-node coordinator, or etcd.
+    /// Who owns each group.
     pub coordinator: crate::cluster::Coordinator,
+    /// When the main runtime and each check thread last proved they run.
+    pub heartbeats: Arc<Heartbeats>,
+}
+
+/// Each running group's control handle, by name: what the control API steers.
+pub type Admins = Arc<std::sync::RwLock<BTreeMap<String, group::GroupAdmin>>>;
+
+/// What groups and their workers are started with. The endpoints get narrower handles
+/// ([`Shared::views`], [`Shared::admins`]).
+pub struct Shared {
+    /// Events, and through them the metrics.
+    pub(crate) sink: Arc<EventSink>,
+    /// What the status API shows.
+    pub(crate) status: Arc<StatusBoard>,
+    /// The origin of the policy's clock.
+    pub(crate) epoch: Instant,
+    /// Every running group's control handle, for the control API.
+    pub(crate) admins: Admins,
+    /// Who owns each group: the embedded single-node coordinator, or etcd.
+    pub(crate) coordinator: crate::cluster::Coordinator,
     /// Permits for starts (adoption, `online`): `[agent] max_parallel_starts`.
-    pub start_gate: Arc<tokio::sync::Semaphore>,
+    pub(crate) start_gate: Arc<tokio::sync::Semaphore>,
     /// What every worker's progress slots hold until their first call: one for all, so that a
     /// resource costs a progress record only for the kinds of call it really makes (most never
     /// poll `looks_alive` or run an operation after adoption).
-    pub unused_progress: Arc<resmon_probes::Progress>,
+    pub(crate) unused_progress: Arc<resmon_probes::Progress>,
     /// Where the resources' workers run: `[agent] check_threads`.
-    pub check_threads: CheckThreads,
+    pub(crate) check_threads: CheckThreads,
     /// When the main runtime and each check thread last proved they run.
-    pub heartbeats: Arc<Heartbeats>,
+    pub(crate) heartbeats: Arc<Heartbeats>,
 }
 
 impl Shared {
@@ -61,7 +74,6 @@ impl Shared {
         let starts = config::default_max_parallel_starts().get();
         Self::with_coordinator(
             sink,
-            node,
             coordinator,
             starts,
             CheckThreads::on_callers_runtime(),
@@ -72,7 +84,6 @@ impl Shared {
     /// starts run at once, with workers on `check_threads`.
     pub fn with_coordinator(
         sink: Arc<EventSink>,
-        node: String,
         coordinator: crate::cluster::Coordinator,
         max_parallel_starts: usize,
         check_threads: CheckThreads,
@@ -82,13 +93,37 @@ impl Shared {
             coordinator,
             status: Arc::new(StatusBoard::default()),
             epoch: Instant::now(),
-            node,
             admins: Default::default(),
             start_gate: Arc::new(tokio::sync::Semaphore::new(max_parallel_starts)),
             unused_progress: Default::default(),
             heartbeats: Arc::new(Heartbeats::new(check_threads.count())),
             check_threads,
         })
+    }
+
+    /// What the endpoints show.
+    pub fn views(&self) -> Views {
+        Views {
+            sink: self.sink.clone(),
+            status: self.status.clone(),
+            coordinator: self.coordinator.clone(),
+            heartbeats: self.heartbeats.clone(),
+        }
+    }
+
+    /// What the control API steers.
+    pub fn admins(&self) -> Admins {
+        self.admins.clone()
+    }
+
+    /// When the schedulers last proved they run, for the watchdog.
+    pub fn heartbeats(&self) -> Arc<Heartbeats> {
+        self.heartbeats.clone()
+    }
+
+    /// The event sink.
+    pub fn sink(&self) -> &Arc<EventSink> {
+        &self.sink
     }
 }
 
@@ -227,171 +262,6 @@ impl Agent {
         });
         futures::future::join_all(stops).await;
     }
-}
-
-/// Why `resmon run` could not run.
-#[derive(Debug, thiserror::Error)]
-pub enum RunError {
-    /// The config file is invalid.
-    #[error("{0}")]
-    Config(#[from] ConfigErrors),
-    /// The HTTP endpoint could not be opened.
-    #[error("cannot listen on {address} (agent.listen in {config}): {source}")]
-    Listen {
-        /// The address.
-        address: std::net::SocketAddr,
-        /// The config file.
-        config: PathBuf,
-        /// The error.
-        source: std::io::Error,
-    },
-    /// A signal handler could not be installed.
-    #[error("cannot install signal handlers: {0}")]
-    Signals(std::io::Error),
-    /// The check threads could not be started.
-    #[error("cannot start {count} check threads (agent.check_threads in {config}): {source}")]
-    CheckThreads {
-        /// How many were asked for.
-        count: usize,
-        /// The config file.
-        config: PathBuf,
-        /// Why.
-        source: std::io::Error,
-    },
-}
-
-/// How often [`give_back_freed_memory`] runs while the agent does.
-const GIVE_BACK_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Returns to the kernel the pages of the heap that hold no live allocation.
-///
-/// glibc gives back only the top of its heap by itself; the freed pages that sit between live
-/// allocations it keeps for as long as the process runs, and bursts leave many of them.
-/// Parsing 10,000 resources takes 20 MB for a moment (about 3 MB stayed). A restart storm after
-/// a stall, every check timed out at once, took an HTTP agent at saturation from 125 MB to
-/// 200-218 MB, and it stayed there. Walking the heap takes 1-5 ms at that size, on the calling
-/// thread. Without glibc, nothing.
-pub fn give_back_freed_memory() {
-    #[cfg(target_env = "gnu")]
-    // SAFETY: malloc_trim only walks and releases glibc's own free lists; it has no
-    // preconditions and may be called from any thread at any time.
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}
-
-/// [`give_back_freed_memory`] now (reading the config left its 20 MB) and every
-/// [`GIVE_BACK_EVERY`], on a blocking thread: not the runtime's, which it would hold for
-/// milliseconds. While it walks an allocator arena, a thread that allocates from that arena
-/// waits, so a check may take up to that long more once in ten seconds. The check threads
-/// first hand glibc the blocks they kept and did not use (see [`crate::alloc`]), so that
-/// their pages go back in the same turn.
-async fn give_back_freed_memory_periodically(shared: Arc<Shared>) {
-    let mut every = tokio::time::interval(GIVE_BACK_EVERY);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        shared.check_threads.give_back_idle_chunks().await;
-        let _ = tokio::task::spawn_blocking(give_back_freed_memory).await;
-    }
-}
-
-/// `resmon run`: loads the config, serves HTTP, runs every group, reloads on SIGHUP and exits
-/// on SIGTERM or SIGINT.
-pub async fn run(path: PathBuf) -> Result<(), RunError> {
-    let config::Loaded { config, warnings } = config::load(&path)?;
-    for w in &warnings {
-        eprintln!("{w}");
-    }
-    // Said once; 10,000 resources may bring as many, kept for nothing.
-    drop(warnings);
-    let listener = tokio::net::TcpListener::bind(config.agent.listen)
-        .await
-        .map_err(|source| RunError::Listen {
-            address: config.agent.listen,
-            config: path.clone(),
-            source,
-        })?;
-    let listen = listener.local_addr().unwrap_or(config.agent.listen);
-    let mut hup = signal(SignalKind::hangup()).map_err(RunError::Signals)?;
-    let mut term = signal(SignalKind::terminate()).map_err(RunError::Signals)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(RunError::Signals)?;
-
-    let sink = Arc::new(EventSink::new(Arc::new(Metrics::new()), true));
-    let (node, coordinator) = match &config.cluster {
-        Some(cluster) => {
-            let node = cluster.node_name(&config.agent);
-            let coordinator = crate::cluster::Coordinator::etcd(
-                &node,
-                cluster.clone(),
-                &config.agent.state_dir,
-                sink.clone(),
-            );
-            (node, coordinator)
-        }
-        None => (
-            config.agent.node.clone(),
-            crate::cluster::Coordinator::embedded(&config.agent.node, sink.clone()),
-        ),
-    };
-    let count = config.agent.check_threads;
-    let check_threads = CheckThreads::start(count).map_err(|source| RunError::CheckThreads {
-        count: count.get(),
-        config: path.clone(),
-        source,
-    })?;
-    let shared = Shared::with_coordinator(
-        sink,
-        node,
-        coordinator,
-        config.agent.max_parallel_starts.get(),
-        check_threads,
-    );
-    tokio::spawn(crate::http::serve(listener, shared.clone()));
-    match crate::control::bind(&config.agent.control_socket) {
-        Ok(control) => {
-            tokio::spawn(crate::control::serve(control, shared.clone()));
-        }
-        // The agent keeps services alive without it; say why it cannot be steered.
-        Err(e) => tracing::error!(
-            "no control API: cannot open {} (agent.control_socket): {e}",
-            config.agent.control_socket.display()
-        ),
-    }
-    tokio::spawn(shared.heartbeats.clone().beat(Scheduler::Main));
-    shared.check_threads.beat(&shared.heartbeats);
-
-    let resources = config.groups.iter().map(|g| g.resources.len()).sum();
-    let groups = config.groups.len();
-    let mut agent = Agent::start(config, shared.clone());
-    AgentStarted {
-        version: env!("CARGO_PKG_VERSION"),
-        config: &path.display().to_string(),
-        groups,
-        resources,
-        listen: listen.to_string(),
-    }
-    .emit(&shared.sink);
-    crate::watchdog::ready(shared.clone());
-    tokio::spawn(give_back_freed_memory_periodically(shared.clone()));
-
-    loop {
-        tokio::select! {
-            _ = hup.recv() => {
-                crate::watchdog::reloading();
-                if let Err(errors) = agent.reload(&path).await {
-                    tracing::error!("the new config was rejected; the running one stays:\n{errors}");
-                }
-                crate::watchdog::reloaded();
-            }
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-        }
-    }
-    crate::watchdog::stopping();
-    let stop = agent.agent_config().stop_on_exit;
-    agent.shutdown(stop).await;
-    Ok(())
 }
 
 #[cfg(test)]

@@ -142,7 +142,6 @@ fn start_gated(
     let coordinator = crate::cluster::Coordinator::embedded("test", sink.clone());
     let shared = Shared::with_coordinator(
         sink,
-        "test".into(),
         coordinator,
         max_parallel_starts,
         super::threads::CheckThreads::on_callers_runtime(),

@@ -32,7 +32,6 @@ impl CheckThreads {
             std::thread::Builder::new()
                 .name(format!("resmon-checks-{i}"))
                 .spawn(move || {
-                    crate::alloc::keep_freed_chunks_on_this_thread();
                     match tokio::runtime::Builder::new_current_thread()
                         .enable_all()
                         .build()
@@ -75,19 +74,6 @@ impl CheckThreads {
         } else {
             let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
             self.handles[i].spawn(worker);
-        }
-    }
-
-    /// Has every thread hand glibc the chunks it kept for its checks and did not use
-    /// since the last time (see [`crate::alloc`]); returns when all have.
-    pub(crate) async fn give_back_idle_chunks(&self) {
-        let on_each: Vec<_> = self
-            .handles
-            .iter()
-            .map(|h| h.spawn(async { crate::alloc::give_back_idle_chunks() }))
-            .collect();
-        for done in on_each {
-            let _ = done.await;
         }
     }
 

@@ -157,7 +157,19 @@ fn main() {
         no_blackbox,
         floor_tasks,
     } = clap::Parser::parse();
-    let blackbox = !no_blackbox;
+    // Said at the start, not as a panic in the middle of a run: the comparison is the point.
+    let installed = std::process::Command::new("prometheus-blackbox-exporter")
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !no_blackbox && !installed {
+        eprintln!(
+            "resmon-bench-protocols: prometheus-blackbox-exporter is not installed, so the \
+             comparison with it is skipped (scripts/bench installs it; --no-blackbox says it \
+             on purpose)"
+        );
+    }
+    let blackbox = !no_blackbox && installed;
     let protos = proto.map_or(vec![Proto::Smtp, Proto::Http], |p| vec![p]);
     let shape = Shape {
         threads,
