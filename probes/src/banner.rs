@@ -8,12 +8,12 @@
 //! to explain a failure. Probes own no deadlines: the runtime's deadline, and the
 //! [`Stage`] the engine is in when it passes, make `connect_timeout` or `banner_timeout`.
 
-use crate::config::HostPort;
 use crate::net::Conn;
 use crate::resource::{escape_bytes, Failure, Progress, Stage};
 use crate::tls::{TlsClient, TlsOptions, TrustCache};
+use crate::values::{ConfigRegex, HostPort};
 use resmon_policies::FailureReason;
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 use std::borrow::Cow;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
@@ -451,25 +451,6 @@ pub fn greeting_matcher(
     }
 }
 
-/// A regular expression in the config, checked while the file is read.
-#[derive(Clone, Debug)]
-pub struct ConfigRegex(pub regex::Regex);
-
-impl PartialEq for ConfigRegex {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.as_str() == other.0.as_str()
-    }
-}
-
-impl<'de> Deserialize<'de> for ConfigRegex {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
-        regex::Regex::new(&s)
-            .map(ConfigRegex)
-            .map_err(|e| serde::de::Error::custom(format!("invalid regular expression: {e}")))
-    }
-}
-
 /// `steps = [{ send = "NOOP" }, { expect = "250" }]`: extra steps after the preset's.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -656,7 +637,7 @@ pub trait BannerPreset {
     fn script(&self) -> Script;
 
     /// Checks that need several keys.
-    fn validate(&self) -> Vec<(&'static str, String)> {
+    fn validate_keys(&self) -> Vec<(&'static str, String)> {
         let mut errors = validate_steps(self.extra_steps());
         if self.tls() != TlsMode::None || self.tls_options() != &TlsOptions::default() {
             errors.extend(self.tls_options().validate());
@@ -665,7 +646,7 @@ pub trait BannerPreset {
     }
 
     /// The runnable resource, its TLS trust loaded through `trust`.
-    fn build(&self, trust: &TrustCache) -> BannerResource {
+    fn banner_resource(&self, trust: &TrustCache) -> BannerResource {
         BannerResource::new(
             self.address().clone(),
             self.tls(),
@@ -688,8 +669,8 @@ mod adversarial {
     fn smtp(addr: impl std::fmt::Display, extra: &str) -> BannerResource {
         let c: crate::smtp::SmtpConfig =
             toml::from_str(&format!("address = \"{addr}\"\n{extra}")).unwrap();
-        assert!(c.validate().is_empty(), "{:?}", c.validate());
-        c.build(&TrustCache::default())
+        assert!(c.validate_keys().is_empty(), "{:?}", c.validate_keys());
+        c.banner_resource(&TrustCache::default())
     }
 
     /// Runs is_alive under a deadline the way the runtime does.

@@ -8,11 +8,13 @@
 //! is still stuck in the kernel is counted by the runtime until it returns.
 
 use crate::resource::{blocking, Failure, Progress, Resource};
+use crate::resource::{BuildContext, TypeConfig};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// A size in bytes, written `"512MiB"`, `"2GB"`, `"100k"` or as a number.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,6 +322,14 @@ impl Resource for DiskResource {
             progress.disk_space(free, size);
         }
         result
+    }
+}
+
+impl TypeConfig for DiskConfig {
+    const NAME: &'static str = "disk";
+
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(DiskResource::new(self.clone(), &cx.resource))
     }
 }
 

@@ -3,13 +3,15 @@
 //! watches). Terminate runs `stop` too: there is nothing more forceful to know about.
 
 use crate::command::run;
-use crate::config::Argv;
+use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
+use crate::values::Argv;
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Private properties of an `exec` resource.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -92,6 +94,14 @@ impl Resource for ExecResource {
     async fn is_alive(&self, _: &Progress) -> Result<(), Failure> {
         self.script("check", &self.config.check, FailureReason::NotRunning)
             .await
+    }
+}
+
+impl TypeConfig for ExecConfig {
+    const NAME: &'static str = "exec";
+
+    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(ExecResource::new(self.clone()))
     }
 }
 

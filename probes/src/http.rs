@@ -8,11 +8,11 @@
 //! Failure reasons: `refused`, `connect_timeout`, `tls_handshake`, `tls_expired`,
 //! `http_status`, `http_body`, `reset`, `timeout`, `io`.
 
-use crate::banner::ConfigRegex;
-use crate::config::HostPort;
 use crate::net::Conn;
 use crate::resource::{escape_bytes, Failure, Progress, Resource, Stage};
+use crate::resource::{BuildContext, TypeConfig};
 use crate::tls::{TlsClient, TlsOptions, TrustCache};
+use crate::values::{ConfigRegex, HostPort};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -22,6 +22,7 @@ use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::sync::Arc;
 use std::task::Context;
 
 /// An `http://` or `https://` URL.
@@ -567,6 +568,18 @@ impl Resource for HttpResource {
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
         self.fetch(progress).await
+    }
+}
+
+impl TypeConfig for HttpConfig {
+    const NAME: &'static str = "http";
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        HttpConfig::validate(self)
+    }
+
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(HttpResource::new(self.clone(), &cx.trust))
     }
 }
 

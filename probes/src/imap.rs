@@ -3,11 +3,14 @@
 //! `LOGOUT`.
 
 use crate::banner::{
-    greeting_matcher, BannerPreset, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
+    greeting_matcher, BannerPreset, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
 };
-use crate::config::HostPort;
+use crate::resource::{BuildContext, TypeConfig};
 use crate::tls::TlsOptions;
+use crate::values::{ConfigRegex, HostPort};
+use crate::Resource;
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// Private properties of an `imap` resource.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -78,6 +81,18 @@ impl BannerPreset for ImapConfig {
     }
 }
 
+impl TypeConfig for ImapConfig {
+    const NAME: &'static str = "imap";
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        self.validate_keys()
+    }
+
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(self.banner_resource(&cx.trust))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -93,7 +108,7 @@ mod tests {
         ])
         .await;
         let c: ImapConfig = toml::from_str(&format!("address = \"{addr}\"")).unwrap();
-        let r = c.build(&crate::tls::TrustCache::default());
+        let r = c.banner_resource(&crate::tls::TrustCache::default());
         r.is_alive(&Default::default()).await.unwrap();
     }
 }

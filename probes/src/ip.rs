@@ -16,6 +16,7 @@
 
 #![allow(unsafe_code)] // system calls no safe crate wraps; a SAFETY note at each site
 
+use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
 use async_trait::async_trait;
 use futures::{StreamExt, TryStreamExt};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Deserializer};
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
+use std::sync::Arc;
 
 /// An address with its prefix length: `"192.0.2.10/24"`, `"2001:db8::10/64"`; without a prefix
 /// it is a host address (/32, /128).
@@ -597,6 +599,19 @@ mod announce {
         to.sin6_scope_id = index;
         let packet = na_packet(mac, address);
         send_repeatedly(&fd, &packet, &to, count)
+    }
+}
+
+impl TypeConfig for IpConfig {
+    const NAME: &'static str = "ip";
+    const FAILURE_SIGNAL: bool = true;
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        IpConfig::validate(self)
+    }
+
+    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(IpResource::new(self.clone()))
     }
 }
 

@@ -9,8 +9,12 @@
 //! - [`resource`]: the [`Resource`] trait (the resource DLL's entry points: online, offline,
 //!   terminate, looks_alive, is_alive, the failure signal, adoption after an agent restart) and
 //!   [`Failure`], a typed reason plus a detail for the log.
-//! - [`config`]: the shared pieces of resource configuration: [`HumanDuration`], the
-//!   [`ResourceConfig`] enum over every type's private properties, and [`BuildContext`].
+//!   [`TypeConfig`] is what each type's config declares about its type; [`BuildContext`] what
+//!   a resource is built with.
+//! - [`registry`]: every type listed once; from that list, the [`ResourceConfig`] enum and
+//!   [`RESOURCE_TYPES`].
+//! - [`values`]: the validating value types of every config: [`HumanDuration`], `HostPort`,
+//!   `Argv`, `ConfigRegex`.
 //! - [`process`]: a command resmon supervises itself (its exit is the failure signal).
 //! - [`tcp`]: a TCP connect.
 //! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
@@ -34,7 +38,6 @@
 
 pub mod banner;
 pub mod command;
-pub mod config;
 pub mod disk;
 pub mod exec;
 pub mod http;
@@ -45,14 +48,20 @@ pub mod network_name;
 pub mod ocf;
 pub mod pop3;
 pub mod process;
+pub mod registry;
 pub mod resource;
 pub mod service;
 pub mod smtp;
 pub mod tcp;
 pub mod tls;
+pub mod values;
 
 #[cfg(test)]
 mod testing;
 
-pub use config::{BuildContext, ConfigError, HumanDuration, ResourceConfig, RESOURCE_TYPES};
-pub use resource::{escape_bytes, CertValidity, Failure, Progress, Resource, Stage};
+pub use registry::{ResourceConfig, RESOURCE_TYPES};
+pub use resource::{
+    escape_bytes, BuildContext, CertValidity, ConfigError, Failure, Progress, Resource, Stage,
+    TypeConfig,
+};
+pub use values::HumanDuration;

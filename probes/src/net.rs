@@ -1,7 +1,7 @@
 //! Connection helpers shared by the network resource types.
 
-use crate::config::HostPort;
 use crate::resource::{Failure, Progress, Stage};
+use crate::values::HostPort;
 use resmon_policies::FailureReason;
 use std::net::SocketAddr;
 use std::pin::Pin;

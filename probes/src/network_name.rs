@@ -7,8 +7,9 @@
 //! Failure reasons: `nxdomain`, `servfail`, `wrong_address` (no address, or not the expected
 //! one), `timeout`, `dns` (another resolver error).
 
-use crate::config::HostPort;
+use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource, Stage};
+use crate::values::HostPort;
 use async_trait::async_trait;
 use hickory_resolver::config::{NameServerConfigGroup, ResolverConfig, ResolverOpts};
 use hickory_resolver::error::ResolveErrorKind;
@@ -17,6 +18,7 @@ use hickory_resolver::TokioAsyncResolver;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -165,5 +167,17 @@ impl Resource for NetworkNameResource {
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
         self.resolve(progress).await
+    }
+}
+
+impl TypeConfig for NetworkNameConfig {
+    const NAME: &'static str = "network_name";
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        NetworkNameConfig::validate(self)
+    }
+
+    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(NetworkNameResource::new(self.clone()))
     }
 }

@@ -10,12 +10,14 @@
 //!   privileges, 5 not installed, 6 not configured, 8/9 promoted states).
 
 use crate::command::run;
+use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 fn default_ocf_root() -> PathBuf {
     PathBuf::from("/usr/lib/ocf")
@@ -205,6 +207,18 @@ impl Resource for OcfResource {
 
     async fn is_alive(&self, _: &Progress) -> Result<(), Failure> {
         self.monitor(self.config.is_alive_depth).await
+    }
+}
+
+impl TypeConfig for OcfConfig {
+    const NAME: &'static str = "ocf";
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        OcfConfig::validate(self)
+    }
+
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(OcfResource::new(self.clone(), &cx.resource))
     }
 }
 

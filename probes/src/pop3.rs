@@ -3,11 +3,14 @@
 //! `QUIT`.
 
 use crate::banner::{
-    greeting_matcher, BannerPreset, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
+    greeting_matcher, BannerPreset, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
 };
-use crate::config::HostPort;
+use crate::resource::{BuildContext, TypeConfig};
 use crate::tls::TlsOptions;
+use crate::values::{ConfigRegex, HostPort};
+use crate::Resource;
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// Private properties of a `pop3` resource.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -78,6 +81,18 @@ impl BannerPreset for Pop3Config {
     }
 }
 
+impl TypeConfig for Pop3Config {
+    const NAME: &'static str = "pop3";
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        self.validate_keys()
+    }
+
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(self.banner_resource(&cx.trust))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -99,7 +114,7 @@ mod tests {
             "address = \"{addr}\"\nsteps = [{{ send = \"CAPA\", expect = \"+OK\" }}]"
         ))
         .unwrap();
-        let r = c.build(&crate::tls::TrustCache::default());
+        let r = c.banner_resource(&crate::tls::TrustCache::default());
         r.is_alive(&Default::default()).await.unwrap();
     }
 
@@ -107,7 +122,7 @@ mod tests {
     async fn an_error_greeting_is_unexpected() {
         let addr = serve_script(vec![Answer::Send("-ERR go away\r\n")]).await;
         let c: Pop3Config = toml::from_str(&format!("address = \"{addr}\"")).unwrap();
-        let r = c.build(&crate::tls::TrustCache::default());
+        let r = c.banner_resource(&crate::tls::TrustCache::default());
         let err = r.is_alive(&Default::default()).await.unwrap_err();
         assert_eq!(err.reason, FailureReason::UnexpectedBanner);
         assert!(err.detail.contains(r#""-ERR go away""#), "{err}");

@@ -19,8 +19,9 @@
 
 #![allow(unsafe_code)] // system calls no safe crate wraps; a SAFETY note at each site
 
-use crate::config::{Argv, BuildContext, ConfigError, HostPort, HumanDuration};
+use crate::resource::{BuildContext, ConfigError, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
+use crate::values::{Argv, HostPort, HumanDuration};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
@@ -433,6 +434,22 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+impl TypeConfig for ProcessConfig {
+    const NAME: &'static str = "process";
+    const FAILURE_SIGNAL: bool = true;
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        self.validate()
+            .into_iter()
+            .map(|e| (e.key, e.message))
+            .collect()
+    }
+
+    fn build(&self, cx: &BuildContext) -> std::sync::Arc<dyn crate::Resource> {
+        std::sync::Arc::new(ProcessResource::new(self.clone(), cx))
+    }
 }
 
 #[cfg(test)]

@@ -3,7 +3,8 @@
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use std::fmt;
-use std::sync::Mutex;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
 
 /// Why a call failed: a reason from the fixed enum (a metric label) and a detail for the log.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,4 +329,53 @@ pub trait Resource: Send + Sync + 'static {
     async fn failure(&self) -> Failure {
         std::future::pending().await
     }
+}
+
+/// Where a resource runs: what it may need besides its own properties.
+#[derive(Clone, Debug)]
+pub struct BuildContext {
+    /// The agent's state directory (pid files, logs of supervised processes).
+    pub state_dir: PathBuf,
+    /// The group's name.
+    pub group: String,
+    /// The resource's name.
+    pub resource: String,
+    /// Trust material shared by the TLS resources of one config.
+    pub trust: crate::tls::TrustCache,
+}
+
+impl BuildContext {
+    /// A file of this resource's under the state directory: `<state_dir>/<group>/<resource>.<ext>`.
+    pub fn state_file(&self, extension: &str) -> PathBuf {
+        self.state_dir
+            .join(&self.group)
+            .join(format!("{}.{extension}", self.resource))
+    }
+}
+
+/// A problem in a type's private properties that only shows once they are all read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The key the problem is about, relative to the resource.
+    pub key: &'static str,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// What a resource type's config says about its type: its name in the config, whether it
+/// reports failures between polls, its cross-key checks and how it builds. Every type lists
+/// its config once in [`crate::registry`].
+pub trait TypeConfig {
+    /// The `type = "..."` value.
+    const NAME: &'static str;
+    /// Whether its resources report failures between polls ([`Resource::failure_signal`]).
+    const FAILURE_SIGNAL: bool = false;
+
+    /// Checks that need several keys at once: `(key, message)` pairs.
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
+    /// The runnable resource (WSFC's Open: no side effect on the service).
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource>;
 }

@@ -18,12 +18,14 @@
 //! One connection per resource, made on first use and made again after the bus goes away;
 //! systemd sends unit signals only to subscribed clients, so every connection subscribes.
 
+use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource, Stage};
 use async_trait::async_trait;
 use futures::StreamExt;
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::fmt;
+use std::sync::Arc;
 use std::sync::Mutex;
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::OwnedObjectPath;
@@ -475,6 +477,19 @@ impl Resource for ServiceResource {
         match watch.await {
             Ok(f) | Err(f) => f,
         }
+    }
+}
+
+impl TypeConfig for ServiceConfig {
+    const NAME: &'static str = "service";
+    const FAILURE_SIGNAL: bool = true;
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        ServiceConfig::validate(self)
+    }
+
+    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(ServiceResource::new(self.clone()))
     }
 }
 

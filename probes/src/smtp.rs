@@ -4,11 +4,14 @@
 //! (`tls = "implicit"`, port 465). Ends with `QUIT`.
 
 use crate::banner::{
-    greeting_matcher, BannerPreset, ConfigRegex, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
+    greeting_matcher, BannerPreset, ExtraStep, Framing, Matcher, Script, Step, TlsMode,
 };
-use crate::config::HostPort;
+use crate::resource::{BuildContext, TypeConfig};
 use crate::tls::TlsOptions;
+use crate::values::{ConfigRegex, HostPort};
+use crate::Resource;
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// Private properties of an `smtp` resource.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -104,6 +107,18 @@ impl BannerPreset for SmtpConfig {
     }
 }
 
+impl TypeConfig for SmtpConfig {
+    const NAME: &'static str = "smtp";
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        self.validate_keys()
+    }
+
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(self.banner_resource(&cx.trust))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -113,8 +128,8 @@ mod tests {
 
     fn resource(config: &str) -> crate::banner::BannerResource {
         let c: SmtpConfig = toml::from_str(config).unwrap();
-        assert!(c.validate().is_empty());
-        c.build(&crate::tls::TrustCache::default())
+        assert!(c.validate_keys().is_empty());
+        c.banner_resource(&crate::tls::TrustCache::default())
     }
 
     #[tokio::test]

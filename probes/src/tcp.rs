@@ -4,10 +4,12 @@
 //! The connection is closed with a reset (`SO_LINGER` 0), as HAProxy's health checks do, so that
 //! thousands of checks a second leave no `TIME_WAIT` sockets behind to exhaust local ports.
 
-use crate::config::HostPort;
+use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
+use crate::values::HostPort;
 use async_trait::async_trait;
 use serde::Deserialize;
+use std::sync::Arc;
 
 /// Private properties of a `tcp` resource.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -55,6 +57,14 @@ impl Resource for TcpResource {
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
         self.connect(progress).await
+    }
+}
+
+impl TypeConfig for TcpConfig {
+    const NAME: &'static str = "tcp";
+
+    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(TcpResource::new(self.clone()))
     }
 }
 

@@ -3,8 +3,8 @@
 //! and the peer certificate's validity recorded on every handshake, also one that fails
 //! because the certificate has expired.
 
-use crate::config::HumanDuration;
 use crate::resource::{blocking, CertValidity, Failure, Progress, Stage};
+use crate::values::HumanDuration;
 use resmon_policies::FailureReason;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
