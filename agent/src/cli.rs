@@ -139,7 +139,6 @@ pub enum Output {
 pub fn main(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Run { config } => {
-            init_logging();
             let runtime = match build_runtime(tokio::runtime::Builder::new_multi_thread()) {
                 Ok(rt) => rt,
                 Err(code) => return code,
@@ -230,16 +229,6 @@ fn build_runtime(
         eprintln!("error: cannot start the runtime: {e}");
         ExitCode::FAILURE
     })
-}
-
-fn init_logging() {
-    let filter = tracing_subscriber::EnvFilter::try_from_env("RESMON_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .json()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
 }
 
 fn validate(path: &std::path::Path) -> ExitCode {

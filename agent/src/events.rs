@@ -1,36 +1,36 @@
-//! One struct per event; [`Event::emit`] logs it as one JSON line, counts it, and keeps it in a
-//! bounded in-memory log, in one place. Tests assert which events fired by reading that log.
+//! One struct per event; [`Event::emit`] queues it as one JSON line for the output thread
+//! ([`crate::output`]), counts it, and keeps it in a bounded in-memory log, in one place. Tests assert which events fired by reading that log.
 //!
 //! An event line looks like
 //! `{"ts":"2026-11-22T02:40:00.123Z","event":"state_changed","group":"web","resource":"site",
 //! "type":"process","from":"online","to":"failed","cause":"failure_signal:killed"}`.
 
 use crate::metrics::{Metrics, ResourceMetrics};
+use crate::output::{Output, Priority};
 use resmon_policies::{CheckKind, FailureReason, Operation, State};
 use serde::Serialize;
 use std::collections::VecDeque;
-use std::io::Write;
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// How many recent events the in-memory log keeps.
 const RECENT_EVENTS: usize = 2000;
 
-/// Where events go: stderr (or nowhere), the metrics, and the recent-events log.
+/// Where events go: the output queue (or nowhere), the metrics, and the recent-events log.
 pub struct EventSink {
     metrics: Arc<Metrics>,
     /// As JSON text: a parsed tree is five times the size, for 2,000 lines mostly never read.
     recent: Mutex<VecDeque<Box<str>>>,
-    to_stderr: bool,
+    output: Option<Output>,
 }
 
 impl EventSink {
-    /// A sink that logs to stderr when `to_stderr` is set.
-    pub fn new(metrics: Arc<Metrics>, to_stderr: bool) -> Self {
+    /// A sink that writes each event through `output`, when there is one.
+    pub fn new(metrics: Arc<Metrics>, output: Option<Output>) -> Self {
         EventSink {
             metrics,
             recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
-            to_stderr,
+            output,
         }
     }
 
@@ -66,19 +66,16 @@ impl EventSink {
         if let serde_json::Value::Object(fields) = body {
             line.extend(fields);
         }
-        let mut text = serde_json::Value::Object(line).to_string();
-        if self.to_stderr {
-            text.push('\n');
-            // One write per line, so concurrent lines never interleave.
-            let _ = std::io::stderr().lock().write_all(text.as_bytes());
-            text.pop();
+        let text = serde_json::Value::Object(line).to_string().into_boxed_str();
+        if let Some(output) = &self.output {
+            output.send(Priority::Info, text.clone());
         }
         self.metrics.event(name);
         let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
         if recent.len() == RECENT_EVENTS {
             recent.pop_front();
         }
-        recent.push_back(text.into_boxed_str());
+        recent.push_back(text);
     }
 }
 
@@ -409,7 +406,7 @@ pub fn unix_now() -> f64 {
 }
 
 /// Now as RFC 3339 UTC with milliseconds.
-fn rfc3339_now() -> String {
+pub(crate) fn rfc3339_now() -> String {
     humantime::format_rfc3339_millis(SystemTime::now()).to_string()
 }
 

@@ -181,7 +181,7 @@ mod tests {
     /// stalled check thread does not hold it): what it answers must say so.
     #[tokio::test]
     async fn a_stalled_scheduler_shows_in_healthz_and_in_the_metrics() {
-        let mut views = Shared::new(Arc::new(Metrics::new()), false, "test".into()).views();
+        let mut views = Shared::new(Arc::new(Metrics::new()), "test".into()).views();
         let five_seconds_ago = std::time::Instant::now() - Duration::from_secs(5);
         views.heartbeats = Arc::new(Heartbeats::last_beaten_at(0, five_seconds_ago));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

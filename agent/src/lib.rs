@@ -10,6 +10,8 @@
 //! - [`runtime`]: groups and workers on tokio, reload, shutdown.
 //! - [`server`]: the composition root, [`server::run`] is `resmon run`.
 //! - [`events`]: one struct per event; `emit()` logs a JSON line and counts it.
+//! - [`output`]: the thread that writes event and log lines (stderr or journald), behind a
+//!   bounded queue.
 //! - [`metrics`]: every metric, Prometheus text format.
 //! - [`simulate`]: `resmon simulate`, the policy replayed on a scripted series of failures.
 //! - [`status`]: what `/api/v1/status` serves.
@@ -32,6 +34,7 @@ pub mod events;
 pub mod http;
 pub mod memory;
 pub mod metrics;
+pub mod output;
 pub mod runtime;
 pub mod server;
 pub mod simulate;

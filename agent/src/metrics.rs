@@ -146,6 +146,7 @@ pub struct Metrics {
     heartbeat_age: Gauge<f64, AtomicU64>,
     lease_renew: Histogram,
     resources: Gauge,
+    events_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -292,6 +293,12 @@ impl Metrics {
             "The agent's version, as a label",
             build_info,
         );
+        let events_dropped = Counter::default();
+        registry.register(
+            "resmon_events_dropped",
+            "Event and log lines dropped because the output queue was full (stderr or the journal too slow)",
+            events_dropped.clone(),
+        );
         Metrics {
             registry,
             series: RwLock::new(BTreeMap::new()),
@@ -315,7 +322,13 @@ impl Metrics {
             heartbeat_age,
             lease_renew,
             resources,
+            events_dropped,
         }
+    }
+
+    /// The counter of dropped output lines, for the output thread to hold.
+    pub fn events_dropped(&self) -> Counter {
+        self.events_dropped.clone()
     }
 
     /// Resolves the handles of one resource's series and creates them (state `offline`).

@@ -6,6 +6,7 @@
 use crate::config::{self, ConfigErrors};
 use crate::events::{AgentStarted, Event, EventSink};
 use crate::metrics::Metrics;
+use crate::output::{Output, Target};
 use crate::runtime::threads::{CheckThreads, Scheduler};
 use crate::runtime::{Agent, Shared};
 use futures::{Stream, StreamExt};
@@ -29,6 +30,9 @@ pub enum RunError {
         /// The error.
         source: std::io::Error,
     },
+    /// The output thread could not be started.
+    #[error("cannot start the output thread: {0}")]
+    Output(std::io::Error),
     /// The check threads could not be started.
     #[error("cannot start {count} check threads (agent.check_threads in {config}): {source}")]
     CheckThreads {
@@ -48,9 +52,15 @@ pub async fn run(
     mut reloads: impl Stream<Item = ()> + Unpin,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError> {
+    // First the output thread: from here on nothing writes to stderr itself, so a reader
+    // that does not keep up (a full pipe) holds no part of the agent, its start included.
+    let metrics = Arc::new(Metrics::new());
+    let output =
+        Output::start(Target::detect(), metrics.events_dropped()).map_err(RunError::Output)?;
+    crate::output::install_logs(output.clone());
     let config::Loaded { config, warnings } = config::load(&path)?;
     for w in &warnings {
-        eprintln!("{w}");
+        tracing::warn!("{w}");
     }
     // Said once; 10,000 resources may bring as many, kept for nothing.
     drop(warnings);
@@ -62,8 +72,7 @@ pub async fn run(
             source,
         })?;
     let listen = listener.local_addr().unwrap_or(config.agent.listen);
-
-    let sink = Arc::new(EventSink::new(Arc::new(Metrics::new()), true));
+    let sink = Arc::new(EventSink::new(metrics, Some(output.clone())));
     let coordinator = match &config.cluster {
         Some(cluster) => crate::cluster::Coordinator::etcd(
             &cluster.node_name(&config.agent),
@@ -135,5 +144,7 @@ pub async fn run(
     crate::watchdog::stopping();
     let stop = agent.agent_config().stop_on_exit;
     agent.shutdown(stop).await;
+    // The last events (the groups' stops) are written before the process exits.
+    output.flush(std::time::Duration::from_secs(2));
     Ok(())
 }

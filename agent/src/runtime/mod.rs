@@ -67,9 +67,10 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// Fresh shared state, with the embedded single-node coordinator.
-    pub fn new(metrics: Arc<Metrics>, log_events: bool, node: String) -> Arc<Self> {
-        let sink = Arc::new(EventSink::new(metrics, log_events));
+    /// Fresh shared state, with the embedded single-node coordinator; events go nowhere but
+    /// the metrics and the recent-events log.
+    pub fn new(metrics: Arc<Metrics>, node: String) -> Arc<Self> {
+        let sink = Arc::new(EventSink::new(metrics, None));
         let coordinator = crate::cluster::Coordinator::embedded(&node, sink.clone());
         let starts = config::default_max_parallel_starts().get();
         Self::with_coordinator(

@@ -137,7 +137,7 @@ fn start_gated(
     let loaded = config::parse(Path::new("test.toml"), toml).expect("valid test config");
     let sink = Arc::new(crate::events::EventSink::new(
         Arc::new(Metrics::new()),
-        false,
+        None,
     ));
     let coordinator = crate::cluster::Coordinator::embedded("test", sink.clone());
     let shared = Shared::with_coordinator(
