@@ -51,6 +51,7 @@ const FILES: &[&str] = &[
     "/usr/share/resmon/prometheus-scrape.yml",
     "/usr/share/man/man1/resmon.1.gz",
     "/usr/share/bash-completion/completions/resmon",
+    "/usr/share/doc/resmon/manual/configuration.md",
 ];
 
 #[test]

@@ -4,7 +4,7 @@
 //!
 //! Why not the agent's multi-threaded runtime: at ten thousand checks a second, its idle
 //! thread is woken to steal work almost every time the other one finds sockets ready, and on
-//! these machines those wake-ups cost about a quarter of the agent's CPU (README, How checks
+//! these machines those wake-ups cost about a quarter of the agent's CPU (docs/src/how-checks-run.md, How checks
 //! run). Why not one runtime for everything: the control plane (the HTTP endpoint, the
 //! control API, group tasks, etcd leases) must go on answering when checks are many or one of
 //! them misbehaves, as Pacemaker keeps membership (corosync) apart from its resource monitor.
