@@ -1,6 +1,6 @@
 //! Maps a key path back to its line and column, through `toml_edit`'s span-preserving parse.
 
-use super::Seg;
+use super::diagnostics::Seg;
 use std::cell::OnceCell;
 use std::ops::Range;
 use toml_edit::{Item, Table, TableLike, Value};

@@ -1,7 +1,7 @@
 //! The common resource properties: set in `[resource_types.<type>]` as defaults, overridden on
 //! each resource, and resolved against built-in defaults taken from WSFC.
 
-use super::{show, Diagnostics, Seg};
+use super::diagnostics::{show, Diagnostics, Seg};
 use resmon_policies::{RestartAction, RestartPolicy};
 use resmon_probes::HumanDuration;
 use serde::Deserialize;

@@ -2,7 +2,7 @@
 //! plus the warnings, the defaults and the way type defaults are overridden.
 
 use super::*;
-use resmon_policies::RestartAction;
+use resmon_policies::{ResourceId, RestartAction};
 use resmon_probes::ResourceConfig as Private;
 use std::time::Duration;
 
