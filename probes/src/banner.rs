@@ -667,7 +667,7 @@ mod adversarial {
     use std::time::Duration;
 
     fn smtp(addr: impl std::fmt::Display, extra: &str) -> BannerResource {
-        let c: crate::smtp::SmtpConfig =
+        let c: crate::mail::SmtpConfig =
             toml::from_str(&format!("address = \"{addr}\"\n{extra}")).unwrap();
         assert!(c.validate_keys().is_empty(), "{:?}", c.validate_keys());
         c.banner_resource(&TrustCache::default())

@@ -17,8 +17,8 @@
 //!   `Argv`, `ConfigRegex`.
 //! - [`process`]: a command resmon supervises itself (its exit is the failure signal).
 //! - [`tcp`]: a TCP connect.
-//! - [`banner`]: the expect/send engine of the mail protocols, and [`smtp`], [`pop3`], [`imap`],
-//!   its presets.
+//! - [`banner`]: the expect/send engine of the mail protocols; [`mail`]: the `smtp`, `pop3` and
+//!   `imap` types, one config and a table of presets over the engine.
 //! - [`http`]: an HTTP GET or HEAD, plain or TLS.
 //! - [`ip`]: an address on an interface (rtnetlink), announced by gratuitous ARP or
 //!   unsolicited neighbour advertisement, with a netlink failure signal.
@@ -41,17 +41,15 @@ pub mod command;
 pub mod disk;
 pub mod exec;
 pub mod http;
-pub mod imap;
 pub mod ip;
+pub mod mail;
 pub mod net;
 pub mod network_name;
 pub mod ocf;
-pub mod pop3;
 pub mod process;
 pub mod registry;
 pub mod resource;
 pub mod service;
-pub mod smtp;
 pub mod tcp;
 pub mod tls;
 pub mod values;

@@ -77,9 +77,9 @@ macro_rules! resource_types {
 resource_types! {
     Process(crate::process::ProcessConfig),
     Tcp(crate::tcp::TcpConfig),
-    Smtp(crate::smtp::SmtpConfig),
-    Pop3(crate::pop3::Pop3Config),
-    Imap(crate::imap::ImapConfig),
+    Smtp(crate::mail::SmtpConfig),
+    Pop3(crate::mail::Pop3Config),
+    Imap(crate::mail::ImapConfig),
     Http(crate::http::HttpConfig),
     Exec(crate::exec::ExecConfig),
     Ocf(crate::ocf::OcfConfig),
