@@ -9,12 +9,21 @@
 //! Workers resolve their metric handles once ([`ResourceMetrics`]) so the hot path is an
 //! atomic add, not a label lookup.
 //!
-//! The four per-resource families (state, last check duration, restarts, last transition) are
-//! 10 of the ~12 series per resource: 120,000 series at 10,000 resources. They are kept as plain
-//! atomics with each resource's label block rendered once, and written by [`ResourceSeries`]'s
-//! own encoder, because the generic label encoding of `prometheus-client` takes ~45 ms for them
-//! while a scrape must stay well under 100 ms. Everything else (histograms per type, sparse
-//! failure and timeout counters, events) is a `prometheus-client` family.
+//! # Layout
+//!
+//! - this module: the registry, every `prometheus-client` family (histograms per type, sparse
+//!   failure and timeout counters, events, cluster) and the handles workers hold; the
+//!   exposition in chunks.
+//! - [`series`]: the four per-resource families, their atomics and their streaming encoder.
+//! - [`text`]: the Prometheus text format made from `prometheus-client`'s OpenMetrics, for
+//!   scrapers that do not ask for OpenMetrics.
+
+mod series;
+mod text;
+
+pub use series::ResourceSeries;
+use series::{SeriesCursor, SERIES_FAMILIES};
+use text::openmetrics_to_text;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -24,8 +33,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use resmon_policies::{CheckKind, FailureReason, Operation, State};
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// `group`, `resource`, `type`.
@@ -567,185 +575,6 @@ impl Metrics {
 /// How much of the exposition is encoded at a time.
 pub const CHUNK_BYTES: usize = 64 * 1024;
 
-/// The per-resource families: name, kind, help. The only difference between the two formats
-/// is how a counter family is named in its `# HELP`/`# TYPE` lines.
-const SERIES_FAMILIES: [(&str, &str, &str); 4] = [
-    (
-        "resmon_resource_state",
-        "gauge",
-        "Current state of each resource: 1 for the state it is in, 0 for the others.",
-    ),
-    (
-        "resmon_check_last_duration_seconds",
-        "gauge",
-        "Duration of each resource's last check of each kind.",
-    ),
-    (
-        "resmon_resource_restarts",
-        "counter",
-        "Restarts of each resource decided by the restart policy.",
-    ),
-    (
-        "resmon_resource_last_transition_timestamp_seconds",
-        "gauge",
-        "Unix time of each resource's last state transition.",
-    ),
-];
-
-/// Where the encoding of the per-resource families has got to.
-#[derive(Default)]
-struct SeriesCursor {
-    family: usize,
-    resource: usize,
-}
-
-impl SeriesCursor {
-    /// Writes the next line or lines: a family's header, or one resource's samples of it.
-    fn write(&mut self, out: &mut String, series: &[Arc<ResourceSeries>], openmetrics: bool) {
-        let (name, kind, help) = SERIES_FAMILIES[self.family];
-        if self.resource == 0 {
-            let suffix = if kind == "counter" && !openmetrics {
-                "_total"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                out,
-                "# HELP {name}{suffix} {help}\n# TYPE {name}{suffix} {kind}"
-            );
-        }
-        let Some(s) = series.get(self.resource) else {
-            self.family += 1;
-            self.resource = 0;
-            return;
-        };
-        self.resource += 1;
-        match self.family {
-            0 => {
-                let current = s.state.load(Ordering::Relaxed);
-                for (i, state) in State::ALL.iter().enumerate() {
-                    let _ = writeln!(
-                        out,
-                        "{name}{{state=\"{}\",{}}} {}",
-                        state.as_str(),
-                        s.labels,
-                        u8::from(i == current)
-                    );
-                }
-            }
-            1 => {
-                for (i, check) in CheckKind::ALL.iter().enumerate() {
-                    let v = f64::from_bits(s.last_duration[i].load(Ordering::Relaxed));
-                    let _ = writeln!(
-                        out,
-                        "{name}{{check=\"{}\",{}}} {v}",
-                        check.as_str(),
-                        s.labels
-                    );
-                }
-            }
-            2 => {
-                let _ = writeln!(
-                    out,
-                    "{name}_total{{{}}} {}",
-                    s.labels,
-                    s.restarts.load(Ordering::Relaxed)
-                );
-            }
-            _ => {
-                let v = f64::from_bits(s.last_transition.load(Ordering::Relaxed));
-                let _ = writeln!(out, "{name}{{{}}} {v}", s.labels);
-            }
-        }
-    }
-}
-
-/// Rewrites OpenMetrics text as Prometheus text: counter families are named with their
-/// `_total` suffix in `# HELP`/`# TYPE` (OpenMetrics names the family without it), and the
-/// OpenMetrics-only `# UNIT` and `# EOF` lines go.
-fn openmetrics_to_text(om: &str) -> String {
-    let mut out = String::with_capacity(om.len());
-    let mut rest = om;
-    // Sample lines are copied in bulk; only the few comment lines are looked at.
-    while !rest.is_empty() {
-        let comment = rest
-            .find("# ")
-            .filter(|&i| i == 0 || rest.as_bytes()[i - 1] == b'\n');
-        let Some(at) = comment.or_else(|| rest.find("\n# ").map(|i| i + 1)) else {
-            out.push_str(rest);
-            break;
-        };
-        out.push_str(&rest[..at]);
-        rest = &rest[at..];
-        let end = rest.find('\n').map_or(rest.len(), |i| i + 1);
-        let line = &rest[..end];
-        rest = &rest[end..];
-        let line = line.trim_end_matches('\n');
-        if let Some(help) = line.strip_prefix("# HELP ") {
-            // The TYPE line follows its HELP line: read it now to learn the family's kind.
-            let type_end = rest.find('\n').map_or(rest.len(), |i| i + 1);
-            let type_line = rest[..type_end].trim_end_matches('\n');
-            let suffix = if type_line.ends_with(" counter") {
-                "_total"
-            } else {
-                ""
-            };
-            let (name, text) = help.split_once(' ').unwrap_or((help, ""));
-            out.push_str(&format!("# HELP {name}{suffix} {text}\n"));
-        } else if let Some(t) = line.strip_prefix("# TYPE ") {
-            let (name, kind) = t.split_once(' ').unwrap_or((t, ""));
-            let suffix = if kind == "counter" { "_total" } else { "" };
-            out.push_str(&format!("# TYPE {name}{suffix} {kind}\n"));
-        } else if line.starts_with("# UNIT ") || line == "# EOF" {
-            // OpenMetrics only.
-        } else {
-            out.push_str(line);
-            out.push('\n');
-        }
-    }
-    out
-}
-
-/// One resource's own series: atomics, and its label block rendered once.
-pub struct ResourceSeries {
-    /// `group="…",resource="…",type="…"`; names are validated to need no escaping.
-    labels: String,
-    /// Index of the current state in [`State::ALL`].
-    state: AtomicUsize,
-    /// Last check durations (f64 bits), by [`CheckKind::ALL`] order.
-    last_duration: [AtomicU64; 2],
-    restarts: AtomicU64,
-    /// Unix seconds (f64 bits).
-    last_transition: AtomicU64,
-}
-
-impl ResourceSeries {
-    fn new(labels: &ResourceLabels) -> Self {
-        ResourceSeries {
-            labels: format!(
-                "group=\"{}\",resource=\"{}\",type=\"{}\"",
-                escape(&labels.group),
-                escape(&labels.resource),
-                labels.kind.r#type
-            ),
-            state: AtomicUsize::new(state_index(State::Offline)),
-            last_duration: [
-                AtomicU64::new(0f64.to_bits()),
-                AtomicU64::new(0f64.to_bits()),
-            ],
-            restarts: AtomicU64::new(0),
-            last_transition: AtomicU64::new(0f64.to_bits()),
-        }
-    }
-}
-
-/// Escapes a label value (config names never need it; this keeps the output valid regardless).
-fn escape(v: &str) -> String {
-    v.replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
-}
-
 /// One resource's metric handles.
 #[derive(Clone)]
 pub struct ResourceMetrics {
@@ -812,7 +641,7 @@ where
     })
 }
 
-fn state_index(s: State) -> usize {
+pub(super) fn state_index(s: State) -> usize {
     State::ALL
         .iter()
         .position(|x| *x == s)
