@@ -117,6 +117,10 @@ pub enum Input {
     Activate,
     /// Take the group offline (agent stopping with `stop_on_exit`, or ownership lost).
     Deactivate,
+    /// This node may no longer run the group (its lease may expire before an orderly stop
+    /// ends): terminate every resource that may run, at once, addresses first, replacing any
+    /// operation in flight. Nothing starts again until [`Input::Activate`].
+    Fence,
     /// A health check returned.
     CheckCompleted {
         /// Which resource.
@@ -202,6 +206,8 @@ pub enum Cause {
     ProviderDown,
     /// The group is being taken offline on this node.
     GroupStopping,
+    /// This node fenced itself: terminated, not stopped.
+    Fenced,
     /// A restart within the threshold.
     Restart,
     /// The final attempt after `retry_period_on_failure`.
@@ -229,6 +235,7 @@ impl fmt::Display for Cause {
             Cause::OperationTimedOut { operation } => write!(f, "{operation}_timeout"),
             Cause::ProviderDown => f.write_str("provider_down"),
             Cause::GroupStopping => f.write_str("group_stopping"),
+            Cause::Fenced => f.write_str("fenced"),
             Cause::Restart => f.write_str("restart"),
             Cause::Retry => f.write_str("retry"),
             Cause::Admin => f.write_str("admin"),
@@ -588,6 +595,7 @@ impl GroupController {
                     r.escalation = Escalation::None;
                 }
             }
+            Input::Fence => self.fence(out),
             Input::CheckCompleted {
                 resource,
                 check,
@@ -741,6 +749,31 @@ impl GroupController {
             AfterTerminate::StayFailed
         };
         self.start_terminate(id, after, out);
+    }
+
+    /// [`Input::Fence`]: every resource that may run is terminated now, the addresses
+    /// ([`ResourceSpec::fence_first`]) first so that clients stop arriving; an operation in
+    /// flight is superseded (its late answer is ignored, as `pending` no longer names it).
+    fn fence(&mut self, out: &mut Vec<Effect>) {
+        self.mode = GroupMode::Stopping;
+        self.failover_requested = false;
+        let ids = (0..self.resources.len()).map(ResourceId);
+        let (first, rest): (Vec<_>, Vec<_>) =
+            ids.partition(|&id| self.spec.resource(id).fence_first);
+        for id in first.into_iter().chain(rest) {
+            let r = &mut self.resources[id.0];
+            r.escalation = Escalation::None;
+            if r.pending == Some(Operation::Terminate) || (r.state.is_down() && !r.may_still_run) {
+                continue;
+            }
+            if r.state == State::Online {
+                out.push(Effect::Unmonitor(id));
+            }
+            if !r.state.is_down() {
+                self.transition(id, State::OfflinePending, Cause::Fenced, out);
+            }
+            self.start_terminate(id, AfterTerminate::Offline, out);
+        }
     }
 
     fn wait_for_retry(&mut self, now: Time, id: ResourceId, out: &mut Vec<Effect>) {

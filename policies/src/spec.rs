@@ -91,6 +91,9 @@ pub struct ResourceSpec {
     pub depends_on: Vec<ResourceId>,
     /// Restart and failure-detection properties.
     pub policy: RestartPolicy,
+    /// Terminated before the others when the node fences itself: an address, so that clients
+    /// stop arriving before the services behind it are killed.
+    pub fence_first: bool,
 }
 
 /// Why a group's resource list is not a valid dependency DAG.
@@ -257,6 +260,7 @@ mod tests {
             name: name.into(),
             depends_on: deps.iter().map(|&d| ResourceId(d)).collect(),
             policy: RestartPolicy::default(),
+            fence_first: false,
         }
     }
 

@@ -46,6 +46,8 @@ enum Step {
     },
     Tick,
     Deactivate,
+    /// The node's lease may expire: terminate everything now.
+    Fence,
     /// The group is given (back) to this node, as the coordinator does after a move.
     Activate,
 }
@@ -63,6 +65,7 @@ fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
         1 => any::<bool>().prop_map(|moved| Step::Failover { moved }),
         2 => Just(Step::Tick),
         1 => Just(Step::Deactivate),
+        1 => Just(Step::Fence),
         1 => Just(Step::Activate),
     ];
     (0u64..4000, step)
@@ -86,6 +89,7 @@ fn group_strategy() -> impl Strategy<Value = Vec<ResourceSpec>> {
                     |(i, (deps, threshold, period, retry, action, signal))| ResourceSpec {
                         name: format!("r{i}"),
                         depends_on: (0..i).filter(|&j| deps[j]).map(ResourceId).collect(),
+                        fence_first: i == 0,
                         policy: RestartPolicy {
                             restart_action: [
                                 RestartAction::NoRestart,
@@ -111,6 +115,8 @@ struct Checker {
     in_flight: HashMap<ResourceId, Operation>,
     admin_offline: Vec<bool>,
     restarts: Vec<Vec<Time>>,
+    /// Fenced and not given the group again since: nothing may start.
+    fenced: bool,
 }
 
 impl Checker {
@@ -119,7 +125,16 @@ impl Checker {
             Input::Admin(AdminCommand::Clear(id)) => Some(id),
             _ => None,
         };
+        let fencing = input == Input::Fence;
+        match input {
+            Input::Fence => self.fenced = true,
+            Input::Activate
+            | Input::Admin(AdminCommand::Online(_))
+            | Input::Admin(AdminCommand::GroupOnline) => self.fenced = false,
+            _ => {}
+        }
         let effects = self.c.step(now, input);
+        let mut superseded = Vec::new();
         // An accepted clear forgets the restart history by design: the window starts over.
         if let Some(id) = cleared {
             if !effects.iter().any(|e| matches!(e, Effect::Refused { .. })) {
@@ -142,6 +157,17 @@ impl Checker {
                 _ => continue,
             };
             prop_assert!(
+                !(self.fenced && op == Operation::Online),
+                "online of {id} after the node fenced itself"
+            );
+            if fencing {
+                prop_assert_eq!(op, Operation::Terminate, "a fence only terminates");
+                // The operation in flight is superseded: its answer may still come.
+                if let Some(old) = self.in_flight.remove(&id) {
+                    superseded.push((id, old));
+                }
+            }
+            prop_assert!(
                 self.in_flight.insert(id, op).is_none(),
                 "a second operation {op} for {id} while one is in flight"
             );
@@ -156,6 +182,29 @@ impl Checker {
                         p
                     );
                 }
+            }
+        }
+        if fencing {
+            for i in 0..self.n {
+                let id = ResourceId(i);
+                prop_assert!(
+                    self.c.state(id).is_down()
+                        || self.in_flight.get(&id) == Some(&Operation::Terminate),
+                    "{id} is {} and not being terminated after a fence",
+                    self.c.state(id)
+                );
+            }
+            // A superseded operation's late answer changes nothing.
+            for (id, operation) in superseded {
+                let late = self.c.step(
+                    now,
+                    Input::OperationCompleted {
+                        resource: id,
+                        operation,
+                        outcome: Ok(()),
+                    },
+                );
+                prop_assert!(late.is_empty(), "the late {operation} of {id} did {late:?}");
             }
         }
         for i in 0..self.n {
@@ -194,6 +243,7 @@ proptest! {
             in_flight: HashMap::new(),
             admin_offline: vec![false; n],
             restarts: vec![Vec::new(); n],
+            fenced: false,
         };
         let mut now = Time::ZERO;
         for i in 0..n {
@@ -243,6 +293,7 @@ proptest! {
                 Step::Failover { moved } => Input::FailoverCompleted { moved },
                 Step::Tick => Input::Tick,
                 Step::Deactivate => Input::Deactivate,
+                Step::Fence => Input::Fence,
                 Step::Activate => Input::Activate,
             };
             k.feed(now, input)?;

@@ -5,12 +5,12 @@
 //!
 //! Commands:
 //! - `resource NAME [after=A,B] [action=..] [threshold=N] [period=D] [retry=D] [signal]
-//!   [poll_looks_alive=true|false]` declares a resource (no output);
+//!   [poll_looks_alive=true|false] [fence_first]` declares a resource (no output);
 //! - `start [adopt=A,B]` builds the controller, adopts the named resources and activates it;
 //! - `at T INPUT` feeds an input at time T: `op NAME online|offline|terminate ok|timeout|REASON`,
 //!   `check NAME looks_alive|is_alive ok|REASON`, `signal NAME REASON`,
 //!   `admin online|offline|clear NAME`, `admin group-online|group-offline`,
-//!   `failover moved|nowhere`, `tick`, `deactivate`;
+//!   `failover moved|nowhere`, `tick`, `deactivate`, `fence`, `activate`;
 //! - `states` prints every resource's state.
 
 use resmon_policies::{
@@ -47,7 +47,7 @@ fn parse_duration(s: &str) -> Duration {
 }
 
 struct Harness {
-    declared: Vec<(String, Vec<String>, RestartPolicy)>,
+    declared: Vec<(String, Vec<String>, RestartPolicy, bool)>,
     controller: Option<GroupController>,
 }
 
@@ -76,6 +76,7 @@ impl Harness {
             ["resource", name, opts @ ..] => {
                 let mut deps = Vec::new();
                 let mut policy = RestartPolicy::default();
+                let mut fence_first = false;
                 for opt in opts {
                     let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
                     match k {
@@ -93,10 +94,12 @@ impl Harness {
                         "retry" => policy.retry_period_on_failure = parse_duration(v),
                         "signal" => policy.provides_failure_signal = true,
                         "poll_looks_alive" => policy.poll_looks_alive = Some(v == "true"),
+                        "fence_first" => fence_first = true,
                         _ => panic!("bad option {opt}"),
                     }
                 }
-                self.declared.push((name.to_string(), deps, policy));
+                self.declared
+                    .push((name.to_string(), deps, policy, fence_first));
                 vec![]
             }
             ["start", opts @ ..] => {
@@ -104,7 +107,7 @@ impl Harness {
                 let specs = self
                     .declared
                     .iter()
-                    .map(|(name, deps, policy)| ResourceSpec {
+                    .map(|(name, deps, policy, fence_first)| ResourceSpec {
                         name: name.clone(),
                         depends_on: deps
                             .iter()
@@ -118,6 +121,7 @@ impl Harness {
                             })
                             .collect(),
                         policy: policy.clone(),
+                        fence_first: *fence_first,
                     })
                     .collect();
                 self.controller = Some(GroupController::new(
@@ -220,6 +224,7 @@ impl Harness {
             ["failover", "nowhere"] => Input::FailoverCompleted { moved: false },
             ["tick"] => Input::Tick,
             ["deactivate"] => Input::Deactivate,
+            ["fence"] => Input::Fence,
             ["activate"] => Input::Activate,
             _ => panic!("bad input {words:?}"),
         }

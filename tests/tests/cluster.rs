@@ -359,3 +359,74 @@ fn the_coordinator_logs_in_to_etcd_with_a_user_and_password() {
     let why = assert_kept_out(&cluster, &agent);
     assert!(why.contains("connect to etcd"), "{why}");
 }
+
+/// The owner loses etcd alone (a blackhole route to it; its link stays up, so its VIP would
+/// still answer neighbours), and its service ignores SIGTERM: an orderly stop would outlast
+/// the lease. The fence terminates instead, the address first: the VIP is gone and the service
+/// killed before the lease can expire, and the observer never sees two holders.
+#[test]
+fn a_fenced_owner_kills_a_service_that_ignores_sigterm_before_its_lease_expires() {
+    let cluster = Arc::new(Cluster::new(2));
+    let stubborn = |node: &str| {
+        let group = cluster.web_group(node, "failover_threshold = 100\nfailover_period = \"1h\"");
+        // `trap '' TERM` is inherited across exec: the server never sees SIGTERM.
+        let (head, tail) = group.split_once("command = [").unwrap();
+        let (_, rest) = tail.split_once("]\n").unwrap();
+        let testd = resmon_e2e::binary("resmon-testd");
+        format!(
+            "{head}command = [\"sh\", \"-c\", \"trap '' TERM; exec {} --listen {}:{} --http --banner {node}\"]\n{rest}",
+            testd.display(),
+            resmon_e2e::cluster::VIP,
+            resmon_e2e::cluster::SERVICE_PORT
+        )
+    };
+    let mut agents = BTreeMap::new();
+    for node in cluster.nodes.clone() {
+        let config = cluster.agent_config(&node, TTL, &stubborn(&node));
+        agents.insert(node.clone(), cluster.start_agent(&node, &config));
+    }
+    cluster.wait_answer("n1", LONG);
+    let server = server_pid(&cluster, "n1").expect("the server runs on n1");
+    let observer = Observer::start(&cluster);
+    std::thread::sleep(Duration::from_secs(1));
+
+    let cut = Instant::now();
+    resmon_e2e::cluster::sh(&format!(
+        "ip -n {} route add blackhole 10.88.0.1/32",
+        cluster.netns("n1")
+    ));
+    // The fence: the VIP leaves n1 and its server is killed, within the lease.
+    let mut gone = None;
+    while cut.elapsed() < LONG {
+        if !cluster.holders().contains(&"n1".to_string()) && !resmon_e2e::process_alive(server) {
+            gone = Some(cut.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let gone = gone.expect("n1 still holds the VIP or runs its server");
+    cluster.wait_answer("n2", LONG);
+    let taken = cut.elapsed();
+    println!(
+        "etcd cut from the owner: its VIP and its server gone after {:.0} ms (lease 2 s, fence \
+         margin 500 ms), the next node answering after {:.0} ms",
+        gone.as_secs_f64() * 1000.0,
+        taken.as_secs_f64() * 1000.0
+    );
+    assert!(
+        gone < Duration::from_secs(2),
+        "the fence took {gone:?}, longer than the lease"
+    );
+    let fenced = agents["n1"].events_of("state_changed", "server");
+    assert!(
+        fenced.iter().any(|e| e["cause"] == "fenced"),
+        "the server was not fenced: {fenced:?}"
+    );
+    // The observer goes on watching n2 serve alone.
+    std::thread::sleep(Duration::from_secs(4));
+    check_samples(&observer.finish());
+    resmon_e2e::cluster::sh(&format!(
+        "ip -n {} route del blackhole 10.88.0.1/32",
+        cluster.netns("n1")
+    ));
+}

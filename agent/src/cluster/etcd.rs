@@ -96,14 +96,15 @@ impl Fence {
             .map(|r| r + self.window)
     }
 
-    /// Stops every group; returns the ones that were running.
-    fn stop_all(&self) -> Vec<String> {
+    /// Fences every group: what runs is terminated at once, not stopped in order, for the
+    /// lease may expire before an orderly stop ends. Returns the groups that were running.
+    fn fence_all(&self) -> Vec<String> {
         let mut running = Vec::new();
         for (group, d) in self.directives().iter() {
             if *d.borrow() == Directive::Run {
                 running.push(group.clone());
             }
-            d.send_if_modified(|d| std::mem::replace(d, Directive::Stop) != Directive::Stop);
+            d.send_if_modified(|d| std::mem::replace(d, Directive::Fence) != Directive::Fence);
         }
         running
     }
@@ -126,7 +127,7 @@ async fn fencing(fence: Arc<Fence>, node: String, sink: Arc<EventSink>) {
                         .map(|r| r.elapsed().as_secs_f64())
                         .unwrap_or_default();
                     fence.fenced.store(true, Ordering::SeqCst);
-                    let groups = fence.stop_all();
+                    let groups = fence.fence_all();
                     SelfFenced {
                         node: &node,
                         groups,
@@ -255,7 +256,7 @@ impl EtcdCoordinator {
             // Never reached etcd since the start: what this node adopted may be owned elsewhere
             // by now; the same deadline as the fence applies.
             if !self.ever_connected && started.elapsed() >= self.fence.window {
-                self.fence.stop_all();
+                self.fence.fence_all();
             }
             self.fence.fenced.store(false, Ordering::SeqCst);
             // A broken connection is not a lost lease: the groups keep running until the fence
@@ -263,7 +264,7 @@ impl EtcdCoordinator {
             // Only a lease etcd declared expired stops them at once.
             if self.ever_connected && !self.lease_file.exists() {
                 *self.fence.renewed.lock().unwrap_or_else(|e| e.into_inner()) = None;
-                self.fence.stop_all();
+                self.fence.fence_all();
             }
             for g in self.groups.values_mut() {
                 g.owner = None;
@@ -292,7 +293,7 @@ impl EtcdCoordinator {
                 self.offline_request(request);
             }
             if !self.ever_connected && started.elapsed() >= self.fence.window {
-                self.fence.stop_all();
+                self.fence.fence_all();
             }
             if self.rx.is_closed() {
                 return;
@@ -897,7 +898,7 @@ impl EtcdCoordinator {
                     .fence
                     .directives()
                     .get(&group)
-                    .is_some_and(|d| *d.borrow() == Directive::Stop);
+                    .is_some_and(|d| matches!(*d.borrow(), Directive::Stop | Directive::Fence));
                 if self.owned(g) && stopping {
                     self.release(client, &group).await?;
                 }

@@ -28,9 +28,12 @@ pub enum Directive {
     Wait,
     /// This node holds the group: keep it online.
     Run,
-    /// This node does not hold it (or is letting it go, or fenced itself): take it offline and
-    /// report [`GroupLink::released`] once it is.
+    /// This node does not hold it (or is letting it go): take it offline in order and report
+    /// [`GroupLink::released`] once it is.
     Stop,
+    /// This node may no longer hold it (its lease may expire): terminate what runs at once,
+    /// addresses first, and report [`GroupLink::released`] once everything is down.
+    Fence,
 }
 
 /// The answer to a failover request.
@@ -85,7 +88,7 @@ impl GroupLink {
         answer
     }
 
-    /// Tells the coordinator that the group is offline after a [`Directive::Stop`]: the
+    /// Tells the coordinator that the group is offline after a [`Directive::Stop`] or a fence: the
     /// ownership key can go.
     pub fn released(&self) {
         let _ = self.requests.send(Request::Released {

@@ -248,6 +248,7 @@ pub(super) fn read_group(
             name: r.name.to_string(),
             depends_on,
             policy: r.props.restart_policy(r.private.provides_failure_signal()),
+            fence_first: matches!(r.private, PrivateConfig::Ip(_)),
         });
     }
     if !ok {

@@ -125,7 +125,8 @@ struct GroupTask {
     link: GroupLink,
     /// The directive followed last.
     directive: Directive,
-    /// The group went offline under [`Directive::Stop`] and the coordinator was told.
+    /// The group went offline under [`Directive::Stop`] or [`Directive::Fence`] and the
+    /// coordinator was told.
     released: bool,
     /// The coordinator's answer to a failover request, while it is awaited.
     failover: Option<oneshot::Receiver<FailoverAnswer>>,
@@ -332,6 +333,7 @@ impl GroupTask {
         match directive {
             Directive::Run => self.step(Input::Activate),
             Directive::Stop => self.step(Input::Deactivate),
+            Directive::Fence => self.step(Input::Fence),
             Directive::Wait => {}
         }
         self.report_released();
@@ -340,7 +342,8 @@ impl GroupTask {
     /// Tells the coordinator once the group is offline after a stop, so the key can go.
     fn report_released(&mut self) {
         // A resource whose terminate failed may still run: the key stays held until it is not.
-        if self.directive == Directive::Stop && !self.released && self.controller.is_let_go() {
+        let letting_go = matches!(self.directive, Directive::Stop | Directive::Fence);
+        if letting_go && !self.released && self.controller.is_let_go() {
             self.released = true;
             self.link.released();
         }
