@@ -430,3 +430,48 @@ fn a_fenced_owner_kills_a_service_that_ignores_sigterm_before_its_lease_expires(
         cluster.netns("n1")
     ));
 }
+
+/// The owner's agent is frozen (SIGSTOP) for three times its lease: meanwhile the lease expires
+/// and the other node takes the group. The first thing the agent does when it runs again is
+/// to fence: its copy of the service is killed and its VIP dropped at once. (What runs while it
+/// is frozen is the watchdog's to stop, which these machines cannot host.)
+#[test]
+fn an_owner_frozen_past_its_lease_terminates_its_copy_as_soon_as_it_resumes() {
+    let cluster = Arc::new(Cluster::new(2));
+    let mut agents = BTreeMap::new();
+    for node in cluster.nodes.clone() {
+        // No failback: the group stays where it went while n1 was frozen.
+        let group = cluster.web_group(&node, "failover_threshold = 100\nfailover_period = \"1h\"");
+        let config = cluster.agent_config(&node, TTL, &group);
+        agents.insert(node.clone(), cluster.start_agent(&node, &config));
+    }
+    cluster.wait_answer("n1", LONG);
+    let server = server_pid(&cluster, "n1").expect("the server runs on n1");
+    agents["n1"].signal(libc::SIGSTOP);
+    std::thread::sleep(Duration::from_secs(6));
+    assert!(
+        resmon_e2e::process_alive(server),
+        "the frozen agent's service runs on until it resumes"
+    );
+    agents["n1"].signal(libc::SIGCONT);
+    let resumed = Instant::now();
+    let wait = |done: &dyn Fn() -> bool| {
+        while resumed.elapsed() < LONG {
+            if done() {
+                return resumed.elapsed();
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        panic!("n1 still runs its copy after resuming");
+    };
+    let killed = wait(&|| !resmon_e2e::process_alive(server));
+    let gone = wait(&|| !cluster.holders().contains(&"n1".to_string()));
+    println!(
+        "frozen for 6 s (lease 2 s): after the agent resumed, its service was killed in {:.0} ms \
+         and its VIP seen gone in {:.0} ms (read through `ip`, which takes milliseconds itself)",
+        killed.as_secs_f64() * 1000.0,
+        gone.as_secs_f64() * 1000.0
+    );
+    assert!(gone < Duration::from_secs(1), "{gone:?} after resuming");
+    cluster.wait_answer("n2", LONG);
+}

@@ -15,11 +15,13 @@
 //!
 //! Self-fencing: a task apart from the session measures the time since the last renewal that
 //! etcd acknowledged (counted from when it was *sent*, so the lease cannot have been renewed
-//! later than that). When `lease_ttl - fence_margin` passes without one, every group this node
-//! runs is told to stop at once, before the lease can expire and another node take it; the
-//! session then starts over with a new lease. An agent restart reuses its lease if it is still
+//! later than that), on CLOCK_BOOTTIME so that a suspend counts. When `lease_ttl -
+//! fence_margin` passes without one, every group this node runs is fenced: terminated at once,
+//! addresses first, before the lease can expire and another node take it; the session then
+//! starts over with a new lease. An agent restart reuses its lease if it is still
 //! alive (its id is kept in the state directory), so its groups do not move.
 
+use super::clock::BootInstant;
 use super::{ClusterView, Directive, FailoverAnswer, Request};
 use crate::config::ClusterConfig;
 use crate::events::{
@@ -72,7 +74,8 @@ struct Group {
 /// What the fencing task shares with the session.
 struct Fence {
     window: Duration,
-    renewed: Mutex<Option<Instant>>,
+    /// When the last acknowledged renewal was sent, on CLOCK_BOOTTIME (see [`BootInstant`]).
+    renewed: Mutex<Option<BootInstant>>,
     fenced: AtomicBool,
     directives: Mutex<BTreeMap<String, watch::Sender<Directive>>>,
 }
@@ -82,18 +85,18 @@ impl Fence {
         self.directives.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn renewed(&self, sent: Instant) {
+    fn renewed(&self, sent: BootInstant) {
         let mut r = self.renewed.lock().unwrap_or_else(|e| e.into_inner());
         if r.is_none_or(|prev| sent > prev) {
             *r = Some(sent);
         }
     }
 
-    fn deadline(&self) -> Option<Instant> {
+    fn deadline(&self) -> Option<BootInstant> {
         self.renewed
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .map(|r| r + self.window)
+            .map(|r| r.after(self.window))
     }
 
     /// Fences every group: what runs is terminated at once, not stopped in order, for the
@@ -110,33 +113,39 @@ impl Fence {
     }
 }
 
-/// Stops the groups the moment the lease could no longer be trusted.
+/// How often the fencing task reads CLOCK_BOOTTIME while a deadline is ahead. tokio's timers
+/// run on CLOCK_MONOTONIC, which stops during a suspend: a task that slept until the deadline
+/// would wake that much late. Waking this often, a resumed node fences within this time.
+const FENCE_CHECK_EVERY: Duration = Duration::from_millis(50);
+
+/// Fences the groups the moment the lease could no longer be trusted: the last acknowledged
+/// renewal's sending plus `lease_ttl - fence_margin`, on CLOCK_BOOTTIME.
 async fn fencing(fence: Arc<Fence>, node: String, sink: Arc<EventSink>) {
     loop {
-        match fence.deadline() {
-            None => tokio::time::sleep(Duration::from_millis(50)).await,
-            Some(deadline) => {
-                tokio::time::sleep_until(deadline).await;
-                // A renewal may have come in while sleeping.
-                if fence.deadline().is_some_and(|d| d <= Instant::now()) {
-                    let since = fence
-                        .renewed
-                        .lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .take()
-                        .map(|r| r.elapsed().as_secs_f64())
-                        .unwrap_or_default();
-                    fence.fenced.store(true, Ordering::SeqCst);
-                    let groups = fence.fence_all();
-                    SelfFenced {
-                        node: &node,
-                        groups,
-                        since_renewal_seconds: since,
-                    }
-                    .emit(&sink);
-                }
-            }
+        let Some(deadline) = fence.deadline() else {
+            tokio::time::sleep(FENCE_CHECK_EVERY).await;
+            continue;
+        };
+        let now = BootInstant::now();
+        if deadline > now {
+            tokio::time::sleep(deadline.since(now).min(FENCE_CHECK_EVERY)).await;
+            continue;
         }
+        let since = fence
+            .renewed
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+            .map(|r| r.elapsed().as_secs_f64())
+            .unwrap_or_default();
+        fence.fenced.store(true, Ordering::SeqCst);
+        let groups = fence.fence_all();
+        SelfFenced {
+            node: &node,
+            groups,
+            since_renewal_seconds: since,
+        }
+        .emit(&sink);
     }
 }
 
@@ -475,12 +484,12 @@ impl EtcdCoordinator {
             client.lease_keep_alive(self.lease),
         )
         .await?;
-        let mut sent: VecDeque<Instant> = VecDeque::new();
-        sent.push_back(Instant::now());
+        let mut sent: VecDeque<BootInstant> = VecDeque::new();
+        sent.push_back(BootInstant::now());
         bounded(limit, "renew the lease", keeper.keep_alive()).await?;
         match bounded(limit, "renew the lease", renewals.message()).await? {
             Some(r) if r.ttl() > 0 => {
-                let at = sent.pop_front().unwrap_or_else(Instant::now);
+                let at = sent.pop_front().unwrap_or_else(BootInstant::now);
                 self.fence.renewed(at);
             }
             _ => {
@@ -555,7 +564,7 @@ impl EtcdCoordinator {
                     if sent.len() > 16 {
                         sent.pop_front();
                     }
-                    sent.push_back(Instant::now());
+                    sent.push_back(BootInstant::now());
                     bounded(limit, "renew the lease", keeper.keep_alive()).await?;
                 }
                 answer = renewals.message() => {

@@ -7,10 +7,12 @@
 //! - the embedded single-node default ([`Coordinator::embedded`]): this node owns every group,
 //!   and a failover has nowhere to go;
 //! - [`etcd`]: ownership keys under this node's lease in etcd, changed only by transactions on
-//!   revisions, with self-fencing when the lease cannot be renewed in time.
+//!   revisions, with self-fencing when the lease cannot be renewed in time;
+//! - `clock`: the fence's clock, CLOCK_BOOTTIME.
 //!
 //! Where a group goes is decided by the pure [`resmon_policies::placement`] rules.
 
+mod clock;
 pub mod etcd;
 
 use crate::config::ClusterConfig;
