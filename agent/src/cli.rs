@@ -242,6 +242,9 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 for r in &g.resources {
                     println!("{}/{}: {}", g.name, r.name, budget(r));
                 }
+                if let Some(cluster) = &c.cluster {
+                    println!("{}: {}", g.name, fence_time(g, cluster.fence_margin()));
+                }
             }
             let resources: usize = c.groups.iter().map(|g| g.resources.len()).sum();
             println!(
@@ -422,6 +425,30 @@ fn events(config: &std::path::Path, socket: Option<PathBuf>, output: Output) -> 
 }
 
 /// What `validate` says of a resource: how fast a failure is seen, and what happens then.
+/// The worst case of a fence of `g`: its slowest terminate that waits on a service's own stop
+/// (validation already refused one that does not fit in the margin).
+fn fence_time(g: &crate::config::GroupConfig, margin: std::time::Duration) -> String {
+    let d = |x: std::time::Duration| resmon_probes::HumanDuration(x).to_string();
+    let slowest = g
+        .resources
+        .iter()
+        .filter(|r| r.private.terminate_waits())
+        .filter_map(|r| Some((r.props.terminate_timeout.duration()?, r)))
+        .max_by_key(|(t, _)| *t);
+    match slowest {
+        Some((t, r)) => format!(
+            "a fence ends within {} (terminate_timeout of {}), inside fence_margin {}",
+            d(t),
+            r.name,
+            d(margin)
+        ),
+        None => format!(
+            "a fence only signals processes and removes addresses, inside fence_margin {}",
+            d(margin)
+        ),
+    }
+}
+
 fn budget(r: &crate::config::ResourceConfig) -> String {
     use resmon_policies::RestartAction;
     let d = |x: std::time::Duration| resmon_probes::HumanDuration(x).to_string();

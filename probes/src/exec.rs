@@ -100,6 +100,10 @@ impl Resource for ExecResource {
 impl TypeConfig for ExecConfig {
     const NAME: &'static str = "exec";
 
+    fn terminate_waits(&self) -> bool {
+        self.stop.is_some()
+    }
+
     fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
         Arc::new(ExecResource::new(self.clone()))
     }

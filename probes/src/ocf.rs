@@ -217,6 +217,10 @@ impl TypeConfig for OcfConfig {
         OcfConfig::validate(self)
     }
 
+    fn terminate_waits(&self) -> bool {
+        true
+    }
+
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
         Arc::new(OcfResource::new(self.clone(), &cx.resource))
     }

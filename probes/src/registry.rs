@@ -64,6 +64,14 @@ macro_rules! resource_types {
                 }
             }
 
+            /// Whether its terminate waits on the service's own stop (see
+            /// [`TypeConfig::terminate_waits`]).
+            pub fn terminate_waits(&self) -> bool {
+                match self {
+                    $(ResourceConfig::$variant(c) => TypeConfig::terminate_waits(c),)+
+                }
+            }
+
             /// Builds the runnable resource (WSFC's Open: no side effect on the service).
             pub fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
                 match self {

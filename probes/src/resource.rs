@@ -368,12 +368,19 @@ pub struct ConfigError {
 pub trait TypeConfig {
     /// The `type = "..."` value.
     const NAME: &'static str;
-    /// Whether its resources report failures between polls ([`Resource::failure_signal`]).
+    /// Whether its resources report failures between polls ([`Resource::failure`]).
     const FAILURE_SIGNAL: bool = false;
 
     /// Checks that need several keys at once: `(key, message)` pairs.
     fn validate(&self) -> Vec<(&'static str, String)> {
         Vec::new()
+    }
+
+    /// Whether its terminate waits on the service's own stop (a systemd unit, an OCF agent, a
+    /// stop script), so that only `terminate_timeout` bounds it. A terminate that is a signal,
+    /// a netlink request, a lazy unmount or nothing at all does not.
+    fn terminate_waits(&self) -> bool {
+        false
     }
 
     /// The runnable resource (WSFC's Open: no side effect on the service).

@@ -488,6 +488,10 @@ impl TypeConfig for ServiceConfig {
         ServiceConfig::validate(self)
     }
 
+    fn terminate_waits(&self) -> bool {
+        true
+    }
+
     fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
         Arc::new(ServiceResource::new(self.clone()))
     }

@@ -51,6 +51,9 @@ pub struct CommonProps {
     pub check_timeout: Option<HumanDuration>,
     /// How long online and offline may take.
     pub pending_timeout: Option<PendingTimeout>,
+    /// How long terminate may take (default: `pending_timeout`). In a cluster, a fence runs
+    /// terminate, and it must end within `fence_margin`.
+    pub terminate_timeout: Option<PendingTimeout>,
     /// What to do past the restart threshold.
     pub restart_action: Option<RestartAction>,
     /// Restarts allowed within `restart_period`.
@@ -74,6 +77,8 @@ pub struct ResourceProps {
     pub check_timeout: Duration,
     /// See [`CommonProps::pending_timeout`].
     pub pending_timeout: PendingTimeout,
+    /// See [`CommonProps::terminate_timeout`].
+    pub terminate_timeout: PendingTimeout,
     /// See [`CommonProps::restart_action`].
     pub restart_action: RestartAction,
     /// See [`CommonProps::restart_threshold`].
@@ -127,10 +132,15 @@ impl CommonProps {
                 cx.error(&p, "must be longer than zero");
             }
         }
-        if self.pending_timeout == Some(PendingTimeout::After(Duration::ZERO)) {
-            let mut p = base.to_vec();
-            p.push(Seg::Key("pending_timeout".into()));
-            cx.error(&p, "must be longer than zero (or \"never\")");
+        for (key, value) in [
+            ("pending_timeout", self.pending_timeout),
+            ("terminate_timeout", self.terminate_timeout),
+        ] {
+            if value == Some(PendingTimeout::After(Duration::ZERO)) {
+                let mut p = base.to_vec();
+                p.push(Seg::Key(key.into()));
+                cx.error(&p, "must be longer than zero (or \"never\")");
+            }
         }
     }
 
@@ -141,6 +151,10 @@ impl CommonProps {
             |own: Option<HumanDuration>, ty: Option<HumanDuration>, builtin: fn() -> Duration| {
                 own.or(ty).map(|h| h.0).unwrap_or_else(builtin)
             };
+        let pending_timeout = self
+            .pending_timeout
+            .or(t.pending_timeout)
+            .unwrap_or_else(default_pending_timeout);
         ResourceProps {
             looks_alive_interval: dur(
                 self.looks_alive_interval,
@@ -153,10 +167,11 @@ impl CommonProps {
                 default_is_alive_interval,
             ),
             check_timeout: dur(self.check_timeout, t.check_timeout, default_check_timeout),
-            pending_timeout: self
-                .pending_timeout
-                .or(t.pending_timeout)
-                .unwrap_or_else(default_pending_timeout),
+            pending_timeout,
+            terminate_timeout: self
+                .terminate_timeout
+                .or(t.terminate_timeout)
+                .unwrap_or(pending_timeout),
             restart_action: self
                 .restart_action
                 .or(t.restart_action)

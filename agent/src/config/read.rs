@@ -108,6 +108,7 @@ impl RawConfig {
         if let Some(cluster) = &self.cluster {
             let errors = cx.error_count();
             cluster.check(cx);
+            check_fence_time(&groups, cluster.fence_margin(), cx);
             ok &= cx.error_count() == errors;
         }
         ok.then(|| Config {
@@ -116,6 +117,41 @@ impl RawConfig {
             cluster: self.cluster,
             groups,
         })
+    }
+}
+
+/// A fence terminates every resource of a group at once, and must be done within
+/// `fence_margin`, before the lease can expire and another node take the group. A resource
+/// whose terminate waits on the service's own stop is bounded by its `terminate_timeout`: a
+/// bound that does not fit is an error, at the resource.
+fn check_fence_time(groups: &[GroupConfig], margin: std::time::Duration, cx: &mut Diagnostics) {
+    for (gi, g) in groups.iter().enumerate() {
+        for (ri, r) in g.resources.iter().enumerate() {
+            if !r.private.terminate_waits() {
+                continue;
+            }
+            let bound = r.props.terminate_timeout.duration();
+            if bound.is_some_and(|b| b < margin) {
+                continue;
+            }
+            let path = [
+                Seg::Key("groups".into()),
+                Seg::Index(gi),
+                Seg::Key("resources".into()),
+                Seg::Index(ri),
+                Seg::Key("terminate_timeout".into()),
+            ];
+            let bound = bound.map_or_else(|| "never".to_string(), show);
+            cx.error(
+                &path,
+                format!(
+                    "a fence terminates this {} resource, which may wait terminate_timeout = {bound} (default: pending_timeout) for its own stop, but the fence must be done within cluster.fence_margin = {}: set terminate_timeout below it, on the resource or in [resource_types.{}]",
+                    r.type_name(),
+                    show(margin),
+                    r.type_name()
+                ),
+            );
+        }
     }
 }
 

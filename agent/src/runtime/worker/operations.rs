@@ -62,7 +62,11 @@ impl Worker {
                 Operation::Terminate => resource.terminate().await,
             }
         };
-        self.operation = Some(self.spawn_call(self.cx.props.pending_timeout.duration(), call));
+        let timeout = match op {
+            Operation::Terminate => self.cx.props.terminate_timeout,
+            Operation::Online | Operation::Offline => self.cx.props.pending_timeout,
+        };
+        self.operation = Some(self.spawn_call(timeout.duration(), call));
         self.operation_kind = op;
     }
 
