@@ -594,3 +594,52 @@ vrrp_instance web {{
     .unwrap();
     path
 }
+
+/// When a played watchdog reset its node, once it has.
+pub type Reset = Arc<Mutex<Option<Instant>>>;
+
+/// Plays a watchdog device for `node`, as the hardware would: a FIFO whose reader, once the
+/// first keep-alive came, resets the node (kills every process in its namespace and cuts its
+/// cable) when no keep-alive follows within `timeout`; a `V` disarms it. The agent's ioctls
+/// fail on a FIFO, which it tolerates. Returns the FIFO's path and when the reset happened.
+pub fn play_watchdog(cluster: &Arc<Cluster>, node: &str, timeout: Duration) -> (PathBuf, Reset) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = cluster.dir.path().join(format!("{node}-watchdog"));
+    sh(&format!("mkfifo {}", path.display()));
+    let mut fifo = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&path)
+        .unwrap();
+    let reset = Arc::new(Mutex::new(None));
+    // Weak: the harness must not keep the namespaces alive past the test.
+    let (cluster, node, fired) = (Arc::downgrade(cluster), node.to_string(), reset.clone());
+    std::thread::spawn(move || {
+        let mut last: Option<Instant> = None;
+        let mut buf = [0u8; 64];
+        loop {
+            match fifo.read(&mut buf) {
+                Ok(n) if n > 0 => {
+                    if buf[..n].contains(&b'V') {
+                        return;
+                    }
+                    last = Some(Instant::now());
+                }
+                // No writer (EOF) or nothing yet: the count goes on.
+                _ => {}
+            }
+            let Some(cluster) = cluster.upgrade() else {
+                return; // the test is over
+            };
+            if last.is_some_and(|l| l.elapsed() > timeout) {
+                cluster.kill_all(&node);
+                cluster.cut(&node);
+                *fired.lock().unwrap() = Some(Instant::now());
+                return;
+            }
+            drop(cluster);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    });
+    (path, reset)
+}

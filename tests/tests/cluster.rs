@@ -3,7 +3,7 @@
 //! check. An observer outside the agents records every 50 ms which namespace holds the VIP and
 //! who answers on it, through every fault: never two at once.
 
-use resmon_e2e::cluster::{Cluster, Observer, Sample};
+use resmon_e2e::cluster::{Cluster, Observer, Reset, Sample};
 use resmon_e2e::{event_time, unix_now, Agent};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -474,4 +474,73 @@ fn an_owner_frozen_past_its_lease_terminates_its_copy_as_soon_as_it_resumes() {
     );
     assert!(gone < Duration::from_secs(1), "{gone:?} after resuming");
     cluster.wait_answer("n2", LONG);
+}
+
+/// A cluster whose nodes each have a watchdog (played by the harness: a FIFO whose reader
+/// resets the node), the web group, and both agents running; n1 holds the group.
+fn watched_cluster() -> (
+    Arc<Cluster>,
+    BTreeMap<String, Agent>,
+    BTreeMap<String, Reset>,
+) {
+    let cluster = Arc::new(Cluster::new(2));
+    let mut agents = BTreeMap::new();
+    let mut resets = BTreeMap::new();
+    for node in cluster.nodes.clone() {
+        // lease_ttl 2 s - fence_margin 500 ms: the agent asks for a 1 s timeout.
+        let (device, reset) =
+            resmon_e2e::cluster::play_watchdog(&cluster, &node, Duration::from_secs(1));
+        let watchdog = format!(
+            "watchdog = {{ device = {:?}, mode = \"required\" }}\n",
+            device.display().to_string()
+        );
+        let group = cluster.web_group(&node, "failover_threshold = 100\nfailover_period = \"1h\"");
+        let config = cluster.agent_config(&node, TTL, &format!("{watchdog}{group}"));
+        agents.insert(node.clone(), cluster.start_agent(&node, &config));
+        resets.insert(node, reset);
+    }
+    cluster.wait_answer("n1", LONG);
+    (cluster, agents, resets)
+}
+
+/// The owner's agent alone dies (SIGKILL: its service and VIP stay), or hangs (SIGSTOP): it
+/// can no longer fence, and stops feeding its watchdog, which resets the node before the lease
+/// can expire. The observer never sees two holders.
+#[test]
+fn the_watchdog_resets_a_node_whose_agent_died_or_hung_before_another_takes_over() {
+    for (how, signal) in [("killed", libc::SIGKILL), ("stopped", libc::SIGSTOP)] {
+        let (cluster, agents, resets) = watched_cluster();
+        let server = server_pid(&cluster, "n1").expect("the server runs on n1");
+        let observer = Observer::start(&cluster);
+        std::thread::sleep(Duration::from_secs(1));
+        assert!(
+            resets["n1"].lock().unwrap().is_none(),
+            "a fed watchdog fired"
+        );
+        let died = Instant::now();
+        agents["n1"].signal(signal);
+        cluster.wait_answer("n2", LONG);
+        let answered = died.elapsed();
+        let reset = resets["n1"]
+            .lock()
+            .unwrap()
+            .expect("the watchdog did not reset n1")
+            .duration_since(died);
+        println!(
+            "agent {how}: n1 reset by its watchdog after {:.0} ms, n2 answering after {:.0} ms",
+            reset.as_secs_f64() * 1000.0,
+            answered.as_secs_f64() * 1000.0
+        );
+        assert!(
+            !resmon_e2e::process_alive(server),
+            "the server outlived the reset"
+        );
+        assert!(reset < answered, "n2 answered before n1 was reset");
+        std::thread::sleep(Duration::from_secs(3));
+        check_samples(&observer.finish());
+        assert!(
+            resets["n2"].lock().unwrap().is_none(),
+            "n2's watchdog fired though its agent runs"
+        );
+    }
 }

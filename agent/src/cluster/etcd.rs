@@ -22,6 +22,7 @@
 //! alive (its id is kept in the state directory), so its groups do not move.
 
 use super::clock::BootInstant;
+use super::watchdog::Watchdog;
 use super::{ClusterView, Directive, FailoverAnswer, Request};
 use crate::config::ClusterConfig;
 use crate::events::{
@@ -164,6 +165,7 @@ pub(super) fn spawn(
         directives: Mutex::new(BTreeMap::new()),
     });
     tokio::spawn(fencing(fence.clone(), node.clone(), sink.clone()));
+    let watchdog = Watchdog::new(config.watchdog.clone(), fence.window);
     let coordinator = EtcdCoordinator {
         keys: Keys {
             prefix: config.prefix.trim_end_matches('/').to_string(),
@@ -179,6 +181,7 @@ pub(super) fn spawn(
         alive: BTreeSet::new(),
         lease: 0,
         ever_connected: false,
+        watchdog,
     };
     tokio::spawn(coordinator.run());
 }
@@ -219,6 +222,8 @@ struct EtcdCoordinator {
     lease: i64,
     /// A session has been up since the agent started.
     ever_connected: bool,
+    /// Armed before the node first runs a group, fed at each acknowledged renewal.
+    watchdog: Watchdog,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> Broken {
@@ -260,6 +265,7 @@ impl EtcdCoordinator {
         let started = Instant::now();
         loop {
             let why = self.session().await;
+            let held = self.groups.values().any(|g| self.owned(g));
             let was_connected = self.view().connected;
             self.ever_connected |= was_connected;
             // Never reached etcd since the start: what this node adopted may be owned elsewhere
@@ -305,6 +311,7 @@ impl EtcdCoordinator {
                 self.fence.fence_all();
             }
             if self.rx.is_closed() {
+                self.watchdog.close(!held);
                 return;
             }
         }
@@ -383,10 +390,21 @@ impl EtcdCoordinator {
         }
     }
 
-    fn direct(&self, group: &str, directive: Directive) {
+    fn direct(&mut self, group: &str, mut directive: Directive) {
+        if directive == Directive::Run && !self.arm_watchdog() {
+            directive = Directive::Stop;
+        }
         if let Some(d) = self.fence.directives().get(group) {
             d.send_if_modified(|d| std::mem::replace(d, directive) != directive);
         }
+    }
+
+    /// Arms the watchdog before a group runs here; `false` when it is required and did not
+    /// open.
+    fn arm_watchdog(&mut self) -> bool {
+        let armed = self.watchdog.arm().is_ok();
+        self.sink.metrics().watchdog_armed(self.watchdog.armed());
+        armed
     }
 
     fn read_lease_file(&self) -> Option<i64> {
@@ -491,6 +509,7 @@ impl EtcdCoordinator {
             Some(r) if r.ttl() > 0 => {
                 let at = sent.pop_front().unwrap_or_else(BootInstant::now);
                 self.fence.renewed(at);
+                self.watchdog.feed();
             }
             _ => {
                 let _ = std::fs::remove_file(&self.lease_file);
@@ -573,6 +592,7 @@ impl EtcdCoordinator {
                             if let Some(at) = sent.pop_front() {
                                 self.sink.metrics().lease_renewed(at.elapsed().as_secs_f64());
                                 self.fence.renewed(at);
+                                self.watchdog.feed();
                             }
                         }
                         Ok(Some(_)) => {
@@ -776,6 +796,12 @@ impl EtcdCoordinator {
             self.direct(name, Directive::Stop);
             return Ok(());
         }
+        let preferred = g.placement.ranked(&alive).first() == Some(&self.node.as_str());
+        // The watchdog counts before the group can run here (required: or it does not).
+        if !self.arm_watchdog() {
+            self.direct(name, Directive::Stop);
+            return Ok(());
+        }
         let owner_key = self.keys.owner(name);
         let txn = Txn::new()
             .when([Compare::create_revision(
@@ -799,9 +825,7 @@ impl EtcdCoordinator {
         let revision = response.header().map(|h| h.revision()).unwrap_or(0);
         let reason = match &target {
             Some(t) if t.to == self.node => t.reason.clone(),
-            _ if g.placement.ranked(&alive).first() == Some(&self.node.as_str()) => {
-                "preferred".to_string()
-            }
+            _ if preferred => "preferred".to_string(),
             _ => "takeover".to_string(),
         };
         if let Some(g) = self.groups.get_mut(name) {

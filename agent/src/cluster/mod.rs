@@ -8,12 +8,14 @@
 //!   and a failover has nowhere to go;
 //! - [`etcd`]: ownership keys under this node's lease in etcd, changed only by transactions on
 //!   revisions, with self-fencing when the lease cannot be renewed in time;
-//! - `clock`: the fence's clock, CLOCK_BOOTTIME.
+//! - `clock`: the fence's clock, CLOCK_BOOTTIME; `watchdog`: the device that resets a node
+//!   whose agent stopped confirming its lease.
 //!
 //! Where a group goes is decided by the pure [`resmon_policies::placement`] rules.
 
 mod clock;
 pub mod etcd;
+mod watchdog;
 
 use crate::config::ClusterConfig;
 use resmon_policies::placement::Placement;

@@ -36,7 +36,7 @@ use resmon_policies::GroupSpec;
 use resmon_probes::tls::TrustCache;
 use resmon_probes::{BuildContext, ResourceConfig as PrivateConfig};
 pub(crate) use sections::default_max_parallel_starts;
-pub use sections::{AgentConfig, ClusterConfig, Name};
+pub use sections::{AgentConfig, ClusterConfig, Name, WatchdogConfig, WatchdogMode};
 use std::path::{Path, PathBuf};
 
 /// One resource, validated and with its type defaults applied.

@@ -201,6 +201,37 @@ pub struct ClusterConfig {
     /// File holding the etcd user's password (one line), kept out of the config.
     #[serde(default)]
     pub password_file: Option<PathBuf>,
+    /// A watchdog device that resets the machine when the agent stops confirming its lease.
+    #[serde(default)]
+    pub watchdog: Option<WatchdogConfig>,
+}
+
+/// `[cluster.watchdog]`, as Patroni's: the device, and what to do when it cannot be opened.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogConfig {
+    /// The device, such as `/dev/watchdog`.
+    pub device: PathBuf,
+    /// `off`, `automatic` (use it if it opens, else say so) or `required` (run no group
+    /// without it).
+    #[serde(default = "default_watchdog_mode")]
+    pub mode: WatchdogMode,
+}
+
+/// See [`WatchdogConfig::mode`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchdogMode {
+    /// Not used.
+    Off,
+    /// Used when the device opens; without it the node runs its groups all the same.
+    Automatic,
+    /// The node runs no group unless the device is open.
+    Required,
+}
+
+fn default_watchdog_mode() -> WatchdogMode {
+    WatchdogMode::Automatic
 }
 
 pub(super) fn default_lease_ttl() -> HumanDuration {

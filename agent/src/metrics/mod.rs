@@ -155,6 +155,7 @@ pub struct Metrics {
     lease_renew: Histogram,
     resources: Gauge,
     events_dropped: Counter,
+    watchdog_armed: Gauge,
 }
 
 impl Default for Metrics {
@@ -307,6 +308,12 @@ impl Metrics {
             "Event and log lines dropped because the output queue was full (stderr or the journal too slow)",
             events_dropped.clone(),
         );
+        let watchdog_armed = Gauge::default();
+        registry.register(
+            "resmon_watchdog_armed",
+            "1 while the cluster watchdog device is open and fed at each lease renewal",
+            watchdog_armed.clone(),
+        );
         Metrics {
             registry,
             series: RwLock::new(BTreeMap::new()),
@@ -331,7 +338,13 @@ impl Metrics {
             lease_renew,
             resources,
             events_dropped,
+            watchdog_armed,
         }
+    }
+
+    /// Whether the watchdog device is armed.
+    pub fn watchdog_armed(&self, armed: bool) {
+        self.watchdog_armed.set(i64::from(armed));
     }
 
     /// The counter of dropped output lines, for the output thread to hold.
