@@ -4,7 +4,8 @@
 use super::diagnostics::{show, Diagnostics, Seg};
 use super::props;
 use super::sections::{
-    default_failback, default_failover_period, AgentConfig, ClusterConfig, FailbackSetting, Name,
+    default_failback, default_failover_period, node_names, AgentConfig, ClusterConfig,
+    FailbackSetting, Name,
 };
 use super::{CommonProps, Config, GroupConfig, ResourceConfig};
 use resmon_policies::placement::Placement;
@@ -35,9 +36,11 @@ pub(super) struct RawGroup {
     pub(super) resources: Vec<toml::Table>,
     /// Nodes that may own the group (empty: every node).
     #[serde(default)]
+    #[serde(deserialize_with = "node_names")]
     pub(super) possible_owners: Vec<String>,
     /// Nodes in order of preference.
     #[serde(default)]
+    #[serde(deserialize_with = "node_names")]
     pub(super) preferred_owners: Vec<String>,
     /// Failovers allowed within `failover_period` (WSFC's default: the number of nodes - 1).
     #[serde(default)]

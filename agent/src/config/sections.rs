@@ -26,9 +26,9 @@ impl fmt::Display for Name {
     }
 }
 
-impl<'de> Deserialize<'de> for Name {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let s = String::deserialize(d)?;
+impl Name {
+    /// Checks `s` against the rule every name follows.
+    fn parse(s: String) -> Result<Name, String> {
         let ok = !s.is_empty()
             && s.len() <= 64
             && s.chars()
@@ -37,11 +37,46 @@ impl<'de> Deserialize<'de> for Name {
         if ok {
             Ok(Name(s))
         } else {
-            Err(serde::de::Error::custom(format!(
+            Err(format!(
                 "invalid name {s:?}: use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"
-            )))
+            ))
         }
     }
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Name::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A node's name: a metric label value and part of etcd keys, so it follows the rule of every
+/// name (a `/` would change the key it is written under).
+pub(super) fn node_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Name::deserialize(d).map(|n| n.0)
+}
+
+/// [`node_name`], for an optional one.
+fn optional_node_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    node_name(d).map(Some)
+}
+
+/// Node names, for owner lists.
+pub(super) fn node_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    Vec::<Name>::deserialize(d).map(|v| v.into_iter().map(|n| n.0).collect())
+}
+
+/// A count from 1 to `MAX`: more would only exhaust the machine (threads, connections).
+fn count_up_to<'de, D: serde::Deserializer<'de>, const MAX: usize>(
+    d: D,
+) -> Result<std::num::NonZeroUsize, D::Error> {
+    let n = std::num::NonZeroUsize::deserialize(d)?;
+    if n.get() > MAX {
+        return Err(serde::de::Error::custom(format!(
+            "{n} is more than this agent allows ({MAX})"
+        )));
+    }
+    Ok(n)
 }
 
 /// `[agent]`: the agent itself.
@@ -52,7 +87,7 @@ pub struct AgentConfig {
     #[serde(default = "default_listen", deserialize_with = "socket_addr")]
     pub listen: SocketAddr,
     /// This node's name (defaults to the host name).
-    #[serde(default = "default_node")]
+    #[serde(default = "default_node", deserialize_with = "node_name")]
     pub node: String,
     /// Pid files and logs of supervised processes; what re-adoption after a restart needs.
     #[serde(default = "default_state_dir")]
@@ -66,12 +101,18 @@ pub struct AgentConfig {
     pub control_socket: PathBuf,
     /// How many starts (adoptions and `online` operations) run at once; the others wait their
     /// turn, as Pacemaker's `node-action-limit` makes them. Read when the agent starts.
-    #[serde(default = "default_max_parallel_starts")]
+    #[serde(
+        default = "default_max_parallel_starts",
+        deserialize_with = "count_up_to::<_, 100_000>"
+    )]
     pub max_parallel_starts: std::num::NonZeroUsize,
     /// How many threads run the resources' checks, each an event loop of its own; resources
     /// are dealt round them. One runs 10,000 checks a second; more spread a larger load over
     /// more cores. Read when the agent starts.
-    #[serde(default = "default_check_threads")]
+    #[serde(
+        default = "default_check_threads",
+        deserialize_with = "count_up_to::<_, 256>"
+    )]
     pub check_threads: std::num::NonZeroUsize,
 }
 
@@ -171,7 +212,7 @@ impl Default for AgentConfig {
 #[serde(deny_unknown_fields)]
 pub struct ClusterConfig {
     /// This node's name in the cluster (defaults to `agent.node`, the host name).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "optional_node_name")]
     pub node: Option<String>,
     /// etcd endpoints, e.g. `["http://10.0.0.1:2379"]` (`https://` with TLS).
     pub endpoints: Vec<String>,
