@@ -182,10 +182,8 @@ impl ProcessResource {
         let log_err = log
             .try_clone()
             .map_err(|e| Failure::new(FailureReason::Spawn, format!("dup log: {e}")))?;
-        let mut cmd = tokio::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .envs(&self.config.env)
-            .stdin(Stdio::null())
+        let mut cmd = crate::command::child_command(argv, &self.config.env);
+        cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
             .process_group(0)
@@ -255,8 +253,7 @@ impl ProcessResource {
                     Failure::new(FailureReason::NotReady, format!("ready_tcp {}", f.detail))
                 })
         } else if let Some(argv) = &self.config.ready_command {
-            let status = tokio::process::Command::new(&argv.0[0])
-                .args(&argv.0[1..])
+            let status = crate::command::child_command(&argv.0, &Default::default())
                 .stdin(Stdio::null())
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
