@@ -47,6 +47,11 @@ impl HttpUrl {
             Some("https") => true,
             _ => return Err("the scheme must be http or https".into()),
         };
+        // Credentials in a URL are not sent by this client, and would show in every log line
+        // and event that names the URL: `headers = { Authorization = ... }` sends them.
+        if uri.authority().is_some_and(|a| a.as_str().contains('@')) {
+            return Err("user info (user:password@) is not allowed in a URL: send credentials with headers = { Authorization = \"...\" }".into());
+        }
         let host = uri.host().ok_or("no host")?;
         let host = host
             .trim_start_matches('[')
@@ -234,8 +239,14 @@ struct RequestTemplate {
 }
 
 impl RequestTemplate {
-    /// The request for `url`, with `host` as its `Host` (the URL's authority when `None`).
-    fn new(c: &HttpConfig, url: &HttpUrl, host: Option<&str>) -> Result<Self, String> {
+    /// The request for `url`, with `host` as its `Host` (the URL's authority when `None`), and
+    /// the configured headers when `with_headers` (the configured origin).
+    fn new(
+        c: &HttpConfig,
+        url: &HttpUrl,
+        host: Option<&str>,
+        with_headers: bool,
+    ) -> Result<Self, String> {
         let host = host.map_or_else(|| authority(url), str::to_string);
         let mut request = hyper::Request::builder()
             .method(match c.method {
@@ -248,7 +259,7 @@ impl RequestTemplate {
                 hyper::header::USER_AGENT,
                 concat!("resmon/", env!("CARGO_PKG_VERSION")),
             );
-        for (k, v) in &c.headers {
+        for (k, v) in c.headers.iter().filter(|_| with_headers) {
             request = request.header(k.as_str(), v.as_str());
         }
         let (parts, ()) = request.body(()).map_err(|e| e.to_string())?.into_parts();
@@ -283,7 +294,7 @@ impl HttpResource {
         });
         let redirect_tls = (config.follow_redirects && !config.url.https)
             .then(|| Box::new(TlsClient::new(config.tls_options.clone(), "", trust)));
-        let request = RequestTemplate::new(&config, &config.url, config.host.as_deref());
+        let request = RequestTemplate::new(&config, &config.url, config.host.as_deref(), true);
         HttpResource {
             config,
             tls,
@@ -324,12 +335,27 @@ impl HttpResource {
                     ),
                 )
             })?;
+            // A redirect from https to http would send the request, and what it carries, in
+            // the clear: refused, as browsers refuse mixed content.
+            if url.https && !next.https {
+                return Err(Failure::new(
+                    FailureReason::HttpStatus,
+                    format!(
+                        "{} {} redirected from https to {}: refused",
+                        method(c),
+                        url.text,
+                        next.text
+                    ),
+                ));
+            }
             url = next;
             // Back to the configured server (`/login` on a virtual host): its `host` and
-            // `server_name` overrides still name it, as Go's client keeps a custom Host.
+            // `server_name` overrides still name it, as Go's client keeps a custom Host. Another
+            // origin gets none of the configured headers (`Authorization`, `Cookie`...): they
+            // were meant for the configured server only.
             let same_server = url.https == c.url.https && url.target == c.url.target;
             let host = if same_server { c.host.as_deref() } else { None };
-            let template = RequestTemplate::new(c, &url, host)
+            let template = RequestTemplate::new(c, &url, host, same_server)
                 .map_err(|e| Failure::new(FailureReason::Io, format!("request: {e}")))?;
             let tls = match (url.https, same_server) {
                 (false, _) => None,
@@ -1008,5 +1034,84 @@ mod tests {
             c.validate(),
             [("host", "invalid Host header \"a\\nb\"".to_string())]
         );
+    }
+
+    /// A server that answers `answer` and keeps each request's head, lower-cased.
+    async fn recording(answer: String) -> (std::net::SocketAddr, Asked) {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+        let asked = Asked::default();
+        let seen = asked.clone();
+        let addr = crate::testing::serve(move |stream| {
+            let (asked, answer) = (asked.clone(), answer.clone());
+            async move {
+                let mut stream = tokio::io::BufReader::new(stream);
+                let mut head = String::new();
+                loop {
+                    let mut line = String::new();
+                    match stream.read_line(&mut line).await {
+                        Ok(n) if n > 0 && line != "\r\n" => {
+                            head.push_str(&line.to_ascii_lowercase())
+                        }
+                        _ => break,
+                    }
+                }
+                asked.lock().unwrap().push((head, String::new()));
+                let _ = stream.get_mut().write_all(answer.as_bytes()).await;
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        })
+        .await;
+        (addr, seen)
+    }
+
+    #[tokio::test]
+    async fn a_redirect_to_another_origin_carries_none_of_the_configured_headers() {
+        let (elsewhere, away) = recording(ok_with("")).await;
+        let (start, home) = recording(moved("302 Found", &format!("http://{elsewhere}/"))).await;
+        let config = format!(
+            "url = \"http://{start}/\"\nfollow_redirects = true\nheaders = {{ Authorization = \"Bearer s3cret\", Cookie = \"id=1\" }}"
+        );
+        resource(&config)
+            .is_alive(&Progress::default())
+            .await
+            .unwrap();
+        let home = home.lock().unwrap()[0].0.clone();
+        assert!(
+            home.contains("authorization: bearer s3cret") && home.contains("cookie: id=1"),
+            "{home}"
+        );
+        let away = away.lock().unwrap()[0].0.clone();
+        assert!(
+            !away.contains("authorization") && !away.contains("cookie"),
+            "{away}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_redirect_from_https_to_http_is_refused_and_user_info_is_not_a_url() {
+        let ca = crate::testing::TestCa::new();
+        let dir = tempfile::tempdir().unwrap();
+        let (elsewhere, away) = recording(ok_with("")).await;
+        let answer: &'static str =
+            Box::leak(moved("302 Found", &format!("http://{elsewhere}/")).into_boxed_str());
+        let tls = crate::testing::tls_server(ca.issue(&["localhost"], -1, 90), answer).await;
+        let f = resource(&format!(
+            "url = \"https://localhost:{}/\"\nfollow_redirects = true\ntls_options = {{ ca_file = {:?} }}",
+            tls.port(),
+            ca.write(dir.path()).display().to_string()
+        ))
+        .is_alive(&Progress::default())
+        .await
+        .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpStatus, "{f}");
+        assert!(f.detail.contains("refused"), "{f}");
+        assert!(
+            away.lock().unwrap().is_empty(),
+            "the plain server was asked"
+        );
+        let err = toml::from_str::<HttpConfig>("url = \"http://user:pw@127.0.0.1:8080/\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("user info"), "{err}");
     }
 }
