@@ -100,6 +100,13 @@ fn the_deb_installs_runs_upgrades_and_purges_cleanly_and_the_rpm_lists_its_files
             || Path::new("/usr/lib/systemd/system/resmon.service").exists()
     );
     run(Command::new("getent").args(["passwd", "resmon"]));
+    // The config may hold secrets: root:resmon, 0640.
+    let conf = run(Command::new("stat").args(["-c", "%a %U:%G", "/etc/resmon/resmon.toml"]));
+    assert_eq!(
+        conf.trim(),
+        "640 root:resmon",
+        "the shipped config's mode and owner"
+    );
     // The shipped binary is the tested one: the package installs target/release/resmon byte
     // for byte, and the test script runs the end-to-end suite against that file.
     let shipped = std::fs::read("/usr/bin/resmon").unwrap();

@@ -330,6 +330,23 @@ impl ClusterConfig {
         if self.cert_file.is_some() != self.key_file.is_some() {
             cx.error(&at("key_file"), "set cert_file and key_file together");
         }
+        for (key, file) in [
+            ("key_file", &self.key_file),
+            ("password_file", &self.password_file),
+        ] {
+            use std::os::unix::fs::PermissionsExt;
+            let Some(file) = file else { continue };
+            let mode = std::fs::metadata(file).map(|m| m.permissions().mode());
+            if mode.is_ok_and(|m| m & 0o004 != 0) {
+                cx.warning(
+                    &at(key),
+                    format!(
+                        "{} is readable by every user of this machine: chmod o-r it",
+                        file.display()
+                    ),
+                );
+            }
+        }
         if self.username.is_some() != self.password_file.is_some() {
             cx.error(
                 &at("password_file"),

@@ -262,3 +262,29 @@ fn a_group_fingerprint_changes_with_anything_it_runs_with() {
         assert_ne!(fingerprint(base), fingerprint(&changed), "{changed}");
     }
 }
+
+#[test]
+fn a_world_readable_secret_file_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("etcd-password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let text = format!(
+        "[cluster]\nendpoints = [\"http://10.0.0.1:2379\"]\nusername = \"resmon\"\npassword_file = {:?}\n",
+        secret.display().to_string()
+    );
+    for (mode, warned) in [(0o644, true), (0o640, false)] {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let loaded = parse(Path::new("secret.toml"), &text).unwrap();
+        let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        let expected = format!(
+            "warning: secret.toml:4:1: cluster.password_file: {} is readable by every user of this machine: chmod o-r it",
+            secret.display()
+        );
+        assert_eq!(
+            warnings.contains(&expected),
+            warned,
+            "mode {mode:o}: {warnings:?}"
+        );
+    }
+}
