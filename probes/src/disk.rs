@@ -12,7 +12,8 @@ use crate::resource::{BuildContext, TypeConfig};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -216,32 +217,69 @@ impl DiskResource {
             }
         }
         if config.canary {
-            let io = |what: &str, e: std::io::Error| {
-                Failure::new(
-                    FailureReason::Io,
-                    format!("canary {what} {}: {e}", canary.display()),
-                )
-            };
-            let payload = b"resmon canary\n";
-            let mut f = std::fs::File::create(canary).map_err(|e| io("create", e))?;
-            let written = f.write_all(payload).and_then(|_| f.sync_all());
-            if let Err(e) = written {
-                let _ = std::fs::remove_file(canary);
-                return Err(io("write", e));
-            }
-            let mut back = Vec::new();
-            std::fs::File::open(canary)
-                .and_then(|mut f| f.read_to_end(&mut back))
-                .map_err(|e| io("read", e))?;
-            std::fs::remove_file(canary).map_err(|e| io("remove", e))?;
-            if back != payload {
-                return Err(Failure::new(
-                    FailureReason::Io,
-                    format!("canary {} read back differently", canary.display()),
-                ));
-            }
+            Self::write_canary(canary)?;
         }
         Ok(space)
+    }
+
+    /// Writes, fsyncs, reads back and removes the canary at `canary`.
+    fn write_canary(canary: &Path) -> Result<(), Failure> {
+        let io = |what: &str, e: std::io::Error| {
+            Failure::new(
+                FailureReason::Io,
+                format!("canary {what} {}: {e}", canary.display()),
+            )
+        };
+        // The directory may be writable by other users, and the agent is root: what stands
+        // at the canary's name is never opened. A regular file is a canary an interrupted
+        // check left (or a link to one): its name is removed. Anything else (a symlink to
+        // /etc/shadow, a FIFO that would block, a device) is refused.
+        match std::fs::symlink_metadata(canary) {
+            Ok(m) if m.file_type().is_file() => {
+                std::fs::remove_file(canary).map_err(|e| io("remove a leftover", e))?;
+            }
+            Ok(m) => {
+                return Err(Failure::new(
+                    FailureReason::Io,
+                    format!(
+                        "canary {}: something that is not a regular file ({:?}) is at that name; refused, remove it",
+                        canary.display(),
+                        m.file_type()
+                    ),
+                ))
+            }
+            Err(_) => {}
+        }
+        let payload = b"resmon canary\n";
+        // Created here or not at all (O_EXCL, no symlink followed), and read back through
+        // the same descriptor: no second open for anyone to race.
+        let mut f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(canary)
+            .map_err(|e| io("create", e))?;
+        let written = f
+            .write_all(payload)
+            .and_then(|_| f.sync_all())
+            .and_then(|_| f.seek(std::io::SeekFrom::Start(0)).map(drop));
+        if let Err(e) = written {
+            let _ = std::fs::remove_file(canary);
+            return Err(io("write", e));
+        }
+        let mut back = Vec::new();
+        let read = f.read_to_end(&mut back);
+        std::fs::remove_file(canary).map_err(|e| io("remove", e))?;
+        read.map_err(|e| io("read", e))?;
+        if back != payload {
+            return Err(Failure::new(
+                FailureReason::Io,
+                format!("canary {} read back differently", canary.display()),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -359,5 +397,28 @@ mod tests {
         root.is_alive(&progress).await.unwrap();
         let (free, size) = progress.space().unwrap();
         assert!(size >= free && size > 0);
+    }
+
+    #[test]
+    fn the_canary_never_opens_what_another_user_put_at_its_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let canary = dir.path().join(".resmon-canary-t");
+        // A symlink to a file the agent (root) could write: refused, the file untouched.
+        let precious = dir.path().join("precious");
+        std::fs::write(&precious, "precious\n").unwrap();
+        std::os::unix::fs::symlink(&precious, &canary).unwrap();
+        let f = DiskResource::write_canary(&canary).err().unwrap();
+        assert!(f.detail.contains("refused"), "{f}");
+        assert_eq!(std::fs::read_to_string(&precious).unwrap(), "precious\n");
+        std::fs::remove_file(&canary).unwrap();
+        // A FIFO: refused at once, not opened (an open would block).
+        nix::unistd::mkfifo(&canary, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        let f = DiskResource::write_canary(&canary).err().unwrap();
+        assert!(f.detail.contains("refused"), "{f}");
+        std::fs::remove_file(&canary).unwrap();
+        // A leftover canary (a regular file): removed, and the check passes.
+        std::fs::write(&canary, "old").unwrap();
+        assert!(DiskResource::write_canary(&canary).is_ok());
+        assert!(!canary.exists());
     }
 }
