@@ -173,8 +173,12 @@ fn link_is_up(flags: LinkFlags) -> bool {
     flags.contains(LinkFlags::Up) && flags.contains(LinkFlags::LowerUp)
 }
 
-fn address_matches(msg: &AddressMessage, index: u32, address: IpAddr) -> bool {
+/// Whether `msg` is this resource's address: on its interface, with its address *and* its
+/// prefix. The same address with another prefix is someone else's, never adopted or removed.
+fn address_matches(msg: &AddressMessage, index: u32, cidr: IpCidr) -> bool {
+    let address = cidr.address;
     msg.header.index == index
+        && msg.header.prefix_len == cidr.prefix
         && msg.attributes.iter().any(|a| match a {
             // IFA_LOCAL is the address on point-to-point links; IFA_ADDRESS elsewhere.
             AddressAttribute::Local(a) | AddressAttribute::Address(a) => *a == address,
@@ -259,7 +263,7 @@ impl IpResource {
             .await
             .map_err(|e| netlink_failure("read the addresses", e))?
         {
-            if address_matches(&msg, index, self.config.address.address) {
+            if address_matches(&msg, index, self.config.address) {
                 return Ok(Some(msg));
             }
         }
@@ -376,16 +380,29 @@ impl Resource for IpResource {
             .execute()
             .await
         {
-            Ok(()) => Ok(()),
-            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => Ok(()),
-            Err(e) => Err(netlink_failure(
-                &format!(
-                    "remove {} from {}",
+            Ok(()) => {}
+            Err(e) if matches!(errno(&e), Some(libc::EADDRNOTAVAIL) | Some(libc::ENODEV)) => {}
+            Err(e) => {
+                return Err(netlink_failure(
+                    &format!(
+                        "remove {} from {}",
+                        self.config.address, self.config.interface
+                    ),
+                    e,
+                ))
+            }
+        }
+        // Offline only once it is gone: read back, not assumed from the answer.
+        if self.find(&handle, link.index).await?.is_some() {
+            return Err(Failure::new(
+                FailureReason::Io,
+                format!(
+                    "{} is still on {} after its removal",
                     self.config.address, self.config.interface
                 ),
-                e,
-            )),
+            ));
         }
+        Ok(())
     }
 
     async fn terminate(&self) -> Result<(), Failure> {
@@ -428,7 +445,7 @@ impl Resource for IpResource {
             },
             Err(f) => return f,
         };
-        let address = self.config.address.address;
+        let address = self.config.address;
         while let Some((message, _)) = messages.next().await {
             let NetlinkPayload::InnerMessage(message) = message.payload else {
                 continue;
@@ -705,6 +722,28 @@ mod tests {
         });
         let shown = ns.sh("ip -4 addr show dev a0");
         assert!(!shown.contains("10.77.0.10"), "{shown}");
+    }
+
+    #[test]
+    fn the_same_address_with_another_prefix_is_never_adopted_or_removed() {
+        let ns = Netns::new("ip-prefix");
+        ns.sh("ip link add a0 type veth peer name a1 && ip link set a0 up && ip link set a1 up");
+        ns.sh("ip addr add 10.77.0.10/32 dev a0");
+        ns.block_on(async {
+            let r = IpResource::new(config("10.77.0.10/24", "a0"));
+            let p = Progress::default();
+            assert_eq!(
+                r.is_alive(&p).await.unwrap_err().reason,
+                FailureReason::AddressMissing,
+                "a /32 someone else added is not this /24"
+            );
+            // Whether the kernel takes the /24 beside it or not, the /32 is left alone.
+            let _ = r.online(&p).await;
+            r.offline().await.unwrap();
+        });
+        let shown = ns.sh("ip -4 addr show dev a0");
+        assert!(shown.contains("10.77.0.10/32"), "{shown}");
+        assert!(!shown.contains("10.77.0.10/24"), "{shown}");
     }
 
     #[test]
