@@ -121,11 +121,6 @@ impl Shared {
     pub fn heartbeats(&self) -> Arc<Heartbeats> {
         self.heartbeats.clone()
     }
-
-    /// The event sink.
-    pub fn sink(&self) -> &Arc<EventSink> {
-        &self.sink
-    }
 }
 
 /// What a worker knows about its resource. Its group's and its own name are those of its
