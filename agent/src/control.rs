@@ -18,7 +18,6 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use resmon_policies::AdminCommand;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -51,24 +50,14 @@ pub fn bind(path: &Path) -> std::io::Result<tokio::net::UnixListener> {
     Ok(listener)
 }
 
-/// Serves the control API until the process exits.
+/// Serves the control API until the process exits, within [`crate::listen::CONTROL`].
 pub async fn serve(listener: tokio::net::UnixListener, api: ControlApi) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-            continue;
-        };
+    let metrics = api.views.sink.metrics_handle();
+    let handle = move |req: Request<Incoming>| {
         let api = api.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let api = api.clone();
-                async move { Ok::<_, std::convert::Infallible>(respond(req, &api).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        async move { respond(req, &api).await }
+    };
+    crate::listen::serve(listener, crate::listen::CONTROL, metrics, handle).await;
 }
 
 async fn respond(req: Request<Incoming>, api: &ControlApi) -> Response<Full<Bytes>> {

@@ -8,7 +8,6 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
 use std::time::Duration;
 
 /// What every answer carries: whole, or (the metrics) streamed as it is encoded.
@@ -17,38 +16,22 @@ type Body = BoxBody<Bytes, std::convert::Infallible>;
 /// A heartbeat older than this makes `/healthz` answer 503.
 const STALL: Duration = Duration::from_secs(2);
 
-/// Serves until the process exits; one task per connection.
+/// Serves until the process exits, within [`crate::listen::HTTP`].
 pub async fn serve(listener: tokio::net::TcpListener, views: Views) {
-    loop {
-        let (stream, _) = match listener.accept().await {
-            Ok(conn) => conn,
-            Err(e) => {
-                // Out of descriptors, most likely: back off instead of spinning.
-                tracing::warn!("accept on the HTTP endpoint failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    let metrics = views.sink.metrics_handle();
+    let handle = move |req: Request<Incoming>| {
         let views = views.clone();
-        tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |req| {
-                let views = views.clone();
-                // Encoding 10,000 resources' metrics takes tens of milliseconds of CPU: do it on
-                // a blocking thread so that no check on the runtime waits behind a scrape.
-                async move {
-                    let response = tokio::task::spawn_blocking(move || respond(&req, &views))
-                        .await
-                        .unwrap_or_else(|_| {
-                            plain(StatusCode::INTERNAL_SERVER_ERROR, "the handler panicked\n")
-                        });
-                    Ok::<_, std::convert::Infallible>(response)
-                }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), service)
-                .await;
-        });
-    }
+        // Encoding 10,000 resources' metrics takes tens of milliseconds of CPU: do it on a
+        // blocking thread so that no check on the runtime waits behind a scrape.
+        async move {
+            tokio::task::spawn_blocking(move || respond(&req, &views))
+                .await
+                .unwrap_or_else(|_| {
+                    plain(StatusCode::INTERNAL_SERVER_ERROR, "the handler panicked\n")
+                })
+        }
+    };
+    crate::listen::serve(listener, crate::listen::HTTP, metrics, handle).await;
 }
 
 fn respond(req: &Request<Incoming>, views: &Views) -> Response<Body> {

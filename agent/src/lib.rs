@@ -16,6 +16,7 @@
 //! - [`simulate`]: `resmon simulate`, the policy replayed on a scripted series of failures.
 //! - [`status`]: what `/api/v1/status` serves.
 //! - [`http`]: the read-only HTTP endpoint.
+//! - [`listen`]: what both listeners share: a connection cap, timeouts, bounded buffers.
 //! - [`memory`]: the heap's freed pages given back to the kernel every few seconds.
 //! - [`control`]: the control API on a Unix socket (online, offline, clear, events).
 //! - [`watchdog`]: systemd readiness and watchdog.
@@ -32,6 +33,7 @@ pub mod config;
 pub mod control;
 pub mod events;
 pub mod http;
+pub mod listen;
 pub mod memory;
 pub mod metrics;
 pub mod output;

@@ -3,6 +3,8 @@
 //! its output is kept (capped) to explain a failure.
 
 use crate::resource::{escape_bytes, Failure};
+use crate::values::AccountName;
+use nix::unistd::{Gid, Group, Uid, User};
 use resmon_policies::FailureReason;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -38,30 +40,142 @@ pub struct Finished {
     pub output: String,
 }
 
-/// The agent's own supervision variables: systemd's notify socket and watchdog (a child that
-/// inherited them could tell systemd the agent is ready, stopping or alive, and keep a hung
-/// agent from being restarted), socket activation, and the journal stream (a child writes to
-/// its own log, not the agent's journal).
-pub const AGENT_ONLY_ENV: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "WATCHDOG_USEC",
-    "WATCHDOG_PID",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    "JOURNAL_STREAM",
-];
+/// The `PATH` every child gets: the agent's own may be anything its caller had.
+pub const CHILD_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
-/// A command for a child of a resource: `argv`, without the agent's own variables
-/// ([`AGENT_ONLY_ENV`]), with `env` added.
-pub fn child_command(argv: &[String], env: &BTreeMap<String, String>) -> tokio::process::Command {
+/// Who a child runs as: the `user`, `group` and `supplementary_groups` keys of `process`,
+/// `exec` and `ocf`. Unset, the child runs as the agent (root).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RunAs {
+    /// Runs as this user, with its primary group and every group the group database gives it
+    /// (as `initgroups` and systemd's `User=` do).
+    pub user: Option<AccountName>,
+    /// Primary group in place of the user's.
+    pub group: Option<AccountName>,
+    /// Groups added to those.
+    pub supplementary_groups: Vec<AccountName>,
+}
+
+/// A [`RunAs`] looked up in the user and group databases.
+#[derive(Clone, Debug)]
+struct Credentials {
+    uid: Uid,
+    gid: Gid,
+    groups: Vec<Gid>,
+    /// `USER`, `LOGNAME` and `HOME` for the child, when `user` is set.
+    account: Option<(String, String)>,
+}
+
+impl RunAs {
+    /// Looks the names up; `None` when nothing is set. The error names the key.
+    fn resolve(&self) -> Result<Option<Credentials>, (&'static str, String)> {
+        if self.user.is_none() && self.group.is_none() && self.supplementary_groups.is_empty() {
+            return Ok(None);
+        }
+        let user = match &self.user {
+            None => None,
+            Some(name) => Some(
+                User::from_name(&name.0)
+                    .map_err(|e| ("user", format!("cannot look up user {:?}: {e}", name.0)))?
+                    .ok_or_else(|| ("user", format!("no user {:?} on this machine", name.0)))?,
+            ),
+        };
+        let group = |key: &'static str, name: &AccountName| {
+            Group::from_name(&name.0)
+                .map_err(|e| (key, format!("cannot look up group {:?}: {e}", name.0)))?
+                .map(|g| g.gid)
+                .ok_or_else(|| (key, format!("no group {:?} on this machine", name.0)))
+        };
+        let gid = match (&self.group, &user) {
+            (Some(name), _) => group("group", name)?,
+            (None, Some(user)) => user.gid,
+            (None, None) => nix::unistd::getgid(),
+        };
+        let mut groups = match &user {
+            Some(user) => {
+                let name = std::ffi::CString::new(user.name.clone())
+                    .map_err(|_| ("user", format!("user name {:?} holds a NUL", user.name)))?;
+                nix::unistd::getgrouplist(&name, user.gid).map_err(|e| {
+                    (
+                        "user",
+                        format!("cannot list the groups of {:?}: {e}", user.name),
+                    )
+                })?
+            }
+            None => Vec::new(),
+        };
+        groups.push(gid);
+        for name in &self.supplementary_groups {
+            groups.push(group("supplementary_groups", name)?);
+        }
+        groups.sort_unstable_by_key(|g| g.as_raw());
+        groups.dedup();
+        Ok(Some(Credentials {
+            uid: user.as_ref().map_or_else(nix::unistd::getuid, |u| u.uid),
+            gid,
+            groups,
+            account: user.map(|u| (u.name, u.dir.display().to_string())),
+        }))
+    }
+
+    /// What `validate` says: a name this machine does not know.
+    pub fn check(&self) -> Vec<(&'static str, String)> {
+        self.resolve().err().into_iter().collect()
+    }
+}
+
+/// A command for a child of a resource: `argv` as `run_as`, with a clean environment (`PATH`,
+/// `LANG`, `USER`/`LOGNAME`/`HOME` of `run_as.user`, then `env`). The agent's own variables
+/// never reach a child: systemd's notify socket and watchdog (a child could tell systemd the
+/// agent is ready, stopping or alive, and keep a hung agent from being restarted), socket
+/// activation, the journal stream, and whatever the agent's caller had set.
+pub fn child_command(
+    argv: &[String],
+    env: &BTreeMap<String, String>,
+    run_as: &RunAs,
+) -> Result<tokio::process::Command, Failure> {
+    let credentials = run_as.resolve().map_err(|(key, why)| {
+        Failure::new(
+            FailureReason::Spawn,
+            format!("cannot run {}: {key}: {why}", argv[0]),
+        )
+    })?;
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
-    for key in AGENT_ONLY_ENV {
-        cmd.env_remove(key);
+    cmd.env_clear();
+    cmd.env("PATH", CHILD_PATH);
+    cmd.env(
+        "LANG",
+        std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_string()),
+    );
+    if let Some(credentials) = credentials {
+        if let Some((name, home)) = &credentials.account {
+            cmd.env("USER", name).env("LOGNAME", name).env("HOME", home);
+        }
+        become_(&mut cmd, credentials);
     }
     cmd.envs(env);
-    cmd
+    Ok(cmd)
+}
+
+/// Makes the child take `credentials` between fork and exec: groups, then group, then user
+/// (after `setuid` it could no longer change the others).
+#[allow(unsafe_code)]
+fn become_(cmd: &mut tokio::process::Command, credentials: Credentials) {
+    let Credentials {
+        uid, gid, groups, ..
+    } = credentials;
+    // SAFETY: the closure runs in the forked child before exec. It calls only setgroups, setgid
+    // and setuid, which are async-signal-safe system calls, on values computed before the fork,
+    // and allocates nothing.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setgroups(&groups)?;
+            nix::unistd::setgid(gid)?;
+            nix::unistd::setuid(uid)?;
+            Ok(())
+        });
+    }
 }
 
 /// Runs `argv` with `env` added; waits for it.
@@ -69,8 +183,9 @@ pub async fn run(
     argv: &[String],
     env: &BTreeMap<String, String>,
     cwd: Option<&Path>,
+    run_as: &RunAs,
 ) -> Result<Finished, Failure> {
-    let mut cmd = child_command(argv, env);
+    let mut cmd = child_command(argv, env, run_as)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -121,23 +236,127 @@ pub async fn run(
 mod child_env_tests {
     use super::*;
 
-    #[test]
-    fn a_child_never_gets_the_agents_notify_or_watchdog_variables() {
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".to_string(), "-c".to_string(), script.to_string()]
+    }
+
+    /// The lines a command printed, from a failure's escaped output.
+    fn lines(done: &Finished) -> Vec<String> {
+        done.output
+            .trim_matches('"')
+            .split("\\n")
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_child_gets_a_clean_environment_and_what_its_resource_sets() {
+        // Whatever the agent's caller set (here: cargo's variables, and systemd's notify
+        // socket if the tests run under it) stays with the agent.
+        let env = BTreeMap::from([("MINE".to_string(), "1".to_string())]);
+        // (`sh` sets PWD itself.)
+        let done = run(
+            &sh("env | cut -d= -f1 | grep -vx PWD | sort"),
+            &env,
+            None,
+            &RunAs::default(),
+        )
+        .await
+        .unwrap();
+        assert_eq!(lines(&done), ["LANG", "MINE", "PATH"], "{}", done.output);
+        // The resource's own env wins, even for a name the agent keeps for itself.
         let env = BTreeMap::from([("NOTIFY_SOCKET".to_string(), "/mine".to_string())]);
-        let cmd = child_command(&["true".to_string()], &BTreeMap::new());
-        let set: Vec<_> = cmd.as_std().get_envs().collect();
-        for key in AGENT_ONLY_ENV {
-            assert!(
-                set.contains(&(std::ffi::OsStr::new(key), None)),
-                "{key} is not removed: {set:?}"
-            );
+        let done = run(&sh("echo $NOTIFY_SOCKET"), &env, None, &RunAs::default())
+            .await
+            .unwrap();
+        assert_eq!(lines(&done), ["/mine"]);
+    }
+
+    #[tokio::test]
+    async fn a_child_runs_as_its_user_with_its_groups() {
+        if !nix::unistd::getuid().is_root() {
+            eprintln!("skipped: changing user needs root");
+            return;
         }
-        // What the resource's own env sets still wins.
-        let cmd = child_command(&["true".to_string()], &env);
-        assert!(cmd
-            .as_std()
-            .get_envs()
-            .any(|(k, v)| k == "NOTIFY_SOCKET" && v == Some(std::ffi::OsStr::new("/mine"))));
+        let name = |s: &str| AccountName(s.to_string());
+        let nobody = RunAs {
+            user: Some(name("nobody")),
+            group: None,
+            supplementary_groups: vec![name("adm")],
+        };
+        let id = |what: &str| {
+            let group = Group::from_name(what).unwrap().unwrap().gid;
+            group.to_string()
+        };
+        let done = run(
+            &sh("id -u; id -g; id -G | tr ' ' '\\n' | sort -n | tr '\\n' ' '; echo; echo $USER $HOME"),
+            &BTreeMap::new(),
+            None,
+            &nobody,
+        )
+        .await
+        .unwrap();
+        let user = User::from_name("nobody").unwrap().unwrap();
+        let mut groups = vec![
+            user.gid.as_raw(),
+            Group::from_name("adm").unwrap().unwrap().gid.as_raw(),
+        ];
+        groups.sort_unstable();
+        groups.dedup();
+        let groups: Vec<String> = groups.iter().map(|g| g.to_string()).collect();
+        assert_eq!(
+            lines(&done),
+            [
+                user.uid.to_string(),
+                user.gid.to_string(),
+                format!("{} ", groups.join(" ")),
+                format!("nobody {}", user.dir.display()),
+            ],
+            "{}",
+            done.output
+        );
+        // A group in place of the user's primary one.
+        let done = run(
+            &sh("id -g"),
+            &BTreeMap::new(),
+            None,
+            &RunAs {
+                group: Some(name("adm")),
+                ..nobody.clone()
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(lines(&done), [id("adm")]);
+    }
+
+    #[test]
+    fn an_unknown_user_or_group_is_named_with_its_key() {
+        let name = |s: &str| Some(AccountName(s.to_string()));
+        let user = RunAs {
+            user: name("no-such-user-here"),
+            ..RunAs::default()
+        };
+        assert_eq!(
+            user.check(),
+            [(
+                "user",
+                "no user \"no-such-user-here\" on this machine".to_string()
+            )]
+        );
+        let group = RunAs {
+            supplementary_groups: vec![AccountName("no-such-group".into())],
+            ..RunAs::default()
+        };
+        assert_eq!(
+            group.check(),
+            [(
+                "supplementary_groups",
+                "no group \"no-such-group\" on this machine".to_string()
+            )]
+        );
+        assert!(RunAs::default().check().is_empty());
     }
 
     #[tokio::test]
@@ -147,7 +366,12 @@ mod child_env_tests {
         // 50 MB of output: kept to the cap, drained so the writer never blocks.
         let done = tokio::time::timeout(
             std::time::Duration::from_secs(20),
-            run(&argv("yes | head -c 50000000; exit 3"), &none, None),
+            run(
+                &argv("yes | head -c 50000000; exit 3"),
+                &none,
+                None,
+                &RunAs::default(),
+            ),
         )
         .await
         .expect("a chatty command ends")
@@ -156,9 +380,14 @@ mod child_env_tests {
         assert!(done.output.len() < 4 * KEPT_OUTPUT, "{}", done.output.len());
         // A start that leaves a daemon holding stdout returns when the command exits.
         let started = std::time::Instant::now();
-        let done = run(&argv("sleep 30 & echo started"), &none, None)
-            .await
-            .unwrap();
+        let done = run(
+            &argv("sleep 30 & echo started"),
+            &none,
+            None,
+            &RunAs::default(),
+        )
+        .await
+        .unwrap();
         assert_eq!(done.code, Some(0));
         assert!(done.output.contains("started"), "{}", done.output);
         assert!(

@@ -2,10 +2,10 @@
 //! `start` and `stop` are online and offline when given (without them the resource only
 //! watches). Terminate runs `stop` too: there is nothing more forceful to know about.
 
-use crate::command::run;
+use crate::command::{run, RunAs};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
-use crate::values::Argv;
+use crate::values::{AccountName, Argv};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
@@ -31,6 +31,26 @@ pub struct ExecConfig {
     /// Working directory.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
+    /// Runs as this user (with its groups), not as root.
+    #[serde(default)]
+    pub user: Option<AccountName>,
+    /// Primary group in place of the user's.
+    #[serde(default)]
+    pub group: Option<AccountName>,
+    /// Groups added to the user's.
+    #[serde(default)]
+    pub supplementary_groups: Vec<AccountName>,
+}
+
+impl ExecConfig {
+    /// Who its commands run as.
+    pub fn run_as(&self) -> RunAs {
+        RunAs {
+            user: self.user.clone(),
+            group: self.group.clone(),
+            supplementary_groups: self.supplementary_groups.clone(),
+        }
+    }
 }
 
 /// A resource run by scripts.
@@ -45,7 +65,13 @@ impl ExecResource {
     }
 
     async fn script(&self, what: &str, argv: &Argv, failure: FailureReason) -> Result<(), Failure> {
-        let done = run(&argv.0, &self.config.env, self.config.cwd.as_deref()).await?;
+        let done = run(
+            &argv.0,
+            &self.config.env,
+            self.config.cwd.as_deref(),
+            &self.config.run_as(),
+        )
+        .await?;
         match done.code {
             Some(0) => Ok(()),
             code => Err(Failure::new(
@@ -99,6 +125,10 @@ impl Resource for ExecResource {
 
 impl TypeConfig for ExecConfig {
     const NAME: &'static str = "exec";
+
+    fn validate(&self) -> Vec<(&'static str, String)> {
+        self.run_as().check()
+    }
 
     fn terminate_waits(&self) -> bool {
         self.stop.is_some()

@@ -9,9 +9,10 @@
 //!   name in the detail (1 generic error, 2 invalid argument, 3 unimplemented, 4 insufficient
 //!   privileges, 5 not installed, 6 not configured, 8/9 promoted states).
 
-use crate::command::run;
+use crate::command::{run, RunAs};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
+use crate::values::AccountName;
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
@@ -42,6 +43,26 @@ pub struct OcfConfig {
     /// `OCF_CHECK_LEVEL` of the `monitor` that is_alive runs.
     #[serde(default = "default_depth")]
     pub is_alive_depth: u32,
+    /// Runs as this user (with its groups), not as root.
+    #[serde(default)]
+    pub user: Option<AccountName>,
+    /// Primary group in place of the user's.
+    #[serde(default)]
+    pub group: Option<AccountName>,
+    /// Groups added to the user's.
+    #[serde(default)]
+    pub supplementary_groups: Vec<AccountName>,
+}
+
+impl OcfConfig {
+    /// Who its commands run as.
+    pub fn run_as(&self) -> RunAs {
+        RunAs {
+            user: self.user.clone(),
+            group: self.group.clone(),
+            supplementary_groups: self.supplementary_groups.clone(),
+        }
+    }
 }
 
 impl OcfConfig {
@@ -62,7 +83,7 @@ impl OcfConfig {
 
     /// Checks visible before running: the agent exists and is executable.
     pub fn validate(&self) -> Vec<(&'static str, String)> {
-        match self.script() {
+        let mut errors = match self.script() {
             Err(e) => vec![("agent", e)],
             Ok(path) => match std::fs::metadata(&path) {
                 Ok(_) => Vec::new(),
@@ -74,7 +95,9 @@ impl OcfConfig {
                     ),
                 )],
             },
-        }
+        };
+        errors.extend(self.run_as().check());
+        errors
     }
 }
 
@@ -142,7 +165,7 @@ impl OcfResource {
             env.insert("OCF_CHECK_LEVEL".into(), depth.to_string());
         }
         let argv = vec![script.display().to_string(), action.to_string()];
-        let done = run(&argv, &env, None).await?;
+        let done = run(&argv, &env, None, &self.config.run_as()).await?;
         let code = done.code.ok_or_else(|| {
             Failure::new(
                 FailureReason::Killed,

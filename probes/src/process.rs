@@ -19,9 +19,10 @@
 
 #![allow(unsafe_code)] // system calls no safe crate wraps; a SAFETY note at each site
 
+use crate::command::RunAs;
 use crate::resource::{BuildContext, ConfigError, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
-use crate::values::{Argv, HostPort, HumanDuration};
+use crate::values::{AccountName, Argv, HostPort, HumanDuration};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
@@ -63,6 +64,26 @@ pub struct ProcessConfig {
     /// Where stdout and stderr go, appended (default `<state_dir>/<group>/<resource>.log`).
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// Runs as this user (with its groups), not as root.
+    #[serde(default)]
+    pub user: Option<AccountName>,
+    /// Primary group in place of the user's.
+    #[serde(default)]
+    pub group: Option<AccountName>,
+    /// Groups added to the user's.
+    #[serde(default)]
+    pub supplementary_groups: Vec<AccountName>,
+}
+
+impl ProcessConfig {
+    /// Who its commands run as.
+    pub fn run_as(&self) -> RunAs {
+        RunAs {
+            user: self.user.clone(),
+            group: self.group.clone(),
+            supplementary_groups: self.supplementary_groups.clone(),
+        }
+    }
 }
 
 fn default_ready_interval() -> HumanDuration {
@@ -85,6 +106,12 @@ impl ProcessConfig {
                 message: "must be longer than zero".into(),
             });
         }
+        errors.extend(
+            self.run_as()
+                .check()
+                .into_iter()
+                .map(|(key, message)| ConfigError { key, message }),
+        );
         errors
     }
 }
@@ -182,7 +209,7 @@ impl ProcessResource {
         let log_err = log
             .try_clone()
             .map_err(|e| Failure::new(FailureReason::Spawn, format!("dup log: {e}")))?;
-        let mut cmd = crate::command::child_command(argv, &self.config.env);
+        let mut cmd = crate::command::child_command(argv, &self.config.env, &self.config.run_as())?;
         cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -253,19 +280,21 @@ impl ProcessResource {
                     Failure::new(FailureReason::NotReady, format!("ready_tcp {}", f.detail))
                 })
         } else if let Some(argv) = &self.config.ready_command {
-            let status = crate::command::child_command(&argv.0, &Default::default())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .kill_on_drop(true)
-                .status()
-                .await
-                .map_err(|e| {
-                    Failure::new(
-                        FailureReason::NotReady,
-                        format!("ready_command {}: {e}", argv.0[0]),
-                    )
-                })?;
+            let status =
+                crate::command::child_command(&argv.0, &Default::default(), &self.config.run_as())
+                    .map_err(|f| Failure::new(FailureReason::NotReady, f.detail))?
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .kill_on_drop(true)
+                    .status()
+                    .await
+                    .map_err(|e| {
+                        Failure::new(
+                            FailureReason::NotReady,
+                            format!("ready_command {}: {e}", argv.0[0]),
+                        )
+                    })?;
             if status.success() {
                 Ok(())
             } else {

@@ -119,6 +119,30 @@ impl<'de> Deserialize<'de> for Argv {
     }
 }
 
+/// A user or group name in the config: the portable POSIX set that `useradd` accepts (a
+/// lower-case letter or `_` first, then letters, digits, `_`, `-`, at most 32 bytes).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AccountName(pub String);
+
+impl<'de> Deserialize<'de> for AccountName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let mut bytes = s.bytes();
+        let first_ok = bytes
+            .next()
+            .is_some_and(|b| b.is_ascii_lowercase() || b == b'_');
+        let rest_ok =
+            bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+        if !first_ok || !rest_ok || s.len() > 32 {
+            return Err(serde::de::Error::custom(format!(
+                "invalid user or group name {s:?}: a lower-case letter or _ first, then \
+                 lower-case letters, digits, _ or -, at most 32 characters"
+            )));
+        }
+        Ok(AccountName(s))
+    }
+}
+
 /// A regular expression in the config, checked while the file is read.
 #[derive(Clone, Debug)]
 pub struct ConfigRegex(pub regex::Regex);

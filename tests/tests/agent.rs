@@ -514,6 +514,57 @@ fn under_systemd_the_agent_reports_ready_and_pets_the_watchdog() {
     assert!(seen.iter().any(|m| m.contains("READY=1")), "{seen:?}");
 }
 
+/// Under systemd, with its notify socket and watchdog in the agent's environment: a `process`
+/// with `user` runs as that user with its groups, and its environment is the clean one.
+#[test]
+fn a_process_runs_as_its_user_and_never_sees_the_agents_variables() {
+    if !nix::unistd::getuid().is_root() {
+        eprintln!("skipped: changing user needs root");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let _socket = std::os::unix::net::UnixDatagram::bind(&socket_path).unwrap();
+    let agent = Agent::start_env(
+        "[[groups]]\nname = \"app\"\n\n[[groups.resources]]\nname = \"worker\"\ntype = \"process\"\n\
+         command = [\"sleep\", \"600\"]\nuser = \"nobody\"\nsupplementary_groups = [\"adm\"]\n\
+         env = { MINE = \"1\" }\n",
+        "",
+        &[
+            ("NOTIFY_SOCKET", socket_path.to_str().unwrap()),
+            ("WATCHDOG_USEC", "400000"),
+            ("RESMON_CALLERS_SECRET", "s3cret"),
+        ],
+    );
+    agent.wait_state("app", "worker", "online", LONG);
+    let pid = agent.pid_of("app", "worker").expect("a pid");
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap_or_else(|| panic!("no {name} in {status}"))
+            .split_whitespace()
+            .map(String::from)
+            .collect::<Vec<_>>()
+    };
+    let nobody = nix::unistd::User::from_name("nobody").unwrap().unwrap();
+    let adm = nix::unistd::Group::from_name("adm").unwrap().unwrap();
+    assert_eq!(field("Uid:"), vec![nobody.uid.to_string(); 4]);
+    assert_eq!(field("Gid:"), vec![nobody.gid.to_string(); 4]);
+    let groups = field("Groups:");
+    assert!(groups.contains(&adm.gid.to_string()), "{groups:?}");
+    assert!(!groups.contains(&"0".to_string()), "root's group kept: {groups:?}");
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
+    let mut keys: Vec<String> = environ
+        .split(|b| *b == 0)
+        .filter(|kv| !kv.is_empty())
+        .map(|kv| String::from_utf8_lossy(kv).split('=').next().unwrap().to_string())
+        .collect();
+    keys.sort();
+    assert_eq!(keys, ["HOME", "LANG", "LOGNAME", "MINE", "PATH", "USER"]);
+}
+
 #[test]
 fn resmon_status_prints_a_table_and_json() {
     let port = free_port();

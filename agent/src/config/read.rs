@@ -108,6 +108,17 @@ impl RawConfig {
                 None => ok = false,
             }
         }
+        if !self.agent.listen.ip().is_loopback() {
+            cx.warning(
+                &[Seg::Key("agent".into()), Seg::Key("listen".into())],
+                format!(
+                    "{} is reachable beyond this machine, without TLS or authentication: \
+                     anyone who reaches it reads the status, events and metrics; \
+                     keep it on loopback or behind a TLS proxy",
+                    self.agent.listen
+                ),
+            );
+        }
         if let Some(cluster) = &self.cluster {
             let errors = cx.error_count();
             cluster.check(cx);

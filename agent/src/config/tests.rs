@@ -25,6 +25,10 @@ fn every_invalid_fixture_gives_its_exact_messages() {
         ("duplicate_resource.toml", &["error: duplicate_resource.toml:10:1: groups[0].resources[1].name: duplicate resource name \"site\" in group \"web\" (first used by resources[0])"]),
         ("empty_command.toml", &["error: empty_command.toml:7:1: groups[0].resources[0].command: a command must name a program: write it as a list, such as [\"sleep\", \"60\"]"]),
         ("fence_time.toml", &["error: fence_time.toml:17:1: groups[0].resources[1].terminate_timeout: a fence terminates this service resource, which may wait terminate_timeout = 10s (default: pending_timeout) for its own stop, but the fence must be done within cluster.fence_margin = 2s: set terminate_timeout below it, on the resource or in [resource_types.service]"]),
+        ("unknown_user.toml", &[
+            "error: unknown_user.toml:8:1: groups[0].resources[0].user: no user \"no-such-user-here\" on this machine",
+            "error: unknown_user.toml:14:1: groups[0].resources[1].user: invalid user or group name \"Root\": a lower-case letter or _ first, then lower-case letters, digits, _ or -, at most 32 characters",
+        ]),
         ("node_name.toml", &["error: node_name.toml:2:1: agent.node: invalid name \"n1/../x\": use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"]),
         ("owner_name.toml", &["error: owner_name.toml:3:26: groups[0].possible_owners[1]: invalid name \"n2/x\": use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"]),
         ("too_many_threads.toml", &["error: too_many_threads.toml:2:1: agent.check_threads: 100000 is more than this agent allows (256)"]),
@@ -285,6 +289,25 @@ fn a_world_readable_secret_file_is_a_warning() {
             warnings.contains(&expected),
             warned,
             "mode {mode:o}: {warnings:?}"
+        );
+    }
+}
+
+#[test]
+fn an_endpoint_beyond_loopback_is_a_warning() {
+    for (listen, warned) in [("0.0.0.0:9477", true), ("[::1]:9477", false)] {
+        let text = format!("[agent]\nlisten = \"{listen}\"\n");
+        let loaded = parse(Path::new("listen.toml"), &text).unwrap();
+        let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        let expected = format!(
+            "warning: listen.toml:2:1: agent.listen: {listen} is reachable beyond this machine, \
+             without TLS or authentication: anyone who reaches it reads the status, events and \
+             metrics; keep it on loopback or behind a TLS proxy"
+        );
+        assert_eq!(
+            warnings.contains(&expected),
+            warned,
+            "{listen}: {warnings:?}"
         );
     }
 }

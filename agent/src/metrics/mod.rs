@@ -83,6 +83,17 @@ struct TypeOperationLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerLabels {
+    listener: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ListenerClosedLabels {
+    listener: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct GroupLabels {
     group: String,
 }
@@ -156,6 +167,8 @@ pub struct Metrics {
     resources: Gauge,
     events_dropped: Counter,
     watchdog_armed: Gauge,
+    listener_connections: Family<ListenerLabels, Gauge>,
+    listener_closed: Family<ListenerClosedLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -314,6 +327,18 @@ impl Metrics {
             "1 while the cluster watchdog device is open and fed at each lease renewal",
             watchdog_armed.clone(),
         );
+        let listener_connections = Family::<ListenerLabels, Gauge>::default();
+        registry.register(
+            "resmon_listener_connections",
+            "Connections open on the HTTP endpoint and on the control socket",
+            listener_connections.clone(),
+        );
+        let listener_closed = Family::<ListenerClosedLabels, Counter>::default();
+        registry.register(
+            "resmon_listener_closed",
+            "Connections the listener closed: evicted at the cap, idle too long, or an exchange too long",
+            listener_closed.clone(),
+        );
         Metrics {
             registry,
             series: RwLock::new(BTreeMap::new()),
@@ -339,7 +364,26 @@ impl Metrics {
             resources,
             events_dropped,
             watchdog_armed,
+            listener_connections,
+            listener_closed,
         }
+    }
+
+    /// Connections open on a listener (`http` or `control`).
+    pub fn listener_connections(&self, listener: &'static str, open: usize) {
+        self.listener_connections
+            .get_or_create(&ListenerLabels { listener })
+            .set(i64::try_from(open).unwrap_or(i64::MAX));
+    }
+
+    /// A connection the listener closed, and why.
+    pub fn listener_closed(&self, listener: &'static str, why: crate::listen::Closed) {
+        self.listener_closed
+            .get_or_create(&ListenerClosedLabels {
+                listener,
+                reason: why.as_str(),
+            })
+            .inc();
     }
 
     /// Whether the watchdog device is armed.
