@@ -2,6 +2,7 @@
 //! code is the answer. The child is killed if the runtime cancels the call at its deadline, and
 //! its output is kept (capped) to explain a failure.
 
+use crate::cgroup::Cgroup;
 use crate::resource::{escape_bytes, Failure};
 use crate::values::AccountName;
 use nix::unistd::{Gid, Group, Uid, User};
@@ -129,10 +130,14 @@ impl RunAs {
 /// never reach a child: systemd's notify socket and watchdog (a child could tell systemd the
 /// agent is ready, stopping or alive, and keep a hung agent from being restarted), socket
 /// activation, the journal stream, and whatever the agent's caller had set.
+///
+/// With `cgroup`, the child moves itself into it before anything else, so that everything it
+/// starts stays there.
 pub fn child_command(
     argv: &[String],
     env: &BTreeMap<String, String>,
     run_as: &RunAs,
+    cgroup: Option<&Cgroup>,
 ) -> Result<tokio::process::Command, Failure> {
     let credentials = run_as.resolve().map_err(|(key, why)| {
         Failure::new(
@@ -140,6 +145,16 @@ pub fn child_command(
             format!("cannot run {}: {key}: {why}", argv[0]),
         )
     })?;
+    let join = cgroup
+        .map(|c| {
+            c.procs_for_join().map_err(|e| {
+                Failure::new(
+                    FailureReason::Spawn,
+                    format!("cannot join cgroup {}: {e}", c.dir().display()),
+                )
+            })
+        })
+        .transpose()?;
     let mut cmd = tokio::process::Command::new(&argv[0]);
     cmd.args(&argv[1..]);
     cmd.env_clear();
@@ -148,31 +163,42 @@ pub fn child_command(
         "LANG",
         std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_string()),
     );
-    if let Some(credentials) = credentials {
-        if let Some((name, home)) = &credentials.account {
-            cmd.env("USER", name).env("LOGNAME", name).env("HOME", home);
-        }
-        become_(&mut cmd, credentials);
+    if let Some((name, home)) = credentials.as_ref().and_then(|c| c.account.as_ref()) {
+        cmd.env("USER", name).env("LOGNAME", name).env("HOME", home);
     }
     cmd.envs(env);
+    if join.is_some() || credentials.is_some() {
+        between_fork_and_exec(&mut cmd, join, credentials);
+    }
     Ok(cmd)
 }
 
-/// Makes the child take `credentials` between fork and exec: groups, then group, then user
-/// (after `setuid` it could no longer change the others).
+/// What the child does between fork and exec: moves into its cgroup (while it is still root),
+/// then takes its groups, its group and its user (after `setuid` it could no longer change the
+/// others).
 #[allow(unsafe_code)]
-fn become_(cmd: &mut tokio::process::Command, credentials: Credentials) {
-    let Credentials {
-        uid, gid, groups, ..
-    } = credentials;
-    // SAFETY: the closure runs in the forked child before exec. It calls only setgroups, setgid
-    // and setuid, which are async-signal-safe system calls, on values computed before the fork,
-    // and allocates nothing.
+fn between_fork_and_exec(
+    cmd: &mut tokio::process::Command,
+    join: Option<std::fs::File>,
+    credentials: Option<Credentials>,
+) {
+    // SAFETY: the closure runs in the forked child before exec. It calls only write, setgroups,
+    // setgid and setuid, which are async-signal-safe system calls, on descriptors and values
+    // made before the fork, and allocates nothing.
     unsafe {
         cmd.pre_exec(move || {
-            nix::unistd::setgroups(&groups)?;
-            nix::unistd::setgid(gid)?;
-            nix::unistd::setuid(uid)?;
+            if let Some(procs) = &join {
+                // `0` is the writer itself.
+                nix::unistd::write(procs, b"0")?;
+            }
+            if let Some(Credentials {
+                uid, gid, groups, ..
+            }) = &credentials
+            {
+                nix::unistd::setgroups(groups)?;
+                nix::unistd::setgid(*gid)?;
+                nix::unistd::setuid(*uid)?;
+            }
             Ok(())
         });
     }
@@ -185,7 +211,7 @@ pub async fn run(
     cwd: Option<&Path>,
     run_as: &RunAs,
 ) -> Result<Finished, Failure> {
-    let mut cmd = child_command(argv, env, run_as)?;
+    let mut cmd = child_command(argv, env, run_as, None)?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

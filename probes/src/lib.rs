@@ -15,7 +15,8 @@
 //!   [`RESOURCE_TYPES`].
 //! - [`values`]: the validating value types of every config: [`HumanDuration`], `HostPort`,
 //!   `Argv`, `ConfigRegex`.
-//! - [`process`]: a command resmon supervises itself (its exit is the failure signal).
+//! - [`process`]: a command resmon supervises itself (its exit is the failure signal);
+//!   [`cgroup`]: its own cgroup, which holds every process it starts.
 //! - [`tcp`]: a TCP connect.
 //! - [`banner`]: the expect/send engine of the mail protocols; [`mail`]: the `smtp`, `pop3` and
 //!   `imap` types, one config and a table of presets over the engine.
@@ -27,7 +28,7 @@
 //! - [`network_name`]: a name that must resolve to the group's address (hickory).
 //! - [`disk`]: a mounted filesystem with room to work (blocking calls on blocking threads).
 //! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
-//!   [`command`]: how both run a command.
+//!   [`command`]: how every child is started (clean environment, its user, its cgroup).
 //! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
 //! - [`net`]: connection helpers shared by the network types, and `Conn`, a check's plain or
 //!   TLS connection (the banner engine's and the `http` type's).
@@ -37,6 +38,7 @@
 #![deny(unsafe_code)]
 
 pub mod banner;
+pub mod cgroup;
 pub mod command;
 pub mod disk;
 pub mod exec;

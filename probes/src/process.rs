@@ -5,8 +5,10 @@
 //!   everything it forks, and a terminal's Ctrl-C does not), writes a pid file, and returns once
 //!   it is ready: `ready_tcp` accepts a connection or `ready_command` exits 0 (or at once when
 //!   neither is set). If the process exits first, online fails.
-//! - offline sends `SIGTERM` to the group and waits for the leader to exit; terminate sends
-//!   `SIGKILL` to the group.
+//! - every process it starts stays in the resource's own cgroup ([`crate::cgroup`]), one that
+//!   calls `setsid` too; offline sends `SIGTERM` to the group and the cgroup and waits until
+//!   both are empty; terminate kills both. A starter that exits 0 leaving processes in the
+//!   cgroup has daemonized: the resource runs until the last of them exits.
 //! - looks_alive: the leader is running; is_alive: it is running and the readiness check passes.
 //! - failure signal: the leader's exit, reported the moment it happens.
 //! - adoption: the pid file holds the pid and the process's start time (field 22 of
@@ -19,6 +21,7 @@
 
 #![allow(unsafe_code)] // system calls no safe crate wraps; a SAFETY note at each site
 
+use crate::cgroup::Cgroup;
 use crate::command::RunAs;
 use crate::resource::{BuildContext, ConfigError, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
@@ -135,6 +138,12 @@ pub struct ProcessResource {
     log_file: PathBuf,
     /// The instance started or adopted last; `None` when nothing is known to run.
     current: Mutex<Option<Instance>>,
+    /// Names its cgroup (unique per agent, group and resource).
+    cgroup_key: PathBuf,
+    /// Its cgroup, made at first use; `None` where cgroups cannot be used here.
+    cgroup: std::sync::OnceLock<Option<Cgroup>>,
+    /// Whether creating the cgroup failed once already (said once, tried at every start).
+    cgroup_refused: std::sync::atomic::AtomicBool,
 }
 
 impl ProcessResource {
@@ -153,7 +162,46 @@ impl ProcessResource {
             pid_file,
             log_file,
             current: Mutex::new(None),
+            cgroup_key: cx.state_file("cgroup"),
+            cgroup: std::sync::OnceLock::new(),
+            cgroup_refused: std::sync::atomic::AtomicBool::new(false),
         }
+    }
+
+    /// Its cgroup (which may not exist yet); `None` where this host has none to give, said
+    /// once: the process group alone then reaches what it starts.
+    fn cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup
+            .get_or_init(|| match Cgroup::for_resource(&self.cgroup_key) {
+                Ok(cgroup) => Some(cgroup),
+                Err(why) => {
+                    tracing::warn!("{why}: a process that leaves its process group is not tracked");
+                    None
+                }
+            })
+            .as_ref()
+    }
+
+    /// Its cgroup, created for a start; `None` (said once) where it cannot be created.
+    fn created_cgroup(&self) -> Option<&Cgroup> {
+        let cgroup = self.cgroup()?;
+        match cgroup.create() {
+            Ok(()) => Some(cgroup),
+            Err(why) => {
+                if !self
+                    .cgroup_refused
+                    .swap(true, std::sync::atomic::Ordering::Relaxed)
+                {
+                    tracing::warn!("{why}: a process that leaves its process group is not tracked");
+                }
+                None
+            }
+        }
+    }
+
+    /// Its cgroup if something runs in it.
+    fn populated_cgroup(&self) -> Option<&Cgroup> {
+        self.cgroup().filter(|c| c.populated())
     }
 
     /// The pid of the running instance, if any.
@@ -209,7 +257,12 @@ impl ProcessResource {
         let log_err = log
             .try_clone()
             .map_err(|e| Failure::new(FailureReason::Spawn, format!("dup log: {e}")))?;
-        let mut cmd = crate::command::child_command(argv, &self.config.env, &self.config.run_as())?;
+        let mut cmd = crate::command::child_command(
+            argv,
+            &self.config.env,
+            &self.config.run_as(),
+            self.created_cgroup(),
+        )?;
         cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -236,14 +289,39 @@ impl ProcessResource {
             })?;
         }
         let (tx, rx) = watch::channel(None);
+        let cgroup = self.created_cgroup().cloned();
         tokio::spawn(async move {
             let failure = match child.wait().await {
+                // A leader that exits 0 leaving processes in its cgroup has daemonized: it
+                // runs until the last of them exits.
+                Ok(status)
+                    if status.success() && cgroup.as_ref().is_some_and(Cgroup::populated) =>
+                {
+                    last_one_out(cgroup.as_ref().expect("checked")).await
+                }
                 Ok(status) => describe_exit(status),
                 Err(e) => Failure::new(FailureReason::Io, format!("wait: {e}")),
             };
             let _ = tx.send(Some(failure));
         });
         Ok(Instance { pid, exit: rx })
+    }
+
+    /// What runs in its cgroup when no leader is known (an agent restarted after its process
+    /// daemonized, or with its pid file lost): watched until the cgroup empties.
+    fn find_in_cgroup(&self) -> Option<Instance> {
+        let cgroup = self.populated_cgroup()?.clone();
+        let pid = *cgroup.pids().first()?;
+        let (tx, rx) = watch::channel(None);
+        tokio::spawn(async move {
+            let _ = tx.send(Some(last_one_out(&cgroup).await));
+        });
+        Some(Instance { pid, exit: rx })
+    }
+
+    /// What is known to run: the pid file's process, or else what is in the cgroup.
+    fn find(&self) -> Option<Instance> {
+        self.find_from_pid_file().or_else(|| self.find_in_cgroup())
     }
 
     /// Finds the process named in the pid file if it is still the same process.
@@ -280,21 +358,25 @@ impl ProcessResource {
                     Failure::new(FailureReason::NotReady, format!("ready_tcp {}", f.detail))
                 })
         } else if let Some(argv) = &self.config.ready_command {
-            let status =
-                crate::command::child_command(&argv.0, &Default::default(), &self.config.run_as())
-                    .map_err(|f| Failure::new(FailureReason::NotReady, f.detail))?
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .kill_on_drop(true)
-                    .status()
-                    .await
-                    .map_err(|e| {
-                        Failure::new(
-                            FailureReason::NotReady,
-                            format!("ready_command {}: {e}", argv.0[0]),
-                        )
-                    })?;
+            let status = crate::command::child_command(
+                &argv.0,
+                &Default::default(),
+                &self.config.run_as(),
+                None,
+            )
+            .map_err(|f| Failure::new(FailureReason::NotReady, f.detail))?
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await
+            .map_err(|e| {
+                Failure::new(
+                    FailureReason::NotReady,
+                    format!("ready_command {}: {e}", argv.0[0]),
+                )
+            })?;
             if status.success() {
                 Ok(())
             } else {
@@ -308,46 +390,73 @@ impl ProcessResource {
         }
     }
 
-    /// Signals the group and waits for the leader's exit.
+    /// Signals the group, and everything in the cgroup, and waits until the leader and every
+    /// process of the cgroup are gone.
     async fn signal_and_wait(&self, signal: nix::sys::signal::Signal) -> Result<(), Failure> {
         let found = {
             let mut guard = self.lock();
             if guard.as_ref().is_none_or(|i| i.exited().is_some()) {
-                *guard = self.find_from_pid_file();
+                *guard = self.find();
             }
             guard.as_ref().map(|i| (i.pid, i.exit.clone()))
         };
-        let Some((pid, mut exit)) = found else {
-            let _ = std::fs::remove_file(&self.pid_file);
-            return Ok(()); // nothing runs: already offline
-        };
-        if exit.borrow().is_none() {
-            match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal) {
-                Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                Err(e) => {
-                    return Err(Failure::new(
-                        FailureReason::Io,
-                        format!("kill -{signal} -{pid}: {e}"),
-                    ))
+        if let Some((pid, mut exit)) = found {
+            if exit.borrow().is_none() {
+                match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal) {
+                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                    Err(e) => {
+                        return Err(Failure::new(
+                            FailureReason::Io,
+                            format!("kill -{signal} -{pid}: {e}"),
+                        ))
+                    }
                 }
+                self.signal_cgroup(signal);
+                wait_exit(&mut exit).await;
             }
-            wait_exit(&mut exit).await;
+            // The leader is gone: nothing it left in its group survives.
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
-        // The leader is gone: make sure nothing it left in its group survives a terminate.
-        let _ = nix::sys::signal::killpg(
-            nix::unistd::Pid::from_raw(pid),
-            nix::sys::signal::Signal::SIGKILL,
-        );
+        // What left the process group (postfix's master calls setsid) is still in the cgroup:
+        // offline is done only when none is left.
+        if let Some(cgroup) = self.populated_cgroup() {
+            self.signal_cgroup(signal);
+            cgroup.wait_empty().await;
+        }
+        if let Some(cgroup) = self.cgroup() {
+            cgroup.remove();
+        }
         let _ = std::fs::remove_file(&self.pid_file);
         *self.lock() = None;
         Ok(())
+    }
+
+    fn signal_cgroup(&self, signal: nix::sys::signal::Signal) {
+        match self.cgroup() {
+            Some(cgroup) if signal == nix::sys::signal::Signal::SIGKILL => cgroup.kill(),
+            Some(cgroup) => cgroup.signal_all(signal),
+            None => {}
+        }
+    }
+}
+
+impl Drop for ProcessResource {
+    /// An empty cgroup goes with its resource (a reload that removes it, tests); one that still
+    /// holds processes stays, found again by the next agent.
+    fn drop(&mut self) {
+        if let Some(Some(cgroup)) = self.cgroup.get() {
+            cgroup.remove();
+        }
     }
 }
 
 #[async_trait]
 impl Resource for ProcessResource {
     async fn adopt(&self) -> Result<bool, Failure> {
-        let Some(instance) = self.find_from_pid_file() else {
+        let Some(instance) = self.find() else {
             let _ = std::fs::remove_file(&self.pid_file);
             return Ok(false);
         };
@@ -356,6 +465,14 @@ impl Resource for ProcessResource {
     }
 
     async fn online(&self, _progress: &Progress) -> Result<(), Failure> {
+        let known = self.lock().as_ref().is_some_and(|i| i.exited().is_none());
+        if !known {
+            // Left over from an instance that is no longer watched: never run two.
+            if let Some(cgroup) = self.populated_cgroup() {
+                cgroup.kill();
+                cgroup.wait_empty().await;
+            }
+        }
         let (pid, mut exit) = {
             let mut guard = self.lock();
             if guard.as_ref().is_none_or(|i| i.exited().is_some()) {
@@ -410,6 +527,20 @@ impl Resource for ProcessResource {
         };
         wait_exit(&mut exit).await
     }
+}
+
+/// How often a daemonized instance's cgroup is looked at: rare, and cheap at this pace.
+const DAEMON_POLL: Duration = Duration::from_millis(250);
+
+/// Waits until the last process of a daemonized instance's cgroup has exited.
+async fn last_one_out(cgroup: &Cgroup) -> Failure {
+    while cgroup.populated() {
+        tokio::time::sleep(DAEMON_POLL).await;
+    }
+    Failure::new(
+        FailureReason::Exited,
+        "the last process of its cgroup exited",
+    )
 }
 
 /// Waits for the instance's exit and returns how it ended.

@@ -475,6 +475,19 @@ impl Agent {
                             libc::kill(-pid, libc::SIGKILL);
                         }
                     }
+                    // And what left the group: the resource's cgroup.
+                    if let Ok(cgroup) = resmon_probes::cgroup::Cgroup::for_resource(
+                        &file.path().with_extension("cgroup"),
+                    ) {
+                        cgroup.kill();
+                        for _ in 0..50 {
+                            if !cgroup.populated() {
+                                break;
+                            }
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        cgroup.remove();
+                    }
                 }
             }
         }

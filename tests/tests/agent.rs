@@ -554,12 +554,21 @@ fn a_process_runs_as_its_user_and_never_sees_the_agents_variables() {
     assert_eq!(field("Gid:"), vec![nobody.gid.to_string(); 4]);
     let groups = field("Groups:");
     assert!(groups.contains(&adm.gid.to_string()), "{groups:?}");
-    assert!(!groups.contains(&"0".to_string()), "root's group kept: {groups:?}");
+    assert!(
+        !groups.contains(&"0".to_string()),
+        "root's group kept: {groups:?}"
+    );
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
     let mut keys: Vec<String> = environ
         .split(|b| *b == 0)
         .filter(|kv| !kv.is_empty())
-        .map(|kv| String::from_utf8_lossy(kv).split('=').next().unwrap().to_string())
+        .map(|kv| {
+            String::from_utf8_lossy(kv)
+                .split('=')
+                .next()
+                .unwrap()
+                .to_string()
+        })
         .collect();
     keys.sort();
     assert_eq!(keys, ["HOME", "LANG", "LOGNAME", "MINE", "PATH", "USER"]);
