@@ -617,6 +617,15 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
                 })
                 .and_then(|(name, c)| last_check(name, c, now))
                 .unwrap_or_else(|| "-".into());
+            // Coming online by checking: the last failed attempt says why it is not yet.
+            let last = r.online_attempt.as_ref().map_or(last, |a| {
+                format!(
+                    "online attempt {} {} {} ago",
+                    a.attempt,
+                    a.reason,
+                    ago(now, a.at)
+                )
+            });
             let next = [r.looks_alive.next_at, r.is_alive.next_at]
                 .into_iter()
                 .flatten()

@@ -150,6 +150,28 @@ impl Event for ProbeFailed<'_> {
     }
 }
 
+/// An attempt of a check-only resource's online failed; the next comes unless
+/// `pending_timeout` has passed.
+#[derive(Serialize)]
+pub struct OnlineAttemptFailed<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// Resource type.
+    pub r#type: &'static str,
+    /// Which attempt, from 1.
+    pub attempt: u32,
+    /// Why, from the fixed enum.
+    pub reason: FailureReason,
+    /// What exactly happened.
+    pub detail: &'a str,
+}
+
+impl Event for OnlineAttemptFailed<'_> {
+    const NAME: &'static str = "online_attempt_failed";
+}
+
 /// A resource reported its own failure between polls.
 #[derive(Serialize)]
 pub struct FailureSignalled<'a> {

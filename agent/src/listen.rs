@@ -109,6 +109,24 @@ impl Listener for tokio::net::UnixListener {
     }
 }
 
+/// The kernel's queue of connections not yet accepted. A client that connects faster than the
+/// agent accepts (tens of thousands of idle connections opened at once) fills it, and then
+/// every new connection, the scraper's too, waits for the SYN to be sent again a second later:
+/// the usual `somaxconn`, as Go and nginx servers ask, rather than tokio's 1,024.
+const BACKLOG: u32 = 4096;
+
+/// Binds the HTTP endpoint's listener (with `SO_REUSEADDR`, as tokio does).
+pub fn bind_tcp(address: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(address)?;
+    socket.listen(BACKLOG)
+}
+
 /// Serves `handle` on every connection `listener` accepts, within `limits`, until the process
 /// exits.
 pub async fn serve<L, H, F, B>(listener: L, limits: Limits, metrics: Arc<Metrics>, handle: H)

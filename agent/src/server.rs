@@ -64,9 +64,8 @@ pub async fn run(
     }
     // Said once; 10,000 resources may bring as many, kept for nothing.
     drop(warnings);
-    let listener = tokio::net::TcpListener::bind(config.agent.listen)
-        .await
-        .map_err(|source| RunError::Listen {
+    let listener =
+        crate::listen::bind_tcp(config.agent.listen).map_err(|source| RunError::Listen {
             address: config.agent.listen,
             config: path.clone(),
             source,

@@ -27,6 +27,19 @@ pub struct CheckStatus {
     pub next_at: Option<f64>,
 }
 
+/// The last failed attempt of a check-only resource's online in flight.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct AttemptStatus {
+    /// Which attempt, from 1.
+    pub attempt: u32,
+    /// When it failed (Unix seconds).
+    pub at: f64,
+    /// Why.
+    pub reason: FailureReason,
+    /// The failure's detail.
+    pub detail: String,
+}
+
 /// One resource's status.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ResourceStatus {
@@ -58,6 +71,9 @@ pub struct ResourceStatus {
     pub looks_alive: CheckStatus,
     /// The thorough check.
     pub is_alive: CheckStatus,
+    /// While a check-only resource comes online: its last failed attempt.
+    #[serde(default)]
+    pub online_attempt: Option<AttemptStatus>,
 }
 
 /// A shared, lockable resource status.

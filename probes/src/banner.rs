@@ -600,6 +600,10 @@ impl BannerResource {
 
 #[async_trait::async_trait]
 impl crate::resource::Resource for BannerResource {
+    fn online_is_a_check(&self) -> bool {
+        true
+    }
+
     async fn online(&self, progress: &Progress) -> Result<(), Failure> {
         self.client.run(&self.script, progress).await
     }

@@ -574,6 +574,10 @@ async fn read_body(mut body: hyper::body::Incoming, limit: usize) -> Result<Vec<
 
 #[async_trait]
 impl Resource for HttpResource {
+    fn online_is_a_check(&self) -> bool {
+        true
+    }
+
     async fn online(&self, progress: &Progress) -> Result<(), Failure> {
         self.fetch(progress).await
     }

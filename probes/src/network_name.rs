@@ -149,6 +149,10 @@ impl NetworkNameResource {
 
 #[async_trait]
 impl Resource for NetworkNameResource {
+    fn online_is_a_check(&self) -> bool {
+        true
+    }
+
     async fn online(&self, progress: &Progress) -> Result<(), Failure> {
         self.resolve(progress).await
     }

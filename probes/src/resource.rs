@@ -323,6 +323,14 @@ pub trait Resource: Send + Sync + 'static {
         false
     }
 
+    /// Whether online only checks something this agent does not start (a server's port, its
+    /// banner, a URL, a name): the runtime then repeats it, each attempt under `check_timeout`,
+    /// until one passes or `pending_timeout` passes, rather than waiting `pending_timeout` on
+    /// a server that accepted and stays silent.
+    fn online_is_a_check(&self) -> bool {
+        false
+    }
+
     /// Resolves when the resource sees itself fail between polls (a child's exit, an address
     /// removed). The runtime awaits it only while the resource is online; the default never
     /// resolves.

@@ -39,6 +39,10 @@ impl TcpResource {
 
 #[async_trait]
 impl Resource for TcpResource {
+    fn online_is_a_check(&self) -> bool {
+        true
+    }
+
     async fn online(&self, progress: &Progress) -> Result<(), Failure> {
         self.connect(progress).await
     }

@@ -917,26 +917,76 @@ fn onlines_that_answered_while_the_agent_was_stopped_are_not_timed_out() {
     agent.wait_for("the answering resources online", LONG, |a| {
         resmon_e2e::online_resources(&a.metrics()) >= RESOURCES
     });
-    // The silent server's onlines are judged a check_timeout after the agent came back.
-    agent.wait_for("the silent server's onlines to time out", LONG, |a| {
-        let timed_out = a.events_of("operation_timed_out", "");
+    // The silent server's onlines: their attempt in flight is judged a check_timeout after
+    // the agent came back, and, pending_timeout past, fails with the attempt's own reason.
+    agent.wait_for("the silent server's onlines to fail", LONG, |a| {
+        let failed = a.events_of("operation_failed", "");
         (RESOURCES..RESOURCES + SILENT)
-            .all(|i| timed_out.iter().any(|e| e["resource"] == format!("r{i}")))
+            .all(|i| failed.iter().any(|e| e["resource"] == format!("r{i}")))
     });
-    let timed_out = agent.events_of("operation_timed_out", "");
-    assert_none_answering(&timed_out, RESOURCES, "onlines timed out");
-    // Each names the timeout it was given, not the longer time it ran.
+    let failed = agent.events_of("operation_failed", "");
+    assert_none_answering(&failed, RESOURCES, "onlines failed");
     assert!(
-        timed_out.iter().all(|e| e["timeout_seconds"] == 3.0
+        failed.iter().all(|e| e["reason"] == "banner_timeout"
             && e["detail"]
                 .as_str()
                 .unwrap()
-                .contains("when pending_timeout 3s passed")),
-        "{timed_out:?}"
+                .contains("attempts in pending_timeout 3s, the last:")),
+        "{failed:?}"
     );
     assert!(
-        agent.events_of("operation_failed", "").is_empty(),
+        agent.events_of("operation_timed_out", "").is_empty(),
         "{:?}",
-        agent.events_of("operation_failed", "")
+        agent.events_of("operation_timed_out", "")
     );
+}
+
+/// A check-only resource whose server accepts and stays silent comes online by checking:
+/// attempts under check_timeout until one passes, the last one's reason in the status and the
+/// events meanwhile, and, when pending_timeout passes, that reason as the failure's.
+#[test]
+fn a_silent_server_is_tried_until_it_answers_with_the_reason_shown_meanwhile() {
+    let late = HeldBanners::start();
+    let never = HeldBanners::start();
+    late.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    never.hold.store(true, std::sync::atomic::Ordering::SeqCst);
+    let agent = Agent::start(&format!(
+        "[resource_types.smtp]\ncheck_timeout = \"1s\"\n\n[[groups]]\nname = \"mail\"\n\n\
+         [[groups.resources]]\nname = \"late\"\ntype = \"smtp\"\naddress = \"{}\"\npending_timeout = \"60s\"\n\n\
+         [[groups]]\nname = \"other\"\n\n\
+         [[groups.resources]]\nname = \"never\"\ntype = \"smtp\"\naddress = \"{}\"\npending_timeout = \"4s\"\n",
+        late.addr, never.addr
+    ));
+    agent.wait_for("a second failed attempt in the status", LONG, |a| {
+        let r = a.resource("mail", "late");
+        r["state"] == "online_pending" && r["online_attempt"]["attempt"].as_u64() >= Some(2)
+    });
+    let r = agent.resource("mail", "late");
+    assert_eq!(r["online_attempt"]["reason"], "banner_timeout", "{r}");
+    let attempts = agent.events_of("online_attempt_failed", "late");
+    assert!(attempts.len() >= 2, "{attempts:?}");
+    assert!(
+        attempts.iter().all(|e| e["reason"] == "banner_timeout"),
+        "{attempts:?}"
+    );
+    let released = std::time::Instant::now();
+    late.release.send(true).unwrap();
+    agent.wait_state("mail", "late", "online", LONG);
+    eprintln!("online {:?} after the server answered", released.elapsed());
+    assert!(released.elapsed() < Duration::from_secs(5));
+    assert!(agent.resource("mail", "late")["online_attempt"].is_null());
+
+    agent.wait_for("the never-answering online to fail", LONG, |a| {
+        !a.events_of("operation_failed", "never").is_empty()
+    });
+    let failed = &agent.events_of("operation_failed", "never")[0];
+    assert_eq!(failed["reason"], "banner_timeout", "{failed}");
+    assert!(
+        failed["detail"]
+            .as_str()
+            .unwrap()
+            .contains("attempts in pending_timeout 4s, the last:"),
+        "{failed}"
+    );
+    assert!(agent.events_of("operation_timed_out", "").is_empty());
 }

@@ -70,17 +70,23 @@ fn idle_and_slowloris_clients_lock_out_neither_the_scraper_nor_the_checks() {
 
     let stop = Arc::new(AtomicBool::new(false));
     let address = agent.address.clone();
-    // 20,000 connections that send nothing, held open by this process.
+    // 20,000 connections that send nothing, held open by this process, opened over about
+    // ten seconds (a local user holding connections; a SYN flood faster than any accept loop
+    // is the kernel's to absorb).
     let opener = {
         let address = address.clone();
         std::thread::spawn(move || {
             let mut held = Vec::with_capacity(idle);
             let mut failed = 0;
-            for _ in 0..idle {
-                match TcpStream::connect(&address) {
-                    Ok(s) => held.push(s),
-                    Err(_) => failed += 1,
+            for batch in 0..idle.div_ceil(200) {
+                let started = Instant::now();
+                for _ in 0..200.min(idle - batch * 200) {
+                    match TcpStream::connect(&address) {
+                        Ok(s) => held.push(s),
+                        Err(_) => failed += 1,
+                    }
                 }
+                std::thread::sleep(Duration::from_millis(100).saturating_sub(started.elapsed()));
             }
             (held, failed)
         })

@@ -25,7 +25,7 @@ fn config(dir: &std::path::Path, port: u16, live: u16, closed: u16) -> String {
                 c,
                 "[[groups.resources]]\nname = \"r{i}\"\ntype = \"tcp\"\naddress = \"127.0.0.1:{target}\"\n\
                  is_alive_interval = \"1s\"\nrestart_action = \"restart_no_failover\"\n\
-                 restart_threshold = 1000000\nrestart_period = \"1s\"\n"
+                 restart_threshold = 1000000\nrestart_period = \"1s\"\npending_timeout = \"1s\"\n"
             )
             .unwrap();
         }

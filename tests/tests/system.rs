@@ -148,7 +148,7 @@ fn network_names_are_resolved_through_a_real_dns_server() {
     ] {
         let server = if name == "broken" { failing_port } else { port };
         body += &format!(
-            "\n[[groups.resources]]\nname = \"{name}\"\ntype = \"network_name\"\nhostname = \"{lookup}\"\nnameservers = [\"127.0.0.1:{server}\"]\nexpect_address = [{expect}]\nrestart_action = \"no_restart\"\ncheck_timeout = \"3s\"\n"
+            "\n[[groups.resources]]\nname = \"{name}\"\ntype = \"network_name\"\nhostname = \"{lookup}\"\nnameservers = [\"127.0.0.1:{server}\"]\nexpect_address = [{expect}]\nrestart_action = \"no_restart\"\ncheck_timeout = \"3s\"\npending_timeout = \"3s\"\n"
         );
     }
     let agent = Agent::start(&body);

@@ -179,6 +179,7 @@ pub(crate) fn spawn_with(
             needs_admin: false,
             looks_alive: CheckStatus::default(),
             is_alive: CheckStatus::default(),
+            online_attempt: None,
         }));
         slots.push(slot.clone());
         let cx = Arc::new(ResourceContext {

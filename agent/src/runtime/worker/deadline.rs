@@ -63,6 +63,27 @@ pub(super) fn judge_late(
         .then(|| now + grace)
 }
 
+/// `call` under `timeout`, judged by [`judge_late`]: `None` when it timed out. For calls that
+/// keep their own time inside a task (the attempts of a check-only online).
+pub(super) async fn within<T>(timeout: Duration, call: impl Future<Output = T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    let mut judged_at = deadline;
+    tokio::pin!(call);
+    loop {
+        tokio::select! {
+            // An answer in and the timer fired in the same turn: the answer counts.
+            biased;
+            out = &mut call => return Some(out),
+            () = tokio::time::sleep_until(judged_at) => {
+                match judge_late(deadline, judged_at, Instant::now(), timeout) {
+                    Some(later) => judged_at = later,
+                    None => return None,
+                }
+            }
+        }
+    }
+}
+
 /// Polls what `slot` holds, if anything.
 pub(super) fn poll_some<F: Future + Unpin>(
     slot: Option<&mut F>,

@@ -1,12 +1,14 @@
 //! Adoption and the operations (`online`, `offline`, `terminate`), each on a task of its own
 //! under `pending_timeout`.
 
-use super::deadline::join_failure;
+use super::deadline::{join_failure, within};
 use super::Worker;
-use crate::events::{Event, OperationFailed, OperationTimedOut};
+use crate::events::{Event, OnlineAttemptFailed, OperationFailed, OperationTimedOut};
 use crate::runtime::group::GroupEvent;
+use crate::runtime::ResourceContext;
+use crate::status::AttemptStatus;
 use resmon_policies::{Input, Operation};
-use resmon_probes::{Failure, Progress};
+use resmon_probes::{Failure, HumanDuration, Progress, Resource};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio::task::JoinError;
@@ -54,19 +56,27 @@ impl Worker {
         let resource = self.resource.clone();
         let progress = Arc::new(Progress::default());
         self.operation_progress = progress.clone();
+        let by_checking = op == Operation::Online && resource.online_is_a_check();
+        let cx = self.cx.clone();
         let call = async move {
             let _permit = permit;
             match op {
+                Operation::Online if by_checking => {
+                    online_by_checking(&cx, &*resource, &progress).await
+                }
                 Operation::Online => resource.online(&progress).await,
                 Operation::Offline => resource.offline().await,
                 Operation::Terminate => resource.terminate().await,
             }
         };
         let timeout = match op {
-            Operation::Terminate => self.cx.props.terminate_timeout,
-            Operation::Online | Operation::Offline => self.cx.props.pending_timeout,
+            // Its attempts keep their own time, `pending_timeout` included (see
+            // `online_by_checking`): a second timer would race the last attempt's.
+            Operation::Online if by_checking => None,
+            Operation::Terminate => self.cx.props.terminate_timeout.duration(),
+            Operation::Online | Operation::Offline => self.cx.props.pending_timeout.duration(),
         };
-        self.operation = Some(self.spawn_call(timeout.duration(), call));
+        self.operation = Some(self.spawn_call(timeout, call));
         self.operation_kind = op;
     }
 
@@ -131,4 +141,72 @@ impl Worker {
             operation: op,
         });
     }
+}
+
+/// The pause between two attempts of a check-only online (shorter when `check_timeout` is).
+const RETRY: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A check-only resource comes online by checking: attempts of its online, each under
+/// `check_timeout` (judged by the rule for deadlines reached late, as every check is), one
+/// [`RETRY`] apart, until one passes or `pending_timeout` has passed. Meanwhile each failed
+/// attempt is an event and the status shows the last; the operation's failure is the last
+/// attempt's, with its reason (`banner_timeout`, `refused`...), not a bare `timeout`.
+async fn online_by_checking(
+    cx: &ResourceContext,
+    resource: &dyn Resource,
+    progress: &Progress,
+) -> Result<(), Failure> {
+    let started = tokio::time::Instant::now();
+    let end = cx.props.pending_timeout.duration().map(|p| started + p);
+    let check_timeout = cx.props.check_timeout;
+    let mut attempt = 0;
+    let outcome = loop {
+        let now = tokio::time::Instant::now();
+        let budget = end.map_or(check_timeout, |end| {
+            end.saturating_duration_since(now).min(check_timeout)
+        });
+        attempt += 1;
+        progress.reset();
+        let failure = match within(budget, resource.online(progress)).await {
+            Some(Ok(())) => break Ok(()),
+            Some(Err(failure)) => failure,
+            None => progress.timed_out(&format!("check_timeout {}", HumanDuration(budget))),
+        };
+        OnlineAttemptFailed {
+            group: cx.group(),
+            resource: cx.name(),
+            r#type: cx.type_name,
+            attempt,
+            reason: failure.reason,
+            detail: &failure.detail,
+        }
+        .emit(&cx.sink);
+        crate::status::lock(&cx.status).online_attempt = Some(AttemptStatus {
+            attempt,
+            at: crate::events::unix_now(),
+            reason: failure.reason,
+            detail: failure.detail.clone(),
+        });
+        let next = tokio::time::Instant::now() + RETRY.min(check_timeout);
+        let out_of_time = |at: tokio::time::Instant| end.is_some_and(|end| at >= end);
+        // No attempt starts past `pending_timeout`: not after the pause, nor after a pause
+        // that an agent stopped meanwhile made end too late to give the attempt any time.
+        let last = out_of_time(next) || {
+            tokio::time::sleep_until(next).await;
+            out_of_time(tokio::time::Instant::now())
+        };
+        if last {
+            let total = end.map_or(Default::default(), |end| end - started);
+            break Err(Failure::new(
+                failure.reason,
+                format!(
+                    "{attempt} attempts in pending_timeout {}, the last: {}",
+                    HumanDuration(total),
+                    failure.detail
+                ),
+            ));
+        }
+    };
+    crate::status::lock(&cx.status).online_attempt = None;
+    outcome
 }
