@@ -16,7 +16,8 @@
 //! - [`values`]: the validating value types of every config: [`HumanDuration`], `HostPort`,
 //!   `Argv`, `ConfigRegex`.
 //! - [`process`]: a command resmon supervises itself (its exit is the failure signal);
-//!   [`cgroup`]: its own cgroup, which holds every process it starts.
+//!   [`cgroup`]: its own cgroup, which holds every process it starts; [`health`]: a protocol
+//!   check that a `process` or `service` uses as its readiness and is_alive.
 //! - [`tcp`]: a TCP connect.
 //! - [`banner`]: the expect/send engine of the mail protocols; [`mail`]: the `smtp`, `pop3` and
 //!   `imap` types, one config and a table of presets over the engine.
@@ -42,6 +43,7 @@ pub mod cgroup;
 pub mod command;
 pub mod disk;
 pub mod exec;
+pub mod health;
 pub mod http;
 pub mod ip;
 pub mod mail;

@@ -23,6 +23,7 @@
 
 use crate::cgroup::Cgroup;
 use crate::command::RunAs;
+use crate::health::{Checker, HealthCheck};
 use crate::resource::{BuildContext, ConfigError, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
 use crate::values::{AccountName, Argv, HostPort, HumanDuration};
@@ -58,6 +59,10 @@ pub struct ProcessConfig {
     /// Ready once this command exits 0.
     #[serde(default)]
     pub ready_command: Option<Argv>,
+    /// A protocol check (`check.imap = { address = "..." }`) that is both its readiness and
+    /// part of its is_alive: a hung server whose port still accepts fails it.
+    #[serde(default)]
+    pub check: Option<HealthCheck>,
     /// How often readiness is tried while coming online.
     #[serde(default = "default_ready_interval")]
     pub ready_interval: HumanDuration,
@@ -97,11 +102,28 @@ impl ProcessConfig {
     /// Checks that need more than one key.
     pub fn validate(&self) -> Vec<ConfigError> {
         let mut errors = Vec::new();
-        if self.ready_tcp.is_some() && self.ready_command.is_some() {
+        let readiness = [
+            self.ready_tcp.is_some(),
+            self.ready_command.is_some(),
+            self.check.is_some(),
+        ];
+        if readiness.iter().filter(|set| **set).count() > 1 {
             errors.push(ConfigError {
-                key: "ready_command",
-                message: "set either ready_tcp or ready_command, not both".into(),
+                key: if self.check.is_some() {
+                    "check"
+                } else {
+                    "ready_command"
+                },
+                message: "set one of ready_tcp, ready_command or check, not several".into(),
             });
+        }
+        if let Some(check) = &self.check {
+            errors.extend(
+                check
+                    .validate()
+                    .into_iter()
+                    .map(|(key, message)| ConfigError { key, message }),
+            );
         }
         if self.ready_interval.0.is_zero() {
             errors.push(ConfigError {
@@ -144,6 +166,8 @@ pub struct ProcessResource {
     cgroup: std::sync::OnceLock<Option<Cgroup>>,
     /// Whether creating the cgroup failed once already (said once, tried at every start).
     cgroup_refused: std::sync::atomic::AtomicBool,
+    /// Its protocol check, if configured.
+    check: Option<Checker>,
 }
 
 impl ProcessResource {
@@ -158,13 +182,14 @@ impl ProcessResource {
             .clone()
             .unwrap_or_else(|| cx.state_file("log"));
         ProcessResource {
-            config,
             pid_file,
             log_file,
             current: Mutex::new(None),
             cgroup_key: cx.state_file("cgroup"),
             cgroup: std::sync::OnceLock::new(),
             cgroup_refused: std::sync::atomic::AtomicBool::new(false),
+            check: config.check.as_ref().map(|c| c.build(cx)),
+            config,
         }
     }
 
@@ -350,7 +375,9 @@ impl ProcessResource {
     }
 
     async fn ready(&self) -> Result<(), Failure> {
-        if let Some(target) = &self.config.ready_tcp {
+        if let Some(check) = &self.check {
+            check.ready().await
+        } else if let Some(target) = &self.config.ready_tcp {
             crate::net::connect(target, &Progress::default())
                 .await
                 .map(drop)
@@ -511,9 +538,13 @@ impl Resource for ProcessResource {
         self.running().map(|_| ())
     }
 
-    async fn is_alive(&self, _progress: &Progress) -> Result<(), Failure> {
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
         self.running()?;
-        self.ready().await
+        match &self.check {
+            // Its own reason (`banner_timeout`), under the runtime's check_timeout.
+            Some(check) => check.is_alive(progress).await,
+            None => self.ready().await,
+        }
     }
 
     fn provides_failure_signal(&self) -> bool {
@@ -630,6 +661,7 @@ mod tests {
                 group: "g".into(),
                 resource: "p".into(),
                 trust: Default::default(),
+                check_timeout: Duration::from_secs(5),
             },
         )
     }

@@ -350,6 +350,9 @@ pub struct BuildContext {
     pub resource: String,
     /// Trust material shared by the TLS resources of one config.
     pub trust: crate::tls::TrustCache,
+    /// The resource's `check_timeout`: it also bounds the checks a type runs inside an
+    /// operation (a readiness check while coming online).
+    pub check_timeout: std::time::Duration,
 }
 
 impl BuildContext {

@@ -18,6 +18,7 @@
 //! One connection per resource, made on first use and made again after the bus goes away;
 //! systemd sends unit signals only to subscribed clients, so every connection subscribes.
 
+use crate::health::{Checker, HealthCheck};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource, Stage};
 use async_trait::async_trait;
@@ -129,6 +130,10 @@ pub struct ServiceConfig {
     /// The bus: `"system"` (default), `"session"`, or an address.
     #[serde(default)]
     pub bus: Bus,
+    /// A protocol check (`check.imap = { address = "..." }`): online waits until it passes
+    /// too, and it is part of is_alive, so that a unit whose process is hung is restarted.
+    #[serde(default)]
+    pub check: Option<HealthCheck>,
 }
 
 impl ServiceConfig {
@@ -137,17 +142,21 @@ impl ServiceConfig {
         const SUFFIXES: &[&str] = &[
             ".service", ".socket", ".target", ".mount", ".timer", ".path", ".scope", ".slice",
         ];
-        if SUFFIXES.iter().any(|s| self.unit.ends_with(s)) && !self.unit.contains('/') {
-            Vec::new()
-        } else {
-            vec![(
+        let mut errors = self
+            .check
+            .as_ref()
+            .map(HealthCheck::validate)
+            .unwrap_or_default();
+        if !SUFFIXES.iter().any(|s| self.unit.ends_with(s)) || self.unit.contains('/') {
+            errors.push((
                 "unit",
                 format!(
                     "{:?} is not a unit name: write it in full, such as \"postfix.service\"",
                     self.unit
                 ),
-            )]
+            ));
         }
+        errors
     }
 }
 
@@ -155,6 +164,8 @@ impl ServiceConfig {
 pub struct ServiceResource {
     config: ServiceConfig,
     connection: Mutex<Option<Connection>>,
+    /// Its protocol check, if configured.
+    check: Option<Checker>,
 }
 
 fn bus_failure(context: &str, err: zbus::Error) -> Failure {
@@ -178,10 +189,25 @@ fn in_transition(sub_state: &str) -> bool {
 
 impl ServiceResource {
     /// Builds it from its config; touches nothing (the bus is joined on first use).
-    pub fn new(config: ServiceConfig) -> Self {
+    pub fn new(config: ServiceConfig, cx: &BuildContext) -> Self {
         ServiceResource {
+            check: config.check.as_ref().map(|c| c.build(cx)),
             config,
             connection: Mutex::new(None),
+        }
+    }
+
+    /// Its protocol check while coming online: tried every 100 ms, each under check_timeout,
+    /// until it passes (the runtime bounds the whole online by pending_timeout).
+    async fn wait_ready(&self) -> Result<(), Failure> {
+        let Some(check) = &self.check else {
+            return Ok(());
+        };
+        loop {
+            match check.ready().await {
+                Ok(()) => return Ok(()),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+            }
         }
     }
 
@@ -389,7 +415,8 @@ impl Resource for ServiceResource {
                 ),
             ));
         }
-        state.verdict(self.unit(), false)
+        state.verdict(self.unit(), false)?;
+        self.wait_ready().await
     }
 
     async fn offline(&self) -> Result<(), Failure> {
@@ -419,8 +446,12 @@ impl Resource for ServiceResource {
         self.check(false).await
     }
 
-    async fn is_alive(&self, _progress: &Progress) -> Result<(), Failure> {
-        self.check(true).await
+    async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
+        self.check(true).await?;
+        match &self.check {
+            Some(check) => check.is_alive(progress).await,
+            None => Ok(()),
+        }
     }
 
     fn provides_failure_signal(&self) -> bool {
@@ -492,8 +523,8 @@ impl TypeConfig for ServiceConfig {
         true
     }
 
-    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
-        Arc::new(ServiceResource::new(self.clone()))
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(ServiceResource::new(self.clone(), cx))
     }
 }
 
@@ -503,11 +534,50 @@ mod tests {
     use crate::testing::UserManager;
     use std::time::Duration;
 
+    fn cx() -> BuildContext {
+        BuildContext {
+            state_dir: "/nonexistent".into(),
+            group: "g".into(),
+            resource: "s".into(),
+            trust: Default::default(),
+            check_timeout: Duration::from_secs(2),
+        }
+    }
+
     fn service(manager: &UserManager, unit: &str) -> ServiceResource {
-        ServiceResource::new(ServiceConfig {
-            unit: unit.into(),
-            bus: manager.bus.parse().unwrap(),
-        })
+        ServiceResource::new(
+            ServiceConfig {
+                unit: unit.into(),
+                bus: manager.bus.parse().unwrap(),
+                check: None,
+            },
+            &cx(),
+        )
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_units_protocol_check_is_its_readiness_and_part_of_is_alive() {
+        let manager =
+            UserManager::start(&[("sleeper.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let config: ServiceConfig = toml::from_str(&format!(
+            "unit = \"sleeper.service\"\nbus = {:?}\ncheck.tcp = {{ address = \"127.0.0.1:{port}\" }}\n",
+            manager.bus
+        ))
+        .unwrap();
+        assert!(config.validate().is_empty());
+        let unit = ServiceResource::new(config, &cx());
+        let progress = Progress::default();
+        unit.online(&progress).await.unwrap();
+        unit.is_alive(&progress).await.unwrap();
+        // The server goes; the unit's process still runs: is_alive fails with the check's
+        // reason, looks_alive (the unit's state) still passes.
+        drop(listener);
+        let failure = unit.is_alive(&progress).await.unwrap_err();
+        assert_eq!(failure.reason, FailureReason::Refused, "{failure:?}");
+        unit.looks_alive(&progress).await.unwrap();
+        unit.terminate().await.unwrap();
     }
 
     #[test]
@@ -517,6 +587,7 @@ mod tests {
         let c = ServiceConfig {
             unit: "postfix".into(),
             bus: Bus::System,
+            check: None,
         };
         assert!(c.validate()[0].1.contains("postfix.service"));
     }

@@ -141,3 +141,99 @@ fn a_process_that_daemonizes_is_supervised_until_its_last_process_exits() {
         "{failed:?}"
     );
 }
+
+/// The seed's hung information store: dovecot stopped with SIGSTOP keeps its ports accepting
+/// (the kernel answers the handshake). The store's `check.imap` is its is_alive: the store is
+/// restarted, and IMAP and POP3, which depend on it, are online again.
+#[test]
+fn a_hung_store_is_restarted_and_its_protocols_come_back() {
+    let base = tempfile::tempdir().unwrap();
+    let pki = TestPki::new(base.path());
+    let dovecot = servers::dovecot_config(base.path(), &pki);
+    let (imap, pop3) = (dovecot.port("imap"), dovecot.port("pop3"));
+    let command = dovecot
+        .command
+        .iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let agent = Agent::start(&format!(
+        "[resource_types.process]\nis_alive_interval = \"2s\"\ncheck_timeout = \"1s\"\n\n\
+         [resource_types.imap]\nis_alive_interval = \"2s\"\ncheck_timeout = \"1s\"\npending_timeout = \"30s\"\n\n\
+         [resource_types.pop3]\nis_alive_interval = \"2s\"\ncheck_timeout = \"1s\"\npending_timeout = \"30s\"\n\n\
+         [[groups]]\nname = \"evs1\"\n\n\
+         [[groups.resources]]\nname = \"information-store\"\ntype = \"process\"\ncommand = [{command}]\n\
+         check.imap = {{ address = \"127.0.0.1:{imap}\" }}\n\n\
+         [[groups.resources]]\nname = \"imap\"\ntype = \"imap\"\naddress = \"127.0.0.1:{imap}\"\n\
+         depends_on = [\"information-store\"]\n\n\
+         [[groups.resources]]\nname = \"pop3\"\ntype = \"pop3\"\naddress = \"127.0.0.1:{pop3}\"\n\
+         depends_on = [\"information-store\"]\n"
+    ));
+    for r in ["information-store", "imap", "pop3"] {
+        agent.wait_state("evs1", r, "online", LONG);
+    }
+    let store = agent.pid_of("evs1", "information-store").expect("a pid");
+    // Every dovecot process: the master and its login and auth processes.
+    let all = dovecot_processes(store);
+    assert!(all.len() > 1, "{all:?}");
+    let stopped = Instant::now();
+    for pid in &all {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(*pid),
+            nix::sys::signal::Signal::SIGSTOP,
+        );
+    }
+    agent.wait_for("the store's restart", LONG, |a| {
+        a.pid_of("evs1", "information-store")
+            .is_some_and(|p| p != store)
+    });
+    let restarted = stopped.elapsed();
+    agent.wait_for("IMAP and POP3 online again", LONG, |a| {
+        a.state("evs1", "information-store") == "online"
+            && a.state("evs1", "imap") == "online"
+            && a.state("evs1", "pop3") == "online"
+    });
+    let back = stopped.elapsed();
+    let failed = agent
+        .events_of("probe_failed", "information-store")
+        .into_iter()
+        .find(|e| e["check"] == "is_alive")
+        .expect("the store's is_alive failed");
+    assert_eq!(failed["reason"], "banner_timeout", "{failed}");
+    // The stopped processes went with the restart (SIGKILL reaches a stopped process).
+    for pid in &all {
+        assert!(!process_alive(*pid), "dovecot process {pid} survived");
+    }
+    eprintln!(
+        "dovecot stopped: store restarted after {restarted:?}, IMAP and POP3 online again after \
+         {back:?} (is_alive_interval 2 s + check_timeout 1 s + the restart)"
+    );
+    assert!(back < Duration::from_secs(15), "{back:?}");
+}
+
+/// `pid` and its descendants.
+fn dovecot_processes(pid: i32) -> Vec<i32> {
+    let mut all = vec![pid];
+    let mut i = 0;
+    while i < all.len() {
+        let parent = all[i];
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<i32>().ok());
+            if ppid == Some(parent) && !all.contains(&child) {
+                all.push(child);
+            }
+        }
+        i += 1;
+    }
+    all
+}

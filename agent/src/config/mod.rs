@@ -105,6 +105,7 @@ impl GroupConfig {
             group: self.name.to_string(),
             resource: resource.name.to_string(),
             trust: trust.clone(),
+            check_timeout: resource.props.check_timeout,
         }
     }
 }

@@ -25,6 +25,10 @@ fn every_invalid_fixture_gives_its_exact_messages() {
         ("duplicate_resource.toml", &["error: duplicate_resource.toml:10:1: groups[0].resources[1].name: duplicate resource name \"site\" in group \"web\" (first used by resources[0])"]),
         ("empty_command.toml", &["error: empty_command.toml:7:1: groups[0].resources[0].command: a command must name a program: write it as a list, such as [\"sleep\", \"60\"]"]),
         ("fence_time.toml", &["error: fence_time.toml:17:1: groups[0].resources[1].terminate_timeout: a fence terminates this service resource, which may wait terminate_timeout = 10s (default: pending_timeout) for its own stop, but the fence must be done within cluster.fence_margin = 2s: set terminate_timeout below it, on the resource or in [resource_types.service]"]),
+        ("bad_check.toml", &[
+            "error: bad_check.toml:8:1: groups[0].resources[0].check: a \"process\" cannot be a check; one of tcp, smtp, pop3, imap, http, exec",
+            "error: bad_check.toml:15:1: groups[0].resources[1].check: set one of ready_tcp, ready_command or check, not several",
+        ]),
         ("unknown_user.toml", &[
             "error: unknown_user.toml:8:1: groups[0].resources[0].user: no user \"no-such-user-here\" on this machine",
             "error: unknown_user.toml:14:1: groups[0].resources[1].user: invalid user or group name \"Root\": a lower-case letter or _ first, then lower-case letters, digits, _ or -, at most 32 characters",
@@ -38,7 +42,7 @@ fn every_invalid_fixture_gives_its_exact_messages() {
         ("missing_name.toml", &["error: missing_name.toml:4:1: groups[0].resources[0]: missing field `name`"]),
         ("never_is_only_for_pending.toml", &["error: never_is_only_for_pending.toml:8:1: groups[0].resources[0].check_timeout: invalid duration \"never\" (expected number at 0); write it like \"500ms\", \"5s\", \"1m30s\" or \"1h\""]),
         ("preferred_owner.toml", &["error: preferred_owner.toml:7:27: groups[0].preferred_owners[1]: \"n3\" is not one of possible_owners"]),
-        ("readiness_conflict.toml", &["error: readiness_conflict.toml:9:1: groups[0].resources[0].ready_command: set either ready_tcp or ready_command, not both"]),
+        ("readiness_conflict.toml", &["error: readiness_conflict.toml:9:1: groups[0].resources[0].ready_command: set one of ready_tcp, ready_command or check, not several"]),
         ("self_dependency.toml", &["error: self_dependency.toml:8:1: groups[0].resources[0].depends_on: resource \"a\" depends on itself"]),
         ("service_unit.toml", &["error: service_unit.toml:7:1: groups[0].resources[0].unit: \"postfix\" is not a unit name: write it in full, such as \"postfix.service\""]),
         ("several_errors.toml", &["error: several_errors.toml:8:1: groups[0].resources[0].bogus: unknown field `bogus`, expected `address` in a tcp resource (or a common key: name, type, depends_on, looks_alive_interval, is_alive_interval, check_timeout, pending_timeout, terminate_timeout, restart_action, restart_threshold, restart_period, retry_period_on_failure, poll_looks_alive)", "error: several_errors.toml:15:1: groups[1].resources[0].type: unknown resource type \"nope\"; known types: process, tcp, smtp, pop3, imap, http, exec, ocf, disk, network_name, ip, service"]),
