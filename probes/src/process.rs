@@ -72,6 +72,10 @@ pub struct ProcessConfig {
     /// Where stdout and stderr go, appended (default `<state_dir>/<group>/<resource>.log`).
     #[serde(default)]
     pub log_file: Option<PathBuf>,
+    /// Past this size, the log's content moves to `<log_file>.1` (the one older file kept)
+    /// and the log starts over.
+    #[serde(default = "default_log_max_bytes")]
+    pub log_max_bytes: u64,
     /// Runs as this user (with its groups), not as root.
     #[serde(default)]
     pub user: Option<AccountName>,
@@ -92,6 +96,10 @@ impl ProcessConfig {
             supplementary_groups: self.supplementary_groups.clone(),
         }
     }
+}
+
+fn default_log_max_bytes() -> u64 {
+    10 * 1024 * 1024
 }
 
 fn default_ready_interval() -> HumanDuration {
@@ -329,7 +337,31 @@ impl ProcessResource {
             };
             let _ = tx.send(Some(failure));
         });
+        self.keep_log_small(rx.clone());
         Ok(Instance { pid, exit: rx })
+    }
+
+    /// While the instance runs, cuts its log when it passes `log_max_bytes`: the process holds
+    /// the file open in append mode, so the agent copies it to `<log>.1` and truncates it in
+    /// place (logrotate's `copytruncate`; a line written between the two is lost).
+    fn keep_log_small(&self, mut exit: watch::Receiver<Option<Failure>>) {
+        let (log, max) = (self.log_file.clone(), self.config.log_max_bytes);
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(LOG_CHECK);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            while exit.borrow().is_none() {
+                tokio::select! {
+                    _ = exit.changed() => {}
+                    _ = every.tick() => {
+                        let path = log.clone();
+                        let cut = tokio::task::spawn_blocking(move || cut_log(&path, max)).await;
+                        if let Ok(Err(e)) = cut {
+                            tracing::warn!("cannot cut {}: {e}", log.display());
+                        }
+                    }
+                }
+            }
+        });
     }
 
     /// What runs in its cgroup when no leader is known (an agent restarted after its process
@@ -341,6 +373,7 @@ impl ProcessResource {
         tokio::spawn(async move {
             let _ = tx.send(Some(last_one_out(&cgroup).await));
         });
+        self.keep_log_small(rx.clone());
         Some(Instance { pid, exit: rx })
     }
 
@@ -355,10 +388,23 @@ impl ProcessResource {
         let mut words = text.split_whitespace();
         let pid: i32 = words.next()?.parse().ok()?;
         let recorded: u64 = words.next()?.parse().ok()?;
-        if pid <= 1 || process_start_time(pid) != Some(recorded) {
+        // Written by an agent of this boot; a file from before the boot id was recorded is
+        // judged by the start time alone, as it was written to be.
+        if words
+            .next()
+            .is_some_and(|boot| Some(boot) != boot_id().as_deref())
+        {
             return None;
         }
+        if pid <= 1 {
+            return None;
+        }
+        // Opened before the process is checked: once the start time matches, the descriptor
+        // names that process, whatever becomes of its pid.
         let fd = pidfd_open(pid).ok()?;
+        if process_start_time(pid) != Some(recorded) {
+            return None;
+        }
         let (tx, rx) = watch::channel(None);
         // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until it drops.
         let fd =
@@ -371,6 +417,7 @@ impl ProcessResource {
                 format!("adopted process {pid} exited"),
             )));
         });
+        self.keep_log_small(rx.clone());
         Some(Instance { pid, exit: rx })
     }
 
@@ -560,6 +607,30 @@ impl Resource for ProcessResource {
     }
 }
 
+/// How often a running instance's log size is looked at.
+const LOG_CHECK: Duration = Duration::from_secs(2);
+
+/// Moves the log's content to `<log>.1` and empties it, when it is over `max` bytes.
+fn cut_log(log: &Path, max: u64) -> std::io::Result<bool> {
+    let len = match std::fs::metadata(log) {
+        Ok(meta) => meta.len(),
+        // Removed by an administrator: nothing to cut.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e),
+    };
+    if len <= max {
+        return Ok(false);
+    }
+    let mut older = log.as_os_str().to_owned();
+    older.push(".1");
+    std::fs::copy(log, &older)?;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(log)?
+        .set_len(0)?;
+    Ok(true)
+}
+
 /// How often a daemonized instance's cgroup is looked at: rare, and cheap at this pace.
 const DAEMON_POLL: Duration = Duration::from_millis(250);
 
@@ -608,10 +679,20 @@ fn process_start_time(pid: i32) -> Option<u64> {
     after_name.split_whitespace().nth(19)?.parse().ok()
 }
 
+/// `pid start_time boot_id`: the three together name one process for ever (a pid comes back
+/// with another start time; start times start over at a reboot, with another boot id).
 fn write_pid_file(path: &Path, pid: i32, start_time: u64) -> std::io::Result<()> {
     let tmp = path.with_extension("pid.tmp");
-    std::fs::write(&tmp, format!("{pid} {start_time}\n"))?;
+    let boot = boot_id().unwrap_or_default();
+    std::fs::write(&tmp, format!("{pid} {start_time} {boot}\n"))?;
     std::fs::rename(tmp, path)
+}
+
+/// This boot's id.
+fn boot_id() -> Option<String> {
+    std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+        .ok()
+        .map(|s| s.trim().to_string())
 }
 
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
@@ -816,6 +897,62 @@ mod tests {
         .unwrap();
         let third = resource(dir.path(), &["sleep", "30"], "");
         assert!(!third.adopt().await.unwrap());
+
+        // Pid and start time of a live process, but another boot's id: a process of that boot,
+        // which a reboot ended. Not adopted; with this boot's id, adopted.
+        let mut live = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let live_pid = live.id() as i32;
+        let start = process_start_time(live_pid).unwrap();
+        let pid_file = dir.path().join("g/p.pid");
+        std::fs::write(
+            &pid_file,
+            format!("{live_pid} {start} 00000000-0000-0000-0000-000000000000\n"),
+        )
+        .unwrap();
+        let fourth = resource(dir.path(), &["sleep", "30"], "");
+        assert!(!fourth.adopt().await.unwrap());
+        std::fs::write(
+            &pid_file,
+            format!("{live_pid} {start} {}\n", boot_id().unwrap()),
+        )
+        .unwrap();
+        let fifth = resource(dir.path(), &["sleep", "30"], "");
+        assert!(fifth.adopt().await.unwrap());
+        assert_eq!(fifth.pid(), Some(live_pid));
+        live.kill().unwrap();
+        live.wait().unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_chatty_process_log_is_cut_at_its_cap() {
+        let dir = tempfile::tempdir().unwrap();
+        let chatty = resource(
+            dir.path(),
+            &[
+                "sh",
+                "-c",
+                "head -c 3000000 /dev/zero | tr '\\0' x; exec sleep 30",
+            ],
+            "log_max_bytes = 1000000",
+        );
+        chatty.online(&Progress::default()).await.unwrap();
+        let (log, older) = (dir.path().join("g/p.log"), dir.path().join("g/p.log.1"));
+        let size = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let deadline = std::time::Instant::now() + LOG_CHECK * 4;
+        while size(&older) < 3_000_000 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "log {} bytes, older {} bytes",
+                size(&log),
+                size(&older)
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(size(&log) <= 1_000_000, "{}", size(&log));
+        chatty.terminate().await.unwrap();
     }
 
     #[test]

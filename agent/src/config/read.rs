@@ -108,6 +108,7 @@ impl RawConfig {
                 None => ok = false,
             }
         }
+        check_pid_files(&groups, &self.agent.state_dir, cx);
         if !self.agent.listen.ip().is_loopback() {
             cx.warning(
                 &[Seg::Key("agent".into()), Seg::Key("listen".into())],
@@ -131,6 +132,44 @@ impl RawConfig {
             cluster: self.cluster,
             groups,
         })
+    }
+}
+
+/// A pid file names what the agent signals and adopts: only the agent may write it, so it lives
+/// under `state_dir` (a pid file in a directory another user can write could make the agent
+/// adopt, and later kill, any process).
+fn check_pid_files(groups: &[GroupConfig], state_dir: &Path, cx: &mut Diagnostics) {
+    for (gi, group) in groups.iter().enumerate() {
+        for (ri, resource) in group.resources.iter().enumerate() {
+            let PrivateConfig::Process(process) = &resource.private else {
+                continue;
+            };
+            let Some(pid_file) = &process.pid_file else {
+                continue;
+            };
+            let inside = pid_file.is_absolute()
+                && !pid_file
+                    .components()
+                    .any(|c| c == std::path::Component::ParentDir)
+                && pid_file.starts_with(state_dir);
+            if !inside {
+                cx.error(
+                    &[
+                        Seg::Key("groups".into()),
+                        Seg::Index(gi),
+                        Seg::Key("resources".into()),
+                        Seg::Index(ri),
+                        Seg::Key("pid_file".into()),
+                    ],
+                    format!(
+                        "{} is not under agent.state_dir ({}): pid files name what the agent \
+                         adopts and signals, so only the agent may write them",
+                        pid_file.display(),
+                        state_dir.display()
+                    ),
+                );
+            }
+        }
     }
 }
 

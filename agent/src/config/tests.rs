@@ -25,6 +25,7 @@ fn every_invalid_fixture_gives_its_exact_messages() {
         ("duplicate_resource.toml", &["error: duplicate_resource.toml:10:1: groups[0].resources[1].name: duplicate resource name \"site\" in group \"web\" (first used by resources[0])"]),
         ("empty_command.toml", &["error: empty_command.toml:7:1: groups[0].resources[0].command: a command must name a program: write it as a list, such as [\"sleep\", \"60\"]"]),
         ("fence_time.toml", &["error: fence_time.toml:17:1: groups[0].resources[1].terminate_timeout: a fence terminates this service resource, which may wait terminate_timeout = 10s (default: pending_timeout) for its own stop, but the fence must be done within cluster.fence_margin = 2s: set terminate_timeout below it, on the resource or in [resource_types.service]"]),
+        ("pid_file.toml", &["error: pid_file.toml:11:1: groups[0].resources[0].pid_file: /tmp/web.pid is not under agent.state_dir (/var/lib/resmon): pid files name what the agent adopts and signals, so only the agent may write them"]),
         ("bad_check.toml", &[
             "error: bad_check.toml:8:1: groups[0].resources[0].check: a \"process\" cannot be a check; one of tcp, smtp, pop3, imap, http, exec",
             "error: bad_check.toml:15:1: groups[0].resources[1].check: set one of ready_tcp, ready_command or check, not several",
