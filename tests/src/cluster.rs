@@ -3,7 +3,9 @@
 //! veth pair, all made by the test and removed on drop.
 //!
 //! Addresses: the hub is 10.88.0.1, node `i` (from 1) is 10.88.0.(10+i), the group's VIP is
-//! 10.88.0.100; all live only inside these namespaces.
+//! 10.88.0.100; all live only inside these namespaces. With several etcd members
+//! ([`Cluster::with_members`]), member `k` (from 1) has a namespace of its own on the bridge at
+//! 10.88.0.(5+k), as the members of a real cluster have machines of their own.
 
 use crate::{binary, in_netns, Agent};
 use std::io::{Read, Write};
@@ -41,6 +43,10 @@ pub struct Cluster {
     tag: String,
     etcd: Mutex<Option<Child>>,
     tls: Option<EtcdTls>,
+    /// etcd members in namespaces of their own (0: one etcd in the hub).
+    members: usize,
+    /// Their processes, by member number - 1.
+    member_processes: Mutex<Vec<Option<Child>>>,
 }
 
 /// Certificates for an etcd that speaks TLS and asks clients for theirs.
@@ -106,15 +112,21 @@ impl EtcdTls {
 impl Cluster {
     /// Makes the namespaces and starts etcd.
     pub fn new(nodes: usize) -> Cluster {
-        Self::build(nodes, false)
+        Self::build(nodes, false, 0)
     }
 
     /// Like [`Cluster::new`], with etcd on TLS and requiring client certificates.
     pub fn new_tls(nodes: usize) -> Cluster {
-        Self::build(nodes, true)
+        Self::build(nodes, true, 0)
     }
 
-    fn build(nodes: usize, tls: bool) -> Cluster {
+    /// Like [`Cluster::new`], with an etcd cluster of `members` members, each in its own
+    /// namespace, as users run it.
+    pub fn with_members(nodes: usize, members: usize) -> Cluster {
+        Self::build(nodes, false, members)
+    }
+
+    fn build(nodes: usize, tls: bool, members: usize) -> Cluster {
         let dir = tempfile::Builder::new()
             .prefix("resmon-cluster")
             .tempdir()
@@ -135,6 +147,8 @@ impl Cluster {
             nodes: (1..=nodes).map(|i| format!("n{i}")).collect(),
             tag,
             etcd: Mutex::new(None),
+            members,
+            member_processes: Mutex::new((0..members).map(|_| None).collect()),
         };
         cluster.teardown_network();
         sh(&format!(
@@ -152,8 +166,146 @@ impl Cluster {
                 11 + i
             ));
         }
-        cluster.start_etcd();
+        for k in 1..=members {
+            let ns = cluster.member_netns(k);
+            sh(&format!(
+                "ip netns add {ns} && ip -n {ns} link set lo up && \
+                 ip -n {hub} link add p-e{k} type veth peer name eth0 netns {ns} && \
+                 ip -n {hub} link set p-e{k} master br0 up && \
+                 ip -n {ns} addr add {}/24 dev eth0 && ip -n {ns} link set eth0 up",
+                member_address(k)
+            ));
+        }
+        if members == 0 {
+            cluster.start_etcd();
+        } else {
+            for k in 1..=members {
+                cluster.start_member(k);
+            }
+            cluster.wait_healthy();
+        }
         cluster
+    }
+
+    /// Member `k`'s namespace.
+    pub fn member_netns(&self, k: usize) -> String {
+        format!("{}-e{k}", self.tag)
+    }
+
+    /// Starts etcd member `k` (its data survives a restart); returns at once: a member alone
+    /// has no quorum to answer with.
+    pub fn start_member(&self, k: usize) {
+        let name = format!("e{k}");
+        let data = self.dir.path().join(format!("etcd-{name}"));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join(format!("etcd-{name}.log")))
+            .unwrap();
+        let peers: Vec<String> = (1..=self.members)
+            .map(|m| format!("e{m}=http://{}:2380", member_address(m)))
+            .collect();
+        let address = member_address(k);
+        let child = Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.member_netns(k),
+                "etcd",
+                "--name",
+                &name,
+            ])
+            .arg("--data-dir")
+            .arg(&data)
+            .arg(format!("--listen-client-urls=http://{address}:2379"))
+            .arg(format!("--advertise-client-urls=http://{address}:2379"))
+            .arg(format!("--listen-peer-urls=http://{address}:2380"))
+            .arg(format!(
+                "--initial-advertise-peer-urls=http://{address}:2380"
+            ))
+            .arg(format!("--initial-cluster={}", peers.join(",")))
+            .args([
+                "--initial-cluster-state=new",
+                "--initial-cluster-token=resmon-test",
+                // The default since etcd 3.5 (Debian 12 ships 3.4): a member cut off does not
+                // come back with a higher term and force an election on the others.
+                "--pre-vote=true",
+                // Elections as quick as a loopback bridge allows.
+                "--heartbeat-interval=50",
+                "--election-timeout=500",
+            ])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("etcd (Debian etcd-server) is installed by the test script");
+        self.member_processes.lock().unwrap()[k - 1] = Some(child);
+    }
+
+    /// Kills member `k` (SIGKILL), as a machine that dies.
+    pub fn kill_member(&self, k: usize) {
+        if let Some(mut child) = self.member_processes.lock().unwrap()[k - 1].take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Cuts member `k`'s cable.
+    pub fn cut_member(&self, k: usize) {
+        sh(&format!("ip -n {} link set p-e{k} down", self.hub));
+    }
+
+    /// Plugs it back.
+    pub fn mend_member(&self, k: usize) {
+        sh(&format!("ip -n {} link set p-e{k} up", self.hub));
+    }
+
+    /// The member that leads now (from 1), as the members say.
+    pub fn leader(&self) -> Option<usize> {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.hub, "etcdctl"])
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
+            .args([
+                "endpoint",
+                "status",
+                "--write-out=json",
+                "--command-timeout=2s",
+            ])
+            .env("ETCDCTL_API", "3")
+            .output()
+            .ok()?;
+        let status: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        status.as_array()?.iter().find_map(|s| {
+            let own = s["Status"]["header"]["member_id"].as_u64()?;
+            let leader = s["Status"]["leader"].as_u64()?;
+            let endpoint = s["Endpoint"].as_str()?;
+            (own == leader).then(|| {
+                (1..=self.members)
+                    .find(|k| endpoint.contains(&member_address(*k)))
+                    .unwrap_or(0)
+            })
+        })
+    }
+
+    /// Waits until the cluster answers a write.
+    pub fn wait_healthy(&self) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            let healthy = Command::new("ip")
+                .args(["netns", "exec", &self.hub, "etcdctl"])
+                .arg(format!("--endpoints={}", self.endpoints().join(",")))
+                .args(self.etcdctl_tls())
+                .args(["put", "resmon-test/health", "1", "--command-timeout=1s"])
+                .env("ETCDCTL_API", "3")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success());
+            if healthy {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!("the etcd cluster did not answer a write within 30 s");
     }
 
     /// A node's namespace.
@@ -161,12 +313,23 @@ impl Cluster {
         format!("{}-{node}", self.tag)
     }
 
-    /// The etcd endpoint the agents use.
-    pub fn endpoint(&self) -> &'static str {
+    /// The etcd endpoint of the hub's single etcd.
+    fn endpoint(&self) -> &'static str {
         if self.tls.is_some() {
             "https://10.88.0.1:2379"
         } else {
             "http://10.88.0.1:2379"
+        }
+    }
+
+    /// The etcd endpoints the agents use.
+    pub fn endpoints(&self) -> Vec<String> {
+        if self.members == 0 {
+            vec![self.endpoint().to_string()]
+        } else {
+            (1..=self.members)
+                .map(|k| format!("http://{}:2379", member_address(k)))
+                .collect()
         }
     }
 
@@ -247,7 +410,7 @@ impl Cluster {
     pub fn etcdctl(&self, args: &[&str]) -> String {
         let out = Command::new("ip")
             .args(["netns", "exec", &self.hub, "etcdctl"])
-            .arg(format!("--endpoints={}", self.endpoint()))
+            .arg(format!("--endpoints={}", self.endpoints().join(",")))
             .args(self.etcdctl_tls())
             .args(args)
             .env("ETCDCTL_API", "3")
@@ -283,14 +446,19 @@ state_dir = "{state}"
 control_socket = "{socket}"
 
 [cluster]
-endpoints = ["{endpoint}"]
+endpoints = [{endpoints}]
 lease_ttl = "{ttl}"
 fence_margin = "500ms"
 {tls}
 {groups}"#,
             state = dir.join("state").display(),
             socket = dir.join("control.sock").display(),
-            endpoint = self.endpoint(),
+            endpoints = self
+                .endpoints()
+                .iter()
+                .map(|e| format!("{e:?}"))
+                .collect::<Vec<_>>()
+                .join(", "),
             tls = match &self.tls {
                 Some(t) => format!(
                     "ca_file = {:?}\ncert_file = {:?}\nkey_file = {:?}\n",
@@ -440,6 +608,12 @@ is_alive_interval = "1s"
             .args(["netns", "del", &self.hub])
             .stderr(Stdio::null())
             .status();
+        for k in 1..=self.members {
+            let _ = Command::new("ip")
+                .args(["netns", "del", &self.member_netns(k)])
+                .stderr(Stdio::null())
+                .status();
+        }
         for node in &self.nodes {
             let _ = Command::new("ip")
                 .args(["netns", "del", &self.netns(node)])
@@ -457,11 +631,19 @@ is_alive_interval = "1s"
 impl Drop for Cluster {
     fn drop(&mut self) {
         self.stop_etcd();
+        for k in 1..=self.members {
+            self.kill_member(k);
+        }
         for node in self.nodes.clone() {
             self.kill_all(&node);
         }
         self.teardown_network();
     }
+}
+
+/// Member `k`'s address on the bridge.
+fn member_address(k: usize) -> String {
+    format!("10.88.0.{}", 5 + k)
 }
 
 /// Asks the service on the VIP who it is, from the calling thread's network namespace.

@@ -181,6 +181,7 @@ pub(super) fn spawn(
         alive: BTreeSet::new(),
         lease: 0,
         ever_connected: false,
+        endpoint: 0,
         watchdog,
     };
     tokio::spawn(coordinator.run());
@@ -224,7 +225,13 @@ struct EtcdCoordinator {
     ever_connected: bool,
     /// Armed before the node first runs a group, fed at each acknowledged renewal.
     watchdog: Watchdog,
+    /// Which of `config.endpoints` the next session talks to: each session talks to one
+    /// member, and one that fails passes to the next.
+    endpoint: usize,
 }
+
+/// How soon a member that refused a session is asked again.
+const RETRY_MEMBER: Duration = Duration::from_millis(100);
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> Broken {
     format!("{what}: {e}")
@@ -265,6 +272,9 @@ impl EtcdCoordinator {
         let started = Instant::now();
         loop {
             let why = self.session().await;
+            // The next session prefers the next member: this one may be cut off, dead, or
+            // without quorum.
+            self.endpoint = (self.endpoint + 1) % self.config.endpoints.len().max(1);
             let held = self.groups.values().any(|g| self.owned(g));
             let was_connected = self.view().connected;
             self.ever_connected |= was_connected;
@@ -440,12 +450,62 @@ impl EtcdCoordinator {
             }
             options = options.with_tls(tls);
         }
-        bounded(
-            self.config.lease_ttl.0,
-            "connect to etcd",
-            Client::connect(&self.config.endpoints, Some(options)),
-        )
-        .await
+        // One member per session, not a balanced channel over all: a balanced channel keeps
+        // sending a share of the calls to a member that is cut off, each waiting out its
+        // timeout, while the fence's clock runs. Every member is tried at once and the first
+        // that answers a read needing quorum wins: a member cut off never answers, one
+        // without quorum cannot.
+        let n = self.config.endpoints.len();
+        let deadline = tokio::time::Instant::now() + self.config.lease_ttl.0;
+        let probe = |endpoint: String, options: ConnectOptions| {
+            let key = self.keys.node(&self.node);
+            Box::pin(async move {
+                // A member that refuses now may answer in a moment (an election, a restart):
+                // each is asked again until one answers or the deadline passes.
+                let mut last = None;
+                loop {
+                    let attempt = async {
+                        let mut client =
+                            Client::connect([endpoint.as_str()], Some(options.clone()))
+                                .await
+                                .map_err(|e| {
+                                    etcd_error(&format!("connect to etcd at {endpoint}"), e)
+                                })?;
+                        client
+                            .get(key.clone(), Some(GetOptions::new().with_count_only()))
+                            .await
+                            .map_err(|e| etcd_error(&format!("read from {endpoint}"), e))?;
+                        Ok::<_, Broken>(client)
+                    };
+                    match tokio::time::timeout_at(deadline, attempt).await {
+                        Ok(Ok(client)) => return Ok(client),
+                        Ok(Err(why)) if tokio::time::Instant::now() + RETRY_MEMBER >= deadline => {
+                            return Err(why)
+                        }
+                        Ok(Err(why)) => {
+                            last = Some(why);
+                            tokio::time::sleep(RETRY_MEMBER).await;
+                        }
+                        // What it said last says more than the deadline.
+                        Err(_) => {
+                            return Err(
+                                last.unwrap_or_else(|| format!("{endpoint}: no answer in time"))
+                            )
+                        }
+                    }
+                }
+            })
+        };
+        // The member after the last one that failed comes first, should two answer together.
+        let tries: Vec<_> = (0..n)
+            .map(|i| {
+                let endpoint = self.config.endpoints[(self.endpoint + i) % n].clone();
+                probe(endpoint, options.clone())
+            })
+            .collect();
+        futures::future::select_ok(tries)
+            .await
+            .map(|(client, _)| client)
     }
 
     /// One session: connect, hold a lease, follow the keys, until something breaks.
@@ -579,7 +639,18 @@ impl EtcdCoordinator {
             }
             tokio::select! {
                 _ = renew.tick() => {
-                    // A renewal long unanswered is in the fence's hands; keep the queue short.
+                    // A renewal unanswered for a period and a half (a quarter of the TTL;
+                    // a member answers in milliseconds): this member is cut off, dead or
+                    // without quorum. Another may answer before the fence; during an election
+                    // none can, and asking them again costs nothing.
+                    if let Some(oldest) = sent.front() {
+                        if oldest.elapsed() > renew_every * 3 / 2 {
+                            return Err(format!(
+                                "a lease renewal went unanswered for {:?}",
+                                oldest.elapsed()
+                            ));
+                        }
+                    }
                     if sent.len() > 16 {
                         sent.pop_front();
                     }
