@@ -787,7 +787,8 @@ pub type Reset = Arc<Mutex<Option<Instant>>>;
 pub fn play_watchdog(cluster: &Arc<Cluster>, node: &str, timeout: Duration) -> (PathBuf, Reset) {
     use std::os::unix::fs::OpenOptionsExt;
     let path = cluster.dir.path().join(format!("{node}-watchdog"));
-    sh(&format!("mkfifo {}", path.display()));
+    // A node that was reset gets a new one when it boots again.
+    sh(&format!("rm -f {0} && mkfifo {0}", path.display()));
     let mut fifo = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)

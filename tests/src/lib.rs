@@ -7,8 +7,11 @@
 //!   an observer of who holds the VIP, and keepalived's config for the failover benchmark.
 //! - [`servers`]: dovecot, postfix and nginx on loopback with a test CA.
 //! - [`procfs`]: CPU and memory of a process, read from /proc.
+//! - [`nemesis`]: the fault-injection run: three agents, three etcd members, random faults from
+//!   a seed, an observer that counts the time two nodes held one VIP.
 
 pub mod cluster;
+pub mod nemesis;
 pub mod procfs;
 pub mod servers;
 

@@ -1,9 +1,10 @@
 //! `resmon-testd`: a small daemon the end-to-end tests supervise as a `process` resource.
 //!
-//! `resmon-testd [--listen ADDR] [--ignore-term] [--exit-after MS] [--banner TEXT] [--http]`:
-//! listens on ADDR (answering each connection with TEXT and closing it; with `--http`, reading
-//! the request first and answering `200 OK` with TEXT as the body), ignores SIGTERM when asked,
-//! and exits with status 3 after MS milliseconds when asked.
+//! `resmon-testd [--listen ADDR] [--ignore-term] [--stop-delay MS] [--exit-after MS]
+//! [--banner TEXT] [--http]`: listens on ADDR (answering each connection with TEXT and closing
+//! it; with `--http`, reading the request first and answering `200 OK` with TEXT as the body),
+//! ignores SIGTERM or takes MS milliseconds to stop on it when asked, and exits with status 3
+//! after MS milliseconds when asked.
 
 use std::io::Write;
 use std::time::Duration;
@@ -20,6 +21,10 @@ struct Args {
     /// Ignores SIGTERM, as a hung service would.
     #[arg(long)]
     ignore_term: bool,
+    /// On SIGTERM, goes on serving this many milliseconds before it exits, as a service that
+    /// takes seconds to stop.
+    #[arg(long)]
+    stop_delay: Option<u64>,
     /// Exits with status 3 after this many milliseconds.
     #[arg(long)]
     exit_after: Option<u64>,
@@ -40,6 +45,7 @@ fn main() {
     let Args {
         listen,
         ignore_term,
+        stop_delay,
         exit_after,
         banner,
         http,
@@ -49,6 +55,24 @@ fn main() {
         libc::signal(libc::SIGPIPE, libc::SIG_IGN);
         if ignore_term {
             libc::signal(libc::SIGTERM, libc::SIG_IGN);
+        }
+    }
+    if let Some(ms) = stop_delay {
+        // SIGTERM blocked here, before any thread starts, so that every thread inherits the
+        // mask and only the waiting thread takes it.
+        // SAFETY: sigset operations on a local set; sigwait on it.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGTERM);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            let set = set;
+            std::thread::spawn(move || {
+                let mut signal = 0;
+                libc::sigwait(&set, &mut signal);
+                std::thread::sleep(Duration::from_millis(ms));
+                std::process::exit(0);
+            });
         }
     }
     if let Some(ms) = exit_after {
