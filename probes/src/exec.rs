@@ -5,6 +5,7 @@
 use crate::command::{run, RunAs};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
+use crate::secret::Secrets;
 use crate::values::{AccountName, Argv};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
@@ -28,6 +29,10 @@ pub struct ExecConfig {
     /// Extra environment variables for all three.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secrets, read from files at each run:
+    /// `env_files = { DB_PASSWORD = "/etc/resmon/db-password" }`.
+    #[serde(default)]
+    pub env_files: BTreeMap<String, PathBuf>,
     /// Working directory.
     #[serde(default)]
     pub cwd: Option<PathBuf>,
@@ -65,16 +70,23 @@ impl ExecResource {
     }
 
     async fn script(&self, what: &str, argv: &Argv, failure: FailureReason) -> Result<(), Failure> {
+        let secret = crate::secret::read_all(&self.config.env_files).map_err(|(name, why)| {
+            Failure::new(FailureReason::Spawn, format!("env_files {name}: {why}"))
+        })?;
+        // A script that prints its environment must not print the secrets into an event.
+        let secrets = Secrets::new(secret.values().cloned());
+        let mut env = self.config.env.clone();
+        env.extend(secret);
         let done = run(
             &argv.0,
-            &self.config.env,
+            &env,
             self.config.cwd.as_deref(),
             &self.config.run_as(),
         )
         .await?;
         match done.code {
             Some(0) => Ok(()),
-            code => Err(Failure::new(
+            code => Err(secrets.failure(Failure::new(
                 failure,
                 format!(
                     "{what} `{}` {} {}",
@@ -86,7 +98,7 @@ impl ExecResource {
                 )
                 .trim_end()
                 .to_string(),
-            )),
+            ))),
         }
     }
 }
@@ -127,7 +139,13 @@ impl TypeConfig for ExecConfig {
     const NAME: &'static str = "exec";
 
     fn validate(&self) -> Vec<(&'static str, String)> {
-        self.run_as().check()
+        let mut errors = self.run_as().check();
+        errors.extend(crate::secret::check_files("env_files", &self.env_files));
+        errors
+    }
+
+    fn warnings(&self) -> Vec<(&'static str, String)> {
+        crate::secret::world_readable("env_files", &self.env_files)
     }
 
     fn terminate_waits(&self) -> bool {
@@ -160,6 +178,25 @@ mod tests {
         r.is_alive(&Progress::default()).await.unwrap();
         r.offline().await.unwrap();
         assert!(r.looks_alive(&Progress::default()).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_secret_from_a_file_reaches_the_script_but_never_its_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("password");
+        std::fs::write(&file, "hunter2-long\n").unwrap();
+        let c: ExecConfig = toml::from_str(&format!(
+            "check = [\"sh\", \"-c\", \"echo password is $DB_PASSWORD; exit 3\"]\nenv_files = {{ DB_PASSWORD = {:?} }}",
+            file.display().to_string()
+        ))
+        .unwrap();
+        assert!(TypeConfig::validate(&c).is_empty());
+        let f = ExecResource::new(c)
+            .is_alive(&Progress::default())
+            .await
+            .unwrap_err();
+        assert!(f.detail.contains("password is <secret>"), "{f}");
+        assert!(!f.detail.contains("hunter2"), "{f}");
     }
 
     #[tokio::test]

@@ -11,6 +11,7 @@
 use crate::net::Conn;
 use crate::resource::{escape_bytes, Failure, Progress, Resource, Stage};
 use crate::resource::{BuildContext, TypeConfig};
+use crate::secret::Secrets;
 use crate::tls::{TlsClient, TlsOptions, TrustCache};
 use crate::values::{ConfigRegex, HostPort};
 use async_trait::async_trait;
@@ -22,6 +23,7 @@ use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::task::Context;
 
@@ -162,6 +164,10 @@ pub struct HttpConfig {
     /// Extra request headers.
     #[serde(default)]
     pub headers: BTreeMap<String, String>,
+    /// Extra request headers whose values are secrets, read from files (at start and at each
+    /// reload): `header_files = { Authorization = "/etc/resmon/web-token" }`.
+    #[serde(default)]
+    pub header_files: BTreeMap<String, PathBuf>,
     /// `Host` header to send (default: the URL's host and port).
     #[serde(default)]
     pub host: Option<String>,
@@ -204,10 +210,30 @@ impl HttpConfig {
             }
         }
         for (name, value) in &self.headers {
+            // The value may be a credential: named, never shown.
             if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
                 || hyper::header::HeaderValue::from_str(value).is_err()
             {
-                errors.push(("headers", format!("invalid header {name}: {value}")));
+                errors.push((
+                    "headers",
+                    format!("invalid header {name:?}: a header name or value with characters HTTP does not allow"),
+                ));
+            }
+        }
+        errors.extend(crate::secret::check_files(
+            "header_files",
+            &self.header_files,
+        ));
+        if let Ok(values) = crate::secret::read_all(&self.header_files) {
+            for (name, value) in values {
+                if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                    || hyper::header::HeaderValue::from_str(&value).is_err()
+                {
+                    errors.push((
+                        "header_files",
+                        format!("invalid header {name:?}: a header name or value with characters HTTP does not allow"),
+                    ));
+                }
             }
         }
         // A followed redirect may lead to https from a plain URL.
@@ -221,6 +247,8 @@ impl HttpConfig {
 /// An HTTP health check.
 pub struct HttpResource {
     config: HttpConfig,
+    /// Hidden in failure details: a server may echo the request.
+    secrets: Secrets,
     /// For `https` only (a plain check need not carry it).
     tls: Option<Box<TlsClient>>,
     /// The request every check sends, parsed once (or why it cannot be).
@@ -284,7 +312,27 @@ impl RequestTemplate {
 
 impl HttpResource {
     /// Builds it from its config, its TLS trust loaded through `trust`.
-    pub fn new(config: HttpConfig, trust: &TrustCache) -> Self {
+    pub fn new(mut config: HttpConfig, trust: &TrustCache) -> Self {
+        // The files' values join the headers; one that cannot be read makes every check fail
+        // with the reason (validate said it first).
+        let read = crate::secret::read_all(&config.header_files);
+        let mut secret_values = Vec::new();
+        if let Ok(values) = &read {
+            for (name, value) in values {
+                secret_values.push(value.clone());
+                config.headers.insert(name.clone(), value.clone());
+            }
+        }
+        secret_values.extend(
+            config
+                .headers
+                .iter()
+                .filter(|(name, _)| {
+                    crate::secret::CREDENTIAL_HEADERS.contains(&name.to_ascii_lowercase().as_str())
+                })
+                .map(|(_, value)| value.clone()),
+        );
+        let secrets = Secrets::new(secret_values);
         let tls = config.url.https.then(|| {
             Box::new(TlsClient::new(
                 config.tls_options.clone(),
@@ -294,9 +342,13 @@ impl HttpResource {
         });
         let redirect_tls = (config.follow_redirects && !config.url.https)
             .then(|| Box::new(TlsClient::new(config.tls_options.clone(), "", trust)));
-        let request = RequestTemplate::new(&config, &config.url, config.host.as_deref(), true);
+        let request = match read {
+            Err((name, why)) => Err(format!("header_files {name}: {why}")),
+            Ok(_) => RequestTemplate::new(&config, &config.url, config.host.as_deref(), true),
+        };
         HttpResource {
             config,
+            secrets,
             tls,
             request,
             redirect_tls,
@@ -579,7 +631,9 @@ impl Resource for HttpResource {
     }
 
     async fn online(&self, progress: &Progress) -> Result<(), Failure> {
-        self.fetch(progress).await
+        self.fetch(progress)
+            .await
+            .map_err(|f| self.secrets.failure(f))
     }
 
     async fn offline(&self) -> Result<(), Failure> {
@@ -597,7 +651,9 @@ impl Resource for HttpResource {
     }
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
-        self.fetch(progress).await
+        self.fetch(progress)
+            .await
+            .map_err(|f| self.secrets.failure(f))
     }
 }
 
@@ -606,6 +662,10 @@ impl TypeConfig for HttpConfig {
 
     fn validate(&self) -> Vec<(&'static str, String)> {
         HttpConfig::validate(self)
+    }
+
+    fn warnings(&self) -> Vec<(&'static str, String)> {
+        crate::secret::world_readable("header_files", &self.header_files)
     }
 
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
@@ -630,6 +690,44 @@ mod tests {
             Answer::Send(response),
         ])
         .await
+    }
+
+    #[tokio::test]
+    async fn a_secret_header_from_a_file_never_shows_in_a_failure() {
+        let dir = tempfile::tempdir().unwrap();
+        let token = dir.path().join("token");
+        std::fs::write(&token, "Bearer t0ken-42\n").unwrap();
+        // A server that echoes what it was sent, as a debugging endpoint would.
+        let echo =
+            server("HTTP/1.1 200 OK\r\nContent-Length: 24\r\n\r\nyou sent Bearer t0ken-42").await;
+        let config: HttpConfig = toml::from_str(&format!(
+            "url = \"http://{echo}/health\"\nbody_contains = \"never\"\nheader_files = {{ Authorization = {:?} }}",
+            token.display().to_string()
+        ))
+        .unwrap();
+        assert!(config.validate().is_empty(), "{:?}", config.validate());
+        let f = HttpResource::new(config, &TrustCache::default())
+            .is_alive(&Progress::default())
+            .await
+            .unwrap_err();
+        assert_eq!(f.reason, FailureReason::HttpBody, "{f}");
+        assert!(f.detail.contains("you sent <secret>"), "{f}");
+        assert!(!f.detail.contains("t0ken-42"), "{f}");
+        // An inline credential header is a secret too; an invalid one is named, not shown.
+        let bad: HttpConfig = toml::from_str(
+            "url = \"http://127.0.0.1:1/\"\nheaders = { Authorization = \"Bearer x\\u0001y\" }",
+        )
+        .unwrap();
+        let errors = bad.validate();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        assert!(!errors[0].1.contains("Bearer"), "{errors:?}");
+        let missing: HttpConfig = toml::from_str(
+            "url = \"http://127.0.0.1:1/\"\nheader_files = { Authorization = \"/nonexistent/token\" }",
+        )
+        .unwrap();
+        assert!(missing.validate()[0]
+            .1
+            .starts_with("Authorization: cannot read /nonexistent/token"));
     }
 
     #[test]

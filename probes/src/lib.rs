@@ -30,6 +30,8 @@
 //! - [`disk`]: a mounted filesystem with room to work (blocking calls on blocking threads).
 //! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
 //!   [`command`]: how every child is started (clean environment, its user, its cgroup).
+//! - [`secret`]: secrets read from `*_file` keys and credential headers, hidden in what the
+//!   agent shows.
 //! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
 //! - [`net`]: connection helpers shared by the network types, and `Conn`, a check's plain or
 //!   TLS connection (the banner engine's and the `http` type's).
@@ -53,6 +55,7 @@ pub mod ocf;
 pub mod process;
 pub mod registry;
 pub mod resource;
+pub mod secret;
 pub mod service;
 pub mod tcp;
 pub mod tls;

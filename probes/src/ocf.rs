@@ -12,6 +12,7 @@
 use crate::command::{run, RunAs};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
+use crate::secret::Secrets;
 use crate::values::AccountName;
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
@@ -37,6 +38,10 @@ pub struct OcfConfig {
     /// The agent's parameters, passed as `OCF_RESKEY_<name>`.
     #[serde(default)]
     pub params: BTreeMap<String, String>,
+    /// Parameters whose values are secrets, read from files at each action:
+    /// `params_files = { password = "/etc/resmon/db-password" }`.
+    #[serde(default)]
+    pub params_files: BTreeMap<String, PathBuf>,
     /// Where the agents live (`<ocf_root>/resource.d/<provider>/<agent>`).
     #[serde(default = "default_ocf_root")]
     pub ocf_root: PathBuf,
@@ -97,6 +102,10 @@ impl OcfConfig {
             },
         };
         errors.extend(self.run_as().check());
+        errors.extend(crate::secret::check_files(
+            "params_files",
+            &self.params_files,
+        ));
         errors
     }
 }
@@ -140,10 +149,16 @@ impl OcfResource {
             .script()
             .map_err(|e| Failure::new(FailureReason::Spawn, e))?;
         let (provider, agent) = self.config.agent.split_once('/').unwrap_or_default();
+        let secret =
+            crate::secret::read_all(&self.config.params_files).map_err(|(name, why)| {
+                Failure::new(FailureReason::Spawn, format!("params_files {name}: {why}"))
+            })?;
+        let secrets = Secrets::new(secret.values().cloned());
         let mut env: BTreeMap<String, String> = self
             .config
             .params
             .iter()
+            .chain(secret.iter())
             .map(|(k, v)| (format!("OCF_RESKEY_{k}"), v.clone()))
             .collect();
         env.insert(
@@ -172,7 +187,8 @@ impl OcfResource {
                 format!("{} {action} was killed by a signal", self.config.agent),
             )
         })?;
-        Ok((code, done.output))
+        // An agent that prints its parameters must not print the secrets into an event.
+        Ok((code, secrets.redact(&done.output)))
     }
 
     fn failed(&self, action: &str, code: i32, output: &str, reason: FailureReason) -> Failure {
@@ -238,6 +254,10 @@ impl TypeConfig for OcfConfig {
 
     fn validate(&self) -> Vec<(&'static str, String)> {
         OcfConfig::validate(self)
+    }
+
+    fn warnings(&self) -> Vec<(&'static str, String)> {
+        crate::secret::world_readable("params_files", &self.params_files)
     }
 
     fn terminate_waits(&self) -> bool {

@@ -50,6 +50,10 @@ pub struct ProcessConfig {
     /// Extra environment variables.
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Environment variables whose values are secrets, read from files at each start:
+    /// `env_files = { DB_PASSWORD = "/etc/resmon/db-password" }`.
+    #[serde(default)]
+    pub env_files: BTreeMap<String, PathBuf>,
     /// Working directory (default: the agent's).
     #[serde(default)]
     pub cwd: Option<PathBuf>,
@@ -143,6 +147,7 @@ impl ProcessConfig {
             self.run_as()
                 .check()
                 .into_iter()
+                .chain(crate::secret::check_files("env_files", &self.env_files))
                 .map(|(key, message)| ConfigError { key, message }),
         );
         errors
@@ -290,9 +295,14 @@ impl ProcessResource {
         let log_err = log
             .try_clone()
             .map_err(|e| Failure::new(FailureReason::Spawn, format!("dup log: {e}")))?;
+        let secret = crate::secret::read_all(&self.config.env_files).map_err(|(name, why)| {
+            Failure::new(FailureReason::Spawn, format!("env_files {name}: {why}"))
+        })?;
+        let mut env = self.config.env.clone();
+        env.extend(secret);
         let mut cmd = crate::command::child_command(
             argv,
-            &self.config.env,
+            &env,
             &self.config.run_as(),
             self.created_cgroup(),
         )?;
@@ -708,6 +718,10 @@ fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
 impl TypeConfig for ProcessConfig {
     const NAME: &'static str = "process";
     const FAILURE_SIGNAL: bool = true;
+
+    fn warnings(&self) -> Vec<(&'static str, String)> {
+        crate::secret::world_readable("env_files", &self.env_files)
+    }
 
     fn validate(&self) -> Vec<(&'static str, String)> {
         self.validate()

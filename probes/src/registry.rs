@@ -57,6 +57,17 @@ macro_rules! resource_types {
                     .collect()
             }
 
+            /// What validate warns about (see [`TypeConfig::warnings`]).
+            pub fn warnings(&self) -> Vec<ConfigError> {
+                let pairs = match self {
+                    $(ResourceConfig::$variant(c) => TypeConfig::warnings(c),)+
+                };
+                pairs
+                    .into_iter()
+                    .map(|(key, message)| ConfigError { key, message })
+                    .collect()
+            }
+
             /// Whether resources of this config report failures between polls.
             pub fn provides_failure_signal(&self) -> bool {
                 match self {

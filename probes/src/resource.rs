@@ -387,6 +387,12 @@ pub trait TypeConfig {
         Vec::new()
     }
 
+    /// What `validate` warns about without refusing the config: `(key, message)` pairs (a
+    /// secret file every user can read).
+    fn warnings(&self) -> Vec<(&'static str, String)> {
+        Vec::new()
+    }
+
     /// Whether its terminate waits on the service's own stop (a systemd unit, an OCF agent, a
     /// stop script), so that only `terminate_timeout` bounds it. A terminate that is a signal,
     /// a netlink request, a lazy unmount or nothing at all does not.

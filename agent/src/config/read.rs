@@ -457,6 +457,11 @@ pub(super) fn read_resource(
         cx.error(&p, problem.message);
         ok = false;
     }
+    for warning in private.warnings() {
+        let mut p = rpath.to_vec();
+        p.push(Seg::Key(warning.key.into()));
+        cx.warning(&p, warning.message);
+    }
     let props = own.resolve(type_defaults.get(&type_name));
     let type_table = [
         Seg::Key("resource_types".into()),

@@ -316,3 +316,29 @@ fn an_endpoint_beyond_loopback_is_a_warning() {
         );
     }
 }
+
+#[test]
+fn a_world_readable_resource_secret_file_is_a_warning() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("db-password");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let text = format!(
+        "[[groups]]\nname = \"g\"\n\n[[groups.resources]]\nname = \"report\"\ntype = \"exec\"\ncheck = [\"true\"]\nenv_files = {{ DB_PASSWORD = {:?} }}\n",
+        secret.display().to_string()
+    );
+    for (mode, warned) in [(0o644, true), (0o600, false)] {
+        std::fs::set_permissions(&secret, std::fs::Permissions::from_mode(mode)).unwrap();
+        let loaded = parse(Path::new("secret.toml"), &text).unwrap();
+        let warnings: Vec<String> = loaded.warnings.iter().map(|w| w.to_string()).collect();
+        let expected = format!(
+            "warning: secret.toml:8:1: groups[0].resources[0].env_files: DB_PASSWORD: {} is readable by every user of this machine: chmod o-r it",
+            secret.display()
+        );
+        assert_eq!(
+            warnings.contains(&expected),
+            warned,
+            "mode {mode:o}: {warnings:?}"
+        );
+    }
+}
