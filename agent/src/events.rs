@@ -272,6 +272,8 @@ pub struct RestartRequested<'a> {
     pub resource: &'a str,
     /// Restarts within `restart_period`, this one included.
     pub restarts_in_period: u32,
+    /// Waited between its terminate and its online (`restart_delay`).
+    pub delay_seconds: f64,
     /// The resource's metric handles (not logged).
     #[serde(skip)]
     pub metrics: &'a ResourceMetrics,

@@ -187,7 +187,7 @@ fn fire_timers(worlds: &mut [World], until: Time, out: &mut String) {
         while let Some(at) = w.controller.next_timer().filter(|at| *at <= until) {
             let _ = writeln!(
                 out,
-                "{:>8}  group {}: retry period over",
+                "{:>8}  group {}: a restart delay or retry period is over",
                 at.to_string(),
                 w.name
             );
@@ -290,7 +290,7 @@ retry_period_on_failure = "1h"
         assert!(report.contains("request failover (smtp)"), "{report}");
         assert!(report.contains("retry smtp at 1h10s"), "{report}");
         assert!(
-            report.contains("1h10s  group vs1: retry period over"),
+            report.contains("1h10s  group vs1: a restart delay or retry period is over"),
             "{report}"
         );
         // The provider's failure took smtp offline before restarting.

@@ -65,6 +65,9 @@ pub struct ResourceStatus {
     pub restart_threshold: u32,
     /// When the final attempt is due (Unix seconds).
     pub retry_at: Option<f64>,
+    /// When it is restarted, while it waits its `restart_delay` (Unix seconds).
+    #[serde(default)]
+    pub restart_at: Option<f64>,
     /// Stays failed until an administrator acts.
     pub needs_admin: bool,
     /// The cheap check.

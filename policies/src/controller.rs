@@ -27,6 +27,7 @@ use crate::spec::{GroupSpec, ResourceId, RestartAction};
 use crate::time::Time;
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::time::Duration;
 
 /// The externally visible state of a resource.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -281,6 +282,8 @@ pub enum Effect {
         resource: ResourceId,
         /// Restarts within the period, this one included.
         restarts_in_period: u32,
+        /// Waited between its terminate and its online (`restart_delay`).
+        delay: Duration,
     },
     /// Fail the group over to another node; answer with [`Input::FailoverCompleted`].
     RequestFailover {
@@ -355,6 +358,10 @@ struct ResourceRuntime {
     /// Its last terminate failed or timed out: it is `failed`, but may still run, until an
     /// operation succeeds on it or an administrator clears it.
     may_still_run: bool,
+    /// The restart decided at its failure waits this long once it is terminated.
+    restart_delay: Duration,
+    /// Terminated and waiting `restart_delay`: restarted at this time.
+    restart_at: Option<Time>,
 }
 
 impl ResourceRuntime {
@@ -370,6 +377,8 @@ impl ResourceRuntime {
             online_since: None,
             may_still_run: false,
             stopping: false,
+            restart_delay: Duration::ZERO,
+            restart_at: None,
         }
     }
 }
@@ -385,6 +394,8 @@ pub struct ResourceView {
     pub admin_offline: bool,
     /// When the final attempt is due, if the resource waits for one.
     pub retry_at: Option<Time>,
+    /// When it is restarted, if it waits its `restart_delay`.
+    pub restart_at: Option<Time>,
     /// Stays failed until an administrator acts.
     pub needs_admin: bool,
 }
@@ -445,6 +456,7 @@ impl GroupController {
                 Escalation::WaitingRetry(at) => Some(at),
                 _ => None,
             },
+            restart_at: r.restart_at,
             needs_admin: r.escalation == Escalation::NeedsAdmin,
         }
     }
@@ -464,10 +476,14 @@ impl GroupController {
     pub fn next_timer(&self) -> Option<Time> {
         self.resources
             .iter()
-            .filter_map(|r| match r.escalation {
-                Escalation::WaitingRetry(at) => Some(at),
-                _ => None,
+            .flat_map(|r| {
+                let retry = match r.escalation {
+                    Escalation::WaitingRetry(at) => Some(at),
+                    _ => None,
+                };
+                [retry, r.restart_at]
             })
+            .flatten()
             .min()
     }
 
@@ -514,10 +530,17 @@ impl GroupController {
             Effect::RestartScheduled {
                 resource,
                 restarts_in_period,
-            } => format!(
-                "restart {} ({restarts_in_period} in period)",
-                name(resource)
-            ),
+                delay,
+            } => {
+                let mut text = format!(
+                    "restart {} ({restarts_in_period} in period)",
+                    name(resource)
+                );
+                if !delay.is_zero() {
+                    text.push_str(&format!(" after {}", Time::from_elapsed(*delay)));
+                }
+                text
+            }
             Effect::RequestFailover { resource } => {
                 format!("request failover ({})", name(resource))
             }
@@ -652,7 +675,7 @@ impl GroupController {
                         Cause::OperationFailed { operation, reason },
                         out,
                     ),
-                    (Operation::Terminate, _) => self.terminated(resource, out),
+                    (Operation::Terminate, _) => self.terminated(now, resource, out),
                 }
             }
             Input::OperationTimedOut {
@@ -670,7 +693,7 @@ impl GroupController {
                 match operation {
                     Operation::Online => self.fail(now, resource, cause, out),
                     Operation::Offline => self.offline_failed(resource, cause, out),
-                    Operation::Terminate => self.terminated(resource, out),
+                    Operation::Terminate => self.terminated(now, resource, out),
                 }
             }
             Input::Admin(command) => self.admin(command, out),
@@ -690,6 +713,18 @@ impl GroupController {
                 }
             }
             Input::Tick => {
+                for i in 0..self.resources.len() {
+                    let r = &mut self.resources[i];
+                    let restart = r.restart_at.is_some_and(|at| at <= now)
+                        && r.state == State::Failed
+                        && r.pending.is_none();
+                    if restart {
+                        r.restart_at = None;
+                        if self.mode == GroupMode::Active && !r.admin_offline {
+                            self.transition(ResourceId(i), State::Offline, Cause::Restart, out);
+                        }
+                    }
+                }
                 for i in 0..self.resources.len() {
                     let r = &mut self.resources[i];
                     let due = matches!(r.escalation, Escalation::WaitingRetry(at) if at <= now);
@@ -732,9 +767,12 @@ impl GroupController {
         {
             r.restarts.record(now);
             r.next_online_cause = Some(Cause::Restart);
+            let nth = r.restarts.count(now, policy.restart_period);
+            r.restart_delay = policy.restart_delay_for(nth);
             out.push(Effect::RestartScheduled {
                 resource: id,
-                restarts_in_period: r.restarts.count(now, policy.restart_period),
+                restarts_in_period: nth,
+                delay: r.restart_delay,
             });
             AfterTerminate::Restart
         } else if policy.restart_action == RestartAction::RestartThenFailover {
@@ -795,13 +833,19 @@ impl GroupController {
         out.push(Effect::Terminate(id));
     }
 
-    fn terminated(&mut self, id: ResourceId, out: &mut Vec<Effect>) {
+    fn terminated(&mut self, now: Time, id: ResourceId, out: &mut Vec<Effect>) {
         match self.resources[id.0].after_terminate {
             AfterTerminate::StayFailed => {}
             AfterTerminate::Restart
                 if self.mode == GroupMode::Active && !self.resources[id.0].admin_offline =>
             {
-                self.transition(id, State::Offline, Cause::Restart, out);
+                let r = &mut self.resources[id.0];
+                if r.restart_delay.is_zero() {
+                    self.transition(id, State::Offline, Cause::Restart, out);
+                } else {
+                    // Stays `failed` meanwhile; the runtime's Tick at `next_timer` restarts it.
+                    r.restart_at = Some(now.after(r.restart_delay));
+                }
             }
             AfterTerminate::Restart | AfterTerminate::Offline => {
                 let to = self.down_state(id);
@@ -973,6 +1017,10 @@ impl GroupController {
     fn transition(&mut self, id: ResourceId, to: State, cause: Cause, out: &mut Vec<Effect>) {
         if to.is_down() {
             self.resources[id.0].stopping = false;
+        }
+        // Whatever takes it out of `failed` (an administrator, an activation) ends the wait.
+        if to != State::Failed {
+            self.resources[id.0].restart_at = None;
         }
         let from = std::mem::replace(&mut self.resources[id.0].state, to);
         if from != to {

@@ -52,6 +52,12 @@ pub struct RestartPolicy {
     /// How long a resource that could not be restarted or failed over stays failed before its
     /// one final attempt.
     pub retry_period_on_failure: Duration,
+    /// How long a failed resource waits, once terminated, before it is restarted (WSFC's
+    /// `RestartDelay`): a service that fails at once is not restarted in a tight loop.
+    pub restart_delay: Duration,
+    /// With a value, the delay doubles with each restart counted within `restart_period`, up to
+    /// this.
+    pub restart_delay_max: Option<Duration>,
     /// The resource type reports failures the moment they happen (child exit, netlink event).
     pub provides_failure_signal: bool,
     /// Explicit choice to poll `looks_alive`; `None` lets the policy decide: a resource that
@@ -68,6 +74,9 @@ impl Default for RestartPolicy {
             restart_threshold: 3,
             restart_period: Duration::from_secs(15 * 60),
             retry_period_on_failure: Duration::from_secs(60 * 60),
+            // The config's default is WSFC's 500 ms; a spec states its own.
+            restart_delay: Duration::ZERO,
+            restart_delay_max: None,
             provides_failure_signal: false,
             poll_looks_alive: None,
         }
@@ -75,6 +84,19 @@ impl Default for RestartPolicy {
 }
 
 impl RestartPolicy {
+    /// The delay before the restart that is the `nth` within the period (from 1).
+    pub fn restart_delay_for(&self, nth: u32) -> Duration {
+        match self.restart_delay_max {
+            None => self.restart_delay,
+            Some(max) => {
+                let doublings = nth.saturating_sub(1).min(32);
+                self.restart_delay
+                    .saturating_mul(1u32 << doublings.min(31))
+                    .min(max)
+            }
+        }
+    }
+
     /// Whether `looks_alive` is polled for this resource.
     pub fn polls_looks_alive(&self) -> bool {
         self.poll_looks_alive

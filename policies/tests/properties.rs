@@ -99,6 +99,14 @@ fn group_strategy() -> impl Strategy<Value = Vec<ResourceSpec>> {
                             restart_threshold: threshold,
                             restart_period: Duration::from_secs(period),
                             retry_period_on_failure: Duration::from_secs(retry),
+                            // Half the specs wait before each restart, with backoff: the
+                            // invariants must hold across the wait too.
+                            restart_delay: Duration::from_millis(if threshold % 2 == 0 {
+                                500
+                            } else {
+                                0
+                            }),
+                            restart_delay_max: Some(Duration::from_secs(4)),
                             provides_failure_signal: signal,
                             poll_looks_alive: None,
                         },

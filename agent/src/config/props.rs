@@ -62,6 +62,10 @@ pub struct CommonProps {
     pub restart_period: Option<HumanDuration>,
     /// How long a resource that could not be restarted or failed over waits for its final try.
     pub retry_period_on_failure: Option<HumanDuration>,
+    /// Waited between a failed resource's terminate and its restart (WSFC's `RestartDelay`).
+    pub restart_delay: Option<HumanDuration>,
+    /// With a value, the delay doubles with each restart within `restart_period`, up to this.
+    pub restart_delay_max: Option<HumanDuration>,
     /// Poll looks_alive even though the type provides a failure signal (or never poll it).
     pub poll_looks_alive: Option<bool>,
 }
@@ -87,6 +91,10 @@ pub struct ResourceProps {
     pub restart_period: Duration,
     /// See [`CommonProps::retry_period_on_failure`].
     pub retry_period_on_failure: Duration,
+    /// See [`CommonProps::restart_delay`].
+    pub restart_delay: Duration,
+    /// See [`CommonProps::restart_delay_max`].
+    pub restart_delay_max: Option<Duration>,
     /// See [`CommonProps::poll_looks_alive`].
     pub poll_looks_alive: Option<bool>,
 }
@@ -114,6 +122,9 @@ fn default_restart_period() -> Duration {
 }
 fn default_retry_period_on_failure() -> Duration {
     Duration::from_secs(60 * 60)
+}
+fn default_restart_delay() -> Duration {
+    Duration::from_millis(500)
 }
 
 impl CommonProps {
@@ -190,6 +201,8 @@ impl CommonProps {
                 t.retry_period_on_failure,
                 default_retry_period_on_failure,
             ),
+            restart_delay: dur(self.restart_delay, t.restart_delay, default_restart_delay),
+            restart_delay_max: self.restart_delay_max.or(t.restart_delay_max).map(|h| h.0),
             poll_looks_alive: self.poll_looks_alive.or(t.poll_looks_alive),
         }
     }
@@ -203,6 +216,8 @@ impl ResourceProps {
             restart_threshold: self.restart_threshold,
             restart_period: self.restart_period,
             retry_period_on_failure: self.retry_period_on_failure,
+            restart_delay: self.restart_delay,
+            restart_delay_max: self.restart_delay_max,
             provides_failure_signal,
             poll_looks_alive: self.poll_looks_alive,
         }

@@ -176,6 +176,7 @@ pub(crate) fn spawn_with(
             restarts_in_period: 0,
             restart_threshold: r.props.restart_threshold,
             retry_at: None,
+            restart_at: None,
             needs_admin: false,
             looks_alive: CheckStatus::default(),
             is_alive: CheckStatus::default(),
@@ -463,6 +464,7 @@ impl GroupTask {
             Effect::RestartScheduled {
                 resource,
                 restarts_in_period,
+                delay,
             } => {
                 let cx = self.contexts[resource.0].clone();
                 status::lock(&cx.status).restarts_total += 1;
@@ -470,6 +472,7 @@ impl GroupTask {
                     group: &self.name,
                     resource: cx.name(),
                     restarts_in_period,
+                    delay_seconds: delay.as_secs_f64(),
                     metrics: &cx.metrics,
                 }
                 .emit(&self.shared.sink);
@@ -528,9 +531,11 @@ impl GroupTask {
         s.pending = view.pending;
         s.needs_admin = view.needs_admin;
         s.restarts_in_period = in_period;
-        s.retry_at = view.retry_at.map(|at| {
+        let wall = |at: Time| {
             crate::events::unix_now() + at.elapsed().saturating_sub(now.elapsed()).as_secs_f64()
-        });
+        };
+        s.retry_at = view.retry_at.map(wall);
+        s.restart_at = view.restart_at.map(wall);
     }
 }
 
