@@ -392,7 +392,7 @@ fn servers_that_stream_forever_or_stall_do_not_grow_the_agents_memory() {
             silent_addr
         };
         body += &format!(
-            "\n[[groups.resources]]\nname = \"r{i}\"\ntype = \"smtp\"\naddress = \"{addr}\"\npending_timeout = \"200ms\"\nrestart_threshold = 100000\nrestart_period = \"1s\"\n"
+            "\n[[groups.resources]]\nname = \"r{i}\"\ntype = \"smtp\"\naddress = \"{addr}\"\npending_timeout = \"200ms\"\nrestart_threshold = 100000\nrestart_period = \"1s\"\nrestart_delay = \"10ms\"\n"
         );
     }
     let agent = Agent::start(&body);
