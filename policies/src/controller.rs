@@ -276,6 +276,13 @@ pub enum Effect {
     Unmonitor(ResourceId),
     /// Run `is_alive()` now (a `looks_alive` failed).
     RunIsAlive(ResourceId),
+    /// A failed `is_alive` below `failure_threshold`: counted, not yet a failure.
+    CheckFailureCounted {
+        /// Which resource.
+        resource: ResourceId,
+        /// Failed checks in a row, this one included.
+        in_a_row: u32,
+    },
     /// A restart was decided; `restarts_in_period` counts it.
     RestartScheduled {
         /// Which resource.
@@ -362,6 +369,8 @@ struct ResourceRuntime {
     restart_delay: Duration,
     /// Terminated and waiting `restart_delay`: restarted at this time.
     restart_at: Option<Time>,
+    /// Failed `is_alive` checks in a row, below `failure_threshold`.
+    failed_checks: u32,
 }
 
 impl ResourceRuntime {
@@ -379,6 +388,7 @@ impl ResourceRuntime {
             stopping: false,
             restart_delay: Duration::ZERO,
             restart_at: None,
+            failed_checks: 0,
         }
     }
 }
@@ -527,6 +537,9 @@ impl GroupController {
             ),
             Effect::Unmonitor(r) => format!("unmonitor {}", name(r)),
             Effect::RunIsAlive(r) => format!("run is_alive {}", name(r)),
+            Effect::CheckFailureCounted { resource, in_a_row } => {
+                format!("is_alive of {} failed {in_a_row} in a row", name(resource))
+            }
             Effect::RestartScheduled {
                 resource,
                 restarts_in_period,
@@ -624,13 +637,29 @@ impl GroupController {
                 check,
                 outcome,
             } => {
-                let Err(reason) = outcome else { return };
+                let Err(reason) = outcome else {
+                    if check == CheckKind::IsAlive {
+                        self.resources[resource.0].failed_checks = 0;
+                    }
+                    return;
+                };
                 if self.resources[resource.0].state != State::Online {
                     return; // a late answer from before the resource left online
                 }
                 match check {
                     CheckKind::LooksAlive => out.push(Effect::RunIsAlive(resource)),
                     CheckKind::IsAlive => {
+                        let threshold = self.spec.resource(resource).policy.failure_threshold;
+                        let r = &mut self.resources[resource.0];
+                        r.failed_checks += 1;
+                        if r.failed_checks < threshold {
+                            // Below the threshold: the next scheduled is_alive decides.
+                            out.push(Effect::CheckFailureCounted {
+                                resource,
+                                in_a_row: r.failed_checks,
+                            });
+                            return;
+                        }
                         self.fail(now, resource, Cause::CheckFailed { check, reason }, out)
                     }
                 }
@@ -1021,6 +1050,9 @@ impl GroupController {
         // Whatever takes it out of `failed` (an administrator, an activation) ends the wait.
         if to != State::Failed {
             self.resources[id.0].restart_at = None;
+        }
+        if to != State::Online {
+            self.resources[id.0].failed_checks = 0;
         }
         let from = std::mem::replace(&mut self.resources[id.0].state, to);
         if from != to {

@@ -58,6 +58,10 @@ pub struct RestartPolicy {
     /// With a value, the delay doubles with each restart counted within `restart_period`, up to
     /// this.
     pub restart_delay_max: Option<Duration>,
+    /// Consecutive failed `is_alive` checks that make a failure (Kubernetes' failureThreshold,
+    /// HAProxy's fall). 1, the WSFC-faithful default: the first one does. A failure signal is
+    /// never counted: it is a failure at once.
+    pub failure_threshold: u32,
     /// The resource type reports failures the moment they happen (child exit, netlink event).
     pub provides_failure_signal: bool,
     /// Explicit choice to poll `looks_alive`; `None` lets the policy decide: a resource that
@@ -77,6 +81,7 @@ impl Default for RestartPolicy {
             // The config's default is WSFC's 500 ms; a spec states its own.
             restart_delay: Duration::ZERO,
             restart_delay_max: None,
+            failure_threshold: 1,
             provides_failure_signal: false,
             poll_looks_alive: None,
         }

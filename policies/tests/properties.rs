@@ -107,6 +107,7 @@ fn group_strategy() -> impl Strategy<Value = Vec<ResourceSpec>> {
                                 0
                             }),
                             restart_delay_max: Some(Duration::from_secs(4)),
+                            failure_threshold: 1 + (period as u32 % 3),
                             provides_failure_signal: signal,
                             poll_looks_alive: None,
                         },

@@ -5,7 +5,7 @@
 //!
 //! Commands:
 //! - `resource NAME [after=A,B] [action=..] [threshold=N] [period=D] [retry=D] [delay=D]
-//!   [delay_max=D] [signal]
+//!   [delay_max=D] [fall=N] [signal]
 //!   [poll_looks_alive=true|false] [fence_first]` declares a resource (no output);
 //! - `start [adopt=A,B]` builds the controller, adopts the named resources and activates it;
 //! - `at T INPUT` feeds an input at time T: `op NAME online|offline|terminate ok|timeout|REASON`,
@@ -95,6 +95,7 @@ impl Harness {
                         "retry" => policy.retry_period_on_failure = parse_duration(v),
                         "delay" => policy.restart_delay = parse_duration(v),
                         "delay_max" => policy.restart_delay_max = Some(parse_duration(v)),
+                        "fall" => policy.failure_threshold = v.parse().unwrap(),
                         "signal" => policy.provides_failure_signal = true,
                         "poll_looks_alive" => policy.poll_looks_alive = Some(v == "true"),
                         "fence_first" => fence_first = true,

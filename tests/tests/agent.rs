@@ -990,3 +990,52 @@ fn a_silent_server_is_tried_until_it_answers_with_the_reason_shown_meanwhile() {
     );
     assert!(agent.events_of("operation_timed_out", "").is_empty());
 }
+
+/// `success_threshold` (HAProxy's rise): a check-only resource comes online after that many
+/// passing attempts in a row, a pause apart; `failure_threshold` (fall): a failed is_alive is
+/// a failure only as the Nth in a row.
+#[test]
+fn rise_and_fall_thresholds_count_results_in_a_row() {
+    let port = free_port();
+    let address = format!("127.0.0.1:{port}");
+    let agent = Agent::start(&format!(
+        "[[groups]]\nname = \"g\"\n\n[[groups.resources]]\nname = \"web\"\ntype = \"tcp\"\n\
+         address = \"{address}\"\nsuccess_threshold = 3\nfailure_threshold = 3\n\
+         looks_alive_interval = \"500ms\"\nis_alive_interval = \"1s\"\ncheck_timeout = \"400ms\"\n"
+    ));
+    // Nothing listens yet: the online's attempts are refused.
+    agent.wait_for("a refused attempt", LONG, |a| {
+        !a.events_of("online_attempt_failed", "web").is_empty()
+    });
+    let listener = std::net::TcpListener::bind(&address).unwrap();
+    let up = std::time::Instant::now();
+    let accepting = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let open = accepting.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if !open.load(std::sync::atomic::Ordering::SeqCst) {
+                return; // the listener closes: connections are refused from now on
+            }
+            drop(stream);
+        }
+    });
+    agent.wait_state("g", "web", "online", LONG);
+    let rise = up.elapsed();
+    // Three passes, a pause apart: the pause is 1 s or check_timeout (400 ms), the shorter.
+    eprintln!("online {rise:?} after the server came up (3 passes 400 ms apart)");
+    assert!(rise >= Duration::from_millis(800), "{rise:?}");
+
+    accepting.store(false, std::sync::atomic::Ordering::SeqCst);
+    // One more connection makes the accept loop see the flag and close the listener.
+    let _ = std::net::TcpStream::connect(&address);
+    agent.wait_state("g", "web", "failed", LONG);
+    let failed_is_alive = agent
+        .events_of("probe_failed", "web")
+        .iter()
+        .filter(|e| e["check"] == "is_alive")
+        .count();
+    assert!(
+        failed_is_alive >= 3,
+        "{failed_is_alive} failed is_alive before the failure"
+    );
+}

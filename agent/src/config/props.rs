@@ -66,6 +66,10 @@ pub struct CommonProps {
     pub restart_delay: Option<HumanDuration>,
     /// With a value, the delay doubles with each restart within `restart_period`, up to this.
     pub restart_delay_max: Option<HumanDuration>,
+    /// Failed is_alive checks in a row that make a failure (HAProxy's fall).
+    pub failure_threshold: Option<u32>,
+    /// Passing attempts in a row that bring a check-only resource online (HAProxy's rise).
+    pub success_threshold: Option<u32>,
     /// Poll looks_alive even though the type provides a failure signal (or never poll it).
     pub poll_looks_alive: Option<bool>,
 }
@@ -95,6 +99,10 @@ pub struct ResourceProps {
     pub restart_delay: Duration,
     /// See [`CommonProps::restart_delay_max`].
     pub restart_delay_max: Option<Duration>,
+    /// See [`CommonProps::failure_threshold`].
+    pub failure_threshold: u32,
+    /// See [`CommonProps::success_threshold`].
+    pub success_threshold: u32,
     /// See [`CommonProps::poll_looks_alive`].
     pub poll_looks_alive: Option<bool>,
 }
@@ -141,6 +149,16 @@ impl CommonProps {
                 let mut p = base.to_vec();
                 p.push(Seg::Key(key.into()));
                 cx.error(&p, "must be longer than zero");
+            }
+        }
+        for (key, value) in [
+            ("failure_threshold", self.failure_threshold),
+            ("success_threshold", self.success_threshold),
+        ] {
+            if value == Some(0) {
+                let mut p = base.to_vec();
+                p.push(Seg::Key(key.into()));
+                cx.error(&p, "must be at least 1 (1: the first result decides)");
             }
         }
         for (key, value) in [
@@ -203,6 +221,8 @@ impl CommonProps {
             ),
             restart_delay: dur(self.restart_delay, t.restart_delay, default_restart_delay),
             restart_delay_max: self.restart_delay_max.or(t.restart_delay_max).map(|h| h.0),
+            failure_threshold: self.failure_threshold.or(t.failure_threshold).unwrap_or(1),
+            success_threshold: self.success_threshold.or(t.success_threshold).unwrap_or(1),
             poll_looks_alive: self.poll_looks_alive.or(t.poll_looks_alive),
         }
     }
@@ -218,6 +238,7 @@ impl ResourceProps {
             retry_period_on_failure: self.retry_period_on_failure,
             restart_delay: self.restart_delay,
             restart_delay_max: self.restart_delay_max,
+            failure_threshold: self.failure_threshold,
             provides_failure_signal,
             poll_looks_alive: self.poll_looks_alive,
         }

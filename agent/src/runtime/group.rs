@@ -461,6 +461,8 @@ impl GroupTask {
             } => self.workers[resource.0].send(WorkerCommand::Monitor { looks_alive }),
             Effect::Unmonitor(r) => self.workers[r.0].send(WorkerCommand::Unmonitor),
             Effect::RunIsAlive(r) => self.workers[r.0].send(WorkerCommand::RunIsAlive),
+            // The failed check is already an event (`probe_failed`); it is not yet a failure.
+            Effect::CheckFailureCounted { .. } => {}
             Effect::RestartScheduled {
                 resource,
                 restarts_in_period,

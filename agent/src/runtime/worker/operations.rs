@@ -160,6 +160,7 @@ async fn online_by_checking(
     let end = cx.props.pending_timeout.duration().map(|p| started + p);
     let check_timeout = cx.props.check_timeout;
     let mut attempt = 0;
+    let mut passed = 0;
     let outcome = loop {
         let now = tokio::time::Instant::now();
         let budget = end.map_or(check_timeout, |end| {
@@ -168,10 +169,29 @@ async fn online_by_checking(
         attempt += 1;
         progress.reset();
         let failure = match within(budget, resource.online(progress)).await {
-            Some(Ok(())) => break Ok(()),
+            // `success_threshold` passes in a row (HAProxy's rise), the next one a pause later.
+            Some(Ok(())) => {
+                passed += 1;
+                if passed >= cx.props.success_threshold {
+                    break Ok(());
+                }
+                let next = tokio::time::Instant::now() + RETRY.min(check_timeout);
+                if end.is_some_and(|end| next >= end) {
+                    break Err(Failure::new(
+                        resmon_policies::FailureReason::NotReady,
+                        format!(
+                            "{passed} of success_threshold {} attempts passed in a row before pending_timeout",
+                            cx.props.success_threshold
+                        ),
+                    ));
+                }
+                tokio::time::sleep_until(next).await;
+                continue;
+            }
             Some(Err(failure)) => failure,
             None => progress.timed_out(&format!("check_timeout {}", HumanDuration(budget))),
         };
+        passed = 0;
         OnlineAttemptFailed {
             group: cx.group(),
             resource: cx.name(),
