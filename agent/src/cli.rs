@@ -638,6 +638,12 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
             if r.needs_admin {
                 state.push_str(" (needs admin)");
             }
+            // Waiting out its restart delay, or its retry period.
+            if let Some(at) = r.restart_at {
+                state.push_str(&format!(" (restart in {})", human((at - now).max(0.0))));
+            } else if let Some(at) = r.retry_at {
+                state.push_str(&format!(" (retry in {})", human((at - now).max(0.0))));
+            }
             rows.push(vec![
                 g.name.clone(),
                 r.name.clone(),
@@ -693,5 +699,51 @@ fn plural(n: usize, noun: &str) -> String {
         format!("{n} {noun}")
     } else {
         format!("{n} {noun}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::status::{CheckStatus, GroupStatus, ResourceStatus};
+
+    #[test]
+    fn the_table_says_when_a_failed_resource_restarts_or_retries() {
+        let resource =
+            |name: &str, restart_at: Option<f64>, retry_at: Option<f64>| ResourceStatus {
+                name: name.into(),
+                r#type: "tcp".into(),
+                state: resmon_policies::State::Failed,
+                since: 100.0,
+                cause: "is_alive_failed:refused".into(),
+                pending: None,
+                depends_on: Vec::new(),
+                restarts_total: 1,
+                restarts_in_period: 1,
+                restart_threshold: 3,
+                retry_at,
+                restart_at,
+                needs_admin: false,
+                looks_alive: CheckStatus::default(),
+                is_alive: CheckStatus::default(),
+                online_attempt: None,
+            };
+        let status = AgentStatus {
+            node: "n1".into(),
+            version: "0".into(),
+            groups: vec![GroupStatus {
+                name: "g".into(),
+                mode: resmon_policies::GroupMode::Active,
+                owner: Some("n1".into()),
+                resources: vec![
+                    resource("web", Some(130.0), None),
+                    resource("db", None, Some(700.0)),
+                ],
+            }],
+            cluster: Default::default(),
+        };
+        let table = render_table(&status, 100.0);
+        assert!(table.contains("failed (restart in 30s)"), "{table}");
+        assert!(table.contains("failed (retry in 10m)"), "{table}");
     }
 }
