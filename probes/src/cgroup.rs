@@ -24,7 +24,10 @@ impl Cgroup {
     /// resource, and the same after an agent restart), below the agent's own. Not created
     /// yet: see [`Cgroup::create`].
     pub fn for_resource(key: &Path) -> Result<Cgroup, String> {
-        let own = own_cgroup()?;
+        // Where the agent's own cgroup is does not change while it runs: found once, not by each
+        // of thousands of resources at start.
+        static OWN: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+        let own = OWN.get_or_init(own_cgroup).clone()?;
         // A hash keeps two agents on one machine (tests run many) apart; the file name keeps it
         // readable in `systemd-cgls`.
         let hash = key

@@ -220,19 +220,19 @@ impl HttpConfig {
                 ));
             }
         }
-        errors.extend(crate::secret::check_files(
-            "header_files",
-            &self.header_files,
-        ));
-        if let Ok(values) = crate::secret::read_all(&self.header_files) {
-            for (name, value) in values {
-                if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
-                    || hyper::header::HeaderValue::from_str(&value).is_err()
-                {
-                    errors.push((
-                        "header_files",
-                        format!("invalid header {name:?}: a header name or value with characters HTTP does not allow"),
-                    ));
+        // Read once: the files must be readable and hold valid header values.
+        match crate::secret::read_all(&self.header_files) {
+            Err((name, why)) => errors.push(("header_files", format!("{name}: {why}"))),
+            Ok(values) => {
+                for (name, value) in values {
+                    if hyper::header::HeaderName::from_bytes(name.as_bytes()).is_err()
+                        || hyper::header::HeaderValue::from_str(&value).is_err()
+                    {
+                        errors.push((
+                            "header_files",
+                            format!("invalid header {name:?}: a header name or value with characters HTTP does not allow"),
+                        ));
+                    }
                 }
             }
         }

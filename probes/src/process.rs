@@ -270,6 +270,7 @@ impl ProcessResource {
     }
 
     fn spawn(&self) -> Result<Instance, Failure> {
+        let cgroup = self.created_cgroup();
         let argv = &self.config.command.0;
         for dir in [self.pid_file.parent(), self.log_file.parent()]
             .into_iter()
@@ -300,12 +301,7 @@ impl ProcessResource {
         })?;
         let mut env = self.config.env.clone();
         env.extend(secret);
-        let mut cmd = crate::command::child_command(
-            argv,
-            &env,
-            &self.config.run_as(),
-            self.created_cgroup(),
-        )?;
+        let mut cmd = crate::command::child_command(argv, &env, &self.config.run_as(), cgroup)?;
         cmd.stdin(Stdio::null())
             .stdout(log)
             .stderr(log_err)
@@ -332,7 +328,7 @@ impl ProcessResource {
             })?;
         }
         let (tx, rx) = watch::channel(None);
-        let cgroup = self.created_cgroup().cloned();
+        let cgroup = cgroup.cloned();
         tokio::spawn(async move {
             let failure = match child.wait().await {
                 // A leader that exits 0 leaving processes in its cgroup has daemonized: it

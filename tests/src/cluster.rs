@@ -288,7 +288,15 @@ impl Cluster {
 
     /// Waits until the cluster answers a write.
     pub fn wait_healthy(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        assert!(
+            self.answers_writes(Duration::from_secs(30)),
+            "the etcd cluster did not answer a write within 30 s"
+        );
+    }
+
+    /// Whether the cluster (the hub's etcd or the members) answers a write within `timeout`.
+    fn answers_writes(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
             let healthy = Command::new("ip")
                 .args(["netns", "exec", &self.hub, "etcdctl"])
@@ -301,11 +309,11 @@ impl Cluster {
                 .status()
                 .is_ok_and(|s| s.success());
             if healthy {
-                return;
+                return true;
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
-        panic!("the etcd cluster did not answer a write within 30 s");
+        false
     }
 
     /// A node's namespace.
@@ -383,27 +391,12 @@ impl Cluster {
             .spawn()
             .expect("etcd (Debian etcd-server) is installed by the test script");
         *self.etcd.lock().unwrap() = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            let healthy = Command::new("ip")
-                .args(["netns", "exec", &self.hub, "etcdctl"])
-                .arg(format!("--endpoints={}", self.endpoint()))
-                .args(self.etcdctl_tls())
-                .args(["endpoint", "health"])
-                .env("ETCDCTL_API", "3")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success());
-            if healthy {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if !self.answers_writes(Duration::from_secs(20)) {
+            panic!(
+                "etcd did not come up: {}",
+                std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+            );
         }
-        panic!(
-            "etcd did not come up: {}",
-            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-        );
     }
 
     /// Runs `etcdctl` (v3) against the cluster's etcd; panics unless it succeeds.
@@ -648,7 +641,12 @@ fn member_address(k: usize) -> String {
 
 /// Asks the service on the VIP who it is, from the calling thread's network namespace.
 fn ask_vip() -> Option<String> {
-    let address: SocketAddr = format!("{VIP}:{SERVICE_PORT}").parse().unwrap();
+    ask(format!("{VIP}:{SERVICE_PORT}").parse().unwrap())
+}
+
+/// Asks the service at `address` who it is (the body of its answer), from the calling thread's
+/// network namespace.
+pub fn ask(address: SocketAddr) -> Option<String> {
     // On this bridge an answer takes well under a millisecond: a VIP that does not answer in
     // 40 ms counts as not answering, so that the observer keeps its 50 ms cadence.
     let mut s = TcpStream::connect_timeout(&address, Duration::from_millis(40)).ok()?;

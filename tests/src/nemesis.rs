@@ -12,8 +12,8 @@
 use crate::cluster::{play_watchdog, sh, Cluster, Reset};
 use crate::{binary, Agent};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::io::Write;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -383,8 +383,10 @@ fn inject(draw: &Draw, cluster: &Arc<Cluster>, nodes: &mut [Node], groups: usize
                     .ok()
                     .and_then(|t| t.split_whitespace().next()?.parse::<i32>().ok());
                 if let Some(pid) = pid.filter(|p| crate::process_alive(*p)) {
-                    // SAFETY: a signal to a process of the test's own.
-                    unsafe { libc::kill(pid, libc::SIGKILL) };
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid),
+                        nix::sys::signal::Signal::SIGKILL,
+                    );
                 }
             }
         }
@@ -491,7 +493,7 @@ fn observe(
             let address: SocketAddr = format!("{}:{PORT}", vip(g)).parse().unwrap();
             while !stop.load(Ordering::SeqCst) {
                 let tick = Instant::now();
-                let answered = ask(address);
+                let answered = crate::cluster::ask(address).is_some();
                 let mut s = seen.lock().unwrap();
                 if answered {
                     s.last_answer[g] = Some(tick);
@@ -559,11 +561,9 @@ fn enter(netns: &str) {
     enter_fd(&file);
 }
 
-#[allow(unsafe_code)]
 fn enter_fd(file: &std::fs::File) {
-    // SAFETY: setns on a valid descriptor changes only this thread's network namespace.
-    let entered = unsafe { libc::setns(std::os::fd::AsRawFd::as_raw_fd(file), libc::CLONE_NEWNET) };
-    assert_eq!(entered, 0, "enter a network namespace");
+    nix::sched::setns(file, nix::sched::CloneFlags::CLONE_NEWNET)
+        .expect("enter a network namespace");
 }
 
 /// For each VIP, the nodes holding it on an `eth0` that is up with a carrier.
@@ -597,20 +597,6 @@ fn holders<'a>(
         }
     }
     out
-}
-
-/// Whether the service on `address` answers, within 40 ms to connect.
-fn ask(address: SocketAddr) -> bool {
-    let Ok(mut s) = TcpStream::connect_timeout(&address, Duration::from_millis(40)) else {
-        return false;
-    };
-    let _ = s.set_read_timeout(Some(Duration::from_millis(200)));
-    if s.write_all(b"GET / HTTP/1.0\r\n\r\n").is_err() {
-        return false;
-    }
-    let mut response = String::new();
-    let _ = s.read_to_string(&mut response);
-    response.starts_with("HTTP/1.0 200")
 }
 
 impl Report {

@@ -16,6 +16,14 @@ fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// A command line as the inside of a TOML array.
+fn toml_list(argv: &[String]) -> String {
+    argv.iter()
+        .map(|a| format!("{a:?}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn master_pid(pid_file: &std::path::Path) -> Option<i32> {
     std::fs::read_to_string(pid_file).ok()?.trim().parse().ok()
 }
@@ -37,12 +45,7 @@ fn postfix_is_fully_gone_after_offline_and_after_terminate() {
     let postfix = servers::postfix_config(base.path(), &pki);
     let smtp = postfix.port("smtp");
     let pid_file = postfix.dir.join("spool/pid/master.pid");
-    let command = postfix
-        .command
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let command = toml_list(&postfix.command);
     let agent = Agent::start(&format!(
         "[[groups]]\nname = \"mail\"\n\n[[groups.resources]]\nname = \"mta\"\ntype = \"process\"\n\
          command = [{command}]\nready_tcp = \"127.0.0.1:{smtp}\"\n"
@@ -151,12 +154,7 @@ fn a_hung_store_is_restarted_and_its_protocols_come_back() {
     let pki = TestPki::new(base.path());
     let dovecot = servers::dovecot_config(base.path(), &pki);
     let (imap, pop3) = (dovecot.port("imap"), dovecot.port("pop3"));
-    let command = dovecot
-        .command
-        .iter()
-        .map(|a| format!("{a:?}"))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let command = toml_list(&dovecot.command);
     let agent = Agent::start(&format!(
         "[resource_types.process]\nis_alive_interval = \"2s\"\ncheck_timeout = \"1s\"\n\n\
          [resource_types.imap]\nis_alive_interval = \"2s\"\ncheck_timeout = \"1s\"\npending_timeout = \"30s\"\n\n\

@@ -60,20 +60,15 @@ fn main() {
     if let Some(ms) = stop_delay {
         // SIGTERM blocked here, before any thread starts, so that every thread inherits the
         // mask and only the waiting thread takes it.
-        // SAFETY: sigset operations on a local set; sigwait on it.
-        unsafe {
-            let mut set: libc::sigset_t = std::mem::zeroed();
-            libc::sigemptyset(&mut set);
-            libc::sigaddset(&mut set, libc::SIGTERM);
-            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-            let set = set;
-            std::thread::spawn(move || {
-                let mut signal = 0;
-                libc::sigwait(&set, &mut signal);
-                std::thread::sleep(Duration::from_millis(ms));
-                std::process::exit(0);
-            });
-        }
+        use nix::sys::signal::{SigSet, Signal};
+        let mut set = SigSet::empty();
+        set.add(Signal::SIGTERM);
+        set.thread_block().expect("block SIGTERM");
+        std::thread::spawn(move || {
+            let _ = set.wait();
+            std::thread::sleep(Duration::from_millis(ms));
+            std::process::exit(0);
+        });
     }
     if let Some(ms) = exit_after {
         std::thread::spawn(move || {
