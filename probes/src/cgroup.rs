@@ -30,13 +30,7 @@ impl Cgroup {
         let own = OWN.get_or_init(own_cgroup).clone()?;
         // A hash keeps two agents on one machine (tests run many) apart; the file name keeps it
         // readable in `systemd-cgls`.
-        let hash = key
-            .as_os_str()
-            .as_encoded_bytes()
-            .iter()
-            .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
-            });
+        let hash = key_hash(key);
         let stem = key
             .file_stem()
             .map(|s| s.to_string_lossy().into_owned())
@@ -114,6 +108,16 @@ impl Cgroup {
             tokio::time::sleep(POLL).await;
         }
     }
+}
+
+/// A stable hash of a resource's key (FNV-1a): the same in every agent and after restarts.
+pub(crate) fn key_hash(key: &Path) -> u64 {
+    key.as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        })
 }
 
 /// The agent's own cgroup directory in the cgroup v2 hierarchy.

@@ -16,10 +16,13 @@ const KEPT_OUTPUT: usize = 512;
 
 /// How long output is still read once the command has exited: what it wrote is in the pipe by
 /// then; a daemon it started may hold the pipe open for ever.
-const AFTER_EXIT: std::time::Duration = std::time::Duration::from_millis(100);
+pub(crate) const AFTER_EXIT: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Reads `pipe` to its end, keeping its first [`KEPT_OUTPUT`] bytes in `kept`.
-async fn keep_start(pipe: Option<impl tokio::io::AsyncRead + Unpin>, kept: &mut Vec<u8>) {
+pub(crate) async fn keep_start(
+    pipe: Option<impl tokio::io::AsyncRead + Unpin>,
+    kept: &mut Vec<u8>,
+) {
     use tokio::io::AsyncReadExt;
     let Some(mut pipe) = pipe else { return };
     let mut buf = [0u8; 8192];
@@ -247,15 +250,56 @@ pub async fn run(
     .map_err(|e| Failure::new(FailureReason::Spawn, format!("wait for {}: {e}", argv[0])))?;
     let mut text = out;
     text.extend_from_slice(&err);
-    text.truncate(KEPT_OUTPUT);
-    Ok(Finished {
-        code: status.code(),
-        output: if text.is_empty() {
+    Ok(finished(status.code(), text))
+}
+
+/// A [`Finished`] from an exit code and the output kept.
+pub(crate) fn finished(code: Option<i32>, mut output: Vec<u8>) -> Finished {
+    output.truncate(KEPT_OUTPUT);
+    Finished {
+        code,
+        output: if output.is_empty() {
             String::new()
         } else {
-            escape_bytes(&text)
+            escape_bytes(&output)
         },
-    })
+    }
+}
+
+/// The environment of a child that systemd starts: `PATH`, `LANG` and the resource's own
+/// (systemd adds `USER`, `LOGNAME` and `HOME` for a `User=`).
+pub(crate) fn child_env(env: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    let mut all = BTreeMap::from([
+        ("PATH".to_string(), CHILD_PATH.to_string()),
+        (
+            "LANG".to_string(),
+            std::env::var("LANG").unwrap_or_else(|_| "C.UTF-8".to_string()),
+        ),
+    ]);
+    all.extend(env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    all
+}
+
+/// The absolute path of `program` as the child's `PATH` finds it (systemd wants one).
+pub(crate) fn resolve_program(program: &str) -> Result<String, Failure> {
+    if program.contains('/') {
+        return Ok(program.to_string());
+    }
+    CHILD_PATH
+        .split(':')
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| {
+            use std::os::unix::fs::PermissionsExt;
+            path.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+        .map(|path| path.display().to_string())
+        .ok_or_else(|| {
+            Failure::new(
+                FailureReason::Spawn,
+                format!("cannot run {program}: not found in {CHILD_PATH}"),
+            )
+        })
 }
 
 #[cfg(test)]

@@ -7,11 +7,14 @@
 //! dead NFS server) makes the check time out instead of hanging the agent, and the thread that
 //! is still stuck in the kernel is counted by the runtime until it returns.
 
+use crate::command::RunAs;
+use crate::launch::{Launcher, Role};
 use crate::resource::{blocking, Failure, Progress, Resource};
 use crate::resource::{BuildContext, TypeConfig};
 use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::io::{Read, Seek, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -147,14 +150,42 @@ fn mounted(path: &Path) -> Option<(String, String)> {
 pub struct DiskResource {
     config: DiskConfig,
     canary_name: String,
+    /// Runs `mount` and `umount`: outside the agent's sandbox where systemd can (the agent's
+    /// own mount namespace is private, and its system-call filter refuses mounts).
+    launcher: Launcher,
 }
 
 impl DiskResource {
     /// Builds it; `name` tells the canary files of several resources apart.
-    pub fn new(config: DiskConfig, name: &str) -> Self {
+    pub fn new(config: DiskConfig, name: &str, launcher: Launcher) -> Self {
         DiskResource {
             config,
             canary_name: format!(".resmon-canary-{name}"),
+            launcher,
+        }
+    }
+
+    /// Runs `mount` or `umount`; a failure carries what it printed.
+    async fn run(&self, role: Role, argv: Vec<String>) -> Result<(), Failure> {
+        let done = self
+            .launcher
+            .run(role, &argv, &BTreeMap::new(), None, &RunAs::default())
+            .await?;
+        match done.code {
+            Some(0) => Ok(()),
+            code => Err(Failure::new(
+                FailureReason::Io,
+                format!(
+                    "`{}` {} {}",
+                    argv.join(" "),
+                    code.map_or("was killed by a signal".to_string(), |c| format!(
+                        "exited {c}"
+                    )),
+                    done.output
+                )
+                .trim_end()
+                .to_string(),
+            )),
         }
     }
 
@@ -286,59 +317,69 @@ impl DiskResource {
 #[async_trait]
 impl Resource for DiskResource {
     async fn online(&self, progress: &Progress) -> Result<(), Failure> {
-        if let Some(spec) = self.config.mount.clone() {
+        if let Some(spec) = &self.config.mount {
             let path = self.config.path.clone();
-            blocking(progress, move || {
-                if mounted(&path).is_some() {
-                    return Ok(());
+            if mounted(&path).is_none() {
+                // Made by a child too: the agent's own view of the system is read-only.
+                if !path.exists() {
+                    let mkdir = vec![
+                        "mkdir".to_string(),
+                        "-p".into(),
+                        "--".into(),
+                        path.display().to_string(),
+                    ];
+                    self.run(Role::Start, mkdir).await?;
                 }
-                std::fs::create_dir_all(&path).map_err(|e| Failure::from_io("mkdir", &e))?;
-                nix::mount::mount(
-                    Some(spec.source.as_str()),
-                    &path,
-                    Some(spec.fstype.as_str()),
-                    nix::mount::MsFlags::empty(),
-                    spec.options.as_deref(),
-                )
-                .map_err(|e| {
-                    Failure::new(
-                        FailureReason::Io,
-                        format!("mount {} on {}: {e}", spec.source, path.display()),
-                    )
-                })
-            })
-            .await?;
+                let mut argv = vec!["mount".to_string(), "-t".into(), spec.fstype.clone()];
+                if let Some(options) = &spec.options {
+                    argv.extend(["-o".to_string(), options.clone()]);
+                }
+                argv.extend([
+                    "--".to_string(),
+                    spec.source.clone(),
+                    path.display().to_string(),
+                ]);
+                self.run(Role::Start, argv).await?;
+            }
         }
         self.is_alive(progress).await
     }
 
     async fn offline(&self) -> Result<(), Failure> {
-        if self.config.mount.is_none() {
+        if self.config.mount.is_none() || mounted(&self.config.path).is_none() {
             return Ok(());
         }
-        let path = self.config.path.clone();
-        blocking(&Progress::default(), move || {
-            if mounted(&path).is_none() {
-                return Ok(());
-            }
-            nix::mount::umount(&path).map_err(|e| {
-                Failure::new(FailureReason::Io, format!("umount {}: {e}", path.display()))
-            })
-        })
-        .await
+        self.run(
+            Role::Stop,
+            vec![
+                "umount".to_string(),
+                "--".into(),
+                self.config.path.display().to_string(),
+            ],
+        )
+        .await?;
+        self.launcher.release().await
     }
 
     async fn terminate(&self) -> Result<(), Failure> {
         if self.config.mount.is_none() {
             return Ok(());
         }
-        let path = self.config.path.clone();
-        blocking(&Progress::default(), move || {
-            // A lazy unmount: nothing more forceful exists, and it cannot hang on busy files.
-            let _ = nix::mount::umount2(&path, nix::mount::MntFlags::MNT_DETACH);
-            Ok(())
-        })
-        .await
+        if mounted(&self.config.path).is_none() {
+            return Ok(());
+        }
+        // A lazy unmount: nothing more forceful exists, and it cannot hang on busy files.
+        self.run(
+            Role::Stop,
+            vec![
+                "umount".to_string(),
+                "--lazy".into(),
+                "--".into(),
+                self.config.path.display().to_string(),
+            ],
+        )
+        .await?;
+        self.launcher.release().await
     }
 
     async fn looks_alive(&self, progress: &Progress) -> Result<(), Failure> {
@@ -367,7 +408,7 @@ impl TypeConfig for DiskConfig {
     const NAME: &'static str = "disk";
 
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
-        Arc::new(DiskResource::new(self.clone(), &cx.resource))
+        Arc::new(DiskResource::new(self.clone(), &cx.resource, cx.launcher()))
     }
 }
 
@@ -389,10 +430,15 @@ mod tests {
         let r = DiskResource::new(
             toml::from_str(&format!("path = {:?}", dir.path().display().to_string())).unwrap(),
             "t",
+            Launcher::new(crate::launch::Children::Fork, "t".into()),
         );
         let f = r.looks_alive(&Progress::default()).await.unwrap_err();
         assert_eq!(f.reason, FailureReason::NotRunning, "{f}");
-        let root = DiskResource::new(toml::from_str("path = \"/\"\ncanary = false").unwrap(), "t");
+        let root = DiskResource::new(
+            toml::from_str("path = \"/\"\ncanary = false").unwrap(),
+            "t",
+            Launcher::new(crate::launch::Children::Fork, "t".into()),
+        );
         let progress = Progress::default();
         root.is_alive(&progress).await.unwrap();
         let (free, size) = progress.space().unwrap();

@@ -2,7 +2,8 @@
 //! `start` and `stop` are online and offline when given (without them the resource only
 //! watches). Terminate runs `stop` too: there is nothing more forceful to know about.
 
-use crate::command::{run, RunAs};
+use crate::command::RunAs;
+use crate::launch::{Launcher, Role};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
 use crate::secret::Secrets;
@@ -61,15 +62,22 @@ impl ExecConfig {
 /// A resource run by scripts.
 pub struct ExecResource {
     config: ExecConfig,
+    /// Runs `start` and `stop` outside the agent's sandbox where systemd can.
+    launcher: Launcher,
 }
 
 impl ExecResource {
     /// Builds it from its config.
-    pub fn new(config: ExecConfig) -> Self {
-        ExecResource { config }
+    pub fn new(config: ExecConfig, launcher: Launcher) -> Self {
+        ExecResource { config, launcher }
     }
 
-    async fn script(&self, what: &str, argv: &Argv, failure: FailureReason) -> Result<(), Failure> {
+    async fn script(&self, role: Role, argv: &Argv, failure: FailureReason) -> Result<(), Failure> {
+        let what = match role {
+            Role::Start => "start",
+            Role::Stop => "stop",
+            Role::Check => "check",
+        };
         let secret = crate::secret::read_all(&self.config.env_files).map_err(|(name, why)| {
             Failure::new(FailureReason::Spawn, format!("env_files {name}: {why}"))
         })?;
@@ -77,13 +85,16 @@ impl ExecResource {
         let secrets = Secrets::new(secret.values().cloned());
         let mut env = self.config.env.clone();
         env.extend(secret);
-        let done = run(
-            &argv.0,
-            &env,
-            self.config.cwd.as_deref(),
-            &self.config.run_as(),
-        )
-        .await?;
+        let done = self
+            .launcher
+            .run(
+                role,
+                &argv.0,
+                &env,
+                self.config.cwd.as_deref(),
+                &self.config.run_as(),
+            )
+            .await?;
         match done.code {
             Some(0) => Ok(()),
             code => Err(secrets.failure(Failure::new(
@@ -107,30 +118,37 @@ impl ExecResource {
 impl Resource for ExecResource {
     async fn online(&self, _: &Progress) -> Result<(), Failure> {
         if let Some(start) = &self.config.start {
-            self.script("start", start, FailureReason::Exited).await?;
+            self.script(Role::Start, start, FailureReason::Exited)
+                .await?;
         }
-        self.script("check", &self.config.check, FailureReason::NotReady)
+        self.script(Role::Check, &self.config.check, FailureReason::NotReady)
             .await
     }
 
     async fn offline(&self) -> Result<(), Failure> {
-        match &self.config.stop {
-            Some(stop) => self.script("stop", stop, FailureReason::Exited).await,
-            None => Ok(()),
+        if let Some(stop) = &self.config.stop {
+            self.script(Role::Stop, stop, FailureReason::Exited).await?;
         }
+        // What the start left running goes with it.
+        self.launcher.release().await
     }
 
     async fn terminate(&self) -> Result<(), Failure> {
-        self.offline().await
+        // The start's processes first, so a stop script cannot hang on them.
+        let released = self.launcher.release().await;
+        if let Some(stop) = &self.config.stop {
+            self.script(Role::Stop, stop, FailureReason::Exited).await?;
+        }
+        released
     }
 
     async fn looks_alive(&self, _: &Progress) -> Result<(), Failure> {
-        self.script("check", &self.config.check, FailureReason::NotRunning)
+        self.script(Role::Check, &self.config.check, FailureReason::NotRunning)
             .await
     }
 
     async fn is_alive(&self, _: &Progress) -> Result<(), Failure> {
-        self.script("check", &self.config.check, FailureReason::NotRunning)
+        self.script(Role::Check, &self.config.check, FailureReason::NotRunning)
             .await
     }
 }
@@ -152,14 +170,15 @@ impl TypeConfig for ExecConfig {
         self.stop.is_some()
     }
 
-    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
-        Arc::new(ExecResource::new(self.clone()))
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(ExecResource::new(self.clone(), cx.launcher()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::launch::Children;
 
     #[tokio::test]
     async fn the_exit_code_is_the_answer() {
@@ -170,7 +189,7 @@ mod tests {
             f = flag.display().to_string()
         ))
         .unwrap();
-        let r = ExecResource::new(c);
+        let r = ExecResource::new(c, Launcher::new(Children::Fork, "t".into()));
         let f = r.is_alive(&Progress::default()).await.unwrap_err();
         assert_eq!(f.reason, FailureReason::NotRunning);
         assert!(f.detail.contains("exited 1"), "{f}");
@@ -191,7 +210,7 @@ mod tests {
         ))
         .unwrap();
         assert!(TypeConfig::validate(&c).is_empty());
-        let f = ExecResource::new(c)
+        let f = ExecResource::new(c, Launcher::new(Children::Fork, "t".into()))
             .is_alive(&Progress::default())
             .await
             .unwrap_err();
@@ -203,7 +222,7 @@ mod tests {
     async fn output_explains_a_failure() {
         let c: ExecConfig =
             toml::from_str("check = [\"sh\", \"-c\", \"echo disk is full >&2; exit 3\"]").unwrap();
-        let f = ExecResource::new(c)
+        let f = ExecResource::new(c, Launcher::new(Children::Fork, "t".into()))
             .is_alive(&Progress::default())
             .await
             .unwrap_err();

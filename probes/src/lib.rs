@@ -24,8 +24,10 @@
 //! - [`http`]: an HTTP GET or HEAD, plain or TLS.
 //! - [`ip`]: an address on an interface (rtnetlink), announced by gratuitous ARP or
 //!   unsolicited neighbour advertisement, with a netlink failure signal.
-//! - [`service`]: a systemd unit over D-Bus (zbus), with its PropertiesChanged as the failure
-//!   signal.
+//! - [`service`]: a systemd unit over D-Bus, with its PropertiesChanged as the failure signal;
+//!   [`systemd`]: the D-Bus driver of a unit, shared with transient units.
+//! - [`launch`]: where children run: transient units of systemd (outside the agent's sandbox)
+//!   or forked by the agent.
 //! - [`network_name`]: a name that must resolve to the group's address (hickory).
 //! - [`disk`]: a mounted filesystem with room to work (blocking calls on blocking threads).
 //! - [`exec`]: scripts whose exit code is the answer; [`ocf`]: existing OCF resource agents;
@@ -48,6 +50,7 @@ pub mod exec;
 pub mod health;
 pub mod http;
 pub mod ip;
+pub mod launch;
 pub mod mail;
 pub mod net;
 pub mod network_name;
@@ -57,6 +60,7 @@ pub mod registry;
 pub mod resource;
 pub mod secret;
 pub mod service;
+pub mod systemd;
 pub mod tcp;
 pub mod tls;
 pub mod values;

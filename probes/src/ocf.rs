@@ -9,7 +9,8 @@
 //!   name in the detail (1 generic error, 2 invalid argument, 3 unimplemented, 4 insufficient
 //!   privileges, 5 not installed, 6 not configured, 8/9 promoted states).
 
-use crate::command::{run, RunAs};
+use crate::command::RunAs;
+use crate::launch::{Launcher, Role};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
 use crate::secret::Secrets;
@@ -114,6 +115,8 @@ impl OcfConfig {
 pub struct OcfResource {
     config: OcfConfig,
     name: String,
+    /// Runs `start` and `stop` outside the agent's sandbox where systemd can.
+    launcher: Launcher,
 }
 
 /// The OCF name of an exit code.
@@ -135,10 +138,11 @@ pub fn ocf_meaning(code: i32) -> &'static str {
 
 impl OcfResource {
     /// Builds it; `name` becomes `OCF_RESOURCE_INSTANCE`.
-    pub fn new(config: OcfConfig, name: &str) -> Self {
+    pub fn new(config: OcfConfig, name: &str, launcher: Launcher) -> Self {
         OcfResource {
             config,
             name: name.to_string(),
+            launcher,
         }
     }
 
@@ -180,7 +184,15 @@ impl OcfResource {
             env.insert("OCF_CHECK_LEVEL".into(), depth.to_string());
         }
         let argv = vec![script.display().to_string(), action.to_string()];
-        let done = run(&argv, &env, None, &self.config.run_as()).await?;
+        let role = match action {
+            "start" => Role::Start,
+            "stop" => Role::Stop,
+            _ => Role::Check,
+        };
+        let done = self
+            .launcher
+            .run(role, &argv, &env, None, &self.config.run_as())
+            .await?;
         let code = done.code.ok_or_else(|| {
             Failure::new(
                 FailureReason::Killed,
@@ -230,14 +242,18 @@ impl Resource for OcfResource {
 
     async fn offline(&self) -> Result<(), Failure> {
         match self.action("stop", None).await? {
-            // Stopping what is not running is a success in OCF.
-            (0 | 7, _) => Ok(()),
+            // Stopping what is not running is a success in OCF; what the start left running
+            // goes with it.
+            (0 | 7, _) => self.launcher.release().await,
             (code, out) => Err(self.failed("stop", code, &out, FailureReason::Exited)),
         }
     }
 
     async fn terminate(&self) -> Result<(), Failure> {
-        self.offline().await
+        // The start's processes first, so the stop action cannot hang on them.
+        let released = self.launcher.release().await;
+        self.offline().await?;
+        released
     }
 
     async fn looks_alive(&self, _: &Progress) -> Result<(), Failure> {
@@ -265,7 +281,7 @@ impl TypeConfig for OcfConfig {
     }
 
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
-        Arc::new(OcfResource::new(self.clone(), &cx.resource))
+        Arc::new(OcfResource::new(self.clone(), &cx.resource, cx.launcher()))
     }
 }
 
@@ -310,7 +326,11 @@ esac
         ))
         .unwrap();
         assert!(c.validate().is_empty());
-        let r = OcfResource::new(c, "flag");
+        let r = OcfResource::new(
+            c,
+            "flag",
+            Launcher::new(crate::launch::Children::Fork, "t".into()),
+        );
         let f = r.is_alive(&Progress::default()).await.unwrap_err();
         assert_eq!(f.reason, FailureReason::NotRunning);
         assert!(f.detail.contains("OCF_NOT_RUNNING (7)"), "{f}");

@@ -353,9 +353,21 @@ pub struct BuildContext {
     /// The resource's `check_timeout`: it also bounds the checks a type runs inside an
     /// operation (a readiness check while coming online).
     pub check_timeout: std::time::Duration,
+    /// Where the children that change the system run (`[agent] children`, resolved).
+    pub children: crate::launch::Children,
 }
 
 impl BuildContext {
+    /// The stem of this resource's transient unit names.
+    pub fn unit_stem(&self) -> String {
+        crate::launch::unit_stem(&self.state_file("unit"))
+    }
+
+    /// Where this resource's start and stop commands run.
+    pub fn launcher(&self) -> crate::launch::Launcher {
+        crate::launch::Launcher::new(self.children.clone(), self.unit_stem())
+    }
+
     /// A file of this resource's under the state directory: `<state_dir>/<group>/<resource>.<ext>`.
     pub fn state_file(&self, extension: &str) -> PathBuf {
         self.state_dir

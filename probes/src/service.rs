@@ -15,111 +15,17 @@
 //!
 //! The bus is the system bus by default, or `bus = "session"` (the agent's
 //! `DBUS_SESSION_BUS_ADDRESS`), or an explicit address (`"unix:path=/run/user/1000/bus"`).
-//! One connection per resource, made on first use and made again after the bus goes away;
-//! systemd sends unit signals only to subscribed clients, so every connection subscribes.
+//! The D-Bus side is [`crate::systemd`]'s, shared with the transient units of `process`.
 
 use crate::health::{Checker, HealthCheck};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource, Stage};
+use crate::systemd::UnitDriver;
 use async_trait::async_trait;
-use futures::StreamExt;
-use resmon_policies::FailureReason;
-use serde::{Deserialize, Deserializer};
-use std::fmt;
+use serde::Deserialize;
 use std::sync::Arc;
-use std::sync::Mutex;
-use zbus::proxy::CacheProperties;
-use zbus::zvariant::OwnedObjectPath;
-use zbus::Connection;
 
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Manager",
-    default_service = "org.freedesktop.systemd1",
-    default_path = "/org/freedesktop/systemd1"
-)]
-trait Manager {
-    fn start_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
-    fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
-    fn load_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
-    fn subscribe(&self) -> zbus::Result<()>;
-    #[zbus(signal)]
-    fn job_removed(
-        &self,
-        id: u32,
-        job: OwnedObjectPath,
-        unit: String,
-        result: String,
-    ) -> zbus::Result<()>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Unit",
-    default_service = "org.freedesktop.systemd1"
-)]
-trait Unit {
-    #[zbus(property)]
-    fn active_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn sub_state(&self) -> zbus::Result<String>;
-    #[zbus(property)]
-    fn load_state(&self) -> zbus::Result<String>;
-}
-
-#[zbus::proxy(
-    interface = "org.freedesktop.systemd1.Service",
-    default_service = "org.freedesktop.systemd1"
-)]
-trait ServiceUnit {
-    #[zbus(property, name = "MainPID")]
-    fn main_pid(&self) -> zbus::Result<u32>;
-    #[zbus(property)]
-    fn result(&self) -> zbus::Result<String>;
-}
-
-/// Which D-Bus the service manager is on.
-#[derive(Clone, Debug, PartialEq, Eq, Default)]
-pub enum Bus {
-    /// The system bus: the system's systemd.
-    #[default]
-    System,
-    /// The session bus of the agent's environment: a user's systemd.
-    Session,
-    /// A bus address, such as `unix:path=/run/user/1000/bus`.
-    Address(String),
-}
-
-impl std::str::FromStr for Bus {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "system" => Ok(Bus::System),
-            "session" => Ok(Bus::Session),
-            a if a.contains(':') && a.contains('=') => Ok(Bus::Address(a.to_string())),
-            _ => Err(format!(
-                "invalid bus {s:?}: \"system\", \"session\" or a D-Bus address such as \"unix:path=/run/user/1000/bus\""
-            )),
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Bus {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        String::deserialize(d)?
-            .parse()
-            .map_err(serde::de::Error::custom)
-    }
-}
-
-impl fmt::Display for Bus {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Bus::System => f.write_str("system"),
-            Bus::Session => f.write_str("session"),
-            Bus::Address(a) => f.write_str(a),
-        }
-    }
-}
+pub use crate::systemd::Bus;
 
 /// Private properties of a `service` resource.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -162,29 +68,9 @@ impl ServiceConfig {
 
 /// A systemd unit.
 pub struct ServiceResource {
-    config: ServiceConfig,
-    connection: Mutex<Option<Connection>>,
+    unit: UnitDriver,
     /// Its protocol check, if configured.
     check: Option<Checker>,
-}
-
-fn bus_failure(context: &str, err: zbus::Error) -> Failure {
-    let reason = match &err {
-        zbus::Error::MethodError(name, _, _) if name.as_str().ends_with("NoSuchUnit") => {
-            FailureReason::NotRunning
-        }
-        zbus::Error::InputOutput(_) => FailureReason::Io,
-        _ => FailureReason::Io,
-    };
-    Failure::new(reason, format!("{context}: {err}"))
-}
-
-/// States the unit passes through on its way somewhere: not a verdict yet.
-fn in_transition(sub_state: &str) -> bool {
-    matches!(
-        sub_state,
-        "start-pre" | "start" | "start-post" | "auto-restart" | "reload" | "condition"
-    )
 }
 
 impl ServiceResource {
@@ -192,203 +78,22 @@ impl ServiceResource {
     pub fn new(config: ServiceConfig, cx: &BuildContext) -> Self {
         ServiceResource {
             check: config.check.as_ref().map(|c| c.build(cx)),
-            config,
-            connection: Mutex::new(None),
+            unit: UnitDriver::new(config.unit, config.bus),
         }
-    }
-
-    /// Its protocol check while coming online: tried every 100 ms, each under check_timeout,
-    /// until it passes (the runtime bounds the whole online by pending_timeout).
-    async fn wait_ready(&self) -> Result<(), Failure> {
-        let Some(check) = &self.check else {
-            return Ok(());
-        };
-        loop {
-            match check.ready().await {
-                Ok(()) => return Ok(()),
-                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
-            }
-        }
-    }
-
-    fn unit(&self) -> &str {
-        &self.config.unit
-    }
-
-    async fn connection(&self) -> Result<Connection, Failure> {
-        if let Some(c) = self
-            .connection
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone()
-        {
-            return Ok(c);
-        }
-        let connecting = match &self.config.bus {
-            Bus::System => Connection::system().await,
-            Bus::Session => Connection::session().await,
-            Bus::Address(a) => match zbus::connection::Builder::address(a.as_str()) {
-                Ok(b) => b.build().await,
-                Err(e) => Err(e),
-            },
-        };
-        let connection = connecting
-            .map_err(|e| bus_failure(&format!("connect to the {} bus", self.config.bus), e))?;
-        ManagerProxy::new(&connection)
-            .await
-            .map_err(|e| bus_failure("reach systemd", e))?
-            .subscribe()
-            .await
-            .map_err(|e| bus_failure("subscribe to systemd's signals", e))?;
-        *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = Some(connection.clone());
-        Ok(connection)
-    }
-
-    /// Forgets a connection that failed, so that the next call makes a new one.
-    fn forget(&self, failure: Failure) -> Failure {
-        if failure.reason == FailureReason::Io {
-            *self.connection.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        }
-        failure
-    }
-
-    async fn manager(&self) -> Result<ManagerProxy<'static>, Failure> {
-        let connection = self.connection().await?;
-        ManagerProxy::new(&connection)
-            .await
-            .map_err(|e| self.forget(bus_failure("reach systemd", e)))
-    }
-
-    async fn unit_path(&self, manager: &ManagerProxy<'_>) -> Result<OwnedObjectPath, Failure> {
-        manager
-            .load_unit(self.unit())
-            .await
-            .map_err(|e| self.forget(bus_failure(&format!("load {}", self.unit()), e)))
-    }
-
-    /// The unit's state, read fresh (never from a cache).
-    async fn state(&self, path: &OwnedObjectPath) -> Result<UnitState, Failure> {
-        let connection = self.connection().await?;
-        let read = async {
-            let unit = UnitProxy::builder(&connection)
-                .path(path.clone())?
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            let service = ServiceUnitProxy::builder(&connection)
-                .path(path.clone())?
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await?;
-            let load = unit.load_state().await?;
-            let active = unit.active_state().await?;
-            let sub = unit.sub_state().await?;
-            let is_service = self.unit().ends_with(".service");
-            let (main_pid, result) = if is_service {
-                (service.main_pid().await?, service.result().await?)
-            } else {
-                (0, String::new())
-            };
-            Ok::<_, zbus::Error>(UnitState {
-                load,
-                active,
-                sub,
-                main_pid,
-                result,
-                is_service,
-            })
-        };
-        read.await
-            .map_err(|e| self.forget(bus_failure(&format!("read {}", self.unit()), e)))
-    }
-
-    /// Runs a job (start or stop) and waits for systemd to remove it; returns its result.
-    async fn run_job(&self, start: bool) -> Result<String, Failure> {
-        let manager = self.manager().await?;
-        // Listening before the job exists: a quick job cannot finish unseen.
-        let mut removed = manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| self.forget(bus_failure("listen for systemd's jobs", e)))?;
-        let verb = if start { "start" } else { "stop" };
-        let job = if start {
-            manager.start_unit(self.unit(), "replace").await
-        } else {
-            manager.stop_unit(self.unit(), "replace").await
-        }
-        .map_err(|e| self.forget(bus_failure(&format!("{verb} {}", self.unit()), e)))?;
-        while let Some(signal) = removed.next().await {
-            let Ok(args) = signal.args() else { continue };
-            if args.job == job {
-                return Ok(args.result);
-            }
-        }
-        Err(self.forget(Failure::new(
-            FailureReason::Io,
-            format!(
-                "the bus closed while waiting for the {verb} job of {}",
-                self.unit()
-            ),
-        )))
-    }
-
-    async fn check(&self, thorough: bool) -> Result<(), Failure> {
-        let manager = self.manager().await?;
-        let path = self.unit_path(&manager).await?;
-        let state = self.state(&path).await?;
-        state.verdict(self.unit(), thorough)
     }
 }
 
-/// What systemd says about a unit.
-#[derive(Debug)]
-struct UnitState {
-    load: String,
-    active: String,
-    sub: String,
-    main_pid: u32,
-    result: String,
-    is_service: bool,
-}
-
-impl UnitState {
-    fn verdict(&self, unit: &str, thorough: bool) -> Result<(), Failure> {
-        if self.load == "not-found" {
-            return Err(Failure::new(
-                FailureReason::NotRunning,
-                format!("{unit}: no such unit"),
-            ));
+/// A protocol check while coming online: tried every 100 ms, each under check_timeout, until
+/// it passes (the runtime bounds the whole online by pending_timeout).
+pub(crate) async fn wait_ready(check: Option<&Checker>) -> Result<(), Failure> {
+    let Some(check) = check else {
+        return Ok(());
+    };
+    loop {
+        match check.ready().await {
+            Ok(()) => return Ok(()),
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
         }
-        match self.active.as_str() {
-            "active" | "reloading" => {}
-            "failed" => {
-                return Err(Failure::new(
-                    FailureReason::UnitFailed,
-                    format!("{unit} failed (result {})", self.result),
-                ))
-            }
-            other => {
-                return Err(Failure::new(
-                    FailureReason::NotRunning,
-                    format!("{unit} is {other} ({})", self.sub),
-                ))
-            }
-        }
-        if thorough {
-            if in_transition(&self.sub) {
-                return Err(Failure::new(
-                    FailureReason::NotRunning,
-                    format!("{unit} is active but {}", self.sub),
-                ));
-            }
-            if self.is_service && self.sub == "running" && self.main_pid == 0 {
-                return Err(Failure::new(
-                    FailureReason::NotRunning,
-                    format!("{unit} is running without a main process"),
-                ));
-            }
-        }
-        Ok(())
     }
 }
 
@@ -396,58 +101,24 @@ impl UnitState {
 impl Resource for ServiceResource {
     async fn online(&self, progress: &Progress) -> Result<(), Failure> {
         progress.stage(Stage::Exchange);
-        let result = self.run_job(true).await?;
-        let manager = self.manager().await?;
-        let path = self.unit_path(&manager).await?;
-        let state = self.state(&path).await?;
-        if result != "done" && state.active != "active" {
-            return Err(Failure::new(
-                if state.active == "failed" {
-                    FailureReason::UnitFailed
-                } else {
-                    FailureReason::NotRunning
-                },
-                format!(
-                    "start job of {} ended {result}; the unit is {} (result {})",
-                    self.unit(),
-                    state.active,
-                    state.result
-                ),
-            ));
-        }
-        state.verdict(self.unit(), false)?;
-        self.wait_ready().await
+        self.unit.start(None).await?;
+        wait_ready(self.check.as_ref()).await
     }
 
     async fn offline(&self) -> Result<(), Failure> {
-        match self.run_job(false).await {
-            Ok(_) => Ok(()),
-            Err(f) if f.reason == FailureReason::NotRunning => Ok(()),
-            Err(f) => Err(f),
-        }
+        self.unit.stop().await
     }
 
     async fn terminate(&self) -> Result<(), Failure> {
-        let manager = self.manager().await?;
-        match manager.kill_unit(self.unit(), "all", libc::SIGKILL).await {
-            Ok(()) => {}
-            Err(e) => {
-                let failure = bus_failure(&format!("kill {}", self.unit()), e);
-                // Nothing running is nothing to kill.
-                if failure.reason != FailureReason::NotRunning && !failure.detail.contains("not") {
-                    return Err(self.forget(failure));
-                }
-            }
-        }
-        self.offline().await
+        self.unit.kill().await
     }
 
     async fn looks_alive(&self, _progress: &Progress) -> Result<(), Failure> {
-        self.check(false).await
+        self.unit.check(false).await
     }
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
-        self.check(true).await?;
+        self.unit.check(true).await?;
         match &self.check {
             Some(check) => check.is_alive(progress).await,
             None => Ok(()),
@@ -459,55 +130,7 @@ impl Resource for ServiceResource {
     }
 
     async fn failure(&self) -> Failure {
-        let watch = async {
-            let manager = self.manager().await?;
-            let path = self.unit_path(&manager).await?;
-            let connection = self.connection().await?;
-            let properties = zbus::fdo::PropertiesProxy::builder(&connection)
-                .destination("org.freedesktop.systemd1")
-                .and_then(|b| b.path(path.clone()))
-                .map_err(|e| bus_failure("watch the unit", e))?
-                .cache_properties(CacheProperties::No)
-                .build()
-                .await
-                .map_err(|e| self.forget(bus_failure("watch the unit", e)))?;
-            let mut changes = properties
-                .receive_properties_changed()
-                .await
-                .map_err(|e| self.forget(bus_failure("watch the unit", e)))?;
-            // Subscribed first, then looked: a change in between is not missed.
-            loop {
-                let state = self.state(&path).await?;
-                match state.active.as_str() {
-                    "active" | "reloading" | "activating" => {}
-                    "failed" => {
-                        return Ok(Failure::new(
-                            FailureReason::UnitFailed,
-                            format!("{} failed (result {})", self.unit(), state.result),
-                        ))
-                    }
-                    other => {
-                        return Ok(Failure::new(
-                            FailureReason::NotRunning,
-                            format!(
-                                "{} went {other} ({}) outside resmon",
-                                self.unit(),
-                                state.sub
-                            ),
-                        ))
-                    }
-                }
-                if changes.next().await.is_none() {
-                    return Err(self.forget(Failure::new(
-                        FailureReason::Io,
-                        "the bus closed while watching the unit",
-                    )));
-                }
-            }
-        };
-        match watch.await {
-            Ok(f) | Err(f) => f,
-        }
+        self.unit.failure().await
     }
 }
 
@@ -532,6 +155,7 @@ impl TypeConfig for ServiceConfig {
 mod tests {
     use super::*;
     use crate::testing::UserManager;
+    use resmon_policies::FailureReason;
     use std::time::Duration;
 
     fn cx() -> BuildContext {
@@ -541,6 +165,7 @@ mod tests {
             resource: "s".into(),
             trust: Default::default(),
             check_timeout: Duration::from_secs(2),
+            children: Default::default(),
         }
     }
 

@@ -393,6 +393,18 @@ impl UserManager {
             .expect("run systemctl");
         assert!(status.success(), "systemctl --user {args:?}");
     }
+
+    /// Runs `systemctl --user` against this manager; its standard output.
+    pub fn systemctl_output(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new("systemctl")
+            .arg("--user")
+            .args(args)
+            .env("DBUS_SESSION_BUS_ADDRESS", &self.bus)
+            .env("XDG_RUNTIME_DIR", self.dir.path().join("run"))
+            .output()
+            .expect("run systemctl");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
 }
 
 impl Drop for UserManager {

@@ -25,6 +25,7 @@ pub mod diagnostics;
 mod locate;
 mod props;
 mod read;
+mod sandbox;
 pub mod sections;
 
 use diagnostics::Diagnostics;
@@ -106,6 +107,7 @@ impl GroupConfig {
             resource: resource.name.to_string(),
             trust: trust.clone(),
             check_timeout: resource.props.check_timeout,
+            children: agent.children.resolve(),
         }
     }
 }

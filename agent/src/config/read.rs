@@ -109,6 +109,15 @@ impl RawConfig {
             }
         }
         check_pid_files(&groups, &self.agent.state_dir, cx);
+        for (path, message) in super::sandbox::impossible(
+            &groups,
+            &self.agent.children.resolve(),
+            &self.agent.state_dir,
+            &super::sandbox::Sandbox::current(),
+        ) {
+            cx.error(&path, message);
+            ok = false;
+        }
         if !self.agent.listen.ip().is_loopback() {
             cx.warning(
                 &[Seg::Key("agent".into()), Seg::Key("listen".into())],

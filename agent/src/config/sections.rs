@@ -114,6 +114,12 @@ pub struct AgentConfig {
         deserialize_with = "count_up_to::<_, 256>"
     )]
     pub check_threads: std::num::NonZeroUsize,
+    /// Where a `process`, and the start and stop commands of `exec`, `ocf` and `disk`, run:
+    /// `"auto"` (transient units of the system's systemd when the agent is its service, else
+    /// forked), `"fork"`, or the bus of a systemd (`"system"`, `"session"`, an address). Read
+    /// when the agent starts.
+    #[serde(default)]
+    pub children: resmon_probes::launch::ChildrenSetting,
 }
 
 impl AgentConfig {
@@ -145,6 +151,7 @@ impl AgentConfig {
             &mut new.max_parallel_starts,
             &mut changed,
         );
+        keep("children", &self.children, &mut new.children, &mut changed);
         keep(
             "check_threads",
             &self.check_threads,
@@ -201,6 +208,7 @@ impl Default for AgentConfig {
             control_socket: default_control_socket(),
             max_parallel_starts: default_max_parallel_starts(),
             check_threads: default_check_threads(),
+            children: Default::default(),
         }
     }
 }

@@ -18,6 +18,7 @@ fn every_invalid_fixture_gives_its_exact_messages() {
         ("bad_address.toml", &["error: bad_address.toml:7:1: groups[0].resources[0].address: invalid address \"127.0.0.1\": expected host:port, such as \"127.0.0.1:8080\" or \"[::1]:25\""]),
         ("bad_duration.toml", &["error: bad_duration.toml:2:1: resource_types.tcp.is_alive_interval: invalid duration \"5 parsecs\" (unknown time unit \"parsecs\", supported units: ns, us/µs, ms, sec, min, hours, days, weeks, months, years (and few variations)); write it like \"500ms\", \"5s\", \"1m30s\" or \"1h\""]),
         ("bad_listen.toml", &["error: bad_listen.toml:2:1: agent.listen: invalid listen address \"localhost\": expected ip:port, such as \"127.0.0.1:9477\" or \"[::1]:9477\""]),
+        ("bad_children.toml", &["error: bad_children.toml:2:1: agent.children: invalid children \"forks\": \"auto\", \"fork\", \"system\", \"session\" or a D-Bus address"]),
         ("bad_name.toml", &["error: bad_name.toml:2:1: groups[0].name: invalid name \"vs 1\": use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"]),
         ("cluster_lease.toml", &["error: cluster_lease.toml:2:14: cluster.endpoints[0]: \"10.0.0.1:2379\": write an endpoint as http://host:port or https://host:port", "error: cluster_lease.toml:3:1: cluster.lease_ttl: etcd leases are whole seconds, at least \"2s\""]),
         ("cycle.toml", &["error: cycle.toml:8:1: groups[0].resources[0].depends_on: dependency cycle: a -> c -> b -> a"]),
@@ -49,7 +50,7 @@ fn every_invalid_fixture_gives_its_exact_messages() {
         ("service_unit.toml", &["error: service_unit.toml:7:1: groups[0].resources[0].unit: \"postfix\" is not a unit name: write it in full, such as \"postfix.service\""]),
         ("several_errors.toml", &["error: several_errors.toml:8:1: groups[0].resources[0].bogus: unknown field `bogus`, expected `address` in a tcp resource (or a common key: name, type, depends_on, looks_alive_interval, is_alive_interval, check_timeout, pending_timeout, terminate_timeout, restart_action, restart_threshold, restart_period, retry_period_on_failure, restart_delay, restart_delay_max, failure_threshold, success_threshold, poll_looks_alive)", "error: several_errors.toml:15:1: groups[1].resources[0].type: unknown resource type \"nope\"; known types: process, tcp, smtp, pop3, imap, http, exec, ocf, disk, network_name, ip, service"]),
         ("syntax.toml", &["error: syntax.toml:2:25: invalid TOML: invalid basic string"]),
-        ("unknown_agent_key.toml", &["error: unknown_agent_key.toml:3:1: agent.colour: unknown field `colour`, expected one of `listen`, `node`, `state_dir`, `stop_on_exit`, `control_socket`, `max_parallel_starts`, `check_threads`"]),
+        ("unknown_agent_key.toml", &["error: unknown_agent_key.toml:3:1: agent.colour: unknown field `colour`, expected one of `listen`, `node`, `state_dir`, `stop_on_exit`, `control_socket`, `max_parallel_starts`, `check_threads`, `children`"]),
         ("unknown_dependency.toml", &["error: unknown_dependency.toml:13:21: groups[0].resources[1].depends_on[1]: unknown resource \"store\": group \"vs1\" has ip, smtp"]),
         ("unknown_resource_key.toml", &["error: unknown_resource_key.toml:8:1: groups[0].resources[0].colour: unknown field `colour`, expected `address` in a tcp resource (or a common key: name, type, depends_on, looks_alive_interval, is_alive_interval, check_timeout, pending_timeout, terminate_timeout, restart_action, restart_threshold, restart_period, retry_period_on_failure, restart_delay, restart_delay_max, failure_threshold, success_threshold, poll_looks_alive)"]),
         ("unknown_type.toml", &["error: unknown_type.toml:6:1: groups[0].resources[0].type: unknown resource type \"smtpx\"; known types: process, tcp, smtp, pop3, imap, http, exec, ocf, disk, network_name, ip, service"]),
@@ -342,4 +343,76 @@ fn a_world_readable_resource_secret_file_is_a_warning() {
             "mode {mode:o}: {warnings:?}"
         );
     }
+}
+
+#[test]
+fn what_the_agents_sandbox_makes_impossible_is_an_error_at_its_key() {
+    use super::diagnostics::render_path;
+    use super::sandbox::{impossible, Sandbox};
+    use resmon_probes::launch::Children;
+    let text = r#"
+[[groups]]
+name = "g"
+[[groups.resources]]
+name = "p"
+type = "process"
+command = ["sleep", "60"]
+user = "nobody"
+[[groups.resources]]
+name = "e"
+type = "exec"
+check = ["true"]
+start = ["true"]
+[[groups.resources]]
+name = "watch"
+type = "exec"
+check = ["true"]
+[[groups.resources]]
+name = "d"
+type = "disk"
+path = "/srv/data"
+mount = { source = "tmpfs", fstype = "tmpfs" }
+[[groups.resources]]
+name = "vip"
+type = "ip"
+address = "192.0.2.10/24"
+interface = "eth0"
+"#;
+    let loaded = parse(Path::new("s.toml"), text).unwrap();
+    let state_dir = Path::new("/var/lib/resmon");
+    let found = |children: &Children, sandbox: &Sandbox| -> Vec<String> {
+        impossible(&loaded.config.groups, children, state_dir, sandbox)
+            .into_iter()
+            .map(|(path, message)| format!("{}: {message}", render_path(&path)))
+            .collect()
+    };
+    let confined = Sandbox {
+        confined: true,
+        capabilities: 0,
+    };
+    let inside = "would run inside the agent's own sandbox (a system-call filter, no new privileges): agent.children is \"fork\" while the agent is confined; set agent.children = \"auto\" so that systemd runs it as a transient unit";
+    let net = "groups[0].resources[4].address: the agent lacks CAP_NET_ADMIN (its unit's CapabilityBoundingSet): it could neither add nor remove this address";
+    assert_eq!(
+        found(&Children::Fork, &confined),
+        [
+            format!("groups[0].resources[0].command: {inside}"),
+            "groups[0].resources[0].user: the agent lacks CAP_SETUID or CAP_SETGID (its unit's CapabilityBoundingSet): it cannot start a child as another user".to_string(),
+            format!("groups[0].resources[1].start: {inside}"),
+            format!("groups[0].resources[3].mount: {inside}"),
+            net.to_string(),
+        ]
+    );
+    // Transient units run outside the sandbox: only the agent's own address work remains.
+    assert_eq!(
+        found(&Children::Units(Default::default()), &confined),
+        [net.to_string()]
+    );
+    // Unconfined, with the packaged unit's capabilities: nothing.
+    let packaged = Sandbox {
+        confined: false,
+        capabilities: (1 << 6) | (1 << 7) | (1 << 12),
+    };
+    assert!(found(&Children::Fork, &packaged).is_empty());
+    // This test itself: whatever confines it, the parse above passed.
+    let _ = Sandbox::current();
 }

@@ -21,9 +21,12 @@
 
 #![allow(unsafe_code)] // system calls no safe crate wraps; a SAFETY note at each site
 
+mod unit;
+
 use crate::cgroup::Cgroup;
 use crate::command::RunAs;
 use crate::health::{Checker, HealthCheck};
+use crate::launch::Children;
 use crate::resource::{BuildContext, ConfigError, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
 use crate::values::{AccountName, Argv, HostPort, HumanDuration};
@@ -181,6 +184,10 @@ pub struct ProcessResource {
     cgroup_refused: std::sync::atomic::AtomicBool,
     /// Its protocol check, if configured.
     check: Option<Checker>,
+    /// Set where processes run as transient units of systemd: new instances start there; one
+    /// found forked (started before the agent ran under systemd) is still supervised here
+    /// until it ends.
+    unit: Option<unit::ProcessUnit>,
 }
 
 impl ProcessResource {
@@ -202,7 +209,50 @@ impl ProcessResource {
             cgroup: std::sync::OnceLock::new(),
             cgroup_refused: std::sync::atomic::AtomicBool::new(false),
             check: config.check.as_ref().map(|c| c.build(cx)),
+            unit: match &cx.children {
+                Children::Units(bus) => Some(unit::ProcessUnit::new(&cx.unit_stem(), bus.clone())),
+                Children::Fork => None,
+            },
             config,
+        }
+    }
+
+    /// The unit, unless a forked instance is the one supervised.
+    fn unit(&self) -> Option<&unit::ProcessUnit> {
+        self.unit.as_ref().filter(|_| self.lock().is_none())
+    }
+
+    /// Cuts the log of a process that runs as a unit (a forked one's is watched by a task).
+    async fn cut_unit_log(&self) {
+        let (path, max) = (self.log_file.clone(), self.config.log_max_bytes);
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || cut_log(&path, max)).await {
+            tracing::warn!("cannot cut {}: {e}", self.log_file.display());
+        }
+    }
+
+    /// Online as a unit: started (or found running), then ready before the unit fails.
+    async fn online_unit(&self, unit: &unit::ProcessUnit) -> Result<(), Failure> {
+        // A forked instance left behind by an agent that did not use units: never run two.
+        if let Some(cgroup) = self.populated_cgroup() {
+            cgroup.kill();
+            cgroup.wait_empty().await;
+        }
+        unit.start(&self.config, &self.log_file).await?;
+        let failed = unit.failure();
+        tokio::pin!(failed);
+        let mut tick = tokio::time::interval(self.config.ready_interval.0);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                failure = &mut failed => {
+                    return Err(Failure::new(failure.reason, format!("{} before it was ready", failure.detail)));
+                }
+                _ = tick.tick() => {
+                    if self.ready().await.is_ok() {
+                        return Ok(());
+                    }
+                }
+            }
         }
     }
 
@@ -536,6 +586,11 @@ impl Drop for ProcessResource {
 #[async_trait]
 impl Resource for ProcessResource {
     async fn adopt(&self) -> Result<bool, Failure> {
+        if let Some(unit) = &self.unit {
+            if unit.check(false).await.is_ok() {
+                return Ok(self.is_alive(&Progress::default()).await.is_ok());
+            }
+        }
         let Some(instance) = self.find() else {
             let _ = std::fs::remove_file(&self.pid_file);
             return Ok(false);
@@ -545,6 +600,9 @@ impl Resource for ProcessResource {
     }
 
     async fn online(&self, _progress: &Progress) -> Result<(), Failure> {
+        if let Some(unit) = self.unit() {
+            return self.online_unit(unit).await;
+        }
         let known = self.lock().as_ref().is_some_and(|i| i.exited().is_none());
         if !known {
             // Left over from an instance that is no longer watched: never run two.
@@ -579,20 +637,35 @@ impl Resource for ProcessResource {
 
     async fn offline(&self) -> Result<(), Failure> {
         self.signal_and_wait(nix::sys::signal::Signal::SIGTERM)
-            .await
+            .await?;
+        match &self.unit {
+            Some(unit) => unit.stop().await,
+            None => Ok(()),
+        }
     }
 
     async fn terminate(&self) -> Result<(), Failure> {
         self.signal_and_wait(nix::sys::signal::Signal::SIGKILL)
-            .await
+            .await?;
+        match &self.unit {
+            Some(unit) => unit.kill().await,
+            None => Ok(()),
+        }
     }
 
     async fn looks_alive(&self, _progress: &Progress) -> Result<(), Failure> {
+        if let Some(unit) = self.unit() {
+            self.cut_unit_log().await;
+            return unit.check(false).await;
+        }
         self.running().map(|_| ())
     }
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
-        self.running()?;
+        match self.unit() {
+            Some(unit) => unit.check(true).await?,
+            None => self.running().map(drop)?,
+        }
         match &self.check {
             // Its own reason (`banner_timeout`), under the runtime's check_timeout.
             Some(check) => check.is_alive(progress).await,
@@ -605,6 +678,9 @@ impl Resource for ProcessResource {
     }
 
     async fn failure(&self) -> Failure {
+        if let Some(unit) = self.unit() {
+            return unit.failure().await;
+        }
         let mut exit = match self.running() {
             Ok((_, exit)) => exit,
             Err(failure) => return failure,
@@ -753,6 +829,7 @@ mod tests {
                 resource: "p".into(),
                 trust: Default::default(),
                 check_timeout: Duration::from_secs(5),
+                children: Children::Fork,
             },
         )
     }
