@@ -113,7 +113,16 @@ fn a_process_that_daemonizes_is_supervised_until_its_last_process_exits() {
                     .is_ok_and(|c| c == format!("sleep\0{marker}\0").as_bytes())
             })
     };
-    let daemon = find().expect("the daemon runs");
+    // Online comes when the starter has exited; its child may not have exec'd `sleep` yet.
+    let found = || {
+        let mut daemon = None;
+        wait("the daemon to run", LONG, || {
+            daemon = find();
+            daemon.is_some()
+        });
+        daemon.expect("found")
+    };
+    let daemon = found();
     // Its starter exited 0 long ago; the resource stays online while the daemon runs.
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(agent.state("app", "daemon"), "online");
@@ -126,7 +135,7 @@ fn a_process_that_daemonizes_is_supervised_until_its_last_process_exits() {
     let (code, out, err) = agent.cli(&["online", "app/daemon"]);
     assert_eq!(code, 0, "{out}{err}");
     agent.wait_state("app", "daemon", "online", LONG);
-    let daemon = find().expect("the daemon runs again");
+    let daemon = found();
     // Its exit is the resource's failure: it is restarted.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(daemon),
