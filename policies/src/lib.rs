@@ -18,10 +18,13 @@
 //!   failure rules, dependency ordering, escalation to failover and the retry period.
 //! - [`placement`]: where a group runs across nodes: possible and preferred owners, the
 //!   failover target, the failover threshold, failback.
+//! - [`ownership`]: who runs a group across nodes, the etcd coordinator's rules as a state
+//!   machine: take, release, move, failover, failback, and the fence deadline.
 
 #![forbid(unsafe_code)]
 
 pub mod controller;
+pub mod ownership;
 pub mod placement;
 pub mod reason;
 pub mod restart;

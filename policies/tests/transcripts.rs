@@ -14,6 +14,8 @@
 //!   `failover moved|nowhere`, `tick`, `deactivate`, `fence`, `activate`;
 //! - `states` prints every resource's state.
 
+mod datadriven;
+
 use resmon_policies::{
     AdminCommand, CheckKind, Effect, FailureReason, GroupController, GroupSpec, Input, Operation,
     ResourceId, ResourceSpec, RestartAction, RestartPolicy, Time,
@@ -235,87 +237,17 @@ impl Harness {
     }
 }
 
-/// Runs one transcript; returns the file rewritten with the actual output.
+/// Runs one transcript with a fresh harness; returns the file with the actual output.
 fn run_file(text: &str) -> String {
     let mut h = Harness {
         declared: Vec::new(),
         controller: None,
     };
-    let mut out = String::new();
-    let mut lines = text.lines().peekable();
-    while let Some(line) = lines.next() {
-        if line.trim().is_empty() || line.starts_with('#') {
-            out.push_str(line);
-            out.push('\n');
-            continue;
-        }
-        // A block: command lines up to `----`, then expected lines up to a blank line.
-        let mut commands = vec![line];
-        out.push_str(line);
-        out.push('\n');
-        for l in lines.by_ref() {
-            out.push_str(l);
-            out.push('\n');
-            if l == "----" {
-                break;
-            }
-            commands.push(l);
-        }
-        while let Some(l) = lines.peek() {
-            if l.trim().is_empty() {
-                break;
-            }
-            lines.next();
-        }
-        for c in commands {
-            for effect in h.run(c) {
-                out.push_str(&effect);
-                out.push('\n');
-            }
-        }
-    }
-    out
+    datadriven::run_file(text, |line| h.run(line))
 }
 
 #[test]
 fn transcripts() {
     let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    assert!(!files.is_empty(), "no transcripts in {}", dir.display());
-    let mut failed = Vec::new();
-    for path in files {
-        let text = std::fs::read_to_string(&path).unwrap();
-        let actual = run_file(&text);
-        if actual != text {
-            if std::env::var_os("REWRITE").is_some() {
-                std::fs::write(&path, &actual).unwrap();
-            } else {
-                failed.push(format!("--- {}\n{}", path.display(), diff(&text, &actual)));
-            }
-        }
-    }
-    assert!(
-        failed.is_empty(),
-        "transcripts differ (REWRITE=1 regenerates):\n{}",
-        failed.join("\n")
-    );
-}
-
-fn diff(expected: &str, actual: &str) -> String {
-    let (e, a): (Vec<_>, Vec<_>) = (expected.lines().collect(), actual.lines().collect());
-    let mut out = String::new();
-    for i in 0..e.len().max(a.len()) {
-        let (x, y) = (
-            e.get(i).copied().unwrap_or("<eof>"),
-            a.get(i).copied().unwrap_or("<eof>"),
-        );
-        if x != y {
-            out += &format!("line {}: expected `{x}`\n         actual   `{y}`\n", i + 1);
-        }
-    }
-    out
+    datadriven::check_dir(&dir, run_file);
 }

@@ -11,7 +11,9 @@
 //! - `clock`: the fence's clock, CLOCK_BOOTTIME; `watchdog`: the device that resets a node
 //!   whose agent stopped confirming its lease.
 //!
-//! Where a group goes is decided by the pure [`resmon_policies::placement`] rules.
+//! Where a group goes, and whether it may run here, is decided by the pure
+//! [`resmon_policies::ownership`] state machine and its [`resmon_policies::placement`] rules;
+//! [`etcd`] only carries its actions out.
 
 mod clock;
 pub mod etcd;
@@ -24,21 +26,8 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use tokio::sync::{mpsc, oneshot, watch};
 
-/// What a group is told to do on this node.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Directive {
-    /// Not known yet (the coordinator has not reached the cluster): change nothing.
-    Wait,
-    /// This node holds the group: keep it online.
-    Run,
-    /// This node does not hold it (or is letting it go): take it offline in order and report
-    /// [`GroupLink::released`] once it is.
-    Stop,
-    /// This node may no longer hold it (its lease may expire): terminate what runs at once,
-    /// addresses first, and report [`GroupLink::released`] once everything is down.
-    Fence,
-}
+/// What a group is told to do on this node (decided by [`resmon_policies::ownership`]).
+pub use resmon_policies::ownership::Directive;
 
 /// The answer to a failover request.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -1,0 +1,76 @@
+//! The etcd keys under `prefix`, and what each says to the ownership machine.
+
+use etcd_client::KeyValue;
+use resmon_policies::ownership::{MoveTarget, Observation, OwnerKey};
+
+pub(super) struct Keys {
+    pub(super) prefix: String,
+}
+
+impl Keys {
+    pub(super) fn node(&self, node: &str) -> String {
+        format!("{}/nodes/{node}", self.prefix)
+    }
+    pub(super) fn owner(&self, group: &str) -> String {
+        format!("{}/groups/{group}/owner", self.prefix)
+    }
+    pub(super) fn target(&self, group: &str) -> String {
+        format!("{}/groups/{group}/target", self.prefix)
+    }
+    pub(super) fn failovers(&self, group: &str) -> String {
+        format!("{}/groups/{group}/failovers", self.prefix)
+    }
+
+    /// What a key says, for the machine; `None` for a key of no interest.
+    pub(super) fn observe(&self, kv: &KeyValue, deleted: bool) -> Option<Observation> {
+        let rest = kv
+            .key_str()
+            .ok()?
+            .strip_prefix(&self.prefix)?
+            .strip_prefix('/')?;
+        if let Some(node) = rest.strip_prefix("nodes/") {
+            let node = node.to_string();
+            return Some(if deleted {
+                Observation::NodeDown { node }
+            } else {
+                Observation::NodeUp {
+                    node,
+                    new: kv.version() == 1,
+                }
+            });
+        }
+        let (group, kind) = rest.strip_prefix("groups/")?.rsplit_once('/')?;
+        let group = group.to_string();
+        let value = kv.value_str().unwrap_or_default();
+        Some(match kind {
+            "owner" => Observation::Owner {
+                group,
+                key: (!deleted).then(|| OwnerKey {
+                    node: value.to_string(),
+                    lease: kv.lease(),
+                    revision: kv.mod_revision(),
+                }),
+            },
+            "target" => Observation::Target {
+                group,
+                target: if deleted {
+                    None
+                } else {
+                    serde_json::from_str::<MoveTarget>(value)
+                        .ok()
+                        .map(|t| (t, kv.mod_revision()))
+                },
+            },
+            "failovers" => Observation::Failovers {
+                group,
+                history: if deleted {
+                    Vec::new()
+                } else {
+                    serde_json::from_str(value).unwrap_or_default()
+                },
+                revision: if deleted { 0 } else { kv.mod_revision() },
+            },
+            _ => return None,
+        })
+    }
+}
