@@ -191,6 +191,8 @@ pub struct Script {
 /// Runs a banner exchange against one target.
 pub struct BannerClient {
     target: HostPort,
+    /// Connections come from this address when set (`source_address`).
+    source: Option<std::net::IpAddr>,
     tls_mode: TlsMode,
     /// Built for a TLS mode only: a plain check, the common case by the ten thousand, would
     /// carry a quarter of a kilobyte it never uses.
@@ -209,6 +211,7 @@ impl BannerClient {
             .then(|| Box::new(TlsClient::new(tls_options, &target.host, trust)));
         BannerClient {
             target,
+            source: None,
             tls_mode,
             tls,
         }
@@ -238,14 +241,14 @@ impl BannerClient {
 
     /// The cheap check: a TCP connect.
     pub async fn connect_only(&self, progress: &Progress) -> Result<(), Failure> {
-        let stream = crate::net::connect(&self.target, progress).await?;
+        let stream = crate::net::connect_from(&self.target, self.source, progress).await?;
         crate::net::close_with_reset(&stream);
         Ok(())
     }
 
     /// Runs `script`: connect, TLS if implicit, every step, then the goodbye.
     pub async fn run(&self, script: &Script, progress: &Progress) -> Result<(), Failure> {
-        let stream = crate::net::connect(&self.target, progress).await?;
+        let stream = crate::net::connect_from(&self.target, self.source, progress).await?;
         // After the goodbye the session is over: close with a reset and leave no TIME_WAIT
         // behind, as the tcp type does (thousands of checks a second would fill the port range).
         crate::net::close_with_reset(&stream);
@@ -595,6 +598,12 @@ impl BannerResource {
             client: BannerClient::new(target, tls_mode, tls_options, trust),
             script,
         }
+    }
+
+    /// The same, connecting from `source` (`source_address`) when given.
+    pub fn from_source(mut self, source: Option<std::net::IpAddr>) -> Self {
+        self.client.source = source;
+        self
     }
 }
 

@@ -13,7 +13,7 @@ use crate::resource::{escape_bytes, Failure, Progress, Resource, Stage};
 use crate::resource::{BuildContext, TypeConfig};
 use crate::secret::Secrets;
 use crate::tls::{TlsClient, TlsOptions, TrustCache};
-use crate::values::{ConfigRegex, HostPort};
+use crate::values::{ConfigRegex, HostPort, SourceAddress};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
@@ -181,6 +181,9 @@ pub struct HttpConfig {
     /// [`MAX_REDIRECTS`]) and judge the last answer. Off: a redirect is judged by its status.
     #[serde(default)]
     pub follow_redirects: bool,
+    /// Connect from this address, or from the address of this `ip` resource of the group.
+    #[serde(default)]
+    pub source_address: Option<SourceAddress>,
 }
 
 /// Answers that send the client to their `Location` (RFC 9110 15.4; 300 and 304 do not).
@@ -256,6 +259,8 @@ pub struct HttpResource {
     /// For redirects to `https` from a plain URL that follows them (see `hop_tls`); it loads
     /// nothing until used.
     redirect_tls: Option<Box<TlsClient>>,
+    /// `source_address`, resolved.
+    source: Option<std::net::IpAddr>,
 }
 
 /// What each check's request is cloned from: parsing the path and every header anew for each
@@ -352,6 +357,7 @@ impl HttpResource {
             tls,
             request,
             redirect_tls,
+            source: None,
         }
     }
 
@@ -449,7 +455,7 @@ impl HttpResource {
         progress: &Progress,
     ) -> Result<Option<String>, Failure> {
         let c = &self.config;
-        let tcp = crate::net::connect(&url.target, progress).await?;
+        let tcp = crate::net::connect_from(&url.target, self.source, progress).await?;
         crate::net::close_with_reset(&tcp);
         let stream = match tls {
             // The handshake boxed for the same reason as its stream (see `Conn`).
@@ -645,7 +651,8 @@ impl Resource for HttpResource {
     }
 
     async fn looks_alive(&self, progress: &Progress) -> Result<(), Failure> {
-        let stream = crate::net::connect(&self.config.url.target, progress).await?;
+        let stream =
+            crate::net::connect_from(&self.config.url.target, self.source, progress).await?;
         crate::net::close_with_reset(&stream);
         Ok(())
     }
@@ -668,8 +675,14 @@ impl TypeConfig for HttpConfig {
         crate::secret::world_readable("header_files", &self.header_files)
     }
 
+    fn source_address(&self) -> Option<&SourceAddress> {
+        self.source_address.as_ref()
+    }
+
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
-        Arc::new(HttpResource::new(self.clone(), &cx.trust))
+        let mut resource = HttpResource::new(self.clone(), &cx.trust);
+        resource.source = cx.source(&self.source_address);
+        Arc::new(resource)
     }
 }
 

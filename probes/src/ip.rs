@@ -304,7 +304,8 @@ impl IpResource {
         }
     }
 
-    async fn add(&self, handle: &Handle, index: u32) -> Result<(), Failure> {
+    /// Adds the address: `true` when added, `false` when it was there already.
+    async fn add(&self, handle: &Handle, index: u32) -> Result<bool, Failure> {
         let IpCidr { address, prefix } = self.config.address;
         let mut request = handle.address().add(index, address, prefix);
         let msg = request.message_mut();
@@ -318,8 +319,8 @@ impl IpResource {
             msg.attributes.push(AddressAttribute::Label(label.clone()));
         }
         match request.execute().await {
-            Ok(()) => Ok(()),
-            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if errno(&e) == Some(libc::EEXIST) => Ok(false),
             Err(e) => Err(netlink_failure(
                 &format!("add {} to {}", self.config.address, self.config.interface),
                 e,
@@ -355,11 +356,17 @@ impl Resource for IpResource {
         if !link.up {
             return Err(self.link_down("down or without carrier"));
         }
-        if self.find(&handle, link.index).await?.is_none() {
-            self.add(&handle, link.index).await?;
-        }
+        // Added, not looked for first: a dump of every address on the machine (hundreds on a
+        // node that takes over hundreds of groups) for each online would keep the check
+        // thread busy for seconds. The kernel refuses the same address and prefix twice.
+        let added = self.add(&handle, link.index).await?;
         self.announce(&link)?;
         drop(handle);
+        if added {
+            // Just accepted on a link that is up, usable at once (IPv6 without DAD).
+            return Ok(());
+        }
+        // Already there (adoption after an agent restart): is it usable?
         self.check().await
     }
 

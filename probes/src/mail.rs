@@ -15,7 +15,7 @@ use crate::banner::{
 };
 use crate::resource::{BuildContext, TypeConfig};
 use crate::tls::TlsOptions;
-use crate::values::{ConfigRegex, HostPort};
+use crate::values::{ConfigRegex, HostPort, SourceAddress};
 use crate::Resource;
 use serde::Deserialize;
 use std::marker::PhantomData;
@@ -146,6 +146,9 @@ pub struct MailConfig<P: Protocol> {
     /// Extra steps after the preset's.
     #[serde(default)]
     pub steps: Vec<ExtraStep>,
+    /// Connect from this address, or from the address of this `ip` resource of the group.
+    #[serde(default)]
+    pub source_address: Option<SourceAddress>,
     #[serde(skip)]
     protocol: PhantomData<P>,
 }
@@ -266,8 +269,15 @@ impl<P: Protocol> TypeConfig for MailConfig<P> {
         errors
     }
 
+    fn source_address(&self) -> Option<&SourceAddress> {
+        self.source_address.as_ref()
+    }
+
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
-        Arc::new(self.banner_resource(&cx.trust))
+        Arc::new(
+            self.banner_resource(&cx.trust)
+                .from_source(cx.source(&self.source_address)),
+        )
     }
 }
 

@@ -3,7 +3,7 @@
 use crate::resource::{Failure, Progress, Stage};
 use crate::values::HostPort;
 use resmon_policies::FailureReason;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -16,18 +16,32 @@ use tokio_rustls::client::TlsStream;
 /// at the server. Each address is tried in turn (as `TcpStream::connect` does), in
 /// [`Stage::Connect`], so that a deadline passing then reads as `connect_timeout`.
 pub async fn connect(target: &HostPort, progress: &Progress) -> Result<TcpStream, Failure> {
+    connect_from(target, None, progress).await
+}
+
+/// [`connect`], from `source` when given (bound before connecting, as a check from the group's
+/// own address must be).
+pub async fn connect_from(
+    target: &HostPort,
+    source: Option<IpAddr>,
+    progress: &Progress,
+) -> Result<TcpStream, Failure> {
     let stream = match target.ip() {
         Some(ip) => {
             progress.stage(Stage::Connect);
-            connect_to(target, SocketAddr::new(ip, target.port)).await?
+            connect_to(target, source, SocketAddr::new(ip, target.port)).await?
         }
-        None => connect_by_name(target, progress).await?,
+        None => connect_by_name(target, source, progress).await?,
     };
     progress.stage(Stage::Other);
     Ok(stream)
 }
 
-async fn connect_by_name(target: &HostPort, progress: &Progress) -> Result<TcpStream, Failure> {
+async fn connect_by_name(
+    target: &HostPort,
+    source: Option<IpAddr>,
+    progress: &Progress,
+) -> Result<TcpStream, Failure> {
     progress.stage(Stage::Resolve);
     let addresses = tokio::net::lookup_host((target.host.as_str(), target.port))
         .await
@@ -40,7 +54,11 @@ async fn connect_by_name(target: &HostPort, progress: &Progress) -> Result<TcpSt
     progress.stage(Stage::Connect);
     let mut last = None;
     for address in addresses {
-        match connect_to(target, address).await {
+        // An address of the other family cannot be reached from the source.
+        if source.is_some_and(|s| s.is_ipv4() != address.is_ipv4()) {
+            continue;
+        }
+        match connect_to(target, source, address).await {
             Ok(stream) => return Ok(stream),
             Err(failure) => last = Some(failure),
         }
@@ -53,15 +71,40 @@ async fn connect_by_name(target: &HostPort, progress: &Progress) -> Result<TcpSt
     }))
 }
 
-/// One connection attempt; the failure names the address when `target` is a name.
-async fn connect_to(target: &HostPort, address: SocketAddr) -> Result<TcpStream, Failure> {
-    TcpStream::connect(address).await.map_err(|e| {
-        let context = match target.ip() {
-            Some(_) => format!("connect {target}"),
-            None => format!("connect {target} ({address})"),
-        };
-        Failure::from_io(&context, &e)
-    })
+/// One connection attempt; the failure names the address when `target` is a name, and the
+/// source when one is bound (an address this node does not hold cannot be bound).
+async fn connect_to(
+    target: &HostPort,
+    source: Option<IpAddr>,
+    address: SocketAddr,
+) -> Result<TcpStream, Failure> {
+    let context = match (target.ip(), source) {
+        (Some(_), None) => format!("connect {target}"),
+        (None, None) => format!("connect {target} ({address})"),
+        (Some(_), Some(s)) => format!("connect {target} from {s}"),
+        (None, Some(s)) => format!("connect {target} ({address}) from {s}"),
+    };
+    let Some(source) = source else {
+        return TcpStream::connect(address)
+            .await
+            .map_err(|e| Failure::from_io(&context, &e));
+    };
+    let socket = if address.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(|e| Failure::from_io(&context, &e))?;
+    socket.bind(SocketAddr::new(source, 0)).map_err(|e| {
+        Failure::new(
+            FailureReason::Io,
+            format!("{context}: cannot bind to {source}: {e}"),
+        )
+    })?;
+    socket
+        .connect(address)
+        .await
+        .map_err(|e| Failure::from_io(&context, &e))
 }
 
 /// Turns Nagle off before a TLS handshake, whose flights may go out in several small writes.

@@ -83,6 +83,13 @@ macro_rules! resource_types {
                 }
             }
 
+            /// Its `source_address`, if its type has one and it is set.
+            pub fn source_address(&self) -> Option<&crate::values::SourceAddress> {
+                match self {
+                    $(ResourceConfig::$variant(c) => TypeConfig::source_address(c),)+
+                }
+            }
+
             /// Builds the runnable resource (WSFC's Open: no side effect on the service).
             pub fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
                 match self {

@@ -355,12 +355,27 @@ pub struct BuildContext {
     pub check_timeout: std::time::Duration,
     /// Where the children that change the system run (`[agent] children`, resolved).
     pub children: crate::launch::Children,
+    /// The addresses of the group's `ip` resources, by name: what a `source_address` naming
+    /// one binds to.
+    pub addresses: std::collections::BTreeMap<String, std::net::IpAddr>,
 }
 
 impl BuildContext {
     /// The stem of this resource's transient unit names.
     pub fn unit_stem(&self) -> String {
         crate::launch::unit_stem(&self.state_file("unit"))
+    }
+
+    /// The address a check's `source_address` stands for (validate made sure that a name
+    /// names an `ip` resource of the group).
+    pub fn source(
+        &self,
+        source: &Option<crate::values::SourceAddress>,
+    ) -> Option<std::net::IpAddr> {
+        match source.as_ref()? {
+            crate::values::SourceAddress::Ip(ip) => Some(*ip),
+            crate::values::SourceAddress::Resource(name) => self.addresses.get(name).copied(),
+        }
     }
 
     /// Where this resource's start and stop commands run.
@@ -410,6 +425,11 @@ pub trait TypeConfig {
     /// a netlink request, a lazy unmount or nothing at all does not.
     fn terminate_waits(&self) -> bool {
         false
+    }
+
+    /// Its `source_address`, for the network checks that have one.
+    fn source_address(&self) -> Option<&crate::values::SourceAddress> {
+        None
     }
 
     /// The runnable resource (WSFC's Open: no side effect on the service).

@@ -146,6 +146,10 @@ impl TypeConfig for ServiceConfig {
         true
     }
 
+    fn source_address(&self) -> Option<&crate::values::SourceAddress> {
+        self.check.as_ref()?.0.source_address()
+    }
+
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
         Arc::new(ServiceResource::new(self.clone(), cx))
     }
@@ -166,6 +170,7 @@ mod tests {
             trust: Default::default(),
             check_timeout: Duration::from_secs(2),
             children: Default::default(),
+            addresses: Default::default(),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use crate::resource::{BuildContext, TypeConfig};
 use crate::resource::{Failure, Progress, Resource};
-use crate::values::HostPort;
+use crate::values::{HostPort, SourceAddress};
 use async_trait::async_trait;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -17,21 +17,26 @@ use std::sync::Arc;
 pub struct TcpConfig {
     /// `host:port` to connect to.
     pub address: HostPort,
+    /// Connect from this address, or from the address of this `ip` resource of the group.
+    #[serde(default)]
+    pub source_address: Option<SourceAddress>,
 }
 
 /// A resource that is alive while its address accepts TCP connections.
 pub struct TcpResource {
     config: TcpConfig,
+    /// `source_address`, resolved.
+    source: Option<std::net::IpAddr>,
 }
 
 impl TcpResource {
-    /// Builds it from its config.
-    pub fn new(config: TcpConfig) -> Self {
-        TcpResource { config }
+    /// Builds it from its config, connecting from `source` when given.
+    pub fn new(config: TcpConfig, source: Option<std::net::IpAddr>) -> Self {
+        TcpResource { config, source }
     }
 
     async fn connect(&self, progress: &Progress) -> Result<(), Failure> {
-        let stream = crate::net::connect(&self.config.address, progress).await?;
+        let stream = crate::net::connect_from(&self.config.address, self.source, progress).await?;
         crate::net::close_with_reset(&stream);
         Ok(())
     }
@@ -67,8 +72,15 @@ impl Resource for TcpResource {
 impl TypeConfig for TcpConfig {
     const NAME: &'static str = "tcp";
 
-    fn build(&self, _cx: &BuildContext) -> Arc<dyn Resource> {
-        Arc::new(TcpResource::new(self.clone()))
+    fn source_address(&self) -> Option<&SourceAddress> {
+        self.source_address.as_ref()
+    }
+
+    fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
+        Arc::new(TcpResource::new(
+            self.clone(),
+            cx.source(&self.source_address),
+        ))
     }
 }
 
@@ -79,9 +91,13 @@ mod tests {
     use std::time::Duration;
 
     fn resource(address: &str) -> TcpResource {
-        TcpResource::new(TcpConfig {
-            address: address.parse().unwrap(),
-        })
+        TcpResource::new(
+            TcpConfig {
+                address: address.parse().unwrap(),
+                source_address: None,
+            },
+            None,
+        )
     }
 
     #[tokio::test]

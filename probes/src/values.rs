@@ -201,3 +201,38 @@ mod tests {
             .contains("port 0"));
     }
 }
+
+/// `source_address` of a network check: where its connections come from. An IP address, or the
+/// name of an `ip` resource of the same group, whose address the check then binds to wherever
+/// the group runs (an Exchange protocol server must accept connections from its own virtual
+/// server's address).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceAddress {
+    /// This address.
+    Ip(std::net::IpAddr),
+    /// The address of this `ip` resource of the group.
+    Resource(String),
+}
+
+impl<'de> Deserialize<'de> for SourceAddress {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if let Ok(ip) = s.parse() {
+            return Ok(SourceAddress::Ip(ip));
+        }
+        // Digits and dots, or a colon, were meant as an address.
+        let address_like = s.contains(':') || s.chars().all(|c| c.is_ascii_digit() || c == '.');
+        let name_like = !address_like
+            && !s.is_empty()
+            && s.len() <= 64
+            && !s.starts_with('.')
+            && s.chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if !name_like {
+            return Err(serde::de::Error::custom(format!(
+                "invalid source_address {s:?}: an IP address (\"192.0.2.10\") or the name of an ip resource of the group (\"vip\")"
+            )));
+        }
+        Ok(SourceAddress::Resource(s))
+    }
+}

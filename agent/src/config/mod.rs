@@ -108,6 +108,14 @@ impl GroupConfig {
             trust: trust.clone(),
             check_timeout: resource.props.check_timeout,
             children: agent.children.resolve(),
+            addresses: self
+                .resources
+                .iter()
+                .filter_map(|r| match &r.private {
+                    PrivateConfig::Ip(ip) => Some((r.name.to_string(), ip.address.address)),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 }

@@ -10,6 +10,7 @@ use super::sections::{
 use super::{CommonProps, Config, GroupConfig, ResourceConfig};
 use resmon_policies::placement::Placement;
 use resmon_policies::{GroupSpec, ResourceId, ResourceSpec, SpecError};
+use resmon_probes::values::SourceAddress;
 use resmon_probes::{HumanDuration, ResourceConfig as PrivateConfig, RESOURCE_TYPES};
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap};
@@ -109,6 +110,7 @@ impl RawConfig {
             }
         }
         check_pid_files(&groups, &self.agent.state_dir, cx);
+        check_source_addresses(&groups, cx);
         for (path, message) in super::sandbox::impossible(
             &groups,
             &self.agent.children.resolve(),
@@ -175,6 +177,70 @@ fn check_pid_files(groups: &[GroupConfig], state_dir: &Path, cx: &mut Diagnostic
                          adopts and signals, so only the agent may write them",
                         pid_file.display(),
                         state_dir.display()
+                    ),
+                );
+            }
+        }
+    }
+}
+
+/// A `source_address` that names a resource names an `ip` resource of the same group, which
+/// the check depends on (directly or not): the check then runs only where the address is.
+fn check_source_addresses(groups: &[GroupConfig], cx: &mut Diagnostics) {
+    for (gi, group) in groups.iter().enumerate() {
+        for (ri, resource) in group.resources.iter().enumerate() {
+            let Some(SourceAddress::Resource(name)) = resource.private.source_address() else {
+                continue;
+            };
+            // In a process's or service's `check.<type>`, the key is under `check`.
+            let key = match resource.private {
+                PrivateConfig::Process(_) | PrivateConfig::Service(_) => "check",
+                _ => "source_address",
+            };
+            let path = [
+                Seg::Key("groups".into()),
+                Seg::Index(gi),
+                Seg::Key("resources".into()),
+                Seg::Index(ri),
+                Seg::Key(key.into()),
+            ];
+            let named = group.resources.iter().find(|r| r.name.as_str() == name);
+            if !named.is_some_and(|r| matches!(r.private, PrivateConfig::Ip(_))) {
+                cx.error(
+                    &path,
+                    format!(
+                        "source_address {name:?} is not an ip resource of group {:?}: name one \
+                         (the check then connects from its address, wherever the group runs) \
+                         or write an address",
+                        group.name.as_str()
+                    ),
+                );
+                continue;
+            }
+            // Depends on it, directly or through others.
+            let mut seen = vec![resource.name.as_str()];
+            let mut i = 0;
+            let mut found = false;
+            while i < seen.len() && !found {
+                let current = seen[i];
+                i += 1;
+                let Some(r) = group.resources.iter().find(|r| r.name.as_str() == current) else {
+                    continue;
+                };
+                for d in &r.depends_on {
+                    found |= d == name;
+                    if !seen.contains(&d.as_str()) {
+                        seen.push(d);
+                    }
+                }
+            }
+            if !found {
+                cx.error(
+                    &path,
+                    format!(
+                        "source_address {name:?}: {:?} must depend on {name:?} (depends_on), so \
+                         that it is checked only where the address is",
+                        resource.name.as_str()
                     ),
                 );
             }

@@ -802,6 +802,10 @@ impl TypeConfig for ProcessConfig {
             .collect()
     }
 
+    fn source_address(&self) -> Option<&crate::values::SourceAddress> {
+        self.check.as_ref()?.0.source_address()
+    }
+
     fn build(&self, cx: &BuildContext) -> std::sync::Arc<dyn crate::Resource> {
         std::sync::Arc::new(ProcessResource::new(self.clone(), cx))
     }
@@ -830,6 +834,7 @@ mod tests {
                 trust: Default::default(),
                 check_timeout: Duration::from_secs(5),
                 children: Children::Fork,
+                addresses: Default::default(),
             },
         )
     }

@@ -96,6 +96,7 @@ mod tests {
                 trust: Default::default(),
                 check_timeout: Duration::from_secs(5),
                 children: Children::Units(manager.bus.parse().unwrap()),
+                addresses: Default::default(),
             },
         )
     }

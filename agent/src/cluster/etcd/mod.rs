@@ -329,14 +329,35 @@ impl EtcdCoordinator {
                     since_renewal,
                 } => self.fenced(groups, since_renewal),
                 Action::Take { group, .. } => {
-                    // The watchdog counts before the group can run here (required: or it
-                    // does not).
-                    let revision = if self.arm_watchdog() {
-                        self.take(client, &group).await?
+                    // Every take waiting in the queue goes at once: after a node dies the
+                    // others take its groups by the hundred, and etcd commits concurrent
+                    // transactions together where one after another each waits its own
+                    // commit. (Other actions are about other groups: their order to the takes
+                    // does not matter.)
+                    let mut groups = vec![group];
+                    queue.retain(|a| match a {
+                        Action::Take { group, .. } => {
+                            groups.push(group.clone());
+                            false
+                        }
+                        _ => true,
+                    });
+                    // The watchdog counts before a group can run here (required: or none
+                    // does).
+                    let revisions = if self.arm_watchdog() {
+                        let takes = groups.iter().map(|g| {
+                            let mut client = client.clone();
+                            let coordinator = &*self;
+                            async move { coordinator.take(&mut client, g).await }
+                        });
+                        futures::future::join_all(takes).await
                     } else {
-                        None
+                        groups.iter().map(|_| Ok(None)).collect()
                     };
-                    queue.extend(self.shared.step(Input::Took { group, revision }));
+                    for (group, revision) in groups.into_iter().zip(revisions) {
+                        let revision = revision?;
+                        queue.extend(self.shared.step(Input::Took { group, revision }));
+                    }
                 }
                 Action::Acquired {
                     group,
@@ -386,7 +407,7 @@ impl EtcdCoordinator {
     /// Creates the owner key under this node's lease if it is absent, deleting the move
     /// request in the same transaction: the key's revision, or `None` when another node was
     /// first (the watch tells who).
-    async fn take(&mut self, client: &mut Client, group: &str) -> Result<Option<i64>, Broken> {
+    async fn take(&self, client: &mut Client, group: &str) -> Result<Option<i64>, Broken> {
         let owner_key = self.keys.owner(group);
         let lease = self.shared.machine().lease();
         let txn = Txn::new()
