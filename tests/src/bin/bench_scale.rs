@@ -298,8 +298,12 @@ fn resmon_runs(cluster: &Cluster, n: usize, kills: usize) -> Vec<f64> {
         .iter()
         .map(|node| start_service(cluster, node))
         .collect();
+    // (RESMON_SCALE_AGENT: extra [agent] keys, to see what a setting changes.)
+    let extra = std::env::var("RESMON_SCALE_AGENT").unwrap_or_default();
     let config = |node: &str, groups: usize| {
-        cluster.agent_config(node, TTL, &groups_toml(&cluster.nodes, groups))
+        cluster
+            .agent_config(node, TTL, &groups_toml(&cluster.nodes, groups))
+            .replacen("[agent]\n", &format!("[agent]\n{extra}\n"), 1)
     };
     let mut agents: Vec<(String, Agent)> = cluster
         .nodes
