@@ -38,7 +38,7 @@ use std::os::fd::{FromRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::unix::AsyncFd;
 use tokio::sync::watch;
@@ -161,6 +161,9 @@ impl ProcessConfig {
 struct Instance {
     pid: i32,
     exit: watch::Receiver<Option<Failure>>,
+    /// The leader's pidfd: it names that process whatever becomes of its pid, so signals to
+    /// the leader go through it.
+    pidfd: Option<Arc<OwnedFd>>,
 }
 
 impl Instance {
@@ -367,8 +370,10 @@ impl ProcessResource {
             .id()
             .ok_or_else(|| Failure::new(FailureReason::Exited, "exited at once"))?
             as i32;
-        // Read before anything can reap the child, so the start time is the child's own.
+        // Read before anything can reap the child, so the start time and the pidfd are the
+        // child's own.
         let start_time = process_start_time(pid);
+        let pidfd = pidfd_open(pid).ok().map(Arc::new);
         if let Some(start_time) = start_time {
             write_pid_file(&self.pid_file, pid, start_time).map_err(|e| {
                 Failure::new(
@@ -394,7 +399,11 @@ impl ProcessResource {
             let _ = tx.send(Some(failure));
         });
         self.keep_log_small(rx.clone());
-        Ok(Instance { pid, exit: rx })
+        Ok(Instance {
+            pid,
+            exit: rx,
+            pidfd,
+        })
     }
 
     /// While the instance runs, cuts its log when it passes `log_max_bytes`: the process holds
@@ -425,12 +434,17 @@ impl ProcessResource {
     fn find_in_cgroup(&self) -> Option<Instance> {
         let cgroup = self.populated_cgroup()?.clone();
         let pid = *cgroup.pids().first()?;
+        let pidfd = pidfd_open(pid).ok().map(Arc::new);
         let (tx, rx) = watch::channel(None);
         tokio::spawn(async move {
             let _ = tx.send(Some(last_one_out(&cgroup).await));
         });
         self.keep_log_small(rx.clone());
-        Some(Instance { pid, exit: rx })
+        Some(Instance {
+            pid,
+            exit: rx,
+            pidfd,
+        })
     }
 
     /// What is known to run: the pid file's process, or else what is in the cgroup.
@@ -462,6 +476,7 @@ impl ProcessResource {
             return None;
         }
         let (tx, rx) = watch::channel(None);
+        let pidfd = fd.try_clone().ok().map(Arc::new);
         // SAFETY: the AsyncFd owns the OwnedFd, which stays open and unchanged until it drops.
         let fd =
             unsafe { AsyncFd::register_with_interest(fd, tokio::io::Interest::READABLE) }.ok()?;
@@ -474,7 +489,11 @@ impl ProcessResource {
             )));
         });
         self.keep_log_small(rx.clone());
-        Some(Instance { pid, exit: rx })
+        Some(Instance {
+            pid,
+            exit: rx,
+            pidfd,
+        })
     }
 
     async fn ready(&self) -> Result<(), Failure> {
@@ -528,27 +547,42 @@ impl ProcessResource {
             if guard.as_ref().is_none_or(|i| i.exited().is_some()) {
                 *guard = self.find();
             }
-            guard.as_ref().map(|i| (i.pid, i.exit.clone()))
+            guard
+                .as_ref()
+                .map(|i| (i.pid, i.exit.clone(), i.pidfd.clone()))
         };
-        if let Some((pid, mut exit)) = found {
+        if let Some((pid, mut exit, pidfd)) = found {
             if exit.borrow().is_none() {
-                match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal) {
-                    Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
-                    Err(e) => {
-                        return Err(Failure::new(
-                            FailureReason::Io,
-                            format!("kill -{signal} -{pid}: {e}"),
-                        ))
+                // The leader through its pidfd: that very process, or nothing if it is gone.
+                // While it lives its group id is its own, so the group's signal cannot reach
+                // another group that took the number.
+                let leader_alive = match &pidfd {
+                    Some(fd) => pidfd_send_signal(fd, signal),
+                    None => true,
+                };
+                if leader_alive {
+                    match nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), signal) {
+                        Ok(()) | Err(nix::errno::Errno::ESRCH) => {}
+                        Err(e) => {
+                            return Err(Failure::new(
+                                FailureReason::Io,
+                                format!("kill -{signal} -{pid}: {e}"),
+                            ))
+                        }
                     }
                 }
                 self.signal_cgroup(signal);
                 wait_exit(&mut exit).await;
             }
-            // The leader is gone: nothing it left in its group survives.
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            // The leader is gone: nothing it left in its group survives. Where a cgroup holds
+            // them it is the one to ask (below); a group id whose leader is gone may name
+            // another group by now.
+            if self.cgroup().is_none() {
+                let _ = nix::sys::signal::killpg(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
         }
         // What left the process group (postfix's master calls setsid) is still in the cgroup:
         // offline is done only when none is left.
@@ -777,6 +811,23 @@ fn boot_id() -> Option<String> {
         .map(|s| s.trim().to_string())
 }
 
+/// Sends `signal` through a pidfd: `false` when the process is gone.
+fn pidfd_send_signal(fd: &OwnedFd, signal: nix::sys::signal::Signal) -> bool {
+    use std::os::fd::AsRawFd;
+    // SAFETY: pidfd_send_signal takes a descriptor we own, a signal number, no siginfo and no
+    // flags; it touches no memory of ours.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal as i32,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
@@ -842,6 +893,20 @@ mod tests {
     fn alive(pid: i32) -> bool {
         process_start_time(pid).is_some()
             && nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_ok()
+    }
+
+    #[test]
+    fn a_signal_through_a_pidfd_reaches_that_process_and_no_other() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
+        let fd = pidfd_open(child.id() as i32).unwrap();
+        assert!(pidfd_send_signal(&fd, nix::sys::signal::Signal::SIGTERM));
+        child.wait().unwrap();
+        // Gone and reaped, its pid free for anyone: the pidfd still names it, so nothing is
+        // signalled (a pid would name whoever takes the number next).
+        assert!(!pidfd_send_signal(&fd, nix::sys::signal::Signal::SIGTERM));
     }
 
     #[tokio::test]
