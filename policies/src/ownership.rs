@@ -383,6 +383,37 @@ impl Ownership {
                 .is_some_and(|o| o.node == self.node && o.lease == self.lease)
     }
 
+    /// The nodes that run, or are taking (this node), another group of `group`'s anti-affinity
+    /// class, as last seen.
+    fn crowded(&self, group: &str) -> Vec<String> {
+        let Some(class) = self
+            .groups
+            .get(group)
+            .and_then(|g| g.placement.anti_affinity.as_ref())
+            .map(|a| &a.class)
+        else {
+            return Vec::new();
+        };
+        let mut crowded = Vec::new();
+        for (name, h) in &self.groups {
+            let same = h
+                .placement
+                .anti_affinity
+                .as_ref()
+                .is_some_and(|a| &a.class == class);
+            if name == group || !same {
+                continue;
+            }
+            if let Some(owner) = &h.owner {
+                crowded.push(owner.node.clone());
+            }
+            if h.taking.is_some() {
+                crowded.push(self.node.clone());
+            }
+        }
+        crowded
+    }
+
     /// Whether a group may be told to run now: in a session, before the deadline of a renewal
     /// etcd answered (the start-up deadline only bounds what runs before any).
     fn may_run(&self, now: Time) -> bool {
@@ -667,10 +698,13 @@ impl Ownership {
         }
         // Nobody holds it: the node the placement names takes it.
         let target = g.target.as_ref().map(|(t, _)| t.clone());
+        let crowded = self.crowded(name);
+        let g = &self.groups[name];
         let next = g.placement.next_owner(
             &alive,
             target.as_ref().map(|t| t.to.as_str()),
             target.as_ref().and_then(|t| t.from.as_deref()),
+            &crowded,
         );
         if next != Some(self.node.as_str()) || g.releasing || !self.may_run(now.at) {
             self.direct(name, Directive::Stop, now.at, out);
@@ -731,7 +765,13 @@ impl Ownership {
         let alive = self.alive();
         let to = g
             .placement
-            .failover_target(&self.node, &alive, &g.failovers, now.unix)
+            .failover_target(
+                &self.node,
+                &alive,
+                &g.failovers,
+                now.unix,
+                &self.crowded(group),
+            )
             .map_err(|why| why.to_string())?;
         let period = g.placement.failover_period.as_secs_f64();
         let mut history: Vec<f64> = g
@@ -762,8 +802,17 @@ impl Ownership {
             return Err(format!("nobody holds {group:?} right now"));
         };
         let alive = self.alive();
+        let crowded = self.crowded(group);
         let to = match to {
             Some(to) if to == owner => return Err(format!("{group:?} already runs on {to}")),
+            Some(to)
+                if crowded.contains(&to)
+                    && g.placement.anti_affinity.as_ref().is_some_and(|a| a.hard) =>
+            {
+                return Err(format!(
+                    "{to} runs a group of {group:?}'s anti-affinity class already (hard)"
+                ))
+            }
             Some(to) if !self.alive.contains(&to) => {
                 return Err(format!("{to} is not alive in the cluster"))
             }
@@ -771,7 +820,12 @@ impl Ownership {
                 return Err(format!("{to} is not one of {group:?}'s possible owners"))
             }
             Some(to) => to,
-            None => match g.placement.ranked(&alive).into_iter().find(|n| *n != owner) {
+            None => match g
+                .placement
+                .ranked_apart(&alive, &crowded)
+                .into_iter()
+                .find(|n| *n != owner)
+            {
                 Some(n) => n.to_string(),
                 None => return Err("no other possible owner is alive".into()),
             },

@@ -39,6 +39,17 @@ impl Failback {
     }
 }
 
+/// Groups of one anti-affinity class avoid sharing a node, as WSFC's `AntiAffinityClassNames`
+/// (two Exchange virtual servers on one node halve what each gets).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AntiAffinity {
+    /// The class's name.
+    pub class: String,
+    /// Never share a node; otherwise (soft) share one only when no other possible owner is
+    /// alive.
+    pub hard: bool,
+}
+
 /// A group's placement settings.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Placement {
@@ -53,6 +64,8 @@ pub struct Placement {
     pub failover_period: Duration,
     /// Failback to the most preferred owner.
     pub failback: Failback,
+    /// Its anti-affinity class, if any.
+    pub anti_affinity: Option<AntiAffinity>,
 }
 
 /// Why a failover was not done.
@@ -107,16 +120,36 @@ impl Placement {
         ranked
     }
 
+    /// [`Placement::ranked`] with the anti-affinity class applied: the nodes in `crowded` (they
+    /// run, or are taking, a group of this group's class) come last when it is soft and are
+    /// left out when it is hard.
+    pub fn ranked_apart<'a>(&self, alive: &'a [String], crowded: &[String]) -> Vec<&'a str> {
+        let ranked = self.ranked(alive);
+        let Some(aa) = &self.anti_affinity else {
+            return ranked;
+        };
+        let (free, full): (Vec<&str>, Vec<&str>) = ranked
+            .into_iter()
+            .partition(|n| !crowded.iter().any(|c| c == n));
+        if aa.hard {
+            free
+        } else {
+            free.into_iter().chain(full).collect()
+        }
+    }
+
     /// Who takes the group while nobody owns it: the node a move or failover named, if it is
     /// alive and may own the group; otherwise the best alive node other than the one that
-    /// failed it over (which takes it back only when nobody else can).
+    /// failed it over (which takes it back only when nobody else can). Anti-affinity first:
+    /// see [`Placement::ranked_apart`].
     pub fn next_owner<'a>(
         &self,
         alive: &'a [String],
         target: Option<&str>,
         failed_from: Option<&str>,
+        crowded: &[String],
     ) -> Option<&'a str> {
-        let ranked = self.ranked(alive);
+        let ranked = self.ranked_apart(alive, crowded);
         if let Some(t) = target {
             if let Some(n) = ranked.iter().find(|n| **n == t) {
                 return Some(n);
@@ -142,12 +175,13 @@ impl Placement {
         alive: &'a [String],
         history: &[f64],
         now: f64,
+        crowded: &[String],
     ) -> Result<&'a str, FailoverRefusal> {
         let count = self.failovers_in_period(history, now);
         if count >= self.failover_threshold as usize {
             return Err(FailoverRefusal::ThresholdReached { count });
         }
-        self.ranked(alive)
+        self.ranked_apart(alive, crowded)
             .into_iter()
             .find(|n| *n != from)
             .ok_or(FailoverRefusal::NoOtherOwner)
@@ -195,6 +229,7 @@ mod tests {
             failover_threshold: 2,
             failover_period: Duration::from_secs(6 * 3600),
             failback: Failback::Immediate,
+            anti_affinity: None,
         }
     }
 
@@ -207,16 +242,16 @@ mod tests {
             vec!["n2", "n1", "n3"],
             "n4 may not own it"
         );
-        assert_eq!(p.next_owner(&alive, None, None), Some("n2"));
-        assert_eq!(p.next_owner(&alive, Some("n3"), None), Some("n3"));
+        assert_eq!(p.next_owner(&alive, None, None, &[]), Some("n2"));
+        assert_eq!(p.next_owner(&alive, Some("n3"), None, &[]), Some("n3"));
         assert_eq!(
-            p.next_owner(&alive, Some("n4"), None),
+            p.next_owner(&alive, Some("n4"), None, &[]),
             Some("n2"),
             "a target that may not own it is ignored"
         );
-        assert_eq!(p.next_owner(&alive, None, Some("n2")), Some("n1"));
+        assert_eq!(p.next_owner(&alive, None, Some("n2"), &[]), Some("n1"));
         assert_eq!(
-            p.next_owner(&nodes(&["n2"]), None, Some("n2")),
+            p.next_owner(&nodes(&["n2"]), None, Some("n2"), &[]),
             Some("n2"),
             "the node it failed from takes it back when nobody else can"
         );
@@ -226,19 +261,22 @@ mod tests {
     fn failover_goes_to_the_best_other_node_until_the_threshold() {
         let p = placement();
         let alive = nodes(&["n1", "n2", "n3"]);
-        assert_eq!(p.failover_target("n2", &alive, &[], 100.0), Ok("n1"));
-        assert_eq!(p.failover_target("n1", &alive, &[50.0], 100.0), Ok("n2"));
+        assert_eq!(p.failover_target("n2", &alive, &[], 100.0, &[]), Ok("n1"));
         assert_eq!(
-            p.failover_target("n1", &alive, &[50.0, 90.0], 100.0),
+            p.failover_target("n1", &alive, &[50.0], 100.0, &[]),
+            Ok("n2")
+        );
+        assert_eq!(
+            p.failover_target("n1", &alive, &[50.0, 90.0], 100.0, &[]),
             Err(FailoverRefusal::ThresholdReached { count: 2 })
         );
         assert_eq!(
-            p.failover_target("n1", &alive, &[50.0, 90.0], 50.0 + 6.0 * 3600.0 + 1.0),
+            p.failover_target("n1", &alive, &[50.0, 90.0], 50.0 + 6.0 * 3600.0 + 1.0, &[]),
             Ok("n2"),
             "old failovers leave the period"
         );
         assert_eq!(
-            p.failover_target("n1", &nodes(&["n1"]), &[], 0.0),
+            p.failover_target("n1", &nodes(&["n1"]), &[], 0.0, &[]),
             Err(FailoverRefusal::NoOtherOwner)
         );
     }

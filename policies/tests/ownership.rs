@@ -5,7 +5,7 @@
 //! Transcript commands: `node NAME window=D` makes the machine (its start at 0); `at T INPUT`
 //! feeds an input at T (boot clock and Unix seconds both T; `hour=H` before the input sets the
 //! local hour): `register G [possible=A,B] [preferred=A,B] [threshold=N] [period=D]
-//! [failback=never|immediate|S-E]`, `unregister G`, `session LEASE`, `node-up N [new]
+//! [failback=never|immediate|S-E] [apart=CLASS[:hard]]`, `unregister G`, `session LEASE`, `node-up N [new]
 //! [snapshot]`, `node-down N`, `owner G NODE LEASE REV`, `owner G -`, `target G TO FROM REASON
 //! REV`, `target G -`, `failovers G REV [T,T...]`, `sent`, `answered`, `ended [lease-gone]`,
 //! `took G REV|-`, `key-released G`, `released G`, `run-refused G`, `evaluate`, `tick`,
@@ -17,7 +17,7 @@ use proptest::prelude::*;
 use resmon_policies::ownership::{
     Action, Directive, Input, MoveTarget, Now, Observation, OwnerKey, Ownership,
 };
-use resmon_policies::placement::{Failback, Placement};
+use resmon_policies::placement::{AntiAffinity, Failback, Placement};
 use resmon_policies::Time;
 use std::time::Duration;
 
@@ -167,6 +167,7 @@ fn input(words: &[&str]) -> Input {
                 failover_threshold: 10,
                 failover_period: Duration::from_secs(6 * 3600),
                 failback: Failback::Never,
+                anti_affinity: None,
             };
             for opt in opts {
                 let (k, v) = opt.split_once('=').expect("key=value");
@@ -175,6 +176,16 @@ fn input(words: &[&str]) -> Input {
                     "preferred" => placement.preferred_owners = list(v),
                     "threshold" => placement.failover_threshold = v.parse().unwrap(),
                     "period" => placement.failover_period = parse_duration(v),
+                    "apart" => {
+                        let (class, hard) = match v.strip_suffix(":hard") {
+                            Some(class) => (class, true),
+                            None => (v, false),
+                        };
+                        placement.anti_affinity = Some(AntiAffinity {
+                            class: class.into(),
+                            hard,
+                        })
+                    }
                     "failback" => {
                         placement.failback = match v {
                             "never" => Failback::Never,
@@ -350,6 +361,7 @@ proptest! {
                     failover_threshold: 3,
                     failover_period: Duration::from_secs(3600),
                     failback: Failback::Immediate,
+                    anti_affinity: None,
                 },
             }, now(t));
         }
@@ -451,6 +463,83 @@ proptest! {
                         deadline.is_some_and(|d| t < d),
                         "{g} may run at {t:?}, past the last answered renewal ({answered:?}) + {window:?}"
                     );
+                }
+            }
+        }
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(1000))]
+
+    /// Two groups of one hard anti-affinity class, under any schedule: this node never takes
+    /// one while it holds, or is taking, the other.
+    #[test]
+    fn a_hard_anti_affinity_pair_never_shares_a_node(
+        schedule in proptest::collection::vec((0u64..800, step()), 1..100)
+    ) {
+        let mut m = Ownership::new("n1", Duration::from_secs(2), Time::ZERO);
+        let mut t = Duration::ZERO;
+        let now = |t: Duration| Now { at: Time::from_elapsed(t), unix: t.as_secs_f64(), hour: 12 };
+        for g in GROUPS {
+            m.step(Input::Register {
+                group: g.into(),
+                placement: Placement {
+                    possible_owners: Vec::new(),
+                    preferred_owners: vec!["n1".into()],
+                    failover_threshold: 3,
+                    failover_period: Duration::from_secs(3600),
+                    failback: Failback::Never,
+                    anti_affinity: Some(AntiAffinity { class: "vs".into(), hard: true }),
+                },
+            }, now(t));
+        }
+        let mut taking = [false; 2];
+        for (advance, s) in schedule {
+            t += Duration::from_millis(advance);
+            let input = match s {
+                Step::Session(lease) => {
+                    taking = [false; 2];
+                    Input::SessionStarted { lease }
+                }
+                Step::NodeUp(n, new) => Input::Observed {
+                    change: Observation::NodeUp { node: NODES[n].into(), new },
+                    live: true,
+                },
+                Step::NodeDown(n) => Input::Observed {
+                    change: Observation::NodeDown { node: NODES[n].into() },
+                    live: true,
+                },
+                Step::Owner(g, o) => Input::Observed {
+                    change: Observation::Owner {
+                        group: GROUPS[g].into(),
+                        key: o.map(|(n, lease)| OwnerKey { node: NODES[n].into(), lease, revision: 7 }),
+                    },
+                    live: true,
+                },
+                Step::Target(_, _) | Step::Released(_) => Input::Evaluate,
+                Step::Sent => Input::RenewalSent,
+                Step::Answered => Input::RenewalAnswered,
+                Step::Ended(lease_gone) => {
+                    taking = [false; 2];
+                    Input::SessionEnded { lease_gone }
+                }
+                Step::Took(g, ok) => {
+                    taking[g] = false;
+                    Input::Took { group: GROUPS[g].into(), revision: ok.then_some(11) }
+                }
+                Step::Evaluate => Input::Evaluate,
+                Step::Tick => Input::Tick,
+            };
+            for action in m.step(input, now(t)) {
+                if let Action::Take { group, .. } = &action {
+                    let g = GROUPS.iter().position(|x| x == group).unwrap();
+                    let other = 1 - g;
+                    prop_assert!(
+                        !m.holds(GROUPS[other]) && !taking[other],
+                        "took {group} while holding or taking {}", GROUPS[other]
+                    );
+                    taking[g] = true;
                 }
             }
         }

@@ -8,6 +8,7 @@ use super::sections::{
     FailbackSetting, Name,
 };
 use super::{CommonProps, Config, GroupConfig, ResourceConfig};
+use resmon_policies::placement::AntiAffinity;
 use resmon_policies::placement::Placement;
 use resmon_policies::{GroupSpec, ResourceId, ResourceSpec, SpecError};
 use resmon_probes::values::SourceAddress;
@@ -50,6 +51,23 @@ pub(super) struct RawGroup {
     pub(super) failover_period: HumanDuration,
     #[serde(default = "default_failback")]
     pub(super) failback: FailbackSetting,
+    /// Groups of one class avoid sharing a node (WSFC's `AntiAffinityClassNames`).
+    #[serde(default)]
+    pub(super) anti_affinity_class: Option<Name>,
+    /// `"soft"` (default): share a node only when no other possible owner is alive; `"hard"`:
+    /// never.
+    #[serde(default)]
+    pub(super) anti_affinity: Option<AntiAffinityMode>,
+}
+
+/// `anti_affinity = "soft" | "hard"`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum AntiAffinityMode {
+    /// Apart when another possible owner can take it.
+    Soft,
+    /// Never on one node.
+    Hard,
 }
 
 /// The keys of a resource table that say what it is and where it sits.
@@ -327,6 +345,15 @@ pub(super) fn read_placement(
         cx.error(&path, "must be longer than zero");
         ok = false;
     }
+    if group.anti_affinity.is_some() && group.anti_affinity_class.is_none() {
+        let mut path = gpath.to_vec();
+        path.push(Seg::Key("anti_affinity".into()));
+        cx.error(
+            &path,
+            "name the class it applies to: anti_affinity_class = \"...\"",
+        );
+        ok = false;
+    }
     let nodes = group
         .possible_owners
         .len()
@@ -339,6 +366,13 @@ pub(super) fn read_placement(
             .unwrap_or(nodes.saturating_sub(1).max(1)),
         failover_period: group.failover_period.0,
         failback: group.failback.0,
+        anti_affinity: group
+            .anti_affinity_class
+            .as_ref()
+            .map(|class| AntiAffinity {
+                class: class.to_string(),
+                hard: group.anti_affinity == Some(AntiAffinityMode::Hard),
+            }),
     })
 }
 

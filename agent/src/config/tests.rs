@@ -24,6 +24,7 @@ fn every_invalid_fixture_gives_its_exact_messages() {
             "error: source_address.toml:26:1: groups[0].resources[3].source_address: source_address \"vip\": \"pop3\" must depend on \"vip\" (depends_on), so that it is checked only where the address is",
         ]),
         ("bad_source_address.toml", &["error: bad_source_address.toml:8:1: groups[0].resources[0].source_address: invalid source_address \"10.0.0.300\": an IP address (\"192.0.2.10\") or the name of an ip resource of the group (\"vip\")"]),
+        ("anti_affinity.toml", &["error: anti_affinity.toml:6:1: groups[0].anti_affinity: name the class it applies to: anti_affinity_class = \"...\""]),
         ("bad_name.toml", &["error: bad_name.toml:2:1: groups[0].name: invalid name \"vs 1\": use 1 to 64 letters, digits, '_', '-' or '.', not starting with '.'"]),
         ("cluster_lease.toml", &["error: cluster_lease.toml:2:14: cluster.endpoints[0]: \"10.0.0.1:2379\": write an endpoint as http://host:port or https://host:port", "error: cluster_lease.toml:3:1: cluster.lease_ttl: etcd leases are whole seconds, at least \"2s\""]),
         ("cycle.toml", &["error: cycle.toml:8:1: groups[0].resources[0].depends_on: dependency cycle: a -> c -> b -> a"]),
