@@ -338,6 +338,65 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
+/// The machine's input for a step of a schedule.
+fn input_of(s: &Step) -> Input {
+    match *s {
+        Step::Session(lease) => Input::SessionStarted { lease },
+        Step::NodeUp(n, new) => Input::Observed {
+            change: Observation::NodeUp {
+                node: NODES[n].into(),
+                new,
+            },
+            live: true,
+        },
+        Step::NodeDown(n) => Input::Observed {
+            change: Observation::NodeDown {
+                node: NODES[n].into(),
+            },
+            live: true,
+        },
+        Step::Owner(g, o) => Input::Observed {
+            change: Observation::Owner {
+                group: GROUPS[g].into(),
+                key: o.map(|(n, lease)| OwnerKey {
+                    node: NODES[n].into(),
+                    lease,
+                    revision: 7,
+                }),
+            },
+            live: true,
+        },
+        Step::Target(g, to) => Input::Observed {
+            change: Observation::Target {
+                group: GROUPS[g].into(),
+                target: to.map(|n| {
+                    (
+                        MoveTarget {
+                            to: NODES[n].into(),
+                            from: None,
+                            reason: "move".into(),
+                        },
+                        9,
+                    )
+                }),
+            },
+            live: true,
+        },
+        Step::Sent => Input::RenewalSent,
+        Step::Answered => Input::RenewalAnswered,
+        Step::Ended(lease_gone) => Input::SessionEnded { lease_gone },
+        Step::Took(g, ok) => Input::Took {
+            group: GROUPS[g].into(),
+            revision: ok.then_some(11),
+        },
+        Step::Released(g) => Input::Released {
+            group: GROUPS[g].into(),
+        },
+        Step::Evaluate => Input::Evaluate,
+        Step::Tick => Input::Tick,
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(2000))]
 
@@ -374,66 +433,25 @@ proptest! {
         let mut session = false;
         for (advance, s) in schedule {
             t += Duration::from_millis(advance);
-            let input = match s {
-                Step::Session(lease) => {
+            // The model's side of the step.
+            match s {
+                Step::Session(_) | Step::Ended(_) => {
                     unanswered.clear();
                     key_seen = [false; 2];
                     taking = [false; 2];
-                    session = true;
-                    Input::SessionStarted { lease }
+                    session = matches!(s, Step::Session(_));
                 }
-                Step::NodeUp(n, new) => Input::Observed {
-                    change: Observation::NodeUp { node: NODES[n].into(), new },
-                    live: true,
-                },
-                Step::NodeDown(n) => Input::Observed {
-                    change: Observation::NodeDown { node: NODES[n].into() },
-                    live: true,
-                },
-                Step::Owner(g, o) => {
-                    key_seen[g] = o.is_some();
-                    Input::Observed {
-                        change: Observation::Owner {
-                            group: GROUPS[g].into(),
-                            key: o.map(|(n, lease)| OwnerKey {
-                                node: NODES[n].into(),
-                                lease,
-                                revision: 7,
-                            }),
-                        },
-                        live: true,
-                    }
-                }
-                Step::Target(g, to) => Input::Observed {
-                    change: Observation::Target {
-                        group: GROUPS[g].into(),
-                        target: to.map(|n| (MoveTarget {
-                            to: NODES[n].into(),
-                            from: None,
-                            reason: "move".into(),
-                        }, 9)),
-                    },
-                    live: true,
-                },
+                Step::Owner(g, o) => key_seen[g] = o.is_some(),
                 Step::Sent => {
                     if unanswered.len() >= 16 {
                         unanswered.pop_front();
                     }
                     unanswered.push_back(t);
-                    Input::RenewalSent
                 }
                 Step::Answered => {
                     if let Some(sent) = unanswered.pop_front() {
                         answered = Some(answered.map_or(sent, |a: Duration| a.max(sent)));
                     }
-                    Input::RenewalAnswered
-                }
-                Step::Ended(lease_gone) => {
-                    unanswered.clear();
-                    key_seen = [false; 2];
-                    taking = [false; 2];
-                    session = false;
-                    Input::SessionEnded { lease_gone }
                 }
                 Step::Took(g, ok) => {
                     // The answer to a take that is out: the key is now this node's.
@@ -441,12 +459,10 @@ proptest! {
                         key_seen[g] = true;
                     }
                     taking[g] = false;
-                    Input::Took { group: GROUPS[g].into(), revision: ok.then_some(11) }
                 }
-                Step::Released(g) => Input::Released { group: GROUPS[g].into() },
-                Step::Evaluate => Input::Evaluate,
-                Step::Tick => Input::Tick,
-            };
+                _ => {}
+            }
+            let input = input_of(&s);
             let actions = m.step(input, now(t));
             for action in &actions {
                 if let Action::Take { group, .. } = action {
@@ -497,40 +513,12 @@ proptest! {
         let mut taking = [false; 2];
         for (advance, s) in schedule {
             t += Duration::from_millis(advance);
-            let input = match s {
-                Step::Session(lease) => {
-                    taking = [false; 2];
-                    Input::SessionStarted { lease }
-                }
-                Step::NodeUp(n, new) => Input::Observed {
-                    change: Observation::NodeUp { node: NODES[n].into(), new },
-                    live: true,
-                },
-                Step::NodeDown(n) => Input::Observed {
-                    change: Observation::NodeDown { node: NODES[n].into() },
-                    live: true,
-                },
-                Step::Owner(g, o) => Input::Observed {
-                    change: Observation::Owner {
-                        group: GROUPS[g].into(),
-                        key: o.map(|(n, lease)| OwnerKey { node: NODES[n].into(), lease, revision: 7 }),
-                    },
-                    live: true,
-                },
-                Step::Target(_, _) | Step::Released(_) => Input::Evaluate,
-                Step::Sent => Input::RenewalSent,
-                Step::Answered => Input::RenewalAnswered,
-                Step::Ended(lease_gone) => {
-                    taking = [false; 2];
-                    Input::SessionEnded { lease_gone }
-                }
-                Step::Took(g, ok) => {
-                    taking[g] = false;
-                    Input::Took { group: GROUPS[g].into(), revision: ok.then_some(11) }
-                }
-                Step::Evaluate => Input::Evaluate,
-                Step::Tick => Input::Tick,
-            };
+            match s {
+                Step::Session(_) | Step::Ended(_) => taking = [false; 2],
+                Step::Took(g, _) => taking[g] = false,
+                _ => {}
+            }
+            let input = input_of(&s);
             for action in m.step(input, now(t)) {
                 if let Action::Take { group, .. } = &action {
                     let g = GROUPS.iter().position(|x| x == group).unwrap();

@@ -93,14 +93,20 @@ impl ChildrenSetting {
         match self {
             ChildrenSetting::Fixed(children) => children.clone(),
             ChildrenSetting::Auto => {
-                let is_service = std::env::var_os("INVOCATION_ID").is_some()
-                    && nix::unistd::getppid().as_raw() == 1
-                    && Path::new("/run/systemd/system").is_dir();
-                if is_service {
-                    Children::Units(Bus::System)
-                } else {
-                    Children::Fork
-                }
+                // What the agent is does not change while it runs: looked at once, not for
+                // each of thousands of resources.
+                static AUTO: std::sync::OnceLock<Children> = std::sync::OnceLock::new();
+                AUTO.get_or_init(|| {
+                    let is_service = std::env::var_os("INVOCATION_ID").is_some()
+                        && nix::unistd::getppid().as_raw() == 1
+                        && Path::new("/run/systemd/system").is_dir();
+                    if is_service {
+                        Children::Units(Bus::System)
+                    } else {
+                        Children::Fork
+                    }
+                })
+                .clone()
             }
         }
     }

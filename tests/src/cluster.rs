@@ -747,6 +747,36 @@ impl Drop for Observer {
     }
 }
 
+/// Runs keepalived (VRRP only, in the foreground) on `conf` in `node`'s namespace, its pid files
+/// in the node's directory and its output appended to `log`.
+pub fn spawn_keepalived(cluster: &Cluster, node: &str, conf: &Path, log: &Path) -> Child {
+    let dir = cluster.dir.path().join(node);
+    std::fs::create_dir_all(&dir).unwrap();
+    // A killed keepalived leaves its pid files, and a new one then refuses to start.
+    for pid in ["keepalived.pid", "vrrp.pid", "checkers.pid"] {
+        let _ = std::fs::remove_file(dir.join(pid));
+    }
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .unwrap();
+    Command::new("ip")
+        .args(["netns", "exec", &cluster.netns(node), "keepalived"])
+        .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
+        .arg(conf)
+        .arg(format!("--pid={}", dir.join("keepalived.pid").display()))
+        .arg(format!("--vrrp_pid={}", dir.join("vrrp.pid").display()))
+        .arg(format!(
+            "--checkers_pid={}",
+            dir.join("checkers.pid").display()
+        ))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("keepalived is installed (apt-get install keepalived)")
+}
+
 /// Writes a keepalived config for one node of the benchmark's comparison.
 pub fn keepalived_config(dir: &Path, node: &str, priority: u8) -> PathBuf {
     let path = dir.join(format!("keepalived-{node}.conf"));

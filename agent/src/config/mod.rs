@@ -35,6 +35,7 @@ use read::RawConfig;
 use resmon_policies::placement::Placement;
 use resmon_policies::GroupSpec;
 use resmon_probes::tls::TrustCache;
+use resmon_probes::values::SourceAddress;
 use resmon_probes::{BuildContext, ResourceConfig as PrivateConfig};
 pub(crate) use sections::default_max_parallel_starts;
 pub use sections::{AgentConfig, ClusterConfig, Name, WatchdogConfig, WatchdogMode};
@@ -108,14 +109,20 @@ impl GroupConfig {
             trust: trust.clone(),
             check_timeout: resource.props.check_timeout,
             children: agent.children.resolve(),
-            addresses: self
-                .resources
-                .iter()
-                .filter_map(|r| match &r.private {
-                    PrivateConfig::Ip(ip) => Some((r.name.to_string(), ip.address.address)),
-                    _ => None,
-                })
-                .collect(),
+            // Only the address a `source_address` names: looking through the group for every
+            // resource would cost a group of thousands millions of steps at start.
+            addresses: match resource.private.source_address() {
+                Some(SourceAddress::Resource(name)) => self
+                    .resources
+                    .iter()
+                    .filter(|r| r.name.as_str() == name)
+                    .filter_map(|r| match &r.private {
+                        PrivateConfig::Ip(ip) => Some((r.name.to_string(), ip.address.address)),
+                        _ => None,
+                    })
+                    .collect(),
+                _ => Default::default(),
+            },
         }
     }
 }

@@ -34,7 +34,7 @@ use async_trait::async_trait;
 use resmon_policies::FailureReason;
 use serde::Deserialize;
 use std::collections::BTreeMap;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -813,29 +813,18 @@ fn boot_id() -> Option<String> {
 
 /// Sends `signal` through a pidfd: `false` when the process is gone.
 fn pidfd_send_signal(fd: &OwnedFd, signal: nix::sys::signal::Signal) -> bool {
-    use std::os::fd::AsRawFd;
-    // SAFETY: pidfd_send_signal takes a descriptor we own, a signal number, no siginfo and no
-    // flags; it touches no memory of ours.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_pidfd_send_signal,
-            fd.as_raw_fd(),
-            signal as i32,
-            std::ptr::null::<libc::siginfo_t>(),
-            0,
-        )
-    };
-    r == 0
+    rustix::process::Signal::from_named_raw(signal as i32)
+        .is_some_and(|sig| rustix::process::pidfd_send_signal(fd, sig).is_ok())
 }
 
+/// A pidfd for `pid` (non-blocking: it is polled for the exit).
 fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, libc::PIDFD_NONBLOCK) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    let pid = rustix::process::Pid::from_raw(pid)
+        .ok_or_else(|| std::io::Error::from_raw_os_error(libc::ESRCH))?;
+    Ok(rustix::process::pidfd_open(
+        pid,
+        rustix::process::PidfdFlags::NONBLOCK,
+    )?)
 }
 
 impl TypeConfig for ProcessConfig {

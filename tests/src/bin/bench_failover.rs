@@ -8,7 +8,7 @@
 //! node is then brought back (as a backup: resmon with `failback = "never"`, keepalived with
 //! `nopreempt`) before the next run kills the new owner. Needs root, etcd and keepalived.
 
-use resmon_e2e::cluster::{keepalived_config, Cluster};
+use resmon_e2e::cluster::{keepalived_config, spawn_keepalived, Cluster};
 use resmon_e2e::{binary, Agent};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -109,29 +109,7 @@ fn start_keepalived(cluster: &Cluster, node: &str, priority: u8) -> Child {
     let dir = cluster.dir.path().join(node);
     std::fs::create_dir_all(&dir).unwrap();
     let conf = keepalived_config(&dir, node, priority);
-    // A killed keepalived leaves its pid files, and a new one then refuses to start.
-    for pid in ["keepalived.pid", "vrrp.pid", "checkers.pid"] {
-        let _ = std::fs::remove_file(dir.join(pid));
-    }
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("keepalived.log"))
-        .unwrap();
-    Command::new("ip")
-        .args(["netns", "exec", &cluster.netns(node), "keepalived"])
-        .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
-        .arg(&conf)
-        .arg(format!("--pid={}", dir.join("keepalived.pid").display()))
-        .arg(format!("--vrrp_pid={}", dir.join("vrrp.pid").display()))
-        .arg(format!(
-            "--checkers_pid={}",
-            dir.join("checkers.pid").display()
-        ))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("keepalived is installed (apt-get install keepalived)")
+    spawn_keepalived(cluster, node, &conf, &dir.join("keepalived.log"))
 }
 
 fn start_service(cluster: &Cluster, node: &str) -> Child {

@@ -13,7 +13,7 @@
 //! bridge); every VIP is on `eth0` for both. Needs root, etcd and keepalived, and a release
 //! build: `cargo build --release --workspace --bins`.
 
-use resmon_e2e::cluster::{ask, sh, Cluster};
+use resmon_e2e::cluster::{ask, sh, spawn_keepalived, Cluster};
 use resmon_e2e::{binary, in_netns, Agent};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -439,24 +439,7 @@ fn start_keepalived(cluster: &Cluster, node: &str, n: usize) -> Child {
     std::fs::create_dir_all(&dir).unwrap();
     let conf = dir.join("keepalived-scale.conf");
     std::fs::write(&conf, keepalived_config(node, &cluster.nodes, n)).unwrap();
-    for pid in ["keepalived.pid", "vrrp.pid", "checkers.pid"] {
-        let _ = std::fs::remove_file(dir.join(pid));
-    }
-    let log = std::fs::File::create(dir.join("keepalived-scale.log")).unwrap();
-    Command::new("ip")
-        .args(["netns", "exec", &cluster.netns(node), "keepalived"])
-        .args(["--dont-fork", "--log-console", "--vrrp", "--use-file"])
-        .arg(&conf)
-        .arg(format!("--pid={}", dir.join("keepalived.pid").display()))
-        .arg(format!("--vrrp_pid={}", dir.join("vrrp.pid").display()))
-        .arg(format!(
-            "--checkers_pid={}",
-            dir.join("checkers.pid").display()
-        ))
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("keepalived is installed (apt-get install keepalived)")
+    spawn_keepalived(cluster, node, &conf, &dir.join("keepalived-scale.log"))
 }
 
 fn keepalived_runs(cluster: &Cluster, n: usize, kills: usize) -> Vec<f64> {

@@ -127,8 +127,9 @@ fn unix_now() -> f64 {
 #[allow(unsafe_code)] // localtime_r: no safe wrapper in the dependencies.
 fn local_hour() -> u8 {
     let now = libc::time_t::try_from(unix_now() as i64).unwrap_or_default();
-    // SAFETY: localtime_r writes only into the tm we own.
+    // SAFETY: `tm` is plain data (integers and a pointer left null), for which zero is valid.
     let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: localtime_r reads `now` and writes only into the `tm` we own.
     unsafe { libc::localtime_r(&now, &mut tm) };
     tm.tm_hour.clamp(0, 23) as u8
 }
