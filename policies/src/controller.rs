@@ -19,7 +19,7 @@
 //! - an `offline` that fails or times out makes the resource failed and is followed by
 //!   `terminate`;
 //! - a provider that is not online takes its dependents offline; they come back when it is
-//!   online again;
+//!   online again; a provider in another group ([`Input::External`]) counts the same way;
 //! - an administrator's offline (`offline_by_admin`) is never restarted.
 
 use crate::reason::{CheckKind, FailureReason, Operation};
@@ -160,6 +160,14 @@ pub enum Input {
     FailoverCompleted {
         /// `true` if another node took the group; `false` if there was nowhere to go.
         moved: bool,
+    },
+    /// A provider in another group (a resource's `external`) came online or went offline,
+    /// where the dependency says: on this node, or anywhere in the cluster.
+    External {
+        /// Its index among the group's external providers.
+        provider: usize,
+        /// Whether it is online.
+        online: bool,
     },
     /// Time passed (the runtime calls this at [`GroupController::next_timer`]).
     Tick,
@@ -417,6 +425,10 @@ pub struct GroupController {
     mode: GroupMode,
     resources: Vec<ResourceRuntime>,
     failover_requested: bool,
+    /// Whether each external provider is online; `None` until told: a resource that runs is
+    /// left running and one that does not is not started (an agent restart adopts a dependent
+    /// before its provider's state is known).
+    externals: Vec<Option<bool>>,
     /// Something reconcile looks at changed since it last ran; a passing check changes nothing,
     /// so 10,000 of them a second cost no walk over the group.
     dirty: bool,
@@ -432,6 +444,7 @@ impl GroupController {
             .map(|_| ResourceRuntime::new())
             .collect();
         GroupController {
+            externals: vec![None; spec.externals()],
             spec,
             mode: GroupMode::Passive,
             resources,
@@ -741,6 +754,11 @@ impl GroupController {
                     }
                 }
             }
+            Input::External { provider, online } => {
+                if let Some(e) = self.externals.get_mut(provider) {
+                    *e = Some(online);
+                }
+            }
             Input::Tick => {
                 for i in 0..self.resources.len() {
                     let r = &mut self.resources[i];
@@ -971,9 +989,27 @@ impl GroupController {
                 && !r.admin_offline
                 && !r.stopping
                 && r.state != State::Failed
-                && self.spec.resource(id).depends_on.iter().all(|p| keep[p.0]);
+                && self.spec.resource(id).depends_on.iter().all(|p| keep[p.0])
+                && match self.externals_online(id) {
+                    Some(online) => online,
+                    None => matches!(r.state, State::Online | State::OnlinePending),
+                };
         }
         keep
+    }
+
+    /// Whether the resource's external providers are online: `Some(false)` when one is known
+    /// offline, `None` when one is not known yet.
+    fn externals_online(&self, id: ResourceId) -> Option<bool> {
+        let mut known = true;
+        for e in &self.spec.resource(id).external {
+            match self.externals.get(*e).copied().flatten() {
+                Some(false) => return Some(false),
+                Some(true) => {}
+                None => known = false,
+            }
+        }
+        known.then_some(true)
     }
 
     /// Starts what may come online and stops what must go offline, until nothing changes.

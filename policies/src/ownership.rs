@@ -21,8 +21,12 @@
 //!   A stale request (its node gone) is dropped.
 //! - *Failover* writes the failover history and the request in one transaction on the history's
 //!   revision; *failback* follows a preferred node's return, within its window.
+//! - *The other groups* ([`Neighbours`]): a node takes a group only where it fits the node's
+//!   capacities, where no group of its hard anti-affinity class runs, and where the groups it
+//!   is colocated with run (or are being taken). A group whose colocated provider is held by
+//!   another node, or by none, is stopped and released: it follows its provider.
 
-use crate::placement::Placement;
+use crate::placement::{Neighbours, Placement};
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
@@ -76,6 +80,8 @@ pub enum Observation {
         node: String,
         /// A new key (version 1).
         new: bool,
+        /// What the node declares it can hold (`storage_groups = 4`).
+        capacity: BTreeMap<String, u64>,
     },
     /// `nodes/<node>` is gone: its lease expired or it left.
     NodeDown {
@@ -298,6 +304,8 @@ pub struct Ownership {
     unanswered: VecDeque<Time>,
     fenced: bool,
     alive: BTreeSet<String>,
+    /// What each node declares it can hold, this node's own from its config.
+    capacity: BTreeMap<String, BTreeMap<String, u64>>,
     groups: BTreeMap<String, Group>,
 }
 
@@ -316,8 +324,16 @@ impl Ownership {
             unanswered: VecDeque::new(),
             fenced: false,
             alive: BTreeSet::new(),
+            capacity: BTreeMap::new(),
             groups: BTreeMap::new(),
         }
+    }
+
+    /// This node's capacities (`[cluster] capacity`): never above them, whatever the others
+    /// publish.
+    pub fn with_capacity(mut self, capacity: BTreeMap<String, u64>) -> Self {
+        self.capacity.insert(self.node.clone(), capacity);
+        self
     }
 
     /// This node's name.
@@ -383,35 +399,49 @@ impl Ownership {
                 .is_some_and(|o| o.node == self.node && o.lease == self.lease)
     }
 
-    /// The nodes that run, or are taking (this node), another group of `group`'s anti-affinity
-    /// class, as last seen.
-    fn crowded(&self, group: &str) -> Vec<String> {
-        let Some(class) = self
-            .groups
-            .get(group)
-            .and_then(|g| g.placement.anti_affinity.as_ref())
-            .map(|a| &a.class)
-        else {
-            return Vec::new();
+    /// Where `group` runs or is going: its owner, or this node while a take is out.
+    fn location(&self, group: &str) -> Option<String> {
+        let g = self.groups.get(group)?;
+        match (&g.owner, &g.taking) {
+            (Some(o), _) => Some(o.node.clone()),
+            (None, Some(_)) => Some(self.node.clone()),
+            (None, None) => None,
+        }
+    }
+
+    /// What the other groups leave for `group`, as last seen; `None` while a group it is
+    /// colocated with is not registered yet (its keys are not read: nothing is decided).
+    pub fn neighbours(&self, group: &str) -> Option<Neighbours> {
+        let g = self.groups.get(group)?;
+        let class = g.placement.anti_affinity.as_ref().map(|a| &a.class);
+        let mut nb = Neighbours {
+            capacity: self.capacity.clone(),
+            ..Neighbours::default()
         };
-        let mut crowded = Vec::new();
         for (name, h) in &self.groups {
-            let same = h
-                .placement
-                .anti_affinity
-                .as_ref()
-                .is_some_and(|a| &a.class == class);
-            if name == group || !same {
+            if name == group {
                 continue;
             }
-            if let Some(owner) = &h.owner {
-                crowded.push(owner.node.clone());
+            let Some(at) = self.location(name) else {
+                continue;
+            };
+            let same = h.placement.anti_affinity.as_ref().map(|a| &a.class);
+            if class.is_some() && same == class {
+                nb.crowded.push(at.clone());
             }
-            if h.taking.is_some() {
-                crowded.push(self.node.clone());
+            let used = nb.used.entry(at).or_default();
+            for (k, v) in &h.placement.uses {
+                *used.entry(k.clone()).or_default() += v;
             }
         }
-        crowded
+        for provider in &g.placement.colocated_with {
+            if !self.groups.contains_key(provider) {
+                return None;
+            }
+            nb.providers
+                .push((provider.clone(), self.location(provider)));
+        }
+        Some(nb)
     }
 
     /// Whether a group may be told to run now: in a session, before the deadline of a renewal
@@ -496,7 +526,7 @@ impl Ownership {
                     g.taking = None;
                 }
             }
-            Input::Took { group, revision } => self.took(&group, revision, now.at, &mut out),
+            Input::Took { group, revision } => self.took(&group, revision, now, &mut out),
             Input::KeyReleased { group } => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.owner = None;
@@ -603,7 +633,14 @@ impl Ownership {
 
     fn observe(&mut self, change: Observation, live: bool) {
         match change {
-            Observation::NodeUp { node, new } => {
+            Observation::NodeUp {
+                node,
+                new,
+                capacity,
+            } => {
+                if node != self.node {
+                    self.capacity.insert(node.clone(), capacity);
+                }
                 let joined = self.alive.insert(node.clone());
                 if live && joined && new {
                     let me = self.node.clone();
@@ -616,6 +653,9 @@ impl Ownership {
             }
             Observation::NodeDown { node } => {
                 self.alive.remove(&node);
+                if node != self.node {
+                    self.capacity.remove(&node);
+                }
             }
             Observation::Owner { group, key } => {
                 if let Some(g) = self.groups.get_mut(&group) {
@@ -646,10 +686,31 @@ impl Ownership {
             return;
         }
         let alive = self.alive();
+        let Some(nb) = self.neighbours(name) else {
+            return;
+        };
         let Some(g) = self.groups.get(name) else {
             return;
         };
         if self.owned(g) {
+            // Colocated: it runs only where its providers run; it follows them, through a
+            // release, and the node that holds them takes it. While a provider's take is out
+            // here, nothing changes yet.
+            let apart = nb
+                .providers
+                .iter()
+                .any(|(_, at)| at.as_deref() != Some(&self.node));
+            let coming = nb.providers.iter().any(|(p, _)| !self.holds(p));
+            if coming && !apart {
+                return;
+            }
+            if apart {
+                if let Some(g) = self.groups.get_mut(name) {
+                    g.releasing = true;
+                }
+                self.direct(name, Directive::Stop, now.at, out);
+                return;
+            }
             if let Some((target, revision)) = g.target.clone() {
                 if target.to != self.node {
                     if self.alive.contains(&target.to) && g.placement.may_own(&target.to) {
@@ -667,9 +728,9 @@ impl Ownership {
                 }
             }
             let g = &self.groups[name];
-            if let Some(to) = g
-                .placement
-                .failback_target(&self.node, &alive, &g.returned, now.hour)
+            if let Some(to) =
+                g.placement
+                    .failback_target(&self.node, &alive, &g.returned, now.hour, &nb)
             {
                 let target = MoveTarget {
                     to: to.to_string(),
@@ -698,13 +759,11 @@ impl Ownership {
         }
         // Nobody holds it: the node the placement names takes it.
         let target = g.target.as_ref().map(|(t, _)| t.clone());
-        let crowded = self.crowded(name);
-        let g = &self.groups[name];
         let next = g.placement.next_owner(
             &alive,
             target.as_ref().map(|t| t.to.as_str()),
             target.as_ref().and_then(|t| t.from.as_deref()),
-            &crowded,
+            &nb,
         );
         if next != Some(self.node.as_str()) || g.releasing || !self.may_run(now.at) {
             self.direct(name, Directive::Stop, now.at, out);
@@ -725,7 +784,7 @@ impl Ownership {
         });
     }
 
-    fn took(&mut self, name: &str, revision: Option<i64>, now: Time, out: &mut Vec<Action>) {
+    fn took(&mut self, name: &str, revision: Option<i64>, now: Now, out: &mut Vec<Action>) {
         let me = self.node.clone();
         let lease = self.lease;
         let Some(g) = self.groups.get_mut(name) else {
@@ -750,7 +809,9 @@ impl Ownership {
             reason,
             revision,
         });
-        self.direct(name, Directive::Run, now, out);
+        // Run it, unless what changed while the take was out says otherwise (a colocated
+        // provider that moved away).
+        self.evaluate(name, now, out);
     }
 
     /// A failover of `group` away from this node: where it goes and what to write, or why it
@@ -763,15 +824,12 @@ impl Ownership {
             return Err("this node does not hold the group".into());
         }
         let alive = self.alive();
+        let nb = self
+            .neighbours(group)
+            .ok_or("a group it is colocated with is not known yet")?;
         let to = g
             .placement
-            .failover_target(
-                &self.node,
-                &alive,
-                &g.failovers,
-                now.unix,
-                &self.crowded(group),
-            )
+            .failover_target(&self.node, &alive, &g.failovers, now.unix, &nb)
             .map_err(|why| why.to_string())?;
         let period = g.placement.failover_period.as_secs_f64();
         let mut history: Vec<f64> = g
@@ -802,32 +860,24 @@ impl Ownership {
             return Err(format!("nobody holds {group:?} right now"));
         };
         let alive = self.alive();
-        let crowded = self.crowded(group);
+        let nb = self
+            .neighbours(group)
+            .ok_or("a group it is colocated with is not known yet")?;
         let to = match to {
             Some(to) if to == owner => return Err(format!("{group:?} already runs on {to}")),
-            Some(to)
-                if crowded.contains(&to)
-                    && g.placement.anti_affinity.as_ref().is_some_and(|a| a.hard) =>
-            {
-                return Err(format!(
-                    "{to} runs a group of {group:?}'s anti-affinity class already (hard)"
-                ))
-            }
             Some(to) if !self.alive.contains(&to) => {
                 return Err(format!("{to} is not alive in the cluster"))
             }
             Some(to) if !g.placement.may_own(&to) => {
                 return Err(format!("{to} is not one of {group:?}'s possible owners"))
             }
-            Some(to) => to,
-            None => match g
-                .placement
-                .ranked_apart(&alive, &crowded)
-                .into_iter()
-                .find(|n| *n != owner)
-            {
-                Some(n) => n.to_string(),
-                None => return Err("no other possible owner is alive".into()),
+            Some(to) => match g.placement.why_not(&to, &nb) {
+                Some(why) => return Err(format!("{to} cannot take {group:?}: {why}")),
+                None => to,
+            },
+            None => match g.placement.other_owner(&owner, &alive, &nb) {
+                Ok(n) => n.to_string(),
+                Err(why) => return Err(why.to_string()),
             },
         };
         Ok(MoveTarget {

@@ -116,6 +116,9 @@ pub struct ResourceSpec {
     pub name: String,
     /// The resources this one needs online first (its providers).
     pub depends_on: Vec<ResourceId>,
+    /// Providers in other groups it needs online first, as indexes into the group's
+    /// external providers (fed by [`crate::Input::External`]).
+    pub external: Vec<usize>,
     /// Restart and failure-detection properties.
     pub policy: RestartPolicy,
     /// Terminated before the others when the node fences itself: an address, so that clients
@@ -186,6 +189,16 @@ impl GroupSpec {
             order,
             dependents,
         })
+    }
+
+    /// How many external providers (resources of other groups) the group's resources name.
+    pub fn externals(&self) -> usize {
+        self.resources
+            .iter()
+            .flat_map(|r| r.external.iter())
+            .map(|e| e + 1)
+            .max()
+            .unwrap_or(0)
     }
 
     /// The resources, indexed by [`ResourceId`].
@@ -286,6 +299,7 @@ mod tests {
         ResourceSpec {
             name: name.into(),
             depends_on: deps.iter().map(|&d| ResourceId(d)).collect(),
+            external: Vec::new(),
             policy: RestartPolicy::default(),
             fence_first: false,
         }

@@ -2,11 +2,11 @@
 //! `testdata/ownership/` (the format of `transcripts.rs`; `REWRITE=1` regenerates), and
 //! property tests over random interleavings of renewals, losses, observations and time.
 //!
-//! Transcript commands: `node NAME window=D` makes the machine (its start at 0); `at T INPUT`
+//! Transcript commands: `node NAME window=D [capacity=NAME:N,...]` makes the machine (its start at 0); `at T INPUT`
 //! feeds an input at T (boot clock and Unix seconds both T; `hour=H` before the input sets the
 //! local hour): `register G [possible=A,B] [preferred=A,B] [threshold=N] [period=D]
-//! [failback=never|immediate|S-E] [apart=CLASS[:hard]]`, `unregister G`, `session LEASE`, `node-up N [new]
-//! [snapshot]`, `node-down N`, `owner G NODE LEASE REV`, `owner G -`, `target G TO FROM REASON
+//! [failback=never|immediate|S-E] [apart=CLASS[:hard]] [uses=NAME:N,...] [with=G,...]`,
+//! `unregister G`, `session LEASE`, `node-up N [new] [snapshot] [capacity=NAME:N,...]`, `node-down N`, `owner G NODE LEASE REV`, `owner G -`, `target G TO FROM REASON
 //! REV`, `target G -`, `failovers G REV [T,T...]`, `sent`, `answered`, `ended [lease-gone]`,
 //! `took G REV|-`, `key-released G`, `released G`, `run-refused G`, `evaluate`, `tick`,
 //! `failover G`, `move G [TO]`; `state` prints each group's owner and directive.
@@ -19,6 +19,7 @@ use resmon_policies::ownership::{
 };
 use resmon_policies::placement::{AntiAffinity, Failback, Placement};
 use resmon_policies::Time;
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 fn parse_duration(s: &str) -> Duration {
@@ -37,6 +38,17 @@ fn list(s: &str) -> Vec<String> {
     s.split(',')
         .filter(|w| !w.is_empty())
         .map(String::from)
+        .collect()
+}
+
+/// `storage_groups:4,cpu:2`
+fn amounts(s: &str) -> BTreeMap<String, u64> {
+    list(s)
+        .iter()
+        .map(|a| {
+            let (k, v) = a.split_once(':').expect("NAME:N");
+            (k.to_string(), v.parse().expect("a number"))
+        })
         .collect()
 }
 
@@ -96,9 +108,14 @@ impl Harness {
     fn run(&mut self, line: &str) -> Vec<String> {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["node", name, window] => {
+            ["node", name, window, capacity @ ..] => {
                 let window = parse_duration(window.strip_prefix("window=").expect("window="));
-                self.machine = Some(Ownership::new(*name, window, Time::ZERO));
+                let capacity = capacity
+                    .first()
+                    .map(|c| amounts(c.strip_prefix("capacity=").expect("capacity=")))
+                    .unwrap_or_default();
+                self.machine =
+                    Some(Ownership::new(*name, window, Time::ZERO).with_capacity(capacity));
                 Vec::new()
             }
             ["state"] => {
@@ -168,6 +185,8 @@ fn input(words: &[&str]) -> Input {
                 failover_period: Duration::from_secs(6 * 3600),
                 failback: Failback::Never,
                 anti_affinity: None,
+                uses: BTreeMap::new(),
+                colocated_with: Vec::new(),
             };
             for opt in opts {
                 let (k, v) = opt.split_once('=').expect("key=value");
@@ -175,6 +194,8 @@ fn input(words: &[&str]) -> Input {
                     "possible" => placement.possible_owners = list(v),
                     "preferred" => placement.preferred_owners = list(v),
                     "threshold" => placement.failover_threshold = v.parse().unwrap(),
+                    "uses" => placement.uses = amounts(v),
+                    "with" => placement.colocated_with = list(v),
                     "period" => placement.failover_period = parse_duration(v),
                     "apart" => {
                         let (class, hard) = match v.strip_suffix(":hard") {
@@ -217,6 +238,11 @@ fn input(words: &[&str]) -> Input {
             change: Observation::NodeUp {
                 node: node.to_string(),
                 new: flags.contains(&"new"),
+                capacity: flags
+                    .iter()
+                    .find_map(|f| f.strip_prefix("capacity="))
+                    .map(amounts)
+                    .unwrap_or_default(),
             },
             live: !flags.contains(&"snapshot"),
         },
@@ -346,6 +372,7 @@ fn input_of(s: &Step) -> Input {
             change: Observation::NodeUp {
                 node: NODES[n].into(),
                 new,
+                capacity: BTreeMap::new(),
             },
             live: true,
         },
@@ -421,6 +448,8 @@ proptest! {
                     failover_period: Duration::from_secs(3600),
                     failback: Failback::Immediate,
                     anti_affinity: None,
+                    uses: BTreeMap::new(),
+                    colocated_with: Vec::new(),
                 },
             }, now(t));
         }
@@ -485,30 +514,58 @@ proptest! {
     }
 }
 
+/// The placement rules the property test below checks, one at a time: `g1` and `g2` are of one
+/// hard anti-affinity class; or each uses the one unit of this node's capacity; or `g2` is
+/// colocated with `g1`.
+#[derive(Clone, Copy, Debug)]
+enum Rule {
+    HardAntiAffinity,
+    Capacity,
+    Colocation,
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(1000))]
 
-    /// Two groups of one hard anti-affinity class, under any schedule: this node never takes
-    /// one while it holds, or is taking, the other.
+    /// Under any schedule: a hard anti-affinity pair never shares this node, a group is never
+    /// taken beyond this node's capacity (takes under way count), and a colocated group is
+    /// taken, and told to run, only while its provider is held or being taken here.
     #[test]
-    fn a_hard_anti_affinity_pair_never_shares_a_node(
+    fn placement_rules_hold_under_any_schedule(
+        rule in prop_oneof![
+            Just(Rule::HardAntiAffinity),
+            Just(Rule::Capacity),
+            Just(Rule::Colocation)
+        ],
         schedule in proptest::collection::vec((0u64..800, step()), 1..100)
     ) {
-        let mut m = Ownership::new("n1", Duration::from_secs(2), Time::ZERO);
+        let capacity = BTreeMap::from([("storage_groups".to_string(), 1)]);
+        let mut m = Ownership::new("n1", Duration::from_secs(2), Time::ZERO)
+            .with_capacity(capacity);
         let mut t = Duration::ZERO;
         let now = |t: Duration| Now { at: Time::from_elapsed(t), unix: t.as_secs_f64(), hour: 12 };
-        for g in GROUPS {
-            m.step(Input::Register {
-                group: g.into(),
-                placement: Placement {
-                    possible_owners: Vec::new(),
-                    preferred_owners: vec!["n1".into()],
-                    failover_threshold: 3,
-                    failover_period: Duration::from_secs(3600),
-                    failback: Failback::Never,
-                    anti_affinity: Some(AntiAffinity { class: "vs".into(), hard: true }),
-                },
-            }, now(t));
+        for (i, g) in GROUPS.iter().enumerate() {
+            let mut placement = Placement {
+                possible_owners: Vec::new(),
+                preferred_owners: vec!["n1".into()],
+                failover_threshold: 3,
+                failover_period: Duration::from_secs(3600),
+                failback: Failback::Never,
+                anti_affinity: None,
+                uses: BTreeMap::new(),
+                colocated_with: Vec::new(),
+            };
+            match rule {
+                Rule::HardAntiAffinity => {
+                    placement.anti_affinity = Some(AntiAffinity { class: "vs".into(), hard: true })
+                }
+                Rule::Capacity => {
+                    placement.uses = BTreeMap::from([("storage_groups".to_string(), 1)])
+                }
+                Rule::Colocation if i == 1 => placement.colocated_with = vec![GROUPS[0].into()],
+                Rule::Colocation => {}
+            }
+            m.step(Input::Register { group: g.to_string(), placement }, now(t));
         }
         let mut taking = [false; 2];
         for (advance, s) in schedule {
@@ -518,17 +575,32 @@ proptest! {
                 Step::Took(g, _) => taking[g] = false,
                 _ => {}
             }
+            let decides = matches!(s, Step::Evaluate | Step::Took(..));
             let input = input_of(&s);
             for action in m.step(input, now(t)) {
                 if let Action::Take { group, .. } = &action {
                     let g = GROUPS.iter().position(|x| x == group).unwrap();
                     let other = 1 - g;
-                    prop_assert!(
-                        !m.holds(GROUPS[other]) && !taking[other],
-                        "took {group} while holding or taking {}", GROUPS[other]
-                    );
+                    match rule {
+                        Rule::HardAntiAffinity | Rule::Capacity => prop_assert!(
+                            !m.holds(GROUPS[other]) && !taking[other],
+                            "{rule:?}: took {group} while holding or taking {}", GROUPS[other]
+                        ),
+                        Rule::Colocation if g == 1 => prop_assert!(
+                            m.holds(GROUPS[0]) || taking[0],
+                            "took {group} while its provider is neither held nor being taken here"
+                        ),
+                        Rule::Colocation => {}
+                    }
                     taking[g] = true;
                 }
+            }
+            if matches!(rule, Rule::Colocation) && decides && m.directive(GROUPS[1]) == Some(Directive::Run) {
+                prop_assert!(
+                    m.holds(GROUPS[0]) || taking[0],
+                    "{} told to run while its provider {} is neither held nor being taken here",
+                    GROUPS[1], GROUPS[0]
+                );
             }
         }
     }

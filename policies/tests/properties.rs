@@ -90,6 +90,7 @@ fn group_strategy() -> impl Strategy<Value = Vec<ResourceSpec>> {
                         name: format!("r{i}"),
                         depends_on: (0..i).filter(|&j| deps[j]).map(ResourceId).collect(),
                         fence_first: i == 0,
+                        external: Vec::new(),
                         policy: RestartPolicy {
                             restart_action: [
                                 RestartAction::NoRestart,

@@ -6,12 +6,14 @@
 //! Commands:
 //! - `resource NAME [after=A,B] [action=..] [threshold=N] [period=D] [retry=D] [delay=D]
 //!   [delay_max=D] [fall=N] [signal]
-//!   [poll_looks_alive=true|false] [fence_first]` declares a resource (no output);
+//!   [poll_looks_alive=true|false] [fence_first] [external=N,M]` declares a resource (no
+//!   output; `external` lists the group's external providers it depends on, by index);
 //! - `start [adopt=A,B]` builds the controller, adopts the named resources and activates it;
 //! - `at T INPUT` feeds an input at time T: `op NAME online|offline|terminate ok|timeout|REASON`,
 //!   `check NAME looks_alive|is_alive ok|REASON`, `signal NAME REASON`,
 //!   `admin online|offline|clear NAME`, `admin group-online|group-offline`,
-//!   `failover moved|nowhere`, `tick`, `deactivate`, `fence`, `activate`;
+//!   `failover moved|nowhere`, `external N online|offline`, `tick`, `deactivate`, `fence`,
+//!   `activate`;
 //! - `states` prints every resource's state.
 
 mod datadriven;
@@ -21,6 +23,9 @@ use resmon_policies::{
     ResourceId, ResourceSpec, RestartAction, RestartPolicy, Time,
 };
 use std::time::Duration;
+
+/// A declared resource: name, dependencies by name, policy, fence first, external providers.
+type Declared = (String, Vec<String>, RestartPolicy, bool, Vec<usize>);
 
 fn parse_duration(s: &str) -> Duration {
     // Compound durations such as `1h3m` or `30m21s`.
@@ -50,7 +55,7 @@ fn parse_duration(s: &str) -> Duration {
 }
 
 struct Harness {
-    declared: Vec<(String, Vec<String>, RestartPolicy, bool)>,
+    declared: Vec<Declared>,
     controller: Option<GroupController>,
 }
 
@@ -80,6 +85,7 @@ impl Harness {
                 let mut deps = Vec::new();
                 let mut policy = RestartPolicy::default();
                 let mut fence_first = false;
+                let mut external = Vec::new();
                 for opt in opts {
                     let (k, v) = opt.split_once('=').unwrap_or((opt, ""));
                     match k {
@@ -101,11 +107,12 @@ impl Harness {
                         "signal" => policy.provides_failure_signal = true,
                         "poll_looks_alive" => policy.poll_looks_alive = Some(v == "true"),
                         "fence_first" => fence_first = true,
+                        "external" => external = v.split(',').map(|e| e.parse().unwrap()).collect(),
                         _ => panic!("bad option {opt}"),
                     }
                 }
                 self.declared
-                    .push((name.to_string(), deps, policy, fence_first));
+                    .push((name.to_string(), deps, policy, fence_first, external));
                 vec![]
             }
             ["start", opts @ ..] => {
@@ -113,7 +120,7 @@ impl Harness {
                 let specs = self
                     .declared
                     .iter()
-                    .map(|(name, deps, policy, fence_first)| ResourceSpec {
+                    .map(|(name, deps, policy, fence_first, external)| ResourceSpec {
                         name: name.clone(),
                         depends_on: deps
                             .iter()
@@ -128,6 +135,7 @@ impl Harness {
                             .collect(),
                         policy: policy.clone(),
                         fence_first: *fence_first,
+                        external: external.clone(),
                     })
                     .collect();
                 self.controller = Some(GroupController::new(
@@ -228,6 +236,10 @@ impl Harness {
             ["admin", "group-offline"] => Input::Admin(AdminCommand::GroupOffline),
             ["failover", "moved"] => Input::FailoverCompleted { moved: true },
             ["failover", "nowhere"] => Input::FailoverCompleted { moved: false },
+            ["external", n, state] => Input::External {
+                provider: n.parse().unwrap(),
+                online: *state == "online",
+            },
             ["tick"] => Input::Tick,
             ["deactivate"] => Input::Deactivate,
             ["fence"] => Input::Fence,

@@ -4,7 +4,7 @@
 use super::diagnostics::{show, Diagnostics, Seg};
 use super::props;
 use super::sections::{
-    default_failback, default_failover_period, node_names, AgentConfig, ClusterConfig,
+    amounts, default_failback, default_failover_period, node_names, AgentConfig, ClusterConfig,
     FailbackSetting, Name,
 };
 use super::{CommonProps, Config, GroupConfig, ResourceConfig};
@@ -58,6 +58,9 @@ pub(super) struct RawGroup {
     /// never.
     #[serde(default)]
     pub(super) anti_affinity: Option<AntiAffinityMode>,
+    /// What it takes of a node's `capacity` (`storage_groups = 1`).
+    #[serde(default, deserialize_with = "amounts")]
+    pub(super) uses: BTreeMap<String, u64>,
 }
 
 /// `anti_affinity = "soft" | "hard"`.
@@ -373,6 +376,8 @@ pub(super) fn read_placement(
                 class: class.to_string(),
                 hard: group.anti_affinity == Some(AntiAffinityMode::Hard),
             }),
+        uses: group.uses.clone(),
+        colocated_with: Vec::new(),
     })
 }
 
@@ -447,6 +452,7 @@ pub(super) fn read_group(
             depends_on,
             policy: r.props.restart_policy(r.private.provides_failure_signal()),
             fence_first: matches!(r.private, PrivateConfig::Ip(_)),
+            external: Vec::new(),
         });
     }
     if !ok {

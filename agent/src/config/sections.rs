@@ -5,6 +5,7 @@ use super::diagnostics::{Diagnostics, Seg};
 use resmon_policies::placement::Failback;
 use resmon_probes::HumanDuration;
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -64,6 +65,13 @@ fn optional_node_name<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<S
 /// Node names, for owner lists.
 pub(super) fn node_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     Vec::<Name>::deserialize(d).map(|v| v.into_iter().map(|n| n.0).collect())
+}
+
+/// Named amounts (`capacity`, `uses`): each name follows the rule of every name.
+pub(super) fn amounts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, u64>, D::Error> {
+    BTreeMap::<Name, u64>::deserialize(d).map(|m| m.into_iter().map(|(k, v)| (k.0, v)).collect())
 }
 
 /// A count from 1 to `MAX`: more would only exhaust the machine (threads, connections).
@@ -253,6 +261,10 @@ pub struct ClusterConfig {
     /// A watchdog device that resets the machine when the agent stops confirming its lease.
     #[serde(default)]
     pub watchdog: Option<WatchdogConfig>,
+    /// What this node can hold (`storage_groups = 4`), as Pacemaker's node utilization: no
+    /// group is placed here beyond it. Groups say what they use (`uses`).
+    #[serde(default, deserialize_with = "amounts")]
+    pub capacity: BTreeMap<String, u64>,
 }
 
 /// `[cluster.watchdog]`, as Patroni's: the device, and what to do when it cannot be opened.

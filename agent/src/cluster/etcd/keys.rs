@@ -2,6 +2,18 @@
 
 use etcd_client::KeyValue;
 use resmon_policies::ownership::{MoveTarget, Observation, OwnerKey};
+use std::collections::BTreeMap;
+
+/// The value of `nodes/<node>`: what the node says of itself to the others.
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct NodeRecord {
+    /// The agent's version.
+    #[serde(default)]
+    pub(super) version: String,
+    /// What the node can hold (`[cluster] capacity`).
+    #[serde(default)]
+    pub(super) capacity: BTreeMap<String, u64>,
+}
 
 pub(super) struct Keys {
     pub(super) prefix: String,
@@ -33,9 +45,13 @@ impl Keys {
             return Some(if deleted {
                 Observation::NodeDown { node }
             } else {
+                // A value that is not a record (a node of an older version wrote its name)
+                // declares no capacity.
+                let record: NodeRecord = serde_json::from_slice(kv.value()).unwrap_or_default();
                 Observation::NodeUp {
                     node,
                     new: kv.version() == 1,
+                    capacity: record.capacity,
                 }
             });
         }

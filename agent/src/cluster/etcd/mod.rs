@@ -5,7 +5,8 @@
 //!
 //! Keys, under `prefix` (default `/resmon`):
 //!
-//! - `nodes/<node>`: present while the node's lease lives; the set of alive nodes.
+//! - `nodes/<node>`: present while the node's lease lives; the set of alive nodes. Its value
+//!   says the node's version and capacities (`{"version": .., "capacity": {..}}`).
 //! - `groups/<group>/owner`: the owner's name, held under the owner's lease. Created only by a
 //!   transaction that requires it absent (`create_revision == 0`), deleted only by a
 //!   transaction that requires it to still be this node's (value, lease and revision), or by
@@ -61,7 +62,9 @@ pub(super) fn spawn(
 ) {
     let window = config.lease_ttl.0.saturating_sub(config.fence_margin());
     let shared = Arc::new(Shared {
-        machine: Mutex::new(Ownership::new(node.clone(), window, Time::ZERO)),
+        machine: Mutex::new(
+            Ownership::new(node.clone(), window, Time::ZERO).with_capacity(config.capacity.clone()),
+        ),
         directives: Mutex::new(BTreeMap::new()),
         origin: BootInstant::now(),
     });

@@ -177,7 +177,11 @@ impl EtcdCoordinator {
             "register this node",
             client.put(
                 self.keys.node(&self.node),
-                self.node.clone(),
+                serde_json::to_string(&super::keys::NodeRecord {
+                    version: env!("CARGO_PKG_VERSION").to_string(),
+                    capacity: self.config.capacity.clone(),
+                })
+                .unwrap_or_default(),
                 Some(PutOptions::new().with_lease(lease)),
             ),
         )
