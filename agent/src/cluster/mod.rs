@@ -9,7 +9,9 @@
 //! - [`etcd`]: ownership keys under this node's lease in etcd, changed only by transactions on
 //!   revisions, with self-fencing when the lease cannot be renewed in time;
 //! - `clock`: the fence's clock, CLOCK_BOOTTIME; `watchdog`: the device that resets a node
-//!   whose agent stopped confirming its lease.
+//!   whose agent stopped confirming its lease;
+//! - [`providers`]: the state of resources that other groups' resources depend on, here and,
+//!   under etcd, on every node.
 //!
 //! Where a group goes, and whether it may run here, is decided by the pure
 //! [`resmon_policies::ownership`] state machine and its [`resmon_policies::placement`] rules;
@@ -17,6 +19,7 @@
 
 mod clock;
 pub mod etcd;
+pub mod providers;
 mod watchdog;
 
 use crate::config::ClusterConfig;
@@ -59,6 +62,11 @@ pub(crate) enum Request {
         group: String,
         to: Option<String>,
         reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// A resource other groups depend on came online or went offline here: publish it.
+    Provider {
+        name: String,
+        online: bool,
     },
 }
 
@@ -119,6 +127,7 @@ pub struct Coordinator {
     node: String,
     requests: mpsc::UnboundedSender<Request>,
     view: Arc<Mutex<ClusterView>>,
+    providers: Arc<providers::Providers>,
 }
 
 impl Coordinator {
@@ -137,6 +146,7 @@ impl Coordinator {
             node: node.to_string(),
             requests,
             view,
+            providers: Arc::new(providers::Providers::new(false)),
         }
     }
 
@@ -153,6 +163,7 @@ impl Coordinator {
             node: node.to_string(),
             ..ClusterView::default()
         }));
+        let providers = Arc::new(providers::Providers::new(true));
         etcd::spawn(
             node.to_string(),
             config,
@@ -160,11 +171,13 @@ impl Coordinator {
             rx,
             view.clone(),
             sink,
+            providers.clone(),
         );
         Coordinator {
             node: node.to_string(),
             requests,
             view,
+            providers,
         }
     }
 
@@ -201,6 +214,20 @@ impl Coordinator {
         answer
             .await
             .map_err(|_| "the coordinator has stopped".to_string())?
+    }
+
+    /// The states of resources that other groups' resources depend on.
+    pub fn providers(&self) -> &Arc<providers::Providers> {
+        &self.providers
+    }
+
+    /// A resource that other groups depend on came online or went offline here.
+    pub fn provider_state(&self, name: &str, online: bool) {
+        self.providers.set_here(name, online);
+        let _ = self.requests.send(Request::Provider {
+            name: name.to_string(),
+            online,
+        });
     }
 
     /// The cluster as this node sees it.
@@ -249,7 +276,7 @@ async fn embedded(
                     detail: "no other node can own the group (single-node coordinator)".into(),
                 });
             }
-            Request::Released { .. } => {}
+            Request::Released { .. } | Request::Provider { .. } => {}
             Request::Move { reply, .. } => {
                 let _ = reply.send(Err(
                     "this agent runs the single-node coordinator: configure [cluster] to move groups between nodes"

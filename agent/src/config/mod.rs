@@ -18,10 +18,12 @@
 //!   [`load`] / [`parse`];
 //! - [`diagnostics`]: errors and warnings with file, line and key;
 //! - [`sections`]: `[agent]`, `[cluster]` and names;
-//! - `read`: the raw file shapes and the whole-file checks;
+//! - `read`: the raw file shapes and the whole-file checks; `links`: dependencies between
+//!   groups (existence, cycles, colocations that cannot hold);
 //! - [`props`]: the common properties and their type defaults; `locate`: key paths to lines.
 
 pub mod diagnostics;
+mod links;
 mod locate;
 mod props;
 mod read;
@@ -46,8 +48,12 @@ use std::path::{Path, PathBuf};
 pub struct ResourceConfig {
     /// Unique within its group.
     pub name: Name,
-    /// Names of the resources it needs online first.
+    /// Names of the resources it needs online first: of its group, or `group/resource` of
+    /// another group that must then run on the same node (colocation).
     pub depends_on: Vec<String>,
+    /// `group/resource` of other groups it needs online first, wherever they run (ordering
+    /// only).
+    pub depends_on_anywhere: Vec<String>,
     /// Intervals, timeouts and restart policy, resolved.
     pub props: ResourceProps,
     /// The type's private properties.
@@ -72,6 +78,20 @@ pub struct GroupConfig {
     pub spec: GroupSpec,
     /// Where it may run and where it goes on failover.
     pub placement: Placement,
+    /// The resources of other groups its resources depend on, in the order of the policy's
+    /// external provider indexes.
+    pub externals: Vec<External>,
+    /// Its resources that resources of other groups depend on: their state is published.
+    pub published: Vec<resmon_policies::ResourceId>,
+}
+
+/// A resource of another group that a resource of this group depends on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct External {
+    /// `group/resource`.
+    pub name: String,
+    /// On this node (`depends_on`), or anywhere in the cluster (`depends_on_anywhere`).
+    pub colocated: bool,
 }
 
 impl GroupConfig {

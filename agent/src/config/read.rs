@@ -82,6 +82,8 @@ pub(super) struct ResourceHeader {
     pub(super) type_name: String,
     #[serde(default)]
     pub(super) depends_on: Vec<String>,
+    #[serde(default)]
+    pub(super) depends_on_anywhere: Vec<String>,
 }
 
 impl RawConfig {
@@ -130,6 +132,7 @@ impl RawConfig {
                 None => ok = false,
             }
         }
+        ok &= super::links::link_groups(&mut groups, cx);
         check_pid_files(&groups, &self.agent.state_dir, cx);
         check_source_addresses(&groups, cx);
         for (path, message) in super::sandbox::impossible(
@@ -419,11 +422,52 @@ pub(super) fn read_group(
     }
     inherit_group_addresses(&mut resources);
 
-    // Dependencies by name, then the DAG check the policy itself relies on.
+    // Dependencies by name, then the DAG check the policy itself relies on. A `group/resource`
+    // names another group's resource: an external provider, checked once every group is read.
     let mut specs = Vec::new();
+    let mut externals: Vec<super::External> = Vec::new();
     for (ri, r) in resources.iter().enumerate() {
         let mut depends_on = Vec::new();
+        let mut external = Vec::new();
+        let mut index = |name: &str, colocated: bool| {
+            let e = super::External {
+                name: name.to_string(),
+                colocated,
+            };
+            match externals.iter().position(|x| *x == e) {
+                Some(i) => i,
+                None => {
+                    externals.push(e);
+                    externals.len() - 1
+                }
+            }
+        };
+        for (di, dep) in r.depends_on_anywhere.iter().enumerate() {
+            if dep.contains('/') {
+                external.push(index(dep, false));
+                continue;
+            }
+            let mut p = gpath.to_vec();
+            p.extend([
+                Seg::Key("resources".into()),
+                Seg::Index(ri),
+                Seg::Key("depends_on_anywhere".into()),
+                Seg::Index(di),
+            ]);
+            cx.error(
+                &p,
+                format!(
+                    "{dep:?}: name a resource of another group as \"group/resource\"; one of \
+                     this group goes in depends_on"
+                ),
+            );
+            ok = false;
+        }
         for (di, dep) in r.depends_on.iter().enumerate() {
+            if dep.contains('/') {
+                external.push(index(dep, true));
+                continue;
+            }
             match resources.iter().position(|o| o.name.as_str() == dep) {
                 Some(i) => depends_on.push(ResourceId(i)),
                 None => {
@@ -452,7 +496,7 @@ pub(super) fn read_group(
             depends_on,
             policy: r.props.restart_policy(r.private.provides_failure_signal()),
             fence_first: matches!(r.private, PrivateConfig::Ip(_)),
-            external: Vec::new(),
+            external,
         });
     }
     if !ok {
@@ -465,6 +509,8 @@ pub(super) fn read_group(
             resources,
             spec,
             placement,
+            externals,
+            published: Vec::new(),
         }),
         Err(e) => {
             let at = |ri: usize, key: &str, di: Option<usize>| {
@@ -599,6 +645,7 @@ pub(super) fn read_resource(
     ok.then_some(ResourceConfig {
         name: header.name,
         depends_on: header.depends_on,
+        depends_on_anywhere: header.depends_on_anywhere,
         props,
         private,
     })

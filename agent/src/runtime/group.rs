@@ -130,6 +130,13 @@ struct GroupTask {
     released: bool,
     /// The coordinator's answer to a failover request, while it is awaited.
     failover: Option<oneshot::Receiver<FailoverAnswer>>,
+    /// Which resources other groups depend on: their states are published.
+    published: Vec<bool>,
+    /// The resources of other groups this group's resources depend on, and what the
+    /// controller was told of each.
+    externals: Vec<(crate::config::External, Option<bool>)>,
+    /// Told when a provider's state changes (only with externals).
+    provider_changes: Option<tokio::sync::watch::Receiver<u64>>,
 }
 
 /// Builds a group's resources (their TLS trust through `trust`) and workers and starts its task.
@@ -222,6 +229,12 @@ pub(crate) fn spawn_with(
             },
         );
     let handle_contexts = contexts.clone();
+    let mut published = vec![false; config.resources.len()];
+    for id in &config.published {
+        published[id.0] = true;
+    }
+    let provider_changes =
+        (!config.externals.is_empty()).then(|| shared.coordinator.providers().subscribe());
     let task = GroupTask {
         name: config.name.to_string(),
         controller: GroupController::new(config.spec.clone()),
@@ -236,6 +249,9 @@ pub(crate) fn spawn_with(
         directive: Directive::Wait,
         released: false,
         failover: None,
+        published,
+        externals: config.externals.iter().map(|e| (e.clone(), None)).collect(),
+        provider_changes,
     };
     tokio::spawn(task.run());
     GroupHandle {
@@ -272,7 +288,12 @@ impl GroupTask {
             if *a == Some(true) {
                 self.step(Input::Adopted(ResourceId(i)));
             }
+            // Other groups wait for this word on what they depend on.
+            if self.published[i] {
+                self.publish(ResourceId(i), *a == Some(true));
+            }
         }
+        self.feed_externals();
         let directive = *self.link.directive.borrow_and_update();
         self.follow(directive);
         for event in early {
@@ -304,6 +325,7 @@ impl GroupTask {
                     let directive = *self.link.directive.borrow_and_update();
                     self.follow(directive);
                 }
+                _ = provider_changed(&mut self.provider_changes) => self.feed_externals(),
                 answer = failover_answer(&mut self.failover) => {
                     self.failover = None;
                     let answer = answer.unwrap_or(FailoverAnswer {
@@ -322,6 +344,27 @@ impl GroupTask {
                 _ = sleep_until(timer) => self.step(Input::Tick),
             }
             self.report_released();
+        }
+    }
+
+    /// Tells other groups that a resource they depend on is online here, or not.
+    fn publish(&self, resource: ResourceId, online: bool) {
+        let name = format!("{}/{}", self.name, self.contexts[resource.0].name());
+        self.shared.coordinator.provider_state(&name, online);
+    }
+
+    /// Tells the controller what changed about the providers of other groups.
+    fn feed_externals(&mut self) {
+        let providers = self.shared.coordinator.providers().clone();
+        for i in 0..self.externals.len() {
+            let now = providers.state(&self.externals[i].0);
+            if now.is_some() && now != self.externals[i].1 {
+                self.externals[i].1 = now;
+                self.step(Input::External {
+                    provider: i,
+                    online: now == Some(true),
+                });
+            }
         }
     }
 
@@ -451,6 +494,9 @@ impl GroupTask {
                 }
                 .emit(&self.shared.sink);
                 *self.slots.mode.lock().unwrap_or_else(|e| e.into_inner()) = self.controller.mode();
+                if self.published[resource.0] && (from == State::Online || to == State::Online) {
+                    self.publish(resource, to == State::Online);
+                }
             }
             Effect::Online(r) => self.run_operation(r, Operation::Online, now),
             Effect::Offline(r) => self.run_operation(r, Operation::Offline, now),
@@ -547,6 +593,15 @@ async fn failover_answer(
     match pending {
         Some(answer) => answer.await.ok(),
         None => std::future::pending().await,
+    }
+}
+
+async fn provider_changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
+    let Some(rx) = changes else {
+        return std::future::pending().await;
+    };
+    if rx.changed().await.is_err() {
+        std::future::pending::<()>().await;
     }
 }
 

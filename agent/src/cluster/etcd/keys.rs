@@ -32,6 +32,22 @@ impl Keys {
     pub(super) fn failovers(&self, group: &str) -> String {
         format!("{}/groups/{group}/failovers", self.prefix)
     }
+    /// `groups/<group>/online/<resource>` for a provider `group/resource`.
+    pub(super) fn online(&self, provider: &str) -> Option<String> {
+        let (group, resource) = provider.split_once('/')?;
+        Some(format!("{}/groups/{group}/online/{resource}", self.prefix))
+    }
+
+    /// The provider (`group/resource`) an `online` key is about.
+    pub(super) fn provider(&self, kv: &KeyValue) -> Option<String> {
+        let rest = kv
+            .key_str()
+            .ok()?
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/groups/")?;
+        let (group, resource) = rest.split_once("/online/")?;
+        Some(format!("{group}/{resource}"))
+    }
 
     /// What a key says, for the machine; `None` for a key of no interest.
     pub(super) fn observe(&self, kv: &KeyValue, deleted: bool) -> Option<Observation> {
@@ -40,6 +56,10 @@ impl Keys {
             .ok()?
             .strip_prefix(&self.prefix)?
             .strip_prefix('/')?;
+        if rest.contains("/online/") {
+            // A provider's state: see `provider`.
+            return None;
+        }
         if let Some(node) = rest.strip_prefix("nodes/") {
             let node = node.to_string();
             return Some(if deleted {

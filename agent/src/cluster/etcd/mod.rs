@@ -16,6 +16,8 @@
 //!   deleting the request in the same transaction.
 //! - `groups/<group>/failovers`: Unix times of recent failovers, changed by a transaction on its
 //!   revision, for `failover_threshold` within `failover_period`.
+//! - `groups/<group>/online/<resource>`: present while a resource that other groups depend on
+//!   is online on the node that holds it, under that node's lease (`depends_on_anywhere`).
 //!
 //! Self-fencing: a task apart from the session ticks the machine at least every 50 ms on
 //! CLOCK_BOOTTIME (which counts a suspend), so the fence deadline (the sending of the last
@@ -59,6 +61,7 @@ pub(super) fn spawn(
     rx: mpsc::UnboundedReceiver<Request>,
     view: Arc<Mutex<ClusterView>>,
     sink: Arc<EventSink>,
+    providers: Arc<super::providers::Providers>,
 ) {
     let window = config.lease_ttl.0.saturating_sub(config.fence_margin());
     let shared = Arc::new(Shared {
@@ -83,6 +86,7 @@ pub(super) fn spawn(
         shared,
         endpoint: 0,
         watchdog,
+        providers,
     };
     tokio::spawn(coordinator.run());
 }
@@ -104,6 +108,8 @@ struct EtcdCoordinator {
     /// Which of `config.endpoints` the next session talks to: each session talks to one
     /// member, and one that fails passes to the next.
     endpoint: usize,
+    /// Provider states: this node's, published; every node's, read back.
+    providers: Arc<super::providers::Providers>,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> Broken {
@@ -220,6 +226,8 @@ impl EtcdCoordinator {
             Request::Move { reply, .. } => {
                 let _ = reply.send(Err("the coordinator is not in touch with etcd".into()));
             }
+            // Published again when the next session starts.
+            Request::Provider { .. } => {}
         }
     }
 
@@ -534,7 +542,38 @@ impl EtcdCoordinator {
                 let _ = reply.send(answer);
                 Vec::new()
             }
+            Request::Provider { name, online } => {
+                self.publish_provider(client, &name, online).await?;
+                Vec::new()
+            }
         })
+    }
+
+    /// Publishes a provider's state on this node: its key under this node's lease while it is
+    /// online, deleted (only if it is this node's) when it is not.
+    async fn publish_provider(
+        &self,
+        client: &mut Client,
+        name: &str,
+        online: bool,
+    ) -> Result<(), Broken> {
+        let Some(key) = self.keys.online(name) else {
+            return Ok(());
+        };
+        let lease = self.shared.machine().lease();
+        let txn = if online {
+            Txn::new().and_then([TxnOp::put(
+                key,
+                self.node.clone(),
+                Some(PutOptions::new().with_lease(lease)),
+            )])
+        } else {
+            Txn::new()
+                .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
+                .and_then([TxnOp::delete(key, None)])
+        };
+        bounded(self.op_timeout(), "publish a provider", client.txn(txn)).await?;
+        Ok(())
     }
 
     /// A failover of a group this node holds: the history and the request in one transaction

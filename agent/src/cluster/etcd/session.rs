@@ -197,6 +197,16 @@ impl EtcdCoordinator {
         .await?;
         let revision = snapshot.header().map(|h| h.revision()).unwrap_or(0);
         let mut actions = Vec::new();
+        let online = snapshot
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.keys.provider(kv))
+            .collect();
+        self.providers.set_cluster(online);
+        // What changed here while there was no session (or under another lease).
+        for (name, online) in self.providers.here() {
+            self.publish_provider(&mut client, &name, online).await?;
+        }
         for kv in snapshot.kvs() {
             if let Some(change) = self.keys.observe(kv, false) {
                 actions.extend(self.shared.step(Input::Observed {
@@ -290,6 +300,10 @@ impl EtcdCoordinator {
                     for event in response.events() {
                         let Some(kv) = event.kv() else { continue };
                         let deleted = event.event_type() == EventType::Delete;
+                        if let Some(name) = self.keys.provider(kv) {
+                            self.providers.cluster_changed(&name, !deleted);
+                            continue;
+                        }
                         if let Some(change) = self.keys.observe(kv, deleted) {
                             actions.extend(self.shared.step(Input::Observed { change, live: true }));
                         }

@@ -1,0 +1,133 @@
+//! The state of resources that resources of other groups depend on (`depends_on =
+//! ["group/resource"]`, `depends_on_anywhere`): what the group tasks of this node report, and,
+//! under etcd, what every node publishes (`groups/<group>/online/<resource>`, held under the
+//! publishing node's lease, so that a dead node's providers go with it).
+
+use crate::config::External;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// Provider states, shared by the group tasks and the coordinator.
+pub struct Providers {
+    inner: Mutex<Inner>,
+    changed: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// `group/resource` → online on this node, for the providers whose group task reported.
+    here: BTreeMap<String, bool>,
+    /// Under etcd: the providers online on any node, once a snapshot was read.
+    cluster: Option<BTreeSet<String>>,
+    /// Whether a cluster coordinator publishes states (etcd), or this node is the cluster.
+    clustered: bool,
+}
+
+impl Providers {
+    /// A board; `clustered` when other nodes' states come from etcd.
+    pub fn new(clustered: bool) -> Providers {
+        Providers {
+            inner: Mutex::new(Inner {
+                clustered,
+                ..Inner::default()
+            }),
+            changed: watch::channel(0).0,
+        }
+    }
+
+    fn inner(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn bump(&self) {
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    /// A provider's state on this node, from its group task.
+    pub fn set_here(&self, name: &str, online: bool) {
+        let old = self.inner().here.insert(name.to_string(), online);
+        if old != Some(online) {
+            self.bump();
+        }
+    }
+
+    /// This node's reported states, for publishing them again in a new session.
+    pub fn here(&self) -> BTreeMap<String, bool> {
+        self.inner().here.clone()
+    }
+
+    /// Every provider online in the cluster, as a snapshot says.
+    pub fn set_cluster(&self, online: BTreeSet<String>) {
+        self.inner().cluster = Some(online);
+        self.bump();
+    }
+
+    /// One provider's key changed in etcd.
+    pub fn cluster_changed(&self, name: &str, online: bool) {
+        {
+            let mut inner = self.inner();
+            let set = inner.cluster.get_or_insert_with(BTreeSet::new);
+            if online {
+                set.insert(name.to_string());
+            } else {
+                set.remove(name);
+            }
+        }
+        self.bump();
+    }
+
+    /// Whether `external` is online where its dependency says; `None` while not known (its
+    /// group has not reported, or etcd has not been read).
+    pub fn state(&self, external: &External) -> Option<bool> {
+        let inner = self.inner();
+        let here = inner.here.get(&external.name).copied();
+        if external.colocated || !inner.clustered || here == Some(true) {
+            return here;
+        }
+        inner
+            .cluster
+            .as_ref()
+            .map(|set| set.contains(&external.name))
+    }
+
+    /// Told whenever a state changes.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ext(colocated: bool) -> External {
+        External {
+            name: "mta/mta".into(),
+            colocated,
+        }
+    }
+
+    #[test]
+    fn colocated_needs_it_here_anywhere_takes_any_node() {
+        let p = Providers::new(true);
+        assert_eq!(p.state(&ext(true)), None, "its group has not reported");
+        assert_eq!(p.state(&ext(false)), None, "etcd not read");
+        p.set_here("mta/mta", false);
+        p.set_cluster(BTreeSet::from(["mta/mta".to_string()]));
+        assert_eq!(p.state(&ext(true)), Some(false), "not here");
+        assert_eq!(p.state(&ext(false)), Some(true), "online on another node");
+        p.cluster_changed("mta/mta", false);
+        assert_eq!(p.state(&ext(false)), Some(false));
+        p.set_here("mta/mta", true);
+        assert_eq!(
+            p.state(&ext(false)),
+            Some(true),
+            "here counts before etcd says"
+        );
+
+        let alone = Providers::new(false);
+        alone.set_here("mta/mta", true);
+        assert_eq!(alone.state(&ext(false)), Some(true));
+    }
+}
