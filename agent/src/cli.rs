@@ -108,7 +108,13 @@ Script lines: TIME [GROUP/]RESOURCE EVENT [REASON], for example
   10s   store signal exited        (the failure signal fires)
   20s   store online_fails spawn   (its online fails until `online_ok`)
   30s   smtp admin_offline         (also admin_online, admin_clear)
-  2h    tick                       (time passes; retry timers fire)";
+  2h    tick                       (time passes; retry timers fire)
+
+With node lines the script plays a cluster: groups go where the placement rules say
+(preferred and possible owners, capacities, anti-affinity, colocation), a failover goes to
+another node or says why it cannot, and a group with nowhere to go waits and says why:
+  0s    node n1 up storage_groups=4  (a node and its capacities)
+  60s   node n1 down                 (its groups go to the other nodes)";
 
 /// Arguments of `online`, `offline` and `clear`.
 #[derive(Debug, clap::Args)]
