@@ -210,8 +210,16 @@ impl Agent {
         let log = std::fs::File::create(&self.log).unwrap();
         let mut command = match &self.netns {
             Some(netns) => {
+                // `ip netns exec` mounts a sysfs of the namespace's own, without the cgroup2
+                // hierarchy under it: mounted again, as on any host, so that a process that
+                // leaves its session (postfix's master) is tracked in its cgroup there too.
                 let mut c = Command::new("ip");
-                c.args(["netns", "exec", netns]).arg(binary("resmon"));
+                c.args(["netns", "exec", netns, "sh", "-c"])
+                    .arg(
+                        "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup; \
+                         exec \"$0\" \"$@\"",
+                    )
+                    .arg(binary("resmon"));
                 c
             }
             None => Command::new(binary("resmon")),

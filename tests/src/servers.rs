@@ -182,6 +182,20 @@ pub fn nginx_config(base: &Path, pki: &TestPki) -> Server {
 
 /// [`nginx_config`] on given ports.
 pub fn nginx_config_on(base: &Path, pki: &TestPki, http: u16, https: u16) -> Server {
+    nginx_config_at(base, pki, LOOPBACK, http, https)
+}
+
+/// 127.0.0.1.
+const LOOPBACK: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
+/// [`nginx_config`] on given ports of `address`.
+pub fn nginx_config_at(
+    base: &Path,
+    pki: &TestPki,
+    address: std::net::IpAddr,
+    http: u16,
+    https: u16,
+) -> Server {
     let d = dir(base, "nginx");
     let conf = d.join("nginx.conf");
     let dd = d.display();
@@ -201,8 +215,8 @@ http {{
   uwsgi_temp_path {dd}/uwsgi;
   scgi_temp_path {dd}/scgi;
   server {{
-    listen 127.0.0.1:{http};
-    listen 127.0.0.1:{https} ssl;
+    listen {address}:{http};
+    listen {address}:{https} ssl;
     ssl_certificate {chain};
     ssl_certificate_key {key};
     location / {{ return 200 "ok\n"; }}
@@ -248,6 +262,16 @@ pub fn dovecot_config(base: &Path, pki: &TestPki) -> Server {
 
 /// [`dovecot_config`] on given ports: IMAP, IMAPS, POP3, POP3S.
 pub fn dovecot_config_on(base: &Path, pki: &TestPki, ports: [u16; 4]) -> Server {
+    dovecot_config_at(base, pki, LOOPBACK, ports)
+}
+
+/// [`dovecot_config`] on given ports of `address`: IMAP, IMAPS, POP3, POP3S.
+pub fn dovecot_config_at(
+    base: &Path,
+    pki: &TestPki,
+    address: std::net::IpAddr,
+    ports: [u16; 4],
+) -> Server {
     let d = dir(base, "dovecot");
     std::fs::create_dir_all(d.join("mail")).unwrap();
     let [imap, imaps, pop3, pop3s] = ports;
@@ -257,7 +281,7 @@ pub fn dovecot_config_on(base: &Path, pki: &TestPki, ports: [u16; 4]) -> Server 
         &conf,
         format!(
             r#"protocols = imap pop3
-listen = 127.0.0.1
+listen = {address}
 base_dir = {dd}/run
 state_dir = {dd}/state
 log_path = {dd}/dovecot.log
@@ -328,6 +352,17 @@ pub fn postfix_config(base: &Path, pki: &TestPki) -> Server {
 
 /// [`postfix_config`] on given ports.
 pub fn postfix_config_on(base: &Path, pki: &TestPki, smtp: u16, smtps: u16) -> Server {
+    postfix_config_at(base, pki, LOOPBACK, smtp, smtps)
+}
+
+/// [`postfix_config`] on given ports of `address`.
+pub fn postfix_config_at(
+    base: &Path,
+    pki: &TestPki,
+    address: std::net::IpAddr,
+    smtp: u16,
+    smtps: u16,
+) -> Server {
     let d = dir(base, "postfix");
     let conf = dir(&d, "conf");
     for sub in ["spool", "data"] {
@@ -352,9 +387,9 @@ pub fn postfix_config_on(base: &Path, pki: &TestPki, smtp: u16, smtps: u16) -> S
     for line in master.lines() {
         let fields: Vec<&str> = line.split_whitespace().collect();
         if fields.len() >= 2 && fields[0] == "smtp" && fields[1] == "inet" {
-            lines.push(format!("127.0.0.1:{smtp} inet n - n - - smtpd"));
+            lines.push(format!("{address}:{smtp} inet n - n - - smtpd"));
             lines.push(format!(
-                "127.0.0.1:{smtps} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes"
+                "{address}:{smtps} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes"
             ));
         } else if fields.len() >= 5
             && fields[1] == "unix"
@@ -380,7 +415,11 @@ pub fn postfix_config_on(base: &Path, pki: &TestPki, smtp: u16, smtps: u16) -> S
             format!("data_directory={dd}/data"),
             "myhostname=localhost".into(),
             "mydestination=localhost".into(),
-            "inet_interfaces=loopback-only".into(),
+            if address.is_loopback() {
+                "inet_interfaces=loopback-only".into()
+            } else {
+                format!("inet_interfaces={address}")
+            },
             "inet_protocols=ipv4".into(),
             "maillog_file=/dev/stdout".into(),
             format!("smtpd_tls_cert_file={}", pki.chain.display()),
@@ -412,4 +451,29 @@ pub fn postfix_config_on(base: &Path, pki: &TestPki, smtp: u16, smtps: u16) -> S
 /// Starts [`postfix_config`].
 pub fn postfix(base: &Path, pki: &TestPki) -> Server {
     postfix_config(base, pki).start()
+}
+
+/// The addresses of `examples/exchange-cluster.toml`: each virtual server's, and the MTA's.
+pub const EXCHANGE_CLUSTER: [(&str, &str); 3] = [
+    ("evs1", "10.88.0.101"),
+    ("evs2", "10.88.0.102"),
+    ("mta", "10.88.0.110"),
+];
+
+/// What `examples/exchange-cluster.toml` runs, under `dir`: each virtual server's dovecot and
+/// nginx (`dir/evs1/dovecot`, `dir/evs1/nginx`, ...) and the cluster's one postfix
+/// (`dir/mta/postfix`), each on its group's address.
+pub fn exchange_cluster(dir: &Path, pki: &TestPki) -> Vec<Server> {
+    let mut made = Vec::new();
+    for (name, address) in EXCHANGE_CLUSTER {
+        let base = self::dir(dir, name);
+        let address: std::net::IpAddr = address.parse().expect("a literal address");
+        if name == "mta" {
+            made.push(postfix_config_at(&base, pki, address, 25, 465));
+        } else {
+            made.push(dovecot_config_at(&base, pki, address, [143, 993, 110, 995]));
+            made.push(nginx_config_at(&base, pki, address, 80, 443));
+        }
+    }
+    made
 }
