@@ -90,12 +90,15 @@ fn wait(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool, mut alway
     }
 }
 
-/// The client addresses in a server's log: what follows `marker` up to `end`.
+/// The client addresses in a server's log: what follows `marker` up to `end`, where it is an
+/// address (postfix writes `unknown[unknown]` for a client gone before it asked who it was).
 fn clients(log: &str, marker: &str, end: char) -> BTreeSet<String> {
     log.lines()
         .filter_map(|l| {
             let rest = &l[l.find(marker)? + marker.len()..];
-            Some(rest[..rest.find(end).unwrap_or(rest.len())].to_string())
+            let client = &rest[..rest.find(end).unwrap_or(rest.len())];
+            client.parse::<std::net::IpAddr>().ok()?;
+            Some(client.to_string())
         })
         .collect()
 }
