@@ -65,6 +65,23 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Put the node, a group (`GROUP`) or a resource (`GROUP/RESOURCE`) in maintenance (`on`)
+    /// or take it out (`off`): still checked and exported, but nothing of it is started,
+    /// stopped, restarted or failed over, and the node takes no group while it is in
+    /// maintenance; kept across agent restarts. Leaving it looks at what runs before acting.
+    Maintenance {
+        /// `on` or `off`.
+        #[arg(value_parser = ["on", "off"])]
+        action: String,
+        /// `GROUP` or `GROUP/RESOURCE`; without it, the whole node.
+        target: Option<String>,
+        /// The config file (to find the control socket).
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
+        config: PathBuf,
+        /// The control socket, instead of reading it from the config.
+        #[arg(long)]
+        socket: Option<PathBuf>,
+    },
     /// List the agent's recent events.
     Events {
         /// The config file (to find the control socket).
@@ -185,6 +202,12 @@ pub fn main(cli: Cli) -> ExitCode {
             config,
             socket,
         } => move_group(&group, to.as_deref(), &config, socket),
+        Command::Maintenance {
+            action,
+            target,
+            config,
+            socket,
+        } => maintenance(&action, target.as_deref(), &config, socket),
         Command::Events {
             config,
             socket,
@@ -357,6 +380,37 @@ fn post_control(
             Err(ExitCode::FAILURE)
         }
     }
+}
+
+fn maintenance(
+    action: &str,
+    target: Option<&str>,
+    config: &std::path::Path,
+    socket: Option<PathBuf>,
+) -> ExitCode {
+    let socket = match control_socket(config, socket) {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let path = match target.map(|t| t.split_once('/').ok_or(t)) {
+        None => format!("/api/v1/maintenance/{action}"),
+        Some(Ok((group, resource))) => {
+            format!("/api/v1/groups/{group}/resources/{resource}/maintenance/{action}")
+        }
+        Some(Err(group)) => format!("/api/v1/groups/{group}/maintenance/{action}"),
+    };
+    let answer = match post_control(&socket, &path) {
+        Ok((answer, _)) => answer,
+        Err(code) => return code,
+    };
+    let what = target.unwrap_or("the node");
+    match (action, answer["changed"].as_bool().unwrap_or(true)) {
+        ("on", true) => println!("{what}: in maintenance"),
+        ("on", false) => println!("{what}: already in maintenance"),
+        (_, true) => println!("{what}: out of maintenance"),
+        (_, false) => println!("{what}: was not in maintenance"),
+    }
+    ExitCode::SUCCESS
 }
 
 fn move_group(
@@ -644,6 +698,9 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
             if r.needs_admin {
                 state.push_str(" (needs admin)");
             }
+            if r.unmanaged {
+                state.push_str(" (maintenance)");
+            }
             // Waiting out its restart delay, or its retry period.
             if let Some(at) = r.restart_at {
                 state.push_str(&format!(" (restart in {})", human((at - now).max(0.0))));
@@ -733,6 +790,7 @@ mod tests {
                 looks_alive: CheckStatus::default(),
                 is_alive: CheckStatus::default(),
                 online_attempt: None,
+                unmanaged: false,
             };
         let status = AgentStatus {
             node: "n1".into(),
@@ -747,6 +805,7 @@ mod tests {
                 ],
             }],
             cluster: Default::default(),
+            maintenance: Default::default(),
         };
         let table = render_table(&status, 100.0);
         assert!(table.contains("failed (restart in 30s)"), "{table}");

@@ -7,12 +7,17 @@
 //! | --- | --- |
 //! | `POST /api/v1/groups/{g}/online` / `offline` | every resource of the group |
 //! | `POST /api/v1/groups/{g}/resources/{r}/online` / `offline` / `clear` | one resource |
+//! | `POST /api/v1/maintenance/on` / `off` | the node in or out of maintenance |
+//! | `POST /api/v1/groups/{g}/maintenance/on` / `off` | a group |
+//! | `POST /api/v1/groups/{g}/resources/{r}/maintenance/on` / `off` | a resource |
 //! | `GET /api/v1/status`, `GET /api/v1/events` | as on the TCP endpoint |
 //!
 //! An administrator's offline is `offline_by_admin`: never restarted, never failed over. A
 //! refused request answers 404 (unknown name) or 409 (the policy refused) with the reason, and
 //! changes nothing.
 
+use crate::events::{Event, MaintenanceChanged};
+use crate::maintenance::Target;
 use crate::runtime::{Admins, Views};
 use bytes::Bytes;
 use http_body_util::Full;
@@ -72,9 +77,38 @@ async fn respond(req: Request<Incoming>, api: &ControlApi) -> Response<Full<Byte
     match (req.method(), parts.as_slice()) {
         (&Method::GET, ["api", "v1", "status"]) => json(
             StatusCode::OK,
-            &api.views.status.snapshot(api.views.coordinator.view()),
+            &api.views.status.snapshot(
+                api.views.coordinator.view(),
+                api.views.maintenance.snapshot(),
+            ),
         ),
         (&Method::GET, ["api", "v1", "events"]) => json(StatusCode::OK, &api.views.sink.recent()),
+        (&Method::POST, ["api", "v1", "maintenance", on]) => maintenance(api, Target::Node, on),
+        (&Method::POST, ["api", "v1", "groups", group, "maintenance", on]) => {
+            if find_group(api, group).is_none() {
+                return refuse(StatusCode::NOT_FOUND, format!("no group {group:?}"));
+            }
+            maintenance(api, Target::Group(group.to_string()), on)
+        }
+        (
+            &Method::POST,
+            ["api", "v1", "groups", group, "resources", resource, "maintenance", on],
+        ) => {
+            let Some(admin) = find_group(api, group) else {
+                return refuse(StatusCode::NOT_FOUND, format!("no group {group:?}"));
+            };
+            if admin.find(resource).is_none() {
+                return refuse(
+                    StatusCode::NOT_FOUND,
+                    format!("no resource {resource:?} in group {group:?}"),
+                );
+            }
+            maintenance(
+                api,
+                Target::Resource(group.to_string(), resource.to_string()),
+                on,
+            )
+        }
         (&Method::POST, ["api", "v1", "groups", group, "move"]) => {
             // `?to=NODE`; without it, the best other node.
             let to = req.uri().query().and_then(|q| {
@@ -131,6 +165,43 @@ async fn respond(req: Request<Incoming>, api: &ControlApi) -> Response<Full<Byte
             StatusCode::NOT_FOUND,
             format!("no such request: {} {}", req.method(), req.uri().path()),
         ),
+    }
+}
+
+/// Puts the node, a group or a resource in maintenance or takes it out: kept first, then the
+/// groups and the coordinator are told.
+fn maintenance(api: &ControlApi, target: Target, on: &str) -> Response<Full<Bytes>> {
+    let on = match on {
+        "on" => true,
+        "off" => false,
+        other => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                format!("unknown maintenance action {other:?}: on or off"),
+            )
+        }
+    };
+    let name = match &target {
+        Target::Node => "node".to_string(),
+        Target::Group(g) => g.clone(),
+        Target::Resource(g, r) => format!("{g}/{r}"),
+    };
+    match api.views.maintenance.set(&target, on) {
+        Ok(changed) => {
+            if changed {
+                MaintenanceChanged { target: &name, on }.emit(&api.views.sink);
+                api.views
+                    .sink
+                    .metrics()
+                    .node_maintenance(api.views.maintenance.node());
+                api.views.coordinator.maintenance_changed();
+            }
+            json(
+                StatusCode::OK,
+                &serde_json::json!({ "ok": true, "target": name, "maintenance": on, "changed": changed }),
+            )
+        }
+        Err(why) => refuse(StatusCode::INTERNAL_SERVER_ERROR, why),
     }
 }
 

@@ -355,6 +355,19 @@ impl Event for AdminRefused<'_> {
     const NAME: &'static str = "admin_refused";
 }
 
+/// The node, a group or a resource entered or left maintenance.
+#[derive(Serialize)]
+pub struct MaintenanceChanged<'a> {
+    /// `node`, a group, or `group/resource`.
+    pub target: &'a str,
+    /// In maintenance now.
+    pub on: bool,
+}
+
+impl Event for MaintenanceChanged<'_> {
+    const NAME: &'static str = "maintenance_changed";
+}
+
 /// A new config was applied on SIGHUP.
 #[derive(Serialize)]
 pub struct ConfigReloaded {

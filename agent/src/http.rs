@@ -73,7 +73,11 @@ fn respond(req: &Request<Incoming>, views: &Views) -> Response<Body> {
                 plain(StatusCode::OK, "ok\n")
             }
         }
-        "/api/v1/status" => json(&views.status.snapshot(views.coordinator.view())),
+        "/api/v1/status" => json(
+            &views
+                .status
+                .snapshot(views.coordinator.view(), views.maintenance.snapshot()),
+        ),
         "/api/v1/events" => json(&views.sink.recent()),
         _ => plain(
             StatusCode::NOT_FOUND,

@@ -18,7 +18,9 @@
 //! - [`http`]: the read-only HTTP endpoint.
 //! - [`listen`]: what both listeners share: a connection cap, timeouts, bounded buffers.
 //! - [`memory`]: the heap's freed pages given back to the kernel every few seconds.
-//! - [`control`]: the control API on a Unix socket (online, offline, clear, events).
+//! - [`control`]: the control API on a Unix socket (online, offline, clear, maintenance,
+//!   events).
+//! - [`maintenance`]: what is in maintenance (unmanaged), kept in the state directory.
 //! - [`watchdog`]: systemd readiness and watchdog.
 //! - [`cli`]: the `resmon` command line.
 //! - [`client`]: the command line's HTTP client, to the TCP endpoint and the control socket.
@@ -34,6 +36,7 @@ pub mod control;
 pub mod events;
 pub mod http;
 pub mod listen;
+pub mod maintenance;
 pub mod memory;
 pub mod metrics;
 pub mod output;

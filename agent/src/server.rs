@@ -33,6 +33,9 @@ pub enum RunError {
     /// The output thread could not be started.
     #[error("cannot start the output thread: {0}")]
     Output(std::io::Error),
+    /// The maintenance settings in the state directory could not be read.
+    #[error("{0}")]
+    Maintenance(String),
     /// The check threads could not be started.
     #[error("cannot start {count} check threads (agent.check_threads in {config}): {source}")]
     CheckThreads {
@@ -72,12 +75,18 @@ pub async fn run(
         })?;
     let listen = listener.local_addr().unwrap_or(config.agent.listen);
     let sink = Arc::new(EventSink::new(metrics, Some(output.clone())));
+    let maintenance = Arc::new(
+        crate::maintenance::Maintenance::load(&config.agent.state_dir)
+            .map_err(RunError::Maintenance)?,
+    );
+    sink.metrics().node_maintenance(maintenance.node());
     let coordinator = match &config.cluster {
         Some(cluster) => crate::cluster::Coordinator::etcd(
             &cluster.node_name(&config.agent),
             cluster.clone(),
             &config.agent.state_dir,
             sink.clone(),
+            maintenance.clone(),
         ),
         None => crate::cluster::Coordinator::embedded(&config.agent.node, sink.clone()),
     };
@@ -92,6 +101,7 @@ pub async fn run(
         coordinator,
         config.agent.max_parallel_starts.get(),
         check_threads,
+        maintenance,
     );
     tokio::spawn(crate::http::serve(listener, shared.views()));
     match crate::control::bind(&config.agent.control_socket) {

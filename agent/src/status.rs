@@ -77,6 +77,9 @@ pub struct ResourceStatus {
     /// While a check-only resource comes online: its last failed attempt.
     #[serde(default)]
     pub online_attempt: Option<AttemptStatus>,
+    /// In maintenance (its own, its group's or the node's): checked, never acted on.
+    #[serde(default)]
+    pub unmanaged: bool,
 }
 
 /// A shared, lockable resource status.
@@ -111,6 +114,9 @@ pub struct AgentStatus {
     pub groups: Vec<GroupStatus>,
     /// The cluster as this node sees it.
     pub cluster: crate::cluster::ClusterView,
+    /// What is in maintenance on this node.
+    #[serde(default)]
+    pub maintenance: crate::maintenance::MaintenanceSet,
 }
 
 /// A group's live slots.
@@ -145,7 +151,11 @@ impl StatusBoard {
     }
 
     /// A snapshot of everything.
-    pub fn snapshot(&self, cluster: crate::cluster::ClusterView) -> AgentStatus {
+    pub fn snapshot(
+        &self,
+        cluster: crate::cluster::ClusterView,
+        maintenance: crate::maintenance::MaintenanceSet,
+    ) -> AgentStatus {
         let groups = self.groups.read().unwrap_or_else(|e| e.into_inner());
         let node = cluster.node.clone();
         AgentStatus {
@@ -161,6 +171,7 @@ impl StatusBoard {
                 })
                 .collect(),
             cluster,
+            maintenance,
         }
     }
 }

@@ -20,7 +20,12 @@
 //!   `terminate`;
 //! - a provider that is not online takes its dependents offline; they come back when it is
 //!   online again; a provider in another group ([`Input::External`]) counts the same way;
-//! - an administrator's offline (`offline_by_admin`) is never restarted.
+//! - an administrator's offline (`offline_by_admin`) is never restarted;
+//! - a resource in maintenance (unmanaged, as Pacemaker's `is-managed=false`) is still checked
+//!   and its state follows what the checks see, but nothing is started, stopped, restarted or
+//!   failed over for it; leaving maintenance looks again first (an `is_alive` of what runs, an
+//!   adoption of what seemed down) and only then acts, so nothing that runs is bounced. A
+//!   fence still terminates it: the lease may be gone and another node will start the group.
 
 use crate::reason::{CheckKind, FailureReason, Operation};
 use crate::spec::{GroupSpec, ResourceId, RestartAction};
@@ -169,6 +174,20 @@ pub enum Input {
         /// Whether it is online.
         online: bool,
     },
+    /// Maintenance on or off for one resource, or for the whole group (`None`).
+    Maintenance {
+        /// The resource, or the group.
+        resource: Option<ResourceId>,
+        /// On (unmanaged) or off.
+        on: bool,
+    },
+    /// The answer to [`Effect::Reread`]: whether the resource was found running.
+    Reread {
+        /// Which resource.
+        resource: ResourceId,
+        /// Found running.
+        alive: bool,
+    },
     /// Time passed (the runtime calls this at [`GroupController::next_timer`]).
     Tick,
 }
@@ -226,6 +245,8 @@ pub enum Cause {
     /// The group was given to this node (a failover, move or failback arrived): what failed
     /// here before gets a fresh start.
     Activated,
+    /// In maintenance, a check found it running again (someone saw to it by hand).
+    Observed,
 }
 
 impl fmt::Display for Cause {
@@ -249,6 +270,7 @@ impl fmt::Display for Cause {
             Cause::Retry => f.write_str("retry"),
             Cause::Admin => f.write_str("admin"),
             Cause::Activated => f.write_str("activated"),
+            Cause::Observed => f.write_str("observed"),
         }
     }
 }
@@ -319,6 +341,9 @@ pub enum Effect {
         /// Which resource.
         resource: ResourceId,
     },
+    /// Look whether the resource runs, as at start-up (it leaves maintenance and seemed
+    /// down); answer with [`Input::Reread`].
+    Reread(ResourceId),
     /// An administrator's command was not applied; nothing changed.
     Refused {
         /// The command.
@@ -379,6 +404,12 @@ struct ResourceRuntime {
     restart_at: Option<Time>,
     /// Failed `is_alive` checks in a row, below `failure_threshold`.
     failed_checks: u32,
+    /// In maintenance of its own (the group's is [`GroupController`]'s).
+    unmanaged: bool,
+    /// Seen failing while unmanaged: nothing was done about it yet.
+    failure_unhandled: bool,
+    /// Left maintenance seeming down: an [`Effect::Reread`] is out, nothing starts it meanwhile.
+    rereading: bool,
 }
 
 impl ResourceRuntime {
@@ -397,6 +428,9 @@ impl ResourceRuntime {
             restart_delay: Duration::ZERO,
             restart_at: None,
             failed_checks: 0,
+            unmanaged: false,
+            failure_unhandled: false,
+            rereading: false,
         }
     }
 }
@@ -416,6 +450,8 @@ pub struct ResourceView {
     pub restart_at: Option<Time>,
     /// Stays failed until an administrator acts.
     pub needs_admin: bool,
+    /// In maintenance (its own or its group's): checked, never acted on.
+    pub unmanaged: bool,
 }
 
 /// The lifecycle state machine of one group.
@@ -425,6 +461,8 @@ pub struct GroupController {
     mode: GroupMode,
     resources: Vec<ResourceRuntime>,
     failover_requested: bool,
+    /// The whole group is in maintenance.
+    unmanaged: bool,
     /// Whether each external provider is online; `None` until told: a resource that runs is
     /// left running and one that does not is not started (an agent restart adopts a dependent
     /// before its provider's state is known).
@@ -449,6 +487,7 @@ impl GroupController {
             mode: GroupMode::Passive,
             resources,
             failover_requested: false,
+            unmanaged: false,
             dirty: true,
         }
     }
@@ -481,7 +520,18 @@ impl GroupController {
             },
             restart_at: r.restart_at,
             needs_admin: r.escalation == Escalation::NeedsAdmin,
+            unmanaged: self.is_unmanaged(id),
         }
+    }
+
+    /// Whether the resource is in maintenance, its own or its group's.
+    pub fn is_unmanaged(&self, id: ResourceId) -> bool {
+        self.unmanaged || self.resources[id.0].unmanaged
+    }
+
+    /// Whether the whole group is in maintenance.
+    pub fn group_unmanaged(&self) -> bool {
+        self.unmanaged
     }
 
     /// The operation in flight for a resource.
@@ -511,10 +561,17 @@ impl GroupController {
     }
 
     /// Nothing is in flight and, when stopping, everything is down.
+    /// (A resource in maintenance is left as it is: it counts as settled.)
     pub fn is_settled(&self) -> bool {
+        let unmanaged = |i: usize| self.is_unmanaged(ResourceId(i));
+        // A resource in maintenance that runs holds its providers up: nothing more will stop.
+        let held_up =
+            (0..self.resources.len()).any(|i| unmanaged(i) && !self.resources[i].state.is_down());
         self.resources.iter().all(|r| r.pending.is_none())
             && (self.mode != GroupMode::Stopping
-                || self.resources.iter().all(|r| r.state.is_down()))
+                || held_up
+                || (0..self.resources.len())
+                    .all(|i| self.resources[i].state.is_down() || unmanaged(i)))
     }
 
     /// Taken offline on this node and known to be down: nothing in flight, and no resource whose
@@ -522,7 +579,10 @@ impl GroupController {
     pub fn is_let_go(&self) -> bool {
         self.mode == GroupMode::Stopping
             && self.is_settled()
-            && self.resources.iter().all(|r| !r.may_still_run)
+            && self
+                .resources
+                .iter()
+                .all(|r| r.state.is_down() && !r.may_still_run)
     }
 
     /// One effect as a line for people: transcripts, `resmon simulate`.
@@ -550,6 +610,7 @@ impl GroupController {
             ),
             Effect::Unmonitor(r) => format!("unmonitor {}", name(r)),
             Effect::RunIsAlive(r) => format!("run is_alive {}", name(r)),
+            Effect::Reread(r) => format!("look whether {} runs", name(r)),
             Effect::CheckFailureCounted { resource, in_a_row } => {
                 format!("is_alive of {} failed {in_a_row} in a row", name(resource))
             }
@@ -653,6 +714,12 @@ impl GroupController {
                 let Err(reason) = outcome else {
                     if check == CheckKind::IsAlive {
                         self.resources[resource.0].failed_checks = 0;
+                        let r = &self.resources[resource.0];
+                        if r.failure_unhandled && r.state == State::Failed && r.pending.is_none() {
+                            // Seen to by hand while in maintenance: running again.
+                            self.resources[resource.0].failure_unhandled = false;
+                            self.transition(resource, State::Online, Cause::Observed, out);
+                        }
                     }
                     return;
                 };
@@ -754,6 +821,21 @@ impl GroupController {
                     }
                 }
             }
+            Input::Maintenance { resource, on } => self.maintenance(now, resource, on, out),
+            Input::Reread { resource, alive } => {
+                let r = &mut self.resources[resource.0];
+                if !std::mem::take(&mut r.rereading) {
+                    return;
+                }
+                if alive && r.state == State::Offline && r.pending.is_none() {
+                    r.online_since = Some(now);
+                    self.transition(resource, State::Online, Cause::Adopted, out);
+                    out.push(Effect::Monitor {
+                        resource,
+                        looks_alive: self.spec.resource(resource).policy.polls_looks_alive(),
+                    });
+                }
+            }
             Input::External { provider, online } => {
                 if let Some(e) = self.externals.get_mut(provider) {
                     *e = Some(online);
@@ -761,6 +843,9 @@ impl GroupController {
             }
             Input::Tick => {
                 for i in 0..self.resources.len() {
+                    if self.is_unmanaged(ResourceId(i)) {
+                        continue;
+                    }
                     let r = &mut self.resources[i];
                     let restart = r.restart_at.is_some_and(|at| at <= now)
                         && r.state == State::Failed
@@ -773,6 +858,9 @@ impl GroupController {
                     }
                 }
                 for i in 0..self.resources.len() {
+                    if self.is_unmanaged(ResourceId(i)) {
+                        continue;
+                    }
                     let r = &mut self.resources[i];
                     let due = matches!(r.escalation, Escalation::WaitingRetry(at) if at <= now);
                     if due && r.state == State::Failed && r.pending.is_none() {
@@ -787,11 +875,28 @@ impl GroupController {
 
     /// The resource failed: decide between restart, failover, waiting and giving up.
     fn fail(&mut self, now: Time, id: ResourceId, cause: Cause, out: &mut Vec<Effect>) {
+        if self.is_unmanaged(id) {
+            // Seen, shown, not acted on: still checked, so that a repair by hand shows too.
+            self.resources[id.0].failure_unhandled = true;
+            self.transition(id, State::Failed, cause, out);
+            return;
+        }
         let was_online = self.resources[id.0].state == State::Online;
         self.transition(id, State::Failed, cause, out);
         if was_online {
             out.push(Effect::Unmonitor(id));
         }
+        self.decide_failure(now, id, was_online, out);
+    }
+
+    /// What follows a failure: restart, failover, waiting or giving up, then the terminate.
+    fn decide_failure(
+        &mut self,
+        now: Time,
+        id: ResourceId,
+        was_online: bool,
+        out: &mut Vec<Effect>,
+    ) {
         let policy = &self.spec.resource(id).policy;
         let r = &mut self.resources[id.0];
         let held = r
@@ -861,6 +966,50 @@ impl GroupController {
         }
     }
 
+    /// [`Input::Maintenance`]: on, nothing more is done for the resources (what is in flight
+    /// finishes); off, each resource that leaves it is looked at again before anything is
+    /// done: what runs gets an `is_alive`, what seemed down an adoption, and a failure seen
+    /// meanwhile is handled now as the failure it was.
+    fn maintenance(
+        &mut self,
+        now: Time,
+        resource: Option<ResourceId>,
+        on: bool,
+        out: &mut Vec<Effect>,
+    ) {
+        let before: Vec<bool> = (0..self.resources.len())
+            .map(|i| self.is_unmanaged(ResourceId(i)))
+            .collect();
+        match resource {
+            Some(id) => self.resources[id.0].unmanaged = on,
+            None => self.unmanaged = on,
+        }
+        for (i, was) in before.into_iter().enumerate() {
+            let id = ResourceId(i);
+            if !was || self.is_unmanaged(id) {
+                continue;
+            }
+            let r = &mut self.resources[i];
+            if r.pending.is_some() {
+                continue;
+            }
+            match r.state {
+                State::Online => out.push(Effect::RunIsAlive(id)),
+                State::Failed if std::mem::take(&mut r.failure_unhandled) => {
+                    // Still checked while unmanaged: stop that before the terminate.
+                    out.push(Effect::Unmonitor(id));
+                    // Already `failed`: only the decision follows.
+                    self.decide_failure(now, id, true, out);
+                }
+                State::Offline => {
+                    r.rereading = true;
+                    out.push(Effect::Reread(id));
+                }
+                _ => {}
+            }
+        }
+    }
+
     fn wait_for_retry(&mut self, now: Time, id: ResourceId, out: &mut Vec<Effect>) {
         let at = now.after(self.spec.resource(id).policy.retry_period_on_failure);
         self.resources[id.0].escalation = Escalation::WaitingRetry(at);
@@ -870,6 +1019,10 @@ impl GroupController {
     /// An `offline` failed or timed out: the resource is failed, and terminated.
     fn offline_failed(&mut self, id: ResourceId, cause: Cause, out: &mut Vec<Effect>) {
         self.transition(id, State::Failed, cause, out);
+        if self.is_unmanaged(id) {
+            self.resources[id.0].failure_unhandled = true;
+            return;
+        }
         self.start_terminate(id, AfterTerminate::Offline, out);
     }
 
@@ -910,6 +1063,20 @@ impl GroupController {
     }
 
     fn admin(&mut self, command: AdminCommand, out: &mut Vec<Effect>) {
+        let touched = match command {
+            AdminCommand::Online(id) | AdminCommand::Offline(id) => self.is_unmanaged(id),
+            AdminCommand::GroupOnline | AdminCommand::GroupOffline => {
+                (0..self.resources.len()).any(|i| self.is_unmanaged(ResourceId(i)))
+            }
+            AdminCommand::Clear(_) => false,
+        };
+        if touched {
+            out.push(Effect::Refused {
+                command,
+                why: "in maintenance: the agent starts and stops nothing of it until it leaves maintenance",
+            });
+            return;
+        }
         match command {
             AdminCommand::Online(id) => {
                 for p in self.spec.with_providers(id) {
@@ -985,6 +1152,11 @@ impl GroupController {
         let mut keep = vec![false; self.resources.len()];
         for &id in self.spec.online_order() {
             let r = &self.resources[id.0];
+            if self.is_unmanaged(id) {
+                // Left as it is: its dependents follow what it really is.
+                keep[id.0] = r.state == State::Online;
+                continue;
+            }
             keep[id.0] = self.mode == GroupMode::Active
                 && !r.admin_offline
                 && !r.stopping
@@ -1019,8 +1191,10 @@ impl GroupController {
         }
         loop {
             let keep = self.wanted_online();
+            let unmanaged = self.unmanaged;
             for (r, keep) in self.resources.iter_mut().zip(&keep) {
-                if !keep && matches!(r.state, State::Online | State::OnlinePending) {
+                let left_alone = unmanaged || r.unmanaged;
+                if !keep && !left_alone && matches!(r.state, State::Online | State::OnlinePending) {
                     r.stopping = true;
                 }
             }
@@ -1038,6 +1212,8 @@ impl GroupController {
                     && r.state == State::Offline
                     && keep[id.0]
                     && providers_online
+                    && !r.rereading
+                    && !self.is_unmanaged(id)
                 {
                     let cause = self.resources[id.0]
                         .next_online_cause
@@ -1051,7 +1227,11 @@ impl GroupController {
             }
             for &id in order.iter().rev() {
                 let r = &self.resources[id.0];
-                if r.pending.is_some() || r.state != State::Online || keep[id.0] {
+                if r.pending.is_some()
+                    || r.state != State::Online
+                    || keep[id.0]
+                    || self.is_unmanaged(id)
+                {
                     continue;
                 }
                 let dependents_down = self.spec.dependents(id).iter().all(|d| {

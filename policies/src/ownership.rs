@@ -21,6 +21,9 @@
 //!   A stale request (its node gone) is dropped.
 //! - *Failover* writes the failover history and the request in one transaction on the history's
 //!   revision; *failback* follows a preferred node's return, within its window.
+//! - *Maintenance* ([`Input::Frozen`]): a group in maintenance (its own, one of its
+//!   resources', or the node's) is not taken here, and while this node holds it no move,
+//!   failback or release is started: what an administrator works on stays where it is.
 //! - *The other groups* ([`Neighbours`]): a node takes a group only where it fits the node's
 //!   capacities, where no group of its hard anti-affinity class runs, and where the groups it
 //!   is colocated with run (or are being taken). A group whose colocated provider is held by
@@ -191,6 +194,14 @@ pub enum Input {
         /// The group.
         group: String,
     },
+    /// A group entered or left maintenance on this node (its own, one of its resources', or
+    /// the node's).
+    Frozen {
+        /// The group.
+        group: String,
+        /// In maintenance.
+        frozen: bool,
+    },
     /// Look at every group again (after changes, and every second for failback windows).
     Evaluate,
     /// Only the time passed: the fence deadline is checked.
@@ -285,6 +296,8 @@ struct Group {
     taking: Option<String>,
     /// What the group was told last.
     directive: Directive,
+    /// In maintenance here: not taken, not moved.
+    frozen: bool,
 }
 
 /// The ownership state machine of one node.
@@ -473,6 +486,7 @@ impl Ownership {
                         releasing: false,
                         taking: None,
                         directive,
+                        frozen: false,
                     },
                 );
                 out.push(Action::Direct { group, directive });
@@ -551,6 +565,11 @@ impl Ownership {
             Input::RunRefused { group } => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.directive = Directive::Stop;
+                }
+            }
+            Input::Frozen { group, frozen } => {
+                if let Some(g) = self.groups.get_mut(&group) {
+                    g.frozen = frozen;
                 }
             }
             Input::Evaluate => {
@@ -692,6 +711,25 @@ impl Ownership {
         let Some(g) = self.groups.get(name) else {
             return;
         };
+        if self.owned(g) && g.frozen && !g.releasing {
+            // In maintenance: it stays, whatever failback would want, and a move request
+            // (from another node, which cannot know) is dropped rather than kept for later.
+            if let Some((target, revision)) = &g.target {
+                if target.to != self.node {
+                    out.push(Action::DropTarget {
+                        group: name.to_string(),
+                        revision: *revision,
+                    });
+                }
+            }
+            self.direct(name, Directive::Run, now.at, out);
+            return;
+        }
+        if !self.owned(g) && g.frozen && g.owner.is_none() && g.taking.is_none() {
+            // Not taken here while in maintenance here.
+            self.direct(name, Directive::Stop, now.at, out);
+            return;
+        }
         if self.owned(g) {
             // Colocated: it runs only where its providers run; it follows them, through a
             // release, and the node that holds them takes it. While a provider's take is out
@@ -859,6 +897,11 @@ impl Ownership {
         let Some(owner) = g.owner.as_ref().map(|o| o.node.clone()) else {
             return Err(format!("nobody holds {group:?} right now"));
         };
+        if g.frozen && owner == self.node {
+            return Err(format!(
+                "{group:?} is in maintenance here: take it out of maintenance first"
+            ));
+        }
         let alive = self.alive();
         let nb = self
             .neighbours(group)

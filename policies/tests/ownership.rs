@@ -8,7 +8,8 @@
 //! [failback=never|immediate|S-E] [apart=CLASS[:hard]] [uses=NAME:N,...] [with=G,...]`,
 //! `unregister G`, `session LEASE`, `node-up N [new] [snapshot] [capacity=NAME:N,...]`, `node-down N`, `owner G NODE LEASE REV`, `owner G -`, `target G TO FROM REASON
 //! REV`, `target G -`, `failovers G REV [T,T...]`, `sent`, `answered`, `ended [lease-gone]`,
-//! `took G REV|-`, `key-released G`, `released G`, `run-refused G`, `evaluate`, `tick`,
+//! `took G REV|-`, `key-released G`, `released G`, `run-refused G`, `frozen G on|off`,
+//! `evaluate`, `tick`,
 //! `failover G`, `move G [TO]`; `state` prints each group's owner and directive.
 
 mod datadriven;
@@ -305,6 +306,10 @@ fn input(words: &[&str]) -> Input {
         ["run-refused", g] => Input::RunRefused {
             group: g.to_string(),
         },
+        ["frozen", g, on] => Input::Frozen {
+            group: g.to_string(),
+            frozen: *on == "on",
+        },
         ["evaluate"] => Input::Evaluate,
         ["tick"] => Input::Tick,
         _ => panic!("bad input {words:?}"),
@@ -516,12 +521,14 @@ proptest! {
 
 /// The placement rules the property test below checks, one at a time: `g1` and `g2` are of one
 /// hard anti-affinity class; or each uses the one unit of this node's capacity; or `g2` is
-/// colocated with `g1`.
+/// colocated with `g1`; or `g2` is in maintenance here.
 #[derive(Clone, Copy, Debug)]
 enum Rule {
     HardAntiAffinity,
     Capacity,
     Colocation,
+    /// `g2` is in maintenance here.
+    Maintenance,
 }
 
 proptest! {
@@ -529,13 +536,15 @@ proptest! {
 
     /// Under any schedule: a hard anti-affinity pair never shares this node, a group is never
     /// taken beyond this node's capacity (takes under way count), and a colocated group is
-    /// taken, and told to run, only while its provider is held or being taken here.
+    /// taken, and told to run, only while its provider is held or being taken here; a group in
+    /// maintenance here is never taken here.
     #[test]
     fn placement_rules_hold_under_any_schedule(
         rule in prop_oneof![
             Just(Rule::HardAntiAffinity),
             Just(Rule::Capacity),
-            Just(Rule::Colocation)
+            Just(Rule::Colocation),
+            Just(Rule::Maintenance)
         ],
         schedule in proptest::collection::vec((0u64..800, step()), 1..100)
     ) {
@@ -563,9 +572,12 @@ proptest! {
                     placement.uses = BTreeMap::from([("storage_groups".to_string(), 1)])
                 }
                 Rule::Colocation if i == 1 => placement.colocated_with = vec![GROUPS[0].into()],
-                Rule::Colocation => {}
+                Rule::Colocation | Rule::Maintenance => {}
             }
             m.step(Input::Register { group: g.to_string(), placement }, now(t));
+            if matches!(rule, Rule::Maintenance) && i == 1 {
+                m.step(Input::Frozen { group: g.to_string(), frozen: true }, now(t));
+            }
         }
         let mut taking = [false; 2];
         for (advance, s) in schedule {
@@ -591,6 +603,7 @@ proptest! {
                             "took {group} while its provider is neither held nor being taken here"
                         ),
                         Rule::Colocation => {}
+                        Rule::Maintenance => prop_assert!(g != 1, "took {group} in maintenance"),
                     }
                     taking[g] = true;
                 }

@@ -6,7 +6,9 @@
 //! - a resource an administrator took offline is never started or restarted until an
 //!   administrator brings it online;
 //! - at most one operation is in flight per resource, and every pending operation ends in a
-//!   state once it completes or times out.
+//!   state once it completes or times out;
+//! - nothing is started, stopped, restarted or failed over for a resource in maintenance (its
+//!   own or its group's) but by a fence.
 
 use proptest::prelude::*;
 use resmon_policies::{
@@ -50,6 +52,16 @@ enum Step {
     Fence,
     /// The group is given (back) to this node, as the coordinator does after a move.
     Activate,
+    /// Maintenance on or off, for one resource or the group.
+    Maintenance {
+        resource: Option<usize>,
+        on: bool,
+    },
+    /// The answer to a look on leaving maintenance.
+    Reread {
+        pick: usize,
+        alive: bool,
+    },
 }
 
 fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
@@ -67,6 +79,8 @@ fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
         1 => Just(Step::Deactivate),
         1 => Just(Step::Fence),
         1 => Just(Step::Activate),
+        2 => (proptest::option::of(any::<usize>()), any::<bool>()).prop_map(|(resource, on)| Step::Maintenance { resource, on }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, alive)| Step::Reread { pick, alive }),
     ];
     (0u64..4000, step)
 }
@@ -127,6 +141,8 @@ struct Checker {
     restarts: Vec<Vec<Time>>,
     /// Fenced and not given the group again since: nothing may start.
     fenced: bool,
+    /// Resources whose look (`Effect::Reread`) is out.
+    rereads: Vec<ResourceId>,
 }
 
 impl Checker {
@@ -152,6 +168,20 @@ impl Checker {
             }
         }
         for e in &effects {
+            match e {
+                Effect::Reread(r) => self.rereads.push(*r),
+                Effect::RestartScheduled { resource: r, .. }
+                | Effect::RequestFailover { resource: r } => {
+                    prop_assert!(!self.c.is_unmanaged(*r), "{e:?} for {r} in maintenance");
+                }
+                Effect::Online(r) | Effect::Offline(r) | Effect::Terminate(r) => {
+                    prop_assert!(
+                        fencing || !self.c.is_unmanaged(*r),
+                        "{e:?} for {r} in maintenance"
+                    );
+                }
+                _ => {}
+            }
             let (id, op) = match e {
                 Effect::Online(r) => (*r, Operation::Online),
                 Effect::Offline(r) => (*r, Operation::Offline),
@@ -254,6 +284,7 @@ proptest! {
             admin_offline: vec![false; n],
             restarts: vec![Vec::new(); n],
             fenced: false,
+            rereads: Vec::new(),
         };
         let mut now = Time::ZERO;
         for i in 0..n {
@@ -283,6 +314,11 @@ proptest! {
                     outcome: if ok { Ok(()) } else { Err(FailureReason::Refused) },
                 },
                 Step::Signal { resource } => Input::FailureSignalled { resource: ResourceId(resource % n), reason: FailureReason::Exited },
+                // Refused in maintenance: nothing to follow.
+                Step::AdminOnline { resource } | Step::AdminOffline { resource }
+                    if (0..n).any(|i| k.c.is_unmanaged(ResourceId(i))) && { let _ = resource; true } => continue,
+                Step::GroupOnline | Step::GroupOffline
+                    if (0..n).any(|i| k.c.is_unmanaged(ResourceId(i))) => continue,
                 Step::AdminOnline { resource } => {
                     k.admin_online(ResourceId(resource % n));
                     Input::Admin(AdminCommand::Online(ResourceId(resource % n)))
@@ -305,10 +341,20 @@ proptest! {
                 Step::Deactivate => Input::Deactivate,
                 Step::Fence => Input::Fence,
                 Step::Activate => Input::Activate,
+                Step::Maintenance { resource, on } => Input::Maintenance { resource: resource.map(|r| ResourceId(r % n)), on },
+                Step::Reread { pick, alive } => {
+                    if k.rereads.is_empty() { continue; }
+                    let resource = k.rereads.remove(pick % k.rereads.len());
+                    Input::Reread { resource, alive }
+                }
             };
             k.feed(now, input)?;
         }
 
+        // Every look still out is answered (not running), as the runtime always answers.
+        while let Some(resource) = k.rereads.pop() {
+            k.feed(now, Input::Reread { resource, alive: false })?;
+        }
         // Every operation in flight ends: complete them all successfully until none is left.
         for _ in 0..(10 * n + 10) {
             let Some((&id, &operation)) = k.in_flight.iter().next() else { break };
@@ -322,12 +368,15 @@ proptest! {
             let id = ResourceId(i);
             let s = k.c.state(id);
             prop_assert!(!matches!(s, State::OnlinePending | State::OfflinePending), "{id} stuck in {s}");
-            if s == State::Online {
+            if s == State::Online && !k.c.is_unmanaged(id) {
                 for p in &k.c.spec().resource(id).depends_on {
                     prop_assert_eq!(k.c.state(*p), State::Online, "{} online while provider {} is not", id, p);
                 }
             }
-            if k.admin_offline[i] {
+            // (In maintenance, what was in flight finished and nothing stops it; a provider
+            // stays up under a dependent in maintenance that runs.)
+            let any_unmanaged = (0..n).any(|j| k.c.is_unmanaged(ResourceId(j)));
+            if k.admin_offline[i] && !any_unmanaged {
                 prop_assert!(s.is_down(), "admin-offline {id} is {s}");
             }
         }

@@ -12,8 +12,8 @@
 //! - `at T INPUT` feeds an input at time T: `op NAME online|offline|terminate ok|timeout|REASON`,
 //!   `check NAME looks_alive|is_alive ok|REASON`, `signal NAME REASON`,
 //!   `admin online|offline|clear NAME`, `admin group-online|group-offline`,
-//!   `failover moved|nowhere`, `external N online|offline`, `tick`, `deactivate`, `fence`,
-//!   `activate`;
+//!   `failover moved|nowhere`, `external N online|offline`, `maintenance on|off [NAME]`,
+//!   `reread NAME alive|dead`, `tick`, `deactivate`, `fence`, `activate`;
 //! - `states` prints every resource's state.
 
 mod datadriven;
@@ -178,6 +178,9 @@ impl Harness {
                         if v.needs_admin {
                             s += " needs_admin";
                         }
+                        if v.unmanaged {
+                            s += " unmanaged";
+                        }
                         s
                     })
                     .collect()
@@ -236,6 +239,14 @@ impl Harness {
             ["admin", "group-offline"] => Input::Admin(AdminCommand::GroupOffline),
             ["failover", "moved"] => Input::FailoverCompleted { moved: true },
             ["failover", "nowhere"] => Input::FailoverCompleted { moved: false },
+            ["maintenance", on, rest @ ..] => Input::Maintenance {
+                resource: rest.first().map(|n| self.id(n)),
+                on: *on == "on",
+            },
+            ["reread", name, alive] => Input::Reread {
+                resource: self.id(name),
+                alive: *alive == "alive",
+            },
             ["external", n, state] => Input::External {
                 provider: n.parse().unwrap(),
                 online: *state == "online",

@@ -63,6 +63,8 @@ pub(crate) enum Request {
         to: Option<String>,
         reply: oneshot::Sender<Result<String, String>>,
     },
+    /// What is in maintenance changed: groups in it are not taken or moved.
+    Maintenance,
     /// A resource other groups depend on came online or went offline here: publish it.
     Provider {
         name: String,
@@ -156,6 +158,7 @@ impl Coordinator {
         config: ClusterConfig,
         state_dir: &std::path::Path,
         sink: Arc<crate::events::EventSink>,
+        maintenance: Arc<crate::maintenance::Maintenance>,
     ) -> Coordinator {
         let (requests, rx) = mpsc::unbounded_channel();
         let view = Arc::new(Mutex::new(ClusterView {
@@ -171,7 +174,10 @@ impl Coordinator {
             rx,
             view.clone(),
             sink,
-            providers.clone(),
+            etcd::Local {
+                providers: providers.clone(),
+                maintenance,
+            },
         );
         Coordinator {
             node: node.to_string(),
@@ -230,6 +236,11 @@ impl Coordinator {
         });
     }
 
+    /// What is in maintenance changed.
+    pub fn maintenance_changed(&self) {
+        let _ = self.requests.send(Request::Maintenance);
+    }
+
     /// The cluster as this node sees it.
     pub fn view(&self) -> ClusterView {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -276,7 +287,7 @@ async fn embedded(
                     detail: "no other node can own the group (single-node coordinator)".into(),
                 });
             }
-            Request::Released { .. } | Request::Provider { .. } => {}
+            Request::Released { .. } | Request::Provider { .. } | Request::Maintenance => {}
             Request::Move { reply, .. } => {
                 let _ = reply.send(Err(
                     "this agent runs the single-node coordinator: configure [cluster] to move groups between nodes"

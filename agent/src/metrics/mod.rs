@@ -169,6 +169,8 @@ pub struct Metrics {
     watchdog_armed: Gauge,
     listener_connections: Family<ListenerLabels, Gauge>,
     listener_closed: Family<ListenerClosedLabels, Counter>,
+    resource_unmanaged: Family<ResourceLabels, Gauge>,
+    node_maintenance: Gauge,
 }
 
 impl Default for Metrics {
@@ -339,6 +341,18 @@ impl Metrics {
             "Connections the listener closed: evicted at the cap, idle too long, or an exchange too long",
             listener_closed.clone(),
         );
+        let resource_unmanaged = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resmon_resource_unmanaged",
+            "1 for each resource in maintenance (its own, its group's or the node's): checked, never acted on",
+            resource_unmanaged.clone(),
+        );
+        let node_maintenance = Gauge::default();
+        registry.register(
+            "resmon_node_maintenance",
+            "1 while this node is in maintenance: it acts on none of its groups and takes no group",
+            node_maintenance.clone(),
+        );
         Metrics {
             registry,
             series: RwLock::new(BTreeMap::new()),
@@ -366,7 +380,23 @@ impl Metrics {
             watchdog_armed,
             listener_connections,
             listener_closed,
+            resource_unmanaged,
+            node_maintenance,
         }
+    }
+
+    /// A resource entered (`on`) or left maintenance.
+    pub fn resource_unmanaged(&self, labels: &ResourceLabels, on: bool) {
+        if on {
+            self.resource_unmanaged.get_or_create(labels).set(1);
+        } else {
+            self.resource_unmanaged.remove(labels);
+        }
+    }
+
+    /// This node entered (`on`) or left maintenance.
+    pub fn node_maintenance(&self, on: bool) {
+        self.node_maintenance.set(i64::from(on));
     }
 
     /// Connections open on a listener (`http` or `control`).
@@ -446,6 +476,7 @@ impl Metrics {
             }
         }
         self.tls_not_after.remove(labels);
+        self.resource_unmanaged.remove(labels);
         self.disk_free.remove(labels);
         self.disk_size.remove(labels);
         self.tls_not_before.remove(labels);

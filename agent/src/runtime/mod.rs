@@ -36,6 +36,8 @@ pub struct Views {
     pub coordinator: crate::cluster::Coordinator,
     /// When the main runtime and each check thread last proved they run.
     pub heartbeats: Arc<Heartbeats>,
+    /// What is in maintenance.
+    pub maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 /// Each running group's control handle, by name: what the control API steers.
@@ -64,6 +66,8 @@ pub struct Shared {
     pub(crate) check_threads: CheckThreads,
     /// When the main runtime and each check thread last proved they run.
     pub(crate) heartbeats: Arc<Heartbeats>,
+    /// What is in maintenance: checked, not acted on.
+    pub(crate) maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 impl Shared {
@@ -78,6 +82,7 @@ impl Shared {
             coordinator,
             starts,
             CheckThreads::on_callers_runtime(),
+            Arc::new(crate::maintenance::Maintenance::in_memory()),
         )
     }
 
@@ -88,6 +93,7 @@ impl Shared {
         coordinator: crate::cluster::Coordinator,
         max_parallel_starts: usize,
         check_threads: CheckThreads,
+        maintenance: Arc<crate::maintenance::Maintenance>,
     ) -> Arc<Self> {
         Arc::new(Shared {
             sink,
@@ -99,6 +105,7 @@ impl Shared {
             unused_progress: Default::default(),
             heartbeats: Arc::new(Heartbeats::new(check_threads.count())),
             check_threads,
+            maintenance,
         })
     }
 
@@ -109,6 +116,7 @@ impl Shared {
             status: self.status.clone(),
             coordinator: self.coordinator.clone(),
             heartbeats: self.heartbeats.clone(),
+            maintenance: self.maintenance.clone(),
         }
     }
 

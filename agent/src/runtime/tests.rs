@@ -145,6 +145,7 @@ fn start_gated(
         coordinator,
         max_parallel_starts,
         super::threads::CheckThreads::on_callers_runtime(),
+        Arc::new(crate::maintenance::Maintenance::in_memory()),
     );
     let group_config = loaded.config.groups[0].clone();
     let resources = resources
@@ -188,7 +189,9 @@ fn is_alive_counter(shared: &Shared, family: &str) -> f64 {
 }
 
 fn state_of(shared: &Shared, resource: &str) -> String {
-    let status = shared.status.snapshot(shared.coordinator.view());
+    let status = shared
+        .status
+        .snapshot(shared.coordinator.view(), shared.maintenance.snapshot());
     let r = status.groups[0]
         .resources
         .iter()

@@ -61,8 +61,12 @@ pub(super) fn spawn(
     rx: mpsc::UnboundedReceiver<Request>,
     view: Arc<Mutex<ClusterView>>,
     sink: Arc<EventSink>,
-    providers: Arc<super::providers::Providers>,
+    local: Local,
 ) {
+    let Local {
+        providers,
+        maintenance,
+    } = local;
     let window = config.lease_ttl.0.saturating_sub(config.fence_margin());
     let shared = Arc::new(Shared {
         machine: Mutex::new(
@@ -87,8 +91,17 @@ pub(super) fn spawn(
         endpoint: 0,
         watchdog,
         providers,
+        maintenance,
     };
     tokio::spawn(coordinator.run());
+}
+
+/// What this node's groups share with the coordinator.
+pub(super) struct Local {
+    /// Provider states: this node's, published; every node's, read back.
+    pub(super) providers: Arc<super::providers::Providers>,
+    /// What is in maintenance here.
+    pub(super) maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 /// Why a session ended.
@@ -110,6 +123,8 @@ struct EtcdCoordinator {
     endpoint: usize,
     /// Provider states: this node's, published; every node's, read back.
     providers: Arc<super::providers::Providers>,
+    /// What is in maintenance here: those groups are not taken or moved.
+    maintenance: Arc<crate::maintenance::Maintenance>,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> Broken {
@@ -228,6 +243,10 @@ impl EtcdCoordinator {
             }
             // Published again when the next session starts.
             Request::Provider { .. } => {}
+            Request::Maintenance => {
+                let actions = self.refreeze();
+                self.act_offline(actions);
+            }
         }
     }
 
@@ -241,7 +260,37 @@ impl EtcdCoordinator {
     ) -> Vec<Action> {
         self.shared.directives().insert(group.clone(), directive);
         self.view().owners.entry(group.clone()).or_insert(None);
-        self.shared.step(Input::Register { group, placement })
+        let frozen = self.frozen(&group);
+        let mut actions = self.shared.step(Input::Register {
+            group: group.clone(),
+            placement,
+        });
+        actions.extend(self.shared.step(Input::Frozen { group, frozen }));
+        actions
+    }
+
+    /// Whether `group` is in maintenance here: its own, one of its resources', or the node's.
+    fn frozen(&self, group: &str) -> bool {
+        let prefix = format!("{group}/");
+        self.maintenance.group(group)
+            || self
+                .maintenance
+                .snapshot()
+                .resources
+                .iter()
+                .any(|r| r.starts_with(&prefix))
+    }
+
+    /// Tells the machine what is in maintenance now, and has it look at every group again.
+    fn refreeze(&mut self) -> Vec<Action> {
+        let groups: Vec<String> = self.shared.machine().owners().into_keys().collect();
+        let mut actions = Vec::new();
+        for group in groups {
+            let frozen = self.frozen(&group);
+            actions.extend(self.shared.step(Input::Frozen { group, frozen }));
+        }
+        actions.extend(self.shared.step(Input::Evaluate));
+        actions
     }
 
     /// Forgets a group whose runtime is gone (a reload registers the new group before the old
@@ -546,6 +595,7 @@ impl EtcdCoordinator {
                 self.publish_provider(client, &name, online).await?;
                 Vec::new()
             }
+            Request::Maintenance => self.refreeze(),
         })
     }
 

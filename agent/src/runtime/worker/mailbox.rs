@@ -18,6 +18,8 @@ pub(crate) enum WorkerCommand {
     Unmonitor,
     /// Run `is_alive` now.
     RunIsAlive,
+    /// Look whether it runs, as at start-up (it leaves maintenance); answered as an adoption.
+    Reread,
 }
 
 /// The group task's end of a worker; dropping it ends the worker.

@@ -278,6 +278,7 @@ impl Worker {
                     self.start_check(CheckKind::IsAlive, None, Instant::now());
                 }
             }
+            WorkerCommand::Reread => self.start(Start::Adopt),
         }
     }
 }

@@ -1,5 +1,8 @@
 //! One task per group: feeds the group's [`GroupController`] with what its workers report,
-//! timestamps each input, and carries out the returned effects.
+//! timestamps each input, and carries out the returned effects. What it hears from outside the
+//! group (providers in other groups, maintenance) is in `feeds`.
+
+mod feeds;
 
 use super::worker::{self, WorkerCommand, WorkerHandle};
 use super::{ResourceContext, Shared};
@@ -137,6 +140,10 @@ struct GroupTask {
     externals: Vec<(crate::config::External, Option<bool>)>,
     /// Told when a provider's state changes (only with externals).
     provider_changes: Option<tokio::sync::watch::Receiver<u64>>,
+    /// Told when maintenance changes; what the controller was told of the group and of each
+    /// resource.
+    maintenance_changes: tokio::sync::watch::Receiver<u64>,
+    told_maintenance: (bool, Vec<bool>),
 }
 
 /// Builds a group's resources (their TLS trust through `trust`) and workers and starts its task.
@@ -188,6 +195,7 @@ pub(crate) fn spawn_with(
             looks_alive: CheckStatus::default(),
             is_alive: CheckStatus::default(),
             online_attempt: None,
+            unmanaged: false,
         }));
         slots.push(slot.clone());
         let cx = Arc::new(ResourceContext {
@@ -252,6 +260,8 @@ pub(crate) fn spawn_with(
         published,
         externals: config.externals.iter().map(|e| (e.clone(), None)).collect(),
         provider_changes,
+        maintenance_changes: shared.maintenance.subscribe(),
+        told_maintenance: (false, vec![false; config.resources.len()]),
     };
     tokio::spawn(task.run());
     GroupHandle {
@@ -294,6 +304,8 @@ impl GroupTask {
             }
         }
         self.feed_externals();
+        // Before the first directive: a group in maintenance starts nothing at all.
+        self.feed_maintenance();
         let directive = *self.link.directive.borrow_and_update();
         self.follow(directive);
         for event in early {
@@ -325,7 +337,12 @@ impl GroupTask {
                     let directive = *self.link.directive.borrow_and_update();
                     self.follow(directive);
                 }
-                _ = provider_changed(&mut self.provider_changes) => self.feed_externals(),
+                _ = feeds::provider_changed(&mut self.provider_changes) => self.feed_externals(),
+                changed = self.maintenance_changes.changed() => {
+                    if changed.is_ok() {
+                        self.feed_maintenance();
+                    }
+                }
                 answer = failover_answer(&mut self.failover) => {
                     self.failover = None;
                     let answer = answer.unwrap_or(FailoverAnswer {
@@ -344,27 +361,6 @@ impl GroupTask {
                 _ = sleep_until(timer) => self.step(Input::Tick),
             }
             self.report_released();
-        }
-    }
-
-    /// Tells other groups that a resource they depend on is online here, or not.
-    fn publish(&self, resource: ResourceId, online: bool) {
-        let name = format!("{}/{}", self.name, self.contexts[resource.0].name());
-        self.shared.coordinator.provider_state(&name, online);
-    }
-
-    /// Tells the controller what changed about the providers of other groups.
-    fn feed_externals(&mut self) {
-        let providers = self.shared.coordinator.providers().clone();
-        for i in 0..self.externals.len() {
-            let now = providers.state(&self.externals[i].0);
-            if now.is_some() && now != self.externals[i].1 {
-                self.externals[i].1 = now;
-                self.step(Input::External {
-                    provider: i,
-                    online: now == Some(true),
-                });
-            }
         }
     }
 
@@ -398,7 +394,8 @@ impl GroupTask {
     async fn handle(&mut self, event: GroupEvent) -> Option<oneshot::Sender<()>> {
         match event {
             GroupEvent::Input(input) => self.step(input),
-            GroupEvent::Adopted { .. } => {}
+            // After start-up, an adoption answers a look on leaving maintenance.
+            GroupEvent::Adopted { resource, alive } => self.step(Input::Reread { resource, alive }),
             GroupEvent::Admin { command, reply } => {
                 let starts = matches!(command, AdminCommand::Online(_) | AdminCommand::GroupOnline);
                 if starts && self.directive != Directive::Run {
@@ -507,6 +504,7 @@ impl GroupTask {
             } => self.workers[resource.0].send(WorkerCommand::Monitor { looks_alive }),
             Effect::Unmonitor(r) => self.workers[r.0].send(WorkerCommand::Unmonitor),
             Effect::RunIsAlive(r) => self.workers[r.0].send(WorkerCommand::RunIsAlive),
+            Effect::Reread(r) => self.workers[r.0].send(WorkerCommand::Reread),
             // The failed check is already an event (`probe_failed`); it is not yet a failure.
             Effect::CheckFailureCounted { .. } => {}
             Effect::RestartScheduled {
@@ -578,6 +576,12 @@ impl GroupTask {
         let mut s = status::lock(&cx.status);
         s.pending = view.pending;
         s.needs_admin = view.needs_admin;
+        if s.unmanaged != view.unmanaged {
+            s.unmanaged = view.unmanaged;
+            cx.sink
+                .metrics()
+                .resource_unmanaged(&cx.metrics.labels, view.unmanaged);
+        }
         s.restarts_in_period = in_period;
         let wall = |at: Time| {
             crate::events::unix_now() + at.elapsed().saturating_sub(now.elapsed()).as_secs_f64()
@@ -593,15 +597,6 @@ async fn failover_answer(
     match pending {
         Some(answer) => answer.await.ok(),
         None => std::future::pending().await,
-    }
-}
-
-async fn provider_changed(changes: &mut Option<tokio::sync::watch::Receiver<u64>>) {
-    let Some(rx) = changes else {
-        return std::future::pending().await;
-    };
-    if rx.changed().await.is_err() {
-        std::future::pending::<()>().await;
     }
 }
 
