@@ -8,6 +8,8 @@
 //! | `POST /api/v1/groups/{g}/online` / `offline` | every resource of the group |
 //! | `POST /api/v1/groups/{g}/resources/{r}/online` / `offline` / `clear` | one resource |
 //! | `POST /api/v1/maintenance/on` / `off` | the node in or out of maintenance |
+//! | `POST /api/v1/node/drain[?node=N]` | pause a node (this one by default) and move its groups |
+//! | `POST /api/v1/node/resume[?node=N][&failback=true]` | resume it (and move its groups back) |
 //! | `POST /api/v1/groups/{g}/maintenance/on` / `off` | a group |
 //! | `POST /api/v1/groups/{g}/resources/{r}/maintenance/on` / `off` | a resource |
 //! | `GET /api/v1/status`, `GET /api/v1/events` | as on the TCP endpoint |
@@ -84,6 +86,30 @@ async fn respond(req: Request<Incoming>, api: &ControlApi) -> Response<Full<Byte
         ),
         (&Method::GET, ["api", "v1", "events"]) => json(StatusCode::OK, &api.views.sink.recent()),
         (&Method::POST, ["api", "v1", "maintenance", on]) => maintenance(api, Target::Node, on),
+        (&Method::POST, ["api", "v1", "node", action @ ("drain" | "resume")]) => {
+            let query = |key: &str| {
+                req.uri().query().and_then(|q| {
+                    q.split('&')
+                        .find_map(|kv| kv.strip_prefix(key)?.strip_prefix('='))
+                        .filter(|v| !v.is_empty())
+                        .map(String::from)
+                })
+            };
+            let node = query("node");
+            let answer = if *action == "drain" {
+                api.views.coordinator.drain(node).await
+            } else {
+                let failback = query("failback").is_some_and(|v| v == "true");
+                api.views.coordinator.resume(node, failback).await
+            };
+            match answer {
+                Ok(text) => json(
+                    StatusCode::OK,
+                    &serde_json::json!({ "ok": true, "result": text }),
+                ),
+                Err(why) => refuse(StatusCode::CONFLICT, why),
+            }
+        }
         (&Method::POST, ["api", "v1", "groups", group, "maintenance", on]) => {
             if find_group(api, group).is_none() {
                 return refuse(StatusCode::NOT_FOUND, format!("no group {group:?}"));

@@ -355,6 +355,49 @@ impl Event for AdminRefused<'_> {
     const NAME: &'static str = "admin_refused";
 }
 
+/// A node was paused (`resmon node drain`): it takes no group and moves its groups away.
+#[derive(Serialize)]
+pub struct NodePaused<'a> {
+    /// The paused node.
+    pub node: &'a str,
+    /// The node whose agent was asked.
+    pub by: &'a str,
+    /// The groups it held.
+    pub groups: &'a [String],
+}
+
+impl Event for NodePaused<'_> {
+    const NAME: &'static str = "node_paused";
+}
+
+/// A node was resumed (`resmon node resume`).
+#[derive(Serialize)]
+pub struct NodeResumed<'a> {
+    /// The node.
+    pub node: &'a str,
+    /// Groups asked to move back to it.
+    pub failback: &'a [String],
+}
+
+impl Event for NodeResumed<'_> {
+    const NAME: &'static str = "node_resumed";
+}
+
+/// A draining node could not move a group: no other node may take it; it stays.
+#[derive(Serialize)]
+pub struct DrainBlocked<'a> {
+    /// The group.
+    pub group: &'a str,
+    /// The draining node.
+    pub node: &'a str,
+    /// Why, node by node.
+    pub why: &'a str,
+}
+
+impl Event for DrainBlocked<'_> {
+    const NAME: &'static str = "drain_blocked";
+}
+
 /// The node, a group or a resource entered or left maintenance.
 #[derive(Serialize)]
 pub struct MaintenanceChanged<'a> {

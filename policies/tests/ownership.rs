@@ -8,7 +8,8 @@
 //! [failback=never|immediate|S-E] [apart=CLASS[:hard]] [uses=NAME:N,...] [with=G,...]`,
 //! `unregister G`, `session LEASE`, `node-up N [new] [snapshot] [capacity=NAME:N,...]`, `node-down N`, `owner G NODE LEASE REV`, `owner G -`, `target G TO FROM REASON
 //! REV`, `target G -`, `failovers G REV [T,T...]`, `sent`, `answered`, `ended [lease-gone]`,
-//! `took G REV|-`, `key-released G`, `released G`, `run-refused G`, `frozen G on|off`,
+//! `paused N on|off`, `took G REV|-`, `key-released G`, `released G`, `run-refused G`,
+//! `frozen G on|off`,
 //! `evaluate`, `tick`,
 //! `failover G`, `move G [TO]`; `state` prints each group's owner and directive.
 
@@ -73,6 +74,7 @@ fn render(action: &Action) -> String {
             to.as_ref().map(|t| format!(" to={t}")).unwrap_or_default()
         ),
         Action::DropTarget { group, revision } => format!("drop-target {group} rev={revision}"),
+        Action::DrainBlocked { group, why } => format!("drain-blocked {group}: {why}"),
         Action::RequestMove { group, target } => {
             format!("request-move {group} {}", target_text(target))
         }
@@ -247,6 +249,10 @@ fn input(words: &[&str]) -> Input {
             },
             live: !flags.contains(&"snapshot"),
         },
+        ["paused", node, on] => observed(Observation::Paused {
+            node: node.to_string(),
+            paused: *on == "on",
+        }),
         ["node-down", node] => observed(Observation::NodeDown {
             node: node.to_string(),
         }),
@@ -529,6 +535,8 @@ enum Rule {
     Colocation,
     /// `g2` is in maintenance here.
     Maintenance,
+    /// This node is paused (drained), as every snapshot says.
+    Paused,
 }
 
 proptest! {
@@ -537,14 +545,15 @@ proptest! {
     /// Under any schedule: a hard anti-affinity pair never shares this node, a group is never
     /// taken beyond this node's capacity (takes under way count), and a colocated group is
     /// taken, and told to run, only while its provider is held or being taken here; a group in
-    /// maintenance here is never taken here.
+    /// maintenance here is never taken here, and a paused node takes nothing.
     #[test]
     fn placement_rules_hold_under_any_schedule(
         rule in prop_oneof![
             Just(Rule::HardAntiAffinity),
             Just(Rule::Capacity),
             Just(Rule::Colocation),
-            Just(Rule::Maintenance)
+            Just(Rule::Maintenance),
+            Just(Rule::Paused)
         ],
         schedule in proptest::collection::vec((0u64..800, step()), 1..100)
     ) {
@@ -572,7 +581,7 @@ proptest! {
                     placement.uses = BTreeMap::from([("storage_groups".to_string(), 1)])
                 }
                 Rule::Colocation if i == 1 => placement.colocated_with = vec![GROUPS[0].into()],
-                Rule::Colocation | Rule::Maintenance => {}
+                Rule::Colocation | Rule::Maintenance | Rule::Paused => {}
             }
             m.step(Input::Register { group: g.to_string(), placement }, now(t));
             if matches!(rule, Rule::Maintenance) && i == 1 {
@@ -589,7 +598,12 @@ proptest! {
             }
             let decides = matches!(s, Step::Evaluate | Step::Took(..));
             let input = input_of(&s);
-            for action in m.step(input, now(t)) {
+            let mut actions = m.step(input, now(t));
+            if matches!(rule, Rule::Paused) && matches!(s, Step::Session(_)) {
+                let paused = Observation::Paused { node: "n1".into(), paused: true };
+                actions.extend(m.step(Input::Observed { change: paused, live: false }, now(t)));
+            }
+            for action in actions {
                 if let Action::Take { group, .. } = &action {
                     let g = GROUPS.iter().position(|x| x == group).unwrap();
                     let other = 1 - g;
@@ -604,6 +618,7 @@ proptest! {
                         ),
                         Rule::Colocation => {}
                         Rule::Maintenance => prop_assert!(g != 1, "took {group} in maintenance"),
+                        Rule::Paused => prop_assert!(false, "took {group} while paused"),
                     }
                     taking[g] = true;
                 }

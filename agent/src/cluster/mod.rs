@@ -65,6 +65,18 @@ pub(crate) enum Request {
     },
     /// What is in maintenance changed: groups in it are not taken or moved.
     Maintenance,
+    /// Pause `node` (this one if `None`) and move its groups away.
+    Drain {
+        node: Option<String>,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
+    /// Resume `node` (this one if `None`); with `failback`, the groups it held when it was
+    /// paused move back to it.
+    Resume {
+        node: Option<String>,
+        failback: bool,
+        reply: oneshot::Sender<Result<String, String>>,
+    },
     /// A resource other groups depend on came online or went offline here: publish it.
     Provider {
         name: String,
@@ -119,6 +131,9 @@ pub struct ClusterView {
     pub connected: bool,
     /// Nodes alive (holding a lease).
     pub nodes: Vec<String>,
+    /// Paused (drained) nodes: they take no group until resumed.
+    #[serde(default)]
+    pub paused: Vec<String>,
     /// Owner of every group the cluster knows; `None` while nobody holds it.
     pub owners: BTreeMap<String, Option<String>>,
 }
@@ -142,6 +157,7 @@ impl Coordinator {
             connected: true,
             nodes: vec![node.to_string()],
             owners: BTreeMap::new(),
+            paused: Vec::new(),
         }));
         tokio::spawn(embedded(node.to_string(), rx, view.clone(), sink));
         Coordinator {
@@ -236,6 +252,32 @@ impl Coordinator {
         });
     }
 
+    /// Pauses `node` (this one if `None`): it takes no group and its groups move to others.
+    pub async fn drain(&self, node: Option<String>) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Drain { node, reply })
+            .map_err(|_| "the coordinator has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the coordinator has stopped".to_string())?
+    }
+
+    /// Resumes `node` (this one if `None`); with `failback`, what it held comes back.
+    pub async fn resume(&self, node: Option<String>, failback: bool) -> Result<String, String> {
+        let (reply, answer) = oneshot::channel();
+        self.requests
+            .send(Request::Resume {
+                node,
+                failback,
+                reply,
+            })
+            .map_err(|_| "the coordinator has stopped".to_string())?;
+        answer
+            .await
+            .map_err(|_| "the coordinator has stopped".to_string())?
+    }
+
     /// What is in maintenance changed.
     pub fn maintenance_changed(&self) {
         let _ = self.requests.send(Request::Maintenance);
@@ -288,6 +330,12 @@ async fn embedded(
                 });
             }
             Request::Released { .. } | Request::Provider { .. } | Request::Maintenance => {}
+            Request::Drain { reply, .. } | Request::Resume { reply, .. } => {
+                let _ = reply.send(Err(
+                    "this agent runs the single-node coordinator: there is no other node to drain to"
+                        .into(),
+                ));
+            }
             Request::Move { reply, .. } => {
                 let _ = reply.send(Err(
                     "this agent runs the single-node coordinator: configure [cluster] to move groups between nodes"

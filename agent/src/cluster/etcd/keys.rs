@@ -4,6 +4,18 @@ use etcd_client::KeyValue;
 use resmon_policies::ownership::{MoveTarget, Observation, OwnerKey};
 use std::collections::BTreeMap;
 
+/// The value of `paused/<node>`: who paused it, and the groups it held then (for a resume
+/// with failback).
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(super) struct PausedRecord {
+    /// The node whose agent was asked.
+    #[serde(default)]
+    pub(super) by: String,
+    /// Groups the paused node held when it was paused.
+    #[serde(default)]
+    pub(super) held: Vec<String>,
+}
+
 /// The value of `nodes/<node>`: what the node says of itself to the others.
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
 pub(super) struct NodeRecord {
@@ -28,6 +40,10 @@ impl Keys {
     }
     pub(super) fn target(&self, group: &str) -> String {
         format!("{}/groups/{group}/target", self.prefix)
+    }
+    /// Present while `node` is paused (drained): its value names the groups it held then.
+    pub(super) fn paused(&self, node: &str) -> String {
+        format!("{}/paused/{node}", self.prefix)
     }
     pub(super) fn failovers(&self, group: &str) -> String {
         format!("{}/groups/{group}/failovers", self.prefix)
@@ -59,6 +75,12 @@ impl Keys {
         if rest.contains("/online/") {
             // A provider's state: see `provider`.
             return None;
+        }
+        if let Some(node) = rest.strip_prefix("paused/") {
+            return Some(Observation::Paused {
+                node: node.to_string(),
+                paused: !deleted,
+            });
         }
         if let Some(node) = rest.strip_prefix("nodes/") {
             let node = node.to_string();

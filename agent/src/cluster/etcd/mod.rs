@@ -27,15 +27,16 @@
 //!
 //! Modules: `session` (a member, the lease, its renewals, the snapshot and the watch), `keys`
 //! (the key layout and what each key says to the machine), `fence` (the fencing task and what it
-//! shares with the session); this file carries the machine's actions out.
+//! shares with the session), `admin` (what is asked of the cluster from outside the machine:
+//! failover, drain and resume, provider states); this file carries the machine's actions out.
 
 use super::clock::BootInstant;
 use super::watchdog::Watchdog;
 use super::{ClusterView, Directive, FailoverAnswer, Request};
 use crate::config::ClusterConfig;
 use crate::events::{
-    CoordinatorDisconnected, Event, EventSink, MoveStarted, OwnershipAcquired, OwnershipReleased,
-    SelfFenced,
+    CoordinatorDisconnected, DrainBlocked, Event, EventSink, MoveStarted, OwnershipAcquired,
+    OwnershipReleased, SelfFenced,
 };
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use resmon_policies::ownership::{Action, Input, MoveTarget, Ownership};
@@ -47,6 +48,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{timeout, Instant};
 
+mod admin;
 mod fence;
 mod keys;
 mod session;
@@ -144,6 +146,14 @@ async fn bounded<T>(
     }
 }
 
+fn list_or_none(items: &[String]) -> String {
+    if items.is_empty() {
+        "none".into()
+    } else {
+        items.join(", ")
+    }
+}
+
 fn unix_now() -> f64 {
     crate::events::unix_now()
 }
@@ -238,7 +248,9 @@ impl EtcdCoordinator {
                 let actions = self.shared.step(Input::Released { group });
                 self.act_offline(actions);
             }
-            Request::Move { reply, .. } => {
+            Request::Move { reply, .. }
+            | Request::Drain { reply, .. }
+            | Request::Resume { reply, .. } => {
                 let _ = reply.send(Err("the coordinator is not in touch with etcd".into()));
             }
             // Published again when the next session starts.
@@ -358,9 +370,9 @@ impl EtcdCoordinator {
 
     /// The machine's view of the cluster, for `resmon status` and the metrics.
     fn publish(&self) {
-        let (owners, alive) = {
+        let (owners, alive, paused) = {
             let machine = self.shared.machine();
-            (machine.owners(), machine.alive())
+            (machine.owners(), machine.alive(), machine.paused())
         };
         for (group, owner) in &owners {
             for node in &alive {
@@ -371,6 +383,7 @@ impl EtcdCoordinator {
         }
         let mut view = self.view();
         view.nodes = alive;
+        view.paused = paused;
         for (group, owner) in owners {
             if let Some(shown) = view.owners.get_mut(&group) {
                 *shown = owner;
@@ -446,6 +459,12 @@ impl EtcdCoordinator {
                         queue.extend(self.shared.step(Input::KeyReleased { group }));
                     }
                 }
+                Action::DrainBlocked { group, why } => DrainBlocked {
+                    group: &group,
+                    node: &self.node,
+                    why: &why,
+                }
+                .emit(&self.sink),
                 Action::DropTarget { group, revision } => {
                     let txn = Txn::new()
                         .when([Compare::mod_revision(
@@ -596,89 +615,20 @@ impl EtcdCoordinator {
                 Vec::new()
             }
             Request::Maintenance => self.refreeze(),
-        })
-    }
-
-    /// Publishes a provider's state on this node: its key under this node's lease while it is
-    /// online, deleted (only if it is this node's) when it is not.
-    async fn publish_provider(
-        &self,
-        client: &mut Client,
-        name: &str,
-        online: bool,
-    ) -> Result<(), Broken> {
-        let Some(key) = self.keys.online(name) else {
-            return Ok(());
-        };
-        let lease = self.shared.machine().lease();
-        let txn = if online {
-            Txn::new().and_then([TxnOp::put(
-                key,
-                self.node.clone(),
-                Some(PutOptions::new().with_lease(lease)),
-            )])
-        } else {
-            Txn::new()
-                .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
-                .and_then([TxnOp::delete(key, None)])
-        };
-        bounded(self.op_timeout(), "publish a provider", client.txn(txn)).await?;
-        Ok(())
-    }
-
-    /// A failover of a group this node holds: the history and the request in one transaction
-    /// on the history's revision.
-    async fn failover(
-        &mut self,
-        client: &mut Client,
-        group: &str,
-    ) -> Result<FailoverAnswer, Broken> {
-        let now = self.shared.now();
-        let write = match self.shared.machine().failover(group, now) {
-            Ok(write) => write,
-            Err(detail) => {
-                return Ok(FailoverAnswer {
-                    moved: false,
-                    detail,
-                })
+            Request::Drain { node, reply } => {
+                let answer = self.pause(client, node).await?;
+                let _ = reply.send(answer);
+                Vec::new()
             }
-        };
-        let key = self.keys.failovers(group);
-        let txn = Txn::new()
-            .when([Compare::mod_revision(
-                key.clone(),
-                CompareOp::Equal,
-                write.revision,
-            )])
-            .and_then([
-                TxnOp::put(
-                    key,
-                    serde_json::to_string(&write.history).unwrap_or_default(),
-                    None,
-                ),
-                TxnOp::put(
-                    self.keys.target(group),
-                    serde_json::to_string(&write.target).unwrap_or_default(),
-                    None,
-                ),
-            ]);
-        let response = bounded(self.op_timeout(), "record a failover", client.txn(txn)).await?;
-        if !response.succeeded() {
-            return Ok(FailoverAnswer {
-                moved: false,
-                detail: "the failover history changed meanwhile".into(),
-            });
-        }
-        MoveStarted {
-            group,
-            from: &self.node,
-            to: &write.target.to,
-            reason: "failover",
-        }
-        .emit(&self.sink);
-        Ok(FailoverAnswer {
-            moved: true,
-            detail: format!("to {}", write.target.to),
+            Request::Resume {
+                node,
+                failback,
+                reply,
+            } => {
+                let (answer, actions) = self.resume(client, node, failback).await?;
+                let _ = reply.send(answer);
+                actions
+            }
         })
     }
 }

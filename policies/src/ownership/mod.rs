@@ -21,6 +21,10 @@
 //!   A stale request (its node gone) is dropped.
 //! - *Failover* writes the failover history and the request in one transaction on the history's
 //!   revision; *failback* follows a preferred node's return, within its window.
+//! - *Drain* ([`Observation::Paused`]): a paused node takes no group and no group is placed on
+//!   it; a node that sees itself paused moves the groups it holds to other nodes, at most
+//!   [`DRAIN_PARALLEL`] at a time, each an orderly move; a group that no other node may take
+//!   stays, and the node says why ([`Action::DrainBlocked`]).
 //! - *Maintenance* ([`Input::Frozen`]): a group in maintenance (its own, one of its
 //!   resources', or the node's) is not taken here, and while this node holds it no move,
 //!   failback or release is started: what an administrator works on stays where it is.
@@ -30,9 +34,15 @@
 //!   another node, or by none, is stopped and released: it follows its provider.
 
 use crate::placement::{Neighbours, Placement};
+
+mod asks;
 use crate::time::Time;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
+
+/// How many groups a draining node moves at once: each is an orderly stop here and start there,
+/// and a node of many groups would otherwise start them all on the others at the same moment.
+pub const DRAIN_PARALLEL: usize = 2;
 
 /// What a group is told to do on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize)]
@@ -104,6 +114,13 @@ pub enum Observation {
         group: String,
         /// The request and its revision.
         target: Option<(MoveTarget, i64)>,
+    },
+    /// `paused/<node>`: the node is paused (drained) until resumed, or no longer.
+    Paused {
+        /// The node.
+        node: String,
+        /// Paused.
+        paused: bool,
     },
     /// `groups/<group>/failovers`: Unix times of recent failovers and the key's revision (0:
     /// absent).
@@ -259,6 +276,13 @@ pub enum Action {
         /// The request.
         target: MoveTarget,
     },
+    /// This node is paused and no other node may take the group: it stays here.
+    DrainBlocked {
+        /// The group.
+        group: String,
+        /// Why, node by node.
+        why: String,
+    },
     /// Every group this node ran was fenced: the session is over.
     Fenced {
         /// Groups that were running.
@@ -298,6 +322,10 @@ struct Group {
     directive: Directive,
     /// In maintenance here: not taken, not moved.
     frozen: bool,
+    /// This node asked to move it away (a drain); until it is released.
+    draining: bool,
+    /// Why a drain could not move it, as last said.
+    drain_blocked: Option<String>,
 }
 
 /// The ownership state machine of one node.
@@ -317,6 +345,8 @@ pub struct Ownership {
     unanswered: VecDeque<Time>,
     fenced: bool,
     alive: BTreeSet<String>,
+    /// Paused (drained) nodes: they take no group.
+    paused: BTreeSet<String>,
     /// What each node declares it can hold, this node's own from its config.
     capacity: BTreeMap<String, BTreeMap<String, u64>>,
     groups: BTreeMap<String, Group>,
@@ -337,6 +367,7 @@ impl Ownership {
             unanswered: VecDeque::new(),
             fenced: false,
             alive: BTreeSet::new(),
+            paused: BTreeSet::new(),
             capacity: BTreeMap::new(),
             groups: BTreeMap::new(),
         }
@@ -372,6 +403,16 @@ impl Ownership {
     /// The alive nodes, by name.
     pub fn alive(&self) -> Vec<String> {
         self.alive.iter().cloned().collect()
+    }
+
+    /// The paused (drained) nodes, by name.
+    pub fn paused(&self) -> Vec<String> {
+        self.paused.iter().cloned().collect()
+    }
+
+    /// The nodes a group may be placed on: alive and not paused.
+    fn candidates(&self) -> Vec<String> {
+        self.alive.difference(&self.paused).cloned().collect()
     }
 
     /// Each group's owner, as last seen.
@@ -487,6 +528,8 @@ impl Ownership {
                         taking: None,
                         directive,
                         frozen: false,
+                        draining: false,
+                        drain_blocked: None,
                     },
                 );
                 out.push(Action::Direct { group, directive });
@@ -502,10 +545,12 @@ impl Ownership {
                 self.fenced = false;
                 self.unanswered.clear();
                 self.alive.clear();
+                self.paused.clear();
                 for g in self.groups.values_mut() {
                     g.owner = None;
                     g.target = None;
                     g.taking = None;
+                    g.draining = false;
                 }
             }
             Input::Observed { change, live } => self.observe(change, live),
@@ -544,6 +589,7 @@ impl Ownership {
             Input::KeyReleased { group } => {
                 if let Some(g) = self.groups.get_mut(&group) {
                     g.owner = None;
+                    g.draining = false;
                 }
             }
             Input::Released { group } => {
@@ -678,7 +724,22 @@ impl Ownership {
             }
             Observation::Owner { group, key } => {
                 if let Some(g) = self.groups.get_mut(&group) {
+                    if key.as_ref().is_none_or(|k| k.node != self.node) {
+                        g.draining = false;
+                    }
                     g.owner = key;
+                }
+            }
+            Observation::Paused { node, paused } => {
+                if paused {
+                    self.paused.insert(node);
+                } else {
+                    self.paused.remove(&node);
+                    if node == self.node {
+                        for g in self.groups.values_mut() {
+                            g.drain_blocked = None;
+                        }
+                    }
                 }
             }
             Observation::Target { group, target } => {
@@ -704,7 +765,8 @@ impl Ownership {
         if self.lease == 0 || self.fenced {
             return;
         }
-        let alive = self.alive();
+        // Paused nodes are no place for a group: only the others are.
+        let alive = self.candidates();
         let Some(nb) = self.neighbours(name) else {
             return;
         };
@@ -751,7 +813,7 @@ impl Ownership {
             }
             if let Some((target, revision)) = g.target.clone() {
                 if target.to != self.node {
-                    if self.alive.contains(&target.to) && g.placement.may_own(&target.to) {
+                    if alive.contains(&target.to) && g.placement.may_own(&target.to) {
                         if let Some(g) = self.groups.get_mut(name) {
                             g.releasing = true;
                         }
@@ -764,6 +826,10 @@ impl Ownership {
                         revision,
                     });
                 }
+            }
+            if self.paused.contains(&self.node) && !g.releasing {
+                self.drain(name, &alive, &nb, now, out);
+                return;
             }
             let g = &self.groups[name];
             if let Some(to) =
@@ -850,83 +916,5 @@ impl Ownership {
         // Run it, unless what changed while the take was out says otherwise (a colocated
         // provider that moved away).
         self.evaluate(name, now, out);
-    }
-
-    /// A failover of `group` away from this node: where it goes and what to write, or why it
-    /// does not happen.
-    pub fn failover(&self, group: &str, now: Now) -> Result<FailoverWrite, String> {
-        let Some(g) = self.groups.get(group) else {
-            return Err("the group is not known to the coordinator".into());
-        };
-        if !self.owned(g) || self.fenced {
-            return Err("this node does not hold the group".into());
-        }
-        let alive = self.alive();
-        let nb = self
-            .neighbours(group)
-            .ok_or("a group it is colocated with is not known yet")?;
-        let to = g
-            .placement
-            .failover_target(&self.node, &alive, &g.failovers, now.unix, &nb)
-            .map_err(|why| why.to_string())?;
-        let period = g.placement.failover_period.as_secs_f64();
-        let mut history: Vec<f64> = g
-            .failovers
-            .iter()
-            .copied()
-            .filter(|t| *t > now.unix - period)
-            .collect();
-        history.push(now.unix);
-        Ok(FailoverWrite {
-            history,
-            revision: g.failovers_revision,
-            target: MoveTarget {
-                to: to.to_string(),
-                from: Some(self.node.clone()),
-                reason: "failover".into(),
-            },
-        })
-    }
-
-    /// An administrator's move of `group` (to `to`, or the best other possible owner): the
-    /// request to write, or why not.
-    pub fn move_request(&self, group: &str, to: Option<String>) -> Result<MoveTarget, String> {
-        let Some(g) = self.groups.get(group) else {
-            return Err(format!("no group {group:?}"));
-        };
-        let Some(owner) = g.owner.as_ref().map(|o| o.node.clone()) else {
-            return Err(format!("nobody holds {group:?} right now"));
-        };
-        if g.frozen && owner == self.node {
-            return Err(format!(
-                "{group:?} is in maintenance here: take it out of maintenance first"
-            ));
-        }
-        let alive = self.alive();
-        let nb = self
-            .neighbours(group)
-            .ok_or("a group it is colocated with is not known yet")?;
-        let to = match to {
-            Some(to) if to == owner => return Err(format!("{group:?} already runs on {to}")),
-            Some(to) if !self.alive.contains(&to) => {
-                return Err(format!("{to} is not alive in the cluster"))
-            }
-            Some(to) if !g.placement.may_own(&to) => {
-                return Err(format!("{to} is not one of {group:?}'s possible owners"))
-            }
-            Some(to) => match g.placement.why_not(&to, &nb) {
-                Some(why) => return Err(format!("{to} cannot take {group:?}: {why}")),
-                None => to,
-            },
-            None => match g.placement.other_owner(&owner, &alive, &nb) {
-                Ok(n) => n.to_string(),
-                Err(why) => return Err(why.to_string()),
-            },
-        };
-        Ok(MoveTarget {
-            to,
-            from: Some(owner),
-            reason: "move".into(),
-        })
     }
 }

@@ -1,4 +1,9 @@
-//! The `resmon` command line: `run`, `validate`, `status`.
+//! The `resmon` command line: `run`, `validate`, `simulate`, `status`; `control` has the
+//! commands that steer the running agent through its control socket.
+
+mod control;
+
+use control::{control, events, maintenance, move_group, node};
 
 use crate::config::{self, DEFAULT_CONFIG_PATH};
 use crate::status::{AgentStatus, CheckStatus};
@@ -82,6 +87,20 @@ pub enum Command {
         #[arg(long)]
         socket: Option<PathBuf>,
     },
+    /// Drain a node (`drain [NODE]`: it takes no group and moves those it holds to other nodes,
+    /// two at a time, each an orderly move) or resume it (`resume [NODE] [--failback]`);
+    /// held in etcd. NODE defaults to this node.
+    Node {
+        /// What to do.
+        #[command(subcommand)]
+        action: NodeAction,
+        /// The config file (to find the control socket).
+        #[arg(long, short, default_value = DEFAULT_CONFIG_PATH, global = true)]
+        config: PathBuf,
+        /// The control socket, instead of reading it from the config.
+        #[arg(long, global = true)]
+        socket: Option<PathBuf>,
+    },
     /// List the agent's recent events.
     Events {
         /// The config file (to find the control socket).
@@ -111,6 +130,24 @@ pub enum Command {
         /// Output format.
         #[arg(long, short, value_enum, default_value_t = Output::Table)]
         output: Output,
+    },
+}
+
+/// `resmon node` actions.
+#[derive(Debug, clap::Subcommand)]
+pub enum NodeAction {
+    /// Pause the node and move its groups to other nodes.
+    Drain {
+        /// The node; this one when left out.
+        node: Option<String>,
+    },
+    /// Let the node take groups again.
+    Resume {
+        /// The node; this one when left out.
+        node: Option<String>,
+        /// Move the groups it held when it was paused back to it.
+        #[arg(long)]
+        failback: bool,
     },
 }
 
@@ -208,6 +245,11 @@ pub fn main(cli: Cli) -> ExitCode {
             config,
             socket,
         } => maintenance(&action, target.as_deref(), &config, socket),
+        Command::Node {
+            action,
+            config,
+            socket,
+        } => node(action, &config, socket),
         Command::Events {
             config,
             socket,
@@ -315,170 +357,6 @@ fn generate_docs(dir: &std::path::Path) -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: cannot write into {}: {e}", dir.display());
-            ExitCode::FAILURE
-        }
-    }
-}
-
-fn control_socket(config: &std::path::Path, socket: Option<PathBuf>) -> Result<PathBuf, ExitCode> {
-    match socket {
-        Some(s) => Ok(s),
-        None => config::load(config)
-            .map(|l| l.config.agent.control_socket)
-            .map_err(|errors| {
-                eprintln!(
-                    "{errors}\n(pass --socket to reach the agent without reading the config)"
-                );
-                ExitCode::FAILURE
-            }),
-    }
-}
-
-fn control(args: ControlArgs, action: &str) -> ExitCode {
-    let socket = match control_socket(&args.config, args.socket) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let path = match args.target.split_once('/') {
-        Some((group, resource)) => format!("/api/v1/groups/{group}/resources/{resource}/{action}"),
-        None if action == "clear" => {
-            eprintln!("error: clear takes GROUP/RESOURCE");
-            return ExitCode::FAILURE;
-        }
-        None => format!("/api/v1/groups/{}/{action}", args.target),
-    };
-    let body = match post_control(&socket, &path) {
-        Ok((_, body)) => body,
-        Err(code) => return code,
-    };
-    match args.output {
-        Output::Json => println!("{body}"),
-        Output::Table => println!("{action} {}: accepted", args.target),
-    }
-    ExitCode::SUCCESS
-}
-
-/// POSTs to the control API; on success the answer (parsed and as text), otherwise the
-/// refusal or the error is printed and the exit code returned.
-fn post_control(
-    socket: &std::path::Path,
-    path: &str,
-) -> Result<(serde_json::Value, String), ExitCode> {
-    let runtime = build_runtime(tokio::runtime::Builder::new_current_thread())?;
-    match runtime.block_on(crate::client::control(socket, hyper::Method::POST, path)) {
-        Ok((status, body)) => {
-            let answer: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-            if status.is_success() {
-                Ok((answer, body))
-            } else {
-                eprintln!("refused: {}", answer["error"].as_str().unwrap_or(&body));
-                Err(ExitCode::FAILURE)
-            }
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            Err(ExitCode::FAILURE)
-        }
-    }
-}
-
-fn maintenance(
-    action: &str,
-    target: Option<&str>,
-    config: &std::path::Path,
-    socket: Option<PathBuf>,
-) -> ExitCode {
-    let socket = match control_socket(config, socket) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let path = match target.map(|t| t.split_once('/').ok_or(t)) {
-        None => format!("/api/v1/maintenance/{action}"),
-        Some(Ok((group, resource))) => {
-            format!("/api/v1/groups/{group}/resources/{resource}/maintenance/{action}")
-        }
-        Some(Err(group)) => format!("/api/v1/groups/{group}/maintenance/{action}"),
-    };
-    let answer = match post_control(&socket, &path) {
-        Ok((answer, _)) => answer,
-        Err(code) => return code,
-    };
-    let what = target.unwrap_or("the node");
-    match (action, answer["changed"].as_bool().unwrap_or(true)) {
-        ("on", true) => println!("{what}: in maintenance"),
-        ("on", false) => println!("{what}: already in maintenance"),
-        (_, true) => println!("{what}: out of maintenance"),
-        (_, false) => println!("{what}: was not in maintenance"),
-    }
-    ExitCode::SUCCESS
-}
-
-fn move_group(
-    group: &str,
-    to: Option<&str>,
-    config: &std::path::Path,
-    socket: Option<PathBuf>,
-) -> ExitCode {
-    let socket = match control_socket(config, socket) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let path = match to {
-        Some(node) => format!("/api/v1/groups/{group}/move?to={node}"),
-        None => format!("/api/v1/groups/{group}/move"),
-    };
-    match post_control(&socket, &path) {
-        Ok((answer, _)) => {
-            println!(
-                "move {group} to {}: requested",
-                answer["to"].as_str().unwrap_or("?")
-            );
-            ExitCode::SUCCESS
-        }
-        Err(code) => code,
-    }
-}
-
-fn events(config: &std::path::Path, socket: Option<PathBuf>, output: Output) -> ExitCode {
-    let socket = match control_socket(config, socket) {
-        Ok(s) => s,
-        Err(code) => return code,
-    };
-    let runtime = match build_runtime(tokio::runtime::Builder::new_current_thread()) {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match runtime.block_on(crate::client::control(
-        &socket,
-        hyper::Method::GET,
-        "/api/v1/events",
-    )) {
-        Ok((_, body)) if output == Output::Json => {
-            println!("{body}");
-            ExitCode::SUCCESS
-        }
-        Ok((_, body)) => {
-            let events: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap_or_default();
-            for e in events {
-                let mut line = format!(
-                    "{} {:<18}",
-                    e["ts"].as_str().unwrap_or(""),
-                    e["event"].as_str().unwrap_or("")
-                );
-                if let Some(obj) = e.as_object() {
-                    for (k, v) in obj {
-                        if k != "ts" && k != "event" {
-                            let v = v.as_str().map_or_else(|| v.to_string(), String::from);
-                            line += &format!(" {k}={v}");
-                        }
-                    }
-                }
-                println!("{line}");
-            }
-            ExitCode::SUCCESS
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
@@ -737,6 +615,12 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
         "node {}, resmon {}, {} coordinator {connected}, nodes: {nodes}\n",
         status.node, status.version, c.coordinator
     );
+    if !c.paused.is_empty() {
+        out.push_str(&format!("paused (drained): {}\n", c.paused.join(", ")));
+    }
+    if status.maintenance.node {
+        out.push_str("this node is in maintenance\n");
+    }
     for row in rows {
         let line: Vec<String> = row
             .iter()
@@ -810,5 +694,13 @@ mod tests {
         let table = render_table(&status, 100.0);
         assert!(table.contains("failed (restart in 30s)"), "{table}");
         assert!(table.contains("failed (retry in 10m)"), "{table}");
+        assert!(!table.contains("paused") && !table.contains("maintenance"));
+
+        let mut status = status;
+        status.cluster.paused = vec!["n2".into()];
+        status.maintenance.node = true;
+        let table = render_table(&status, 100.0);
+        assert!(table.contains("paused (drained): n2\n"), "{table}");
+        assert!(table.contains("this node is in maintenance\n"), "{table}");
     }
 }

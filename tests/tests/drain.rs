@@ -1,0 +1,140 @@
+//! Node drain and resume with real agents on two nodes (network namespaces, a real etcd): a
+//! drained node moves its groups away two at a time, each an orderly move, takes none back
+//! while paused, says why about a group nobody else may hold, and gets its groups back on
+//! `resume --failback`.
+
+use resmon_e2e::cluster::Cluster;
+use resmon_e2e::{event_time, testd, Agent};
+use std::time::Duration;
+
+const LONG: Duration = Duration::from_secs(30);
+const MOVABLE: [&str; 3] = ["a", "b", "c"];
+
+fn groups() -> String {
+    let mut text = String::new();
+    for (i, name) in MOVABLE.iter().chain(["pinned"].iter()).enumerate() {
+        let owners = if *name == "pinned" {
+            "possible_owners = [\"n1\"]"
+        } else {
+            "preferred_owners = [\"n1\", \"n2\"]\nfailback = \"immediate\""
+        };
+        text.push_str(&format!(
+            r#"
+[[groups]]
+name = "{name}"
+{owners}
+
+[[groups.resources]]
+name = "server"
+type = "process"
+command = ["{testd}", "--listen", "127.0.0.1:{port}"]
+ready_tcp = "127.0.0.1:{port}"
+"#,
+            testd = testd(),
+            port = 18000 + i
+        ));
+    }
+    text
+}
+
+fn owner(agent: &Agent, group: &str) -> Option<String> {
+    agent.status()["cluster"]["owners"][group]
+        .as_str()
+        .map(String::from)
+}
+
+fn node(agent: &Agent, args: &[&str]) -> String {
+    let mut all = vec!["node"];
+    all.extend_from_slice(args);
+    let (code, out, err) = agent.cli(&all);
+    assert_eq!(code, 0, "resmon {all:?}: {err}");
+    out.trim().to_string()
+}
+
+#[test]
+fn a_drained_node_moves_its_groups_away_in_order_and_gets_them_back_on_resume() {
+    let cluster = Cluster::new(2);
+    let start = |n: &str| cluster.start_agent(n, &cluster.agent_config(n, "3s", &groups()));
+    let n1 = start("n1");
+    for g in MOVABLE.iter().chain(["pinned"].iter()) {
+        n1.wait_for(&format!("{g} online on n1"), LONG, |a| {
+            owner(a, g).as_deref() == Some("n1") && a.state(g, "server") == "online"
+        });
+    }
+    let n2 = start("n2");
+    n2.wait_for("n2 sees n1's groups", LONG, |a| {
+        owner(a, "pinned").as_deref() == Some("n1")
+    });
+
+    assert_eq!(
+        node(&n1, &["drain"]),
+        "n1 paused; it moves its 4 groups to other nodes"
+    );
+    for g in MOVABLE {
+        n2.wait_for(&format!("{g} online on n2"), LONG, |a| {
+            owner(a, g).as_deref() == Some("n2") && a.state(g, "server") == "online"
+        });
+    }
+    // Two moves at a time: the third starts only after the first released its group.
+    let started: Vec<f64> = n1
+        .events_of("move_started", "")
+        .iter()
+        .filter(|e| e["reason"] == "drain")
+        .map(event_time)
+        .collect();
+    let released: Vec<f64> = n1
+        .events_of("ownership_released", "")
+        .iter()
+        .map(event_time)
+        .collect();
+    assert_eq!(started.len(), 3, "{started:?}");
+    assert!(
+        started[2] >= released[0],
+        "a third move began before any group was released: {started:?} {released:?}"
+    );
+    // Orderly: each went offline on n1, none was terminated.
+    for g in MOVABLE {
+        assert!(n1
+            .transitions("server")
+            .iter()
+            .all(|t| !t.contains("fenced") && !t.contains("terminated")));
+        assert!(owner(&n1, g).as_deref() == Some("n2"));
+    }
+    // pinned may run nowhere else: it stays, and n1 says why.
+    assert_eq!(owner(&n2, "pinned").as_deref(), Some("n1"));
+    n1.wait_for("drain_blocked for pinned", LONG, |a| {
+        !a.events_of("drain_blocked", "").is_empty()
+    });
+    let blocked = &n1.events_of("drain_blocked", "")[0];
+    assert_eq!(blocked["group"], "pinned");
+    assert_eq!(blocked["why"], "no other possible owner is alive");
+    assert_eq!(n2.status()["cluster"]["paused"][0], "n1");
+
+    // Paused, n1 takes nothing back, although it is preferred and failback is immediate.
+    std::thread::sleep(Duration::from_secs(3));
+    for g in MOVABLE {
+        assert_eq!(
+            owner(&n2, g).as_deref(),
+            Some("n2"),
+            "{g} came back to a paused node"
+        );
+    }
+    let (code, _, err) = n1.cli(&["node", "drain"]);
+    assert_ne!(code, 0, "a second drain is refused");
+    assert!(err.contains("n1 is paused already"), "{err}");
+
+    // Resumed from the other node, with failback: the groups n1 held come back.
+    let resumed = node(&n2, &["resume", "n1", "--failback"]);
+    assert!(
+        resumed.starts_with("n1 resumed; moving back: a, b, c"),
+        "{resumed}"
+    );
+    for g in MOVABLE {
+        n1.wait_for(&format!("{g} back on n1"), LONG, |a| {
+            owner(a, g).as_deref() == Some("n1") && a.state(g, "server") == "online"
+        });
+    }
+    assert!(n2.status()["cluster"]["paused"]
+        .as_array()
+        .is_none_or(|p| p.is_empty()));
+}
