@@ -355,6 +355,24 @@ impl Event for AdminRefused<'_> {
     const NAME: &'static str = "admin_refused";
 }
 
+/// A resource that keeps going up and down is held back: its flap damping penalty is above
+/// `suppress`, and its restart waits until the penalty has decayed below `reuse`.
+#[derive(Serialize)]
+pub struct RestartDamped<'a> {
+    /// Group.
+    pub group: &'a str,
+    /// Resource.
+    pub resource: &'a str,
+    /// The penalty now.
+    pub penalty: u32,
+    /// How long the restart waits.
+    pub held_seconds: f64,
+}
+
+impl Event for RestartDamped<'_> {
+    const NAME: &'static str = "restart_damped";
+}
+
 /// A node was paused (`resmon node drain`): it takes no group and moves its groups away.
 #[derive(Serialize)]
 pub struct NodePaused<'a> {

@@ -80,6 +80,15 @@ pub struct ResourceStatus {
     /// In maintenance (its own, its group's or the node's): checked, never acted on.
     #[serde(default)]
     pub unmanaged: bool,
+    /// Its flap damping penalty as of its last failure.
+    #[serde(default)]
+    pub damping_penalty: u32,
+    /// Held back by flap damping until then (Unix seconds).
+    #[serde(default)]
+    pub damped_until: Option<f64>,
+    /// When the oldest restart counted in its restart window leaves it (Unix seconds).
+    #[serde(default)]
+    pub restart_window_frees_at: Option<f64>,
 }
 
 /// A shared, lockable resource status.

@@ -21,6 +21,8 @@
 //! - a provider that is not online takes its dependents offline; they come back when it is
 //!   online again; a provider in another group ([`Input::External`]) counts the same way;
 //! - an administrator's offline (`offline_by_admin`) is never restarted;
+//! - with flap damping, every failure adds to a penalty that halves every half-life; while it
+//!   is above its threshold a restart waits until it has decayed below the reuse level;
 //! - a resource in maintenance (unmanaged, as Pacemaker's `is-managed=false`) is still checked
 //!   and its state follows what the checks see, but nothing is started, stopped, restarted or
 //!   failed over for it; leaving maintenance looks again first (an `is_alive` of what runs, an
@@ -344,6 +346,15 @@ pub enum Effect {
     /// Look whether the resource runs, as at start-up (it leaves maintenance and seemed
     /// down); answer with [`Input::Reread`].
     Reread(ResourceId),
+    /// Its flap damping penalty is above the threshold: its restart waits until `until`.
+    Damped {
+        /// Which resource.
+        resource: ResourceId,
+        /// The penalty now.
+        penalty: u32,
+        /// When the penalty falls below the reuse level and the restart may happen.
+        until: Time,
+    },
     /// An administrator's command was not applied; nothing changed.
     Refused {
         /// The command.
@@ -410,6 +421,11 @@ struct ResourceRuntime {
     failure_unhandled: bool,
     /// Left maintenance seeming down: an [`Effect::Reread`] is out, nothing starts it meanwhile.
     rereading: bool,
+    /// Flap damping: the penalty as of `penalty_at`.
+    penalty: f64,
+    penalty_at: Time,
+    /// Held back by flap damping until then.
+    damped_until: Option<Time>,
 }
 
 impl ResourceRuntime {
@@ -431,6 +447,9 @@ impl ResourceRuntime {
             unmanaged: false,
             failure_unhandled: false,
             rereading: false,
+            penalty: 0.0,
+            penalty_at: Time::ZERO,
+            damped_until: None,
         }
     }
 }
@@ -452,6 +471,10 @@ pub struct ResourceView {
     pub needs_admin: bool,
     /// In maintenance (its own or its group's): checked, never acted on.
     pub unmanaged: bool,
+    /// Its flap damping penalty as of its last failure.
+    pub damping_penalty: u32,
+    /// Held back by flap damping until then (its restart waits).
+    pub damped_until: Option<Time>,
 }
 
 /// The lifecycle state machine of one group.
@@ -521,6 +544,8 @@ impl GroupController {
             restart_at: r.restart_at,
             needs_admin: r.escalation == Escalation::NeedsAdmin,
             unmanaged: self.is_unmanaged(id),
+            damping_penalty: r.penalty.round() as u32,
+            damped_until: r.damped_until,
         }
     }
 
@@ -543,6 +568,12 @@ impl GroupController {
     pub fn restarts_in_period(&mut self, id: ResourceId, now: Time) -> u32 {
         let period = self.spec.resource(id).policy.restart_period;
         self.resources[id.0].restarts.count(now, period)
+    }
+
+    /// When the oldest restart counted in the restart window leaves it, if any is counted.
+    pub fn restart_window_frees_at(&mut self, id: ResourceId, now: Time) -> Option<Time> {
+        let period = self.spec.resource(id).policy.restart_period;
+        self.resources[id.0].restarts.frees_at(now, period)
     }
 
     /// When the runtime must send [`Input::Tick`] next, if ever.
@@ -611,6 +642,11 @@ impl GroupController {
             Effect::Unmonitor(r) => format!("unmonitor {}", name(r)),
             Effect::RunIsAlive(r) => format!("run is_alive {}", name(r)),
             Effect::Reread(r) => format!("look whether {} runs", name(r)),
+            Effect::Damped {
+                resource,
+                penalty,
+                until,
+            } => format!("damp {} (penalty {penalty}) until {until}", name(resource)),
             Effect::CheckFailureCounted { resource, in_a_row } => {
                 format!("is_alive of {} failed {in_a_row} in a row", name(resource))
             }
@@ -897,6 +933,7 @@ impl GroupController {
         was_online: bool,
         out: &mut Vec<Effect>,
     ) {
+        let damped_until = self.add_penalty(now, id);
         let policy = &self.spec.resource(id).policy;
         let r = &mut self.resources[id.0];
         let held = r
@@ -921,6 +958,16 @@ impl GroupController {
             r.next_online_cause = Some(Cause::Restart);
             let nth = r.restarts.count(now, policy.restart_period);
             r.restart_delay = policy.restart_delay_for(nth);
+            if let Some(until) = damped_until {
+                r.restart_delay = r
+                    .restart_delay
+                    .max(until.elapsed().saturating_sub(now.elapsed()));
+                out.push(Effect::Damped {
+                    resource: id,
+                    penalty: r.penalty.round() as u32,
+                    until,
+                });
+            }
             out.push(Effect::RestartScheduled {
                 resource: id,
                 restarts_in_period: nth,
@@ -939,6 +986,27 @@ impl GroupController {
             AfterTerminate::StayFailed
         };
         self.start_terminate(id, after, out);
+    }
+
+    /// Flap damping: adds a failure's penalty; returns until when a restart is held back, if it
+    /// is (the penalty is above `suppress`, or it was held back already and has not yet decayed
+    /// below `reuse`).
+    fn add_penalty(&mut self, now: Time, id: ResourceId) -> Option<Time> {
+        let damping = self.spec.resource(id).policy.flap_damping?;
+        let r = &mut self.resources[id.0];
+        let elapsed = now.elapsed().saturating_sub(r.penalty_at.elapsed());
+        let penalty = damping.decayed(r.penalty, elapsed) + f64::from(damping.penalty);
+        r.penalty = penalty.min(damping.ceiling());
+        r.penalty_at = now;
+        let still = r.damped_until.is_some_and(|u| u > now);
+        if r.penalty > f64::from(damping.suppress) || still {
+            let until = now.after(damping.until_reuse(r.penalty));
+            r.damped_until = Some(until);
+            Some(until)
+        } else {
+            r.damped_until = None;
+            None
+        }
     }
 
     /// [`Input::Fence`]: every resource that may run is terminated now, the addresses

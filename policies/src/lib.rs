@@ -34,5 +34,7 @@ pub mod time;
 pub use controller::{AdminCommand, Cause, Effect, GroupController, GroupMode, Input, State};
 pub use reason::{CheckKind, FailureReason, Operation};
 pub use restart::RestartWindow;
-pub use spec::{GroupSpec, ResourceId, ResourceSpec, RestartAction, RestartPolicy, SpecError};
+pub use spec::{
+    FlapDamping, GroupSpec, ResourceId, ResourceSpec, RestartAction, RestartPolicy, SpecError,
+};
 pub use time::Time;

@@ -25,6 +25,13 @@ impl RestartWindow {
         self.count(now, period) < threshold
     }
 
+    /// When the oldest restart still counted leaves the window (one more restart is then
+    /// allowed), if any is counted.
+    pub fn frees_at(&mut self, now: Time, period: Duration) -> Option<Time> {
+        self.forget_before(now, period);
+        self.restarts.front().map(|t| t.after(period))
+    }
+
     /// Records a restart made at `now`.
     pub fn record(&mut self, now: Time) {
         self.restarts.push_back(now);

@@ -40,6 +40,45 @@ impl RestartAction {
     }
 }
 
+/// Flap damping, as BGP route flap damping (RFC 2439; no failover peer has it): each failure
+/// adds `penalty`, the penalty halves every `half_life`, and once it is above `suppress` the
+/// resource's restarts wait until it has decayed below `reuse`. A resource that keeps going up
+/// and down is held back; one that fails now and then is restarted as usual.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct FlapDamping {
+    /// Added at each failure.
+    pub penalty: u32,
+    /// Above this, restarts are held back.
+    pub suppress: u32,
+    /// Held back until the penalty has fallen below this.
+    pub reuse: u32,
+    /// The time the penalty takes to halve.
+    pub half_life: Duration,
+}
+
+impl FlapDamping {
+    /// The most a penalty can be: a resource that failed for a long time is not held back for
+    /// ever once it stops failing (RFC 2439's maximum suppress limit).
+    pub fn ceiling(&self) -> f64 {
+        f64::from(self.suppress) * 4.0
+    }
+
+    /// A penalty `p` after `elapsed` more time.
+    pub fn decayed(&self, p: f64, elapsed: Duration) -> f64 {
+        let halves = elapsed.as_secs_f64() / self.half_life.as_secs_f64().max(1e-9);
+        p * 0.5f64.powf(halves)
+    }
+
+    /// How long a penalty `p` takes to fall below `reuse`.
+    pub fn until_reuse(&self, p: f64) -> Duration {
+        let reuse = f64::from(self.reuse.max(1));
+        if p <= reuse {
+            return Duration::ZERO;
+        }
+        self.half_life.mul_f64((p / reuse).log2())
+    }
+}
+
 /// The restart and failure-detection properties of one resource.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RestartPolicy {
@@ -68,6 +107,9 @@ pub struct RestartPolicy {
     /// provides a failure signal is not polled (as the resource monitor stops calling
     /// LooksAlive for a resource DLL that returned an event handle).
     pub poll_looks_alive: Option<bool>,
+    /// Flap damping; `None` (the WSFC-faithful default): every failure is restarted as the
+    /// threshold allows.
+    pub flap_damping: Option<FlapDamping>,
 }
 
 impl Default for RestartPolicy {
@@ -84,6 +126,7 @@ impl Default for RestartPolicy {
             failure_threshold: 1,
             provides_failure_signal: false,
             poll_looks_alive: None,
+            flap_damping: None,
         }
     }
 }

@@ -12,8 +12,8 @@
 
 use proptest::prelude::*;
 use resmon_policies::{
-    AdminCommand, CheckKind, Effect, FailureReason, GroupController, GroupSpec, Input, Operation,
-    ResourceId, ResourceSpec, RestartAction, RestartPolicy, State, Time,
+    AdminCommand, CheckKind, Effect, FailureReason, FlapDamping, GroupController, GroupSpec, Input,
+    Operation, ResourceId, ResourceSpec, RestartAction, RestartPolicy, State, Time,
 };
 use std::collections::HashMap;
 use std::time::Duration;
@@ -125,6 +125,13 @@ fn group_strategy() -> impl Strategy<Value = Vec<ResourceSpec>> {
                             failure_threshold: 1 + (period as u32 % 3),
                             provides_failure_signal: signal,
                             poll_looks_alive: None,
+                            // Half with flap damping: it only ever delays a restart.
+                            flap_damping: (retry % 2 == 0).then_some(FlapDamping {
+                                penalty: 1000,
+                                suppress: 1500,
+                                reuse: 750,
+                                half_life: Duration::from_secs(5),
+                            }),
                         },
                     },
                 )

@@ -6,7 +6,8 @@
 //! Commands:
 //! - `resource NAME [after=A,B] [action=..] [threshold=N] [period=D] [retry=D] [delay=D]
 //!   [delay_max=D] [fall=N] [signal]
-//!   [poll_looks_alive=true|false] [fence_first] [external=N,M]` declares a resource (no
+//!   [poll_looks_alive=true|false] [fence_first] [external=N,M]
+//!   [damping=PENALTY/SUPPRESS/REUSE/HALF_LIFE]` declares a resource (no
 //!   output; `external` lists the group's external providers it depends on, by index);
 //! - `start [adopt=A,B]` builds the controller, adopts the named resources and activates it;
 //! - `at T INPUT` feeds an input at time T: `op NAME online|offline|terminate ok|timeout|REASON`,
@@ -107,6 +108,15 @@ impl Harness {
                         "signal" => policy.provides_failure_signal = true,
                         "poll_looks_alive" => policy.poll_looks_alive = Some(v == "true"),
                         "fence_first" => fence_first = true,
+                        "damping" => {
+                            let f: Vec<&str> = v.split('/').collect();
+                            policy.flap_damping = Some(resmon_policies::FlapDamping {
+                                penalty: f[0].parse().unwrap(),
+                                suppress: f[1].parse().unwrap(),
+                                reuse: f[2].parse().unwrap(),
+                                half_life: parse_duration(f[3]),
+                            });
+                        }
                         "external" => external = v.split(',').map(|e| e.parse().unwrap()).collect(),
                         _ => panic!("bad option {opt}"),
                     }

@@ -113,6 +113,7 @@ type = "process"
 command = ["{testd}", "--exit-after", "700"]
 restart_threshold = 1000
 restart_period = "1m"
+flap_damping = {{ suppress = 1000000, reuse = 500000 }}
 
 [[groups.resources]]
 name = "https"

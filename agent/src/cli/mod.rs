@@ -579,6 +579,9 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
             if r.unmanaged {
                 state.push_str(" (maintenance)");
             }
+            if r.damped_until.is_some_and(|at| at > now) {
+                state.push_str(&format!(" (damped, penalty {})", r.damping_penalty));
+            }
             // Waiting out its restart delay, or its retry period.
             if let Some(at) = r.restart_at {
                 state.push_str(&format!(" (restart in {})", human((at - now).max(0.0))));
@@ -675,6 +678,9 @@ mod tests {
                 is_alive: CheckStatus::default(),
                 online_attempt: None,
                 unmanaged: false,
+                damping_penalty: 0,
+                damped_until: None,
+                restart_window_frees_at: None,
             };
         let status = AgentStatus {
             node: "n1".into(),

@@ -2,7 +2,7 @@
 //! each resource, and resolved against built-in defaults taken from WSFC.
 
 use super::diagnostics::{show, Diagnostics, Seg};
-use resmon_policies::{RestartAction, RestartPolicy};
+use resmon_policies::{FlapDamping, RestartAction, RestartPolicy};
 use resmon_probes::HumanDuration;
 use serde::Deserialize;
 use std::time::Duration;
@@ -35,6 +35,48 @@ impl PendingTimeout {
         match self {
             PendingTimeout::After(d) => Some(d),
             PendingTimeout::Never => None,
+        }
+    }
+}
+
+/// `flap_damping = { ... }`, as written: RFC 2439's usual figures by default.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FlapDampingConfig {
+    /// Added at each failure.
+    #[serde(default = "default_damping_penalty")]
+    pub penalty: u32,
+    /// Above this, restarts are held back.
+    #[serde(default = "default_damping_suppress")]
+    pub suppress: u32,
+    /// Held back until the penalty falls below this.
+    #[serde(default = "default_damping_reuse")]
+    pub reuse: u32,
+    /// The time the penalty takes to halve.
+    #[serde(default = "default_damping_half_life")]
+    pub half_life: HumanDuration,
+}
+
+fn default_damping_penalty() -> u32 {
+    1000
+}
+fn default_damping_suppress() -> u32 {
+    2000
+}
+fn default_damping_reuse() -> u32 {
+    750
+}
+fn default_damping_half_life() -> HumanDuration {
+    HumanDuration(Duration::from_secs(15 * 60))
+}
+
+impl FlapDampingConfig {
+    fn policy(&self) -> FlapDamping {
+        FlapDamping {
+            penalty: self.penalty,
+            suppress: self.suppress,
+            reuse: self.reuse,
+            half_life: self.half_life.0,
         }
     }
 }
@@ -72,6 +114,8 @@ pub struct CommonProps {
     pub success_threshold: Option<u32>,
     /// Poll looks_alive even though the type provides a failure signal (or never poll it).
     pub poll_looks_alive: Option<bool>,
+    /// Hold back the restarts of a resource that keeps going up and down (RFC 2439).
+    pub flap_damping: Option<FlapDampingConfig>,
 }
 
 /// Common properties resolved: resource value, else type default, else built-in default.
@@ -105,6 +149,8 @@ pub struct ResourceProps {
     pub success_threshold: u32,
     /// See [`CommonProps::poll_looks_alive`].
     pub poll_looks_alive: Option<bool>,
+    /// See [`CommonProps::flap_damping`].
+    pub flap_damping: Option<FlapDamping>,
 }
 
 fn default_looks_alive_interval() -> Duration {
@@ -171,6 +217,23 @@ impl CommonProps {
                 cx.error(&p, "must be longer than zero (or \"never\")");
             }
         }
+        if let Some(d) = self.flap_damping {
+            let mut p = base.to_vec();
+            p.push(Seg::Key("flap_damping".into()));
+            if d.half_life.0.is_zero() || d.penalty == 0 || d.reuse == 0 || d.reuse >= d.suppress {
+                cx.error(
+                    &p,
+                    format!(
+                        "needs 0 < reuse < suppress, a penalty and a half_life above zero \
+                         (here penalty {}, suppress {}, reuse {}, half_life {})",
+                        d.penalty,
+                        d.suppress,
+                        d.reuse,
+                        show(d.half_life.0)
+                    ),
+                );
+            }
+        }
     }
 
     /// Resolves against the type's defaults, then the built-in ones.
@@ -224,6 +287,7 @@ impl CommonProps {
             failure_threshold: self.failure_threshold.or(t.failure_threshold).unwrap_or(1),
             success_threshold: self.success_threshold.or(t.success_threshold).unwrap_or(1),
             poll_looks_alive: self.poll_looks_alive.or(t.poll_looks_alive),
+            flap_damping: self.flap_damping.or(t.flap_damping).map(|d| d.policy()),
         }
     }
 }
@@ -241,6 +305,7 @@ impl ResourceProps {
             failure_threshold: self.failure_threshold,
             provides_failure_signal,
             poll_looks_alive: self.poll_looks_alive,
+            flap_damping: self.flap_damping,
         }
     }
 

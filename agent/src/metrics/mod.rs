@@ -99,6 +99,16 @@ struct GroupLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct TimerLabels {
+    timer: &'static str,
+    #[prometheus(flatten)]
+    resource: ResourceLabels,
+}
+
+/// A resource's timers, the `timer` label's values.
+pub const TIMERS: [&str; 4] = ["restart", "retry", "damped_until", "restart_window_frees"];
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OwnerLabels {
     group: String,
     node: String,
@@ -171,6 +181,8 @@ pub struct Metrics {
     listener_closed: Family<ListenerClosedLabels, Counter>,
     resource_unmanaged: Family<ResourceLabels, Gauge>,
     node_maintenance: Gauge,
+    resource_timer: Family<TimerLabels, Gauge<f64, AtomicU64>>,
+    damping_penalty: Family<ResourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -353,6 +365,18 @@ impl Metrics {
             "1 while this node is in maintenance: it acts on none of its groups and takes no group",
             node_maintenance.clone(),
         );
+        let resource_timer = Family::<TimerLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "resmon_resource_timer_timestamp_seconds",
+            "When a resource's timer fires (Unix seconds), while it runs: its restart after restart_delay, its final retry, the end of its flap damping, and when its restart window frees a restart",
+            resource_timer.clone(),
+        );
+        let damping_penalty = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resmon_resource_damping_penalty",
+            "A resource's flap damping penalty as of its last failure (it halves every half_life)",
+            damping_penalty.clone(),
+        );
         Metrics {
             registry,
             series: RwLock::new(BTreeMap::new()),
@@ -382,7 +406,32 @@ impl Metrics {
             listener_closed,
             resource_unmanaged,
             node_maintenance,
+            resource_timer,
+            damping_penalty,
         }
+    }
+
+    /// One of a resource's timers ([`TIMERS`]): when it fires, or gone.
+    pub fn resource_timer(&self, labels: &ResourceLabels, timer: &'static str, at: Option<f64>) {
+        let key = TimerLabels {
+            resource: labels.clone(),
+            timer,
+        };
+        match at {
+            Some(at) => {
+                self.resource_timer.get_or_create(&key).set(at);
+            }
+            None => {
+                self.resource_timer.remove(&key);
+            }
+        }
+    }
+
+    /// A resource's flap damping penalty as of its last failure.
+    pub fn damping_penalty(&self, labels: &ResourceLabels, penalty: u32) {
+        self.damping_penalty
+            .get_or_create(labels)
+            .set(i64::from(penalty));
     }
 
     /// A resource entered (`on`) or left maintenance.
@@ -391,6 +440,13 @@ impl Metrics {
             self.resource_unmanaged.get_or_create(labels).set(1);
         } else {
             self.resource_unmanaged.remove(labels);
+            self.damping_penalty.remove(labels);
+            for timer in TIMERS {
+                self.resource_timer.remove(&TimerLabels {
+                    resource: labels.clone(),
+                    timer,
+                });
+            }
         }
     }
 

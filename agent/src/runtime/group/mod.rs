@@ -9,8 +9,8 @@ use super::{ResourceContext, Shared};
 use crate::cluster::{Directive, FailoverAnswer, GroupLink};
 use crate::config::{AgentConfig, GroupConfig};
 use crate::events::{
-    AdminRefused, Event, FailoverFailed, FailoverRequested, GaveUp, RestartRequested,
-    RetryScheduled, StateChanged,
+    AdminRefused, Event, FailoverFailed, FailoverRequested, GaveUp, RestartDamped,
+    RestartRequested, RetryScheduled, StateChanged,
 };
 use crate::metrics::{ResourceLabels, TypeLabel};
 use crate::status::{self, CheckStatus, GroupSlots, ResourceStatus};
@@ -196,6 +196,9 @@ pub(crate) fn spawn_with(
             is_alive: CheckStatus::default(),
             online_attempt: None,
             unmanaged: false,
+            damping_penalty: 0,
+            damped_until: None,
+            restart_window_frees_at: None,
         }));
         slots.push(slot.clone());
         let cx = Arc::new(ResourceContext {
@@ -505,6 +508,20 @@ impl GroupTask {
             Effect::Unmonitor(r) => self.workers[r.0].send(WorkerCommand::Unmonitor),
             Effect::RunIsAlive(r) => self.workers[r.0].send(WorkerCommand::RunIsAlive),
             Effect::Reread(r) => self.workers[r.0].send(WorkerCommand::Reread),
+            Effect::Damped {
+                resource,
+                penalty,
+                until,
+            } => {
+                RestartDamped {
+                    group: &self.name,
+                    resource: self.contexts[resource.0].name(),
+                    penalty,
+                    held_seconds: until.elapsed().saturating_sub(now.elapsed()).as_secs_f64(),
+                }
+                .emit(&self.shared.sink);
+                self.refresh(resource, now);
+            }
             // The failed check is already an event (`probe_failed`); it is not yet a failure.
             Effect::CheckFailureCounted { .. } => {}
             Effect::RestartScheduled {
@@ -586,8 +603,43 @@ impl GroupTask {
         let wall = |at: Time| {
             crate::events::unix_now() + at.elapsed().saturating_sub(now.elapsed()).as_secs_f64()
         };
-        s.retry_at = view.retry_at.map(wall);
-        s.restart_at = view.restart_at.map(wall);
+        let frees = self.controller.restart_window_frees_at(resource, now);
+        let timers = [
+            ("restart", view.restart_at.map(wall)),
+            ("retry", view.retry_at.map(wall)),
+            (
+                "damped_until",
+                view.damped_until.filter(|u| *u > now).map(wall),
+            ),
+            ("restart_window_frees", frees.map(wall)),
+        ];
+        let shown = [
+            s.restart_at,
+            s.retry_at,
+            s.damped_until,
+            s.restart_window_frees_at,
+        ];
+        for ((timer, at), was) in timers.iter().zip(shown) {
+            // Compared by presence and to the second: recomputed wall times jitter.
+            let moved = at.map(f64::round) != was.map(f64::round);
+            if moved {
+                cx.sink
+                    .metrics()
+                    .resource_timer(&cx.metrics.labels, timer, *at);
+            }
+        }
+        [
+            s.restart_at,
+            s.retry_at,
+            s.damped_until,
+            s.restart_window_frees_at,
+        ] = timers.map(|(_, at)| at);
+        if s.damping_penalty != view.damping_penalty {
+            s.damping_penalty = view.damping_penalty;
+            cx.sink
+                .metrics()
+                .damping_penalty(&cx.metrics.labels, view.damping_penalty);
+        }
     }
 }
 
