@@ -19,6 +19,8 @@ const RECENT_EVENTS: usize = 2000;
 /// Where events go: the output queue (or nowhere), the metrics, and the recent-events log.
 pub struct EventSink {
     metrics: Arc<Metrics>,
+    /// The notify hooks, once started.
+    notifier: std::sync::OnceLock<Arc<crate::notify::Notifier>>,
     /// As JSON text: a parsed tree is five times the size, for 2,000 lines mostly never read.
     recent: Mutex<VecDeque<Box<str>>>,
     output: Option<Output>,
@@ -29,9 +31,15 @@ impl EventSink {
     pub fn new(metrics: Arc<Metrics>, output: Option<Output>) -> Self {
         EventSink {
             metrics,
+            notifier: std::sync::OnceLock::new(),
             recent: Mutex::new(VecDeque::with_capacity(RECENT_EVENTS)),
             output,
         }
+    }
+
+    /// Hands every event from now on to the notify hooks too.
+    pub fn set_notifier(&self, notifier: Arc<crate::notify::Notifier>) {
+        let _ = self.notifier.set(notifier);
     }
 
     /// The metrics events are counted in.
@@ -65,6 +73,9 @@ impl EventSink {
         line.insert("event".into(), serde_json::Value::String(name.into()));
         if let serde_json::Value::Object(fields) = body {
             line.extend(fields);
+        }
+        if let Some(notifier) = self.notifier.get() {
+            notifier.offer(name, &line);
         }
         let text = serde_json::Value::Object(line).to_string().into_boxed_str();
         if let Some(output) = &self.output {

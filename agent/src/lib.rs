@@ -21,6 +21,7 @@
 //! - [`control`]: the control API on a Unix socket (online, offline, clear, maintenance,
 //!   events).
 //! - [`maintenance`]: what is in maintenance (unmanaged), kept in the state directory.
+//! - [`notify`]: the notify hooks, commands run on chosen events.
 //! - [`watchdog`]: systemd readiness and watchdog.
 //! - [`cli`]: the `resmon` command line.
 //! - [`client`]: the command line's HTTP client, to the TCP endpoint and the control socket.
@@ -39,6 +40,7 @@ pub mod listen;
 pub mod maintenance;
 pub mod memory;
 pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod runtime;
 pub mod server;

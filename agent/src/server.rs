@@ -103,6 +103,15 @@ pub async fn run(
         check_threads,
         maintenance,
     );
+    if !config.notify.is_empty() {
+        shared.sink.set_notifier(crate::notify::Notifier::start(
+            &config.notify,
+            shared.coordinator.node(),
+            config.agent.children.resolve(),
+            &config.agent.state_dir,
+            shared.sink.metrics_handle(),
+        ));
+    }
     tokio::spawn(crate::http::serve(listener, shared.views()));
     match crate::control::bind(&config.agent.control_socket) {
         Ok(control) => {

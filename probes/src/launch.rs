@@ -200,6 +200,15 @@ impl Launcher {
         Ok(crate::command::finished(code, kept))
     }
 
+    /// Kills what a [`Role::Stop`] command still runs (it outlived its caller's timeout).
+    /// Forked, it was killed with its future.
+    pub async fn kill_stop(&self) -> Result<(), Failure> {
+        match &self.children {
+            Children::Units(bus) => self.driver(bus, "stop").kill().await,
+            Children::Fork => Ok(()),
+        }
+    }
+
     /// Stops what the last start left running (its unit, and every process in it). Forked
     /// children are the start's business.
     pub async fn release(&self) -> Result<(), Failure> {

@@ -19,12 +19,13 @@
 //! - [`diagnostics`]: errors and warnings with file, line and key;
 //! - [`sections`]: `[agent]`, `[cluster]` and names;
 //! - `read`: the raw file shapes and the whole-file checks; `links`: dependencies between
-//!   groups (existence, cycles, colocations that cannot hold);
+//!   groups (existence, cycles, colocations that cannot hold); [`notify`]: `[[notify]]` hooks;
 //! - [`props`]: the common properties and their type defaults; `locate`: key paths to lines.
 
 pub mod diagnostics;
 mod links;
 mod locate;
+pub mod notify;
 mod props;
 mod read;
 mod sandbox;
@@ -158,6 +159,8 @@ pub struct Config {
     pub cluster: Option<ClusterConfig>,
     /// `[[groups]]`.
     pub groups: Vec<GroupConfig>,
+    /// `[[notify]]`: commands run on chosen events.
+    pub notify: Vec<notify::HookConfig>,
 }
 
 /// A config that passed validation, and its warnings.

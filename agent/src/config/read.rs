@@ -28,6 +28,8 @@ pub(super) struct RawConfig {
     pub(super) resource_types: BTreeMap<String, toml::Value>,
     #[serde(default)]
     pub(super) groups: Vec<RawGroup>,
+    #[serde(default)]
+    pub(super) notify: Vec<super::notify::HookConfig>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,11 +163,15 @@ impl RawConfig {
             check_fence_time(&groups, cluster.fence_margin(), cx);
             ok &= cx.error_count() == errors;
         }
+        let errors = cx.error_count();
+        super::notify::check(&self.notify, cx);
+        ok &= cx.error_count() == errors;
         ok.then(|| Config {
             source: source.to_path_buf(),
             agent: self.agent,
             cluster: self.cluster,
             groups,
+            notify: self.notify,
         })
     }
 }

@@ -109,6 +109,12 @@ struct TimerLabels {
 pub const TIMERS: [&str; 4] = ["restart", "retry", "damped_until", "restart_window_frees"];
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct NotifyLabels {
+    hook: String,
+    result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OwnerLabels {
     group: String,
     node: String,
@@ -183,6 +189,7 @@ pub struct Metrics {
     node_maintenance: Gauge,
     resource_timer: Family<TimerLabels, Gauge<f64, AtomicU64>>,
     damping_penalty: Family<ResourceLabels, Gauge>,
+    notify_runs: Family<NotifyLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -377,6 +384,12 @@ impl Metrics {
             "A resource's flap damping penalty as of its last failure (it halves every half_life)",
             damping_penalty.clone(),
         );
+        let notify_runs = Family::<NotifyLabels, Counter>::default();
+        registry.register(
+            "resmon_notify_runs",
+            "Notify hook runs by hook and result: ok, failed (non-zero exit or could not run), timeout (killed), dropped (its queue was full)",
+            notify_runs.clone(),
+        );
         Metrics {
             registry,
             series: RwLock::new(BTreeMap::new()),
@@ -408,7 +421,18 @@ impl Metrics {
             node_maintenance,
             resource_timer,
             damping_penalty,
+            notify_runs,
         }
+    }
+
+    /// A notify hook ran (`ok`, `failed`, `timeout`) or an event was dropped for it.
+    pub fn notify_run(&self, hook: &str, result: &'static str) {
+        self.notify_runs
+            .get_or_create(&NotifyLabels {
+                hook: hook.to_string(),
+                result,
+            })
+            .inc();
     }
 
     /// One of a resource's timers ([`TIMERS`]): when it fires, or gone.
