@@ -67,11 +67,13 @@ pub enum FailureReason {
     LinkDown,
     /// The service manager reports the unit failed (its process crashed or exited non-zero).
     UnitFailed,
+    /// The process tree used more than a `limits` allows, for as many checks in a row as it says.
+    ResourceLimit,
 }
 
 impl FailureReason {
     /// Every reason, for tests and for pre-declaring label values.
-    pub const ALL: [FailureReason; 28] = [
+    pub const ALL: [FailureReason; 29] = [
         FailureReason::Timeout,
         FailureReason::Refused,
         FailureReason::ConnectTimeout,
@@ -100,6 +102,7 @@ impl FailureReason {
         FailureReason::AddressMissing,
         FailureReason::LinkDown,
         FailureReason::UnitFailed,
+        FailureReason::ResourceLimit,
     ];
 
     /// The label value, as it appears on `/metrics` and in the event log.
@@ -124,6 +127,7 @@ impl FailureReason {
             FailureReason::Dns => "dns",
             FailureReason::Io => "io",
             FailureReason::Exited => "exited",
+            FailureReason::ResourceLimit => "resource_limit",
             FailureReason::Killed => "killed",
             FailureReason::NotRunning => "not_running",
             FailureReason::NotReady => "not_ready",

@@ -35,6 +35,8 @@
 //! - [`secret`]: secrets read from `*_file` keys and credential headers, hidden in what the
 //!   agent shows.
 //! - [`tls`]: TLS clients (roots, SNI, client certificates) that record the peer certificate.
+//! - [`usage`]: what a `process` or `service` tree uses (CPU, memory, threads, descriptors),
+//!   and its `limits`.
 //! - [`net`]: connection helpers shared by the network types, and `Conn`, a check's plain or
 //!   TLS connection (the banner engine's and the `http` type's).
 
@@ -63,6 +65,7 @@ pub mod service;
 pub mod systemd;
 pub mod tcp;
 pub mod tls;
+pub mod usage;
 pub mod values;
 
 #[cfg(test)]

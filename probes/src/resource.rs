@@ -103,6 +103,8 @@ struct ProgressState {
     received_len: usize,
     peer_certificate: Option<CertValidity>,
     disk_space: Option<(u64, u64)>,
+    /// A process tree's usage, and its CPU rate in cores since the previous reading.
+    usage: Option<(crate::usage::Usage, Option<f64>)>,
 }
 
 impl Default for ProgressState {
@@ -113,6 +115,7 @@ impl Default for ProgressState {
             received_len: 0,
             peer_certificate: None,
             disk_space: None,
+            usage: None,
         }
     }
 }
@@ -159,6 +162,7 @@ impl Progress {
         s.received_len = 0;
         s.peer_certificate = None;
         s.disk_space = None;
+        s.usage = None;
     }
 
     /// Enters a stage.
@@ -218,6 +222,16 @@ impl Progress {
     /// Records a filesystem's free and total bytes.
     pub fn disk_space(&self, free: u64, size: u64) {
         self.state().disk_space = Some((free, size));
+    }
+
+    /// Records what a process tree uses, and its CPU rate in cores, when known.
+    pub fn usage(&self, usage: crate::usage::Usage, cores: Option<f64>) {
+        self.state().usage = Some((usage, cores));
+    }
+
+    /// The usage recorded, if any.
+    pub fn tree_usage(&self) -> Option<(crate::usage::Usage, Option<f64>)> {
+        self.state().usage
     }
 
     /// The free and total bytes recorded, if any.

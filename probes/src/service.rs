@@ -40,6 +40,9 @@ pub struct ServiceConfig {
     /// too, and it is part of is_alive, so that a unit whose process is hung is restarted.
     #[serde(default)]
     pub check: Option<HealthCheck>,
+    /// Limits on what its process tree uses (`memory`, `cpu`, `threads`, `fds`, `for_checks`).
+    #[serde(default)]
+    pub limits: Option<crate::usage::UsageLimits>,
 }
 
 impl ServiceConfig {
@@ -53,6 +56,7 @@ impl ServiceConfig {
             .as_ref()
             .map(HealthCheck::validate)
             .unwrap_or_default();
+        errors.extend(self.limits.iter().flat_map(|l| l.validate()));
         if !SUFFIXES.iter().any(|s| self.unit.ends_with(s)) || self.unit.contains('/') {
             errors.push((
                 "unit",
@@ -71,6 +75,8 @@ pub struct ServiceResource {
     unit: UnitDriver,
     /// Its protocol check, if configured.
     check: Option<Checker>,
+    /// What its process tree uses, read at each is_alive, and its limits.
+    usage: crate::usage::UsageWatch,
 }
 
 impl ServiceResource {
@@ -78,6 +84,7 @@ impl ServiceResource {
     pub fn new(config: ServiceConfig, cx: &BuildContext) -> Self {
         ServiceResource {
             check: config.check.as_ref().map(|c| c.build(cx)),
+            usage: crate::usage::UsageWatch::new(config.limits.clone()),
             unit: UnitDriver::new(config.unit, config.bus),
         }
     }
@@ -118,7 +125,10 @@ impl Resource for ServiceResource {
     }
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
-        self.unit.check(true).await?;
+        let pid = self.unit.check_pid(true).await?;
+        if pid > 0 {
+            self.usage.check(pid as i32, progress).await?;
+        }
         match &self.check {
             Some(check) => check.is_alive(progress).await,
             None => Ok(()),
@@ -180,6 +190,7 @@ mod tests {
                 unit: unit.into(),
                 bus: manager.bus.parse().unwrap(),
                 check: None,
+                limits: None,
             },
             &cx(),
         )
@@ -210,6 +221,28 @@ mod tests {
         unit.terminate().await.unwrap();
     }
 
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_units_process_tree_is_measured_and_held_to_its_limits() {
+        let manager =
+            UserManager::start(&[("sleeper.service", "[Service]\nExecStart=/bin/sleep 1000\n")]);
+        let config: ServiceConfig = toml::from_str(&format!(
+            "unit = \"sleeper.service\"\nbus = {:?}\nlimits = {{ max_memory = \"1kB\", for_checks = 2 }}\n",
+            manager.bus
+        ))
+        .unwrap();
+        assert!(config.validate().is_empty());
+        let unit = ServiceResource::new(config, &cx());
+        let progress = Progress::default();
+        unit.online(&progress).await.unwrap();
+        unit.is_alive(&progress).await.unwrap();
+        let (usage, _) = progress.tree_usage().expect("usage read at is_alive");
+        assert!(usage.memory_bytes > 1000 && usage.threads >= 1, "{usage:?}");
+        let failure = unit.is_alive(&progress).await.unwrap_err();
+        assert_eq!(failure.reason, FailureReason::ResourceLimit, "{failure:?}");
+        assert!(failure.detail.starts_with("memory "), "{}", failure.detail);
+        unit.terminate().await.unwrap();
+    }
+
     #[test]
     fn names_and_buses_parse_or_explain() {
         assert_eq!("system".parse::<Bus>().unwrap(), Bus::System);
@@ -218,6 +251,7 @@ mod tests {
             unit: "postfix".into(),
             bus: Bus::System,
             check: None,
+            limits: None,
         };
         assert!(c.validate()[0].1.contains("postfix.service"));
     }

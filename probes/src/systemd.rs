@@ -611,6 +611,13 @@ impl UnitDriver {
         self.state().await?.verdict(&self.unit, thorough)
     }
 
+    /// [`UnitDriver::check`], and its `MainPID` (0: none, as for a unit that daemonized).
+    pub async fn check_pid(&self, thorough: bool) -> Result<u32, Failure> {
+        let state = self.state().await?;
+        state.verdict(&self.unit, thorough)?;
+        Ok(state.main_pid)
+    }
+
     /// Resolves when the unit leaves `active` (or the bus goes away), with why.
     pub async fn failure(&self) -> Failure {
         let watch = async {

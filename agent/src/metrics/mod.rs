@@ -190,6 +190,10 @@ pub struct Metrics {
     resource_timer: Family<TimerLabels, Gauge<f64, AtomicU64>>,
     damping_penalty: Family<ResourceLabels, Gauge>,
     notify_runs: Family<NotifyLabels, Counter>,
+    memory_bytes: Family<ResourceLabels, Gauge>,
+    cpu_cores: Family<ResourceLabels, Gauge<f64, AtomicU64>>,
+    threads: Family<ResourceLabels, Gauge>,
+    open_fds: Family<ResourceLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -390,6 +394,30 @@ impl Metrics {
             "Notify hook runs by hook and result: ok, failed (non-zero exit or could not run), timeout (killed), dropped (its queue was full)",
             notify_runs.clone(),
         );
+        let memory_bytes = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resmon_resource_memory_bytes",
+            "Resident memory of a process or service resource's process tree, at its last is_alive",
+            memory_bytes.clone(),
+        );
+        let cpu_cores = Family::<ResourceLabels, Gauge<f64, AtomicU64>>::default();
+        registry.register(
+            "resmon_resource_cpu_cores",
+            "CPU a process or service resource's process tree used between its last two is_alive checks, in cores",
+            cpu_cores.clone(),
+        );
+        let threads = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resmon_resource_threads",
+            "Threads of a process or service resource's process tree, at its last is_alive",
+            threads.clone(),
+        );
+        let open_fds = Family::<ResourceLabels, Gauge>::default();
+        registry.register(
+            "resmon_resource_open_fds",
+            "Open file descriptors of a process or service resource's process tree, at its last is_alive",
+            open_fds.clone(),
+        );
         Metrics {
             registry,
             series: RwLock::new(BTreeMap::new()),
@@ -422,6 +450,28 @@ impl Metrics {
             resource_timer,
             damping_penalty,
             notify_runs,
+            memory_bytes,
+            cpu_cores,
+            threads,
+            open_fds,
+        }
+    }
+
+    /// What a resource's process tree used at its last is_alive.
+    pub fn tree_usage(
+        &self,
+        labels: &ResourceLabels,
+        usage: &resmon_probes::usage::Usage,
+        cores: Option<f64>,
+    ) {
+        let gauge = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
+        self.memory_bytes
+            .get_or_create(labels)
+            .set(gauge(usage.memory_bytes));
+        self.threads.get_or_create(labels).set(gauge(usage.threads));
+        self.open_fds.get_or_create(labels).set(gauge(usage.fds));
+        if let Some(cores) = cores {
+            self.cpu_cores.get_or_create(labels).set(cores);
         }
     }
 
@@ -465,6 +515,10 @@ impl Metrics {
         } else {
             self.resource_unmanaged.remove(labels);
             self.damping_penalty.remove(labels);
+            self.memory_bytes.remove(labels);
+            self.cpu_cores.remove(labels);
+            self.threads.remove(labels);
+            self.open_fds.remove(labels);
             for timer in TIMERS {
                 self.resource_timer.remove(&TimerLabels {
                     resource: labels.clone(),

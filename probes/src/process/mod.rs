@@ -70,6 +70,9 @@ pub struct ProcessConfig {
     /// part of its is_alive: a hung server whose port still accepts fails it.
     #[serde(default)]
     pub check: Option<HealthCheck>,
+    /// Limits on what its process tree uses (`memory`, `cpu`, `threads`, `fds`, `for_checks`).
+    #[serde(default)]
+    pub limits: Option<crate::usage::UsageLimits>,
     /// How often readiness is tried while coming online.
     #[serde(default = "default_ready_interval")]
     pub ready_interval: HumanDuration,
@@ -151,6 +154,7 @@ impl ProcessConfig {
                 .check()
                 .into_iter()
                 .chain(crate::secret::check_files("env_files", &self.env_files))
+                .chain(self.limits.iter().flat_map(|l| l.validate()))
                 .map(|(key, message)| ConfigError { key, message }),
         );
         errors
@@ -191,6 +195,8 @@ pub struct ProcessResource {
     /// found forked (started before the agent ran under systemd) is still supervised here
     /// until it ends.
     unit: Option<unit::ProcessUnit>,
+    /// What its process tree uses, read at each is_alive, and its limits.
+    usage: crate::usage::UsageWatch,
 }
 
 impl ProcessResource {
@@ -212,6 +218,7 @@ impl ProcessResource {
             cgroup: std::sync::OnceLock::new(),
             cgroup_refused: std::sync::atomic::AtomicBool::new(false),
             check: config.check.as_ref().map(|c| c.build(cx)),
+            usage: crate::usage::UsageWatch::new(config.limits.clone()),
             unit: match &cx.children {
                 Children::Units(bus) => Some(unit::ProcessUnit::new(&cx.unit_stem(), bus.clone())),
                 Children::Fork => None,
@@ -696,9 +703,12 @@ impl Resource for ProcessResource {
     }
 
     async fn is_alive(&self, progress: &Progress) -> Result<(), Failure> {
-        match self.unit() {
-            Some(unit) => unit.check(true).await?,
-            None => self.running().map(drop)?,
+        let pid = match self.unit() {
+            Some(unit) => unit.check_pid(true).await? as i32,
+            None => self.running()?.0,
+        };
+        if pid > 0 {
+            self.usage.check(pid, progress).await?;
         }
         match &self.check {
             // Its own reason (`banner_timeout`), under the runtime's check_timeout.

@@ -58,6 +58,11 @@ impl ProcessUnit {
         self.unit.check(thorough).await
     }
 
+    /// [`ProcessUnit::check`], and the unit's main process (0: none).
+    pub(super) async fn check_pid(&self, thorough: bool) -> Result<u32, Failure> {
+        self.unit.check_pid(thorough).await
+    }
+
     /// Stops it: SIGTERM to every process of the unit, and waits until none is left.
     pub(super) async fn stop(&self) -> Result<(), Failure> {
         self.unit.stop().await

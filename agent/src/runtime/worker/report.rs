@@ -24,6 +24,12 @@ impl Worker {
                 .metrics()
                 .disk_space(&self.cx.metrics.labels, free, size);
         }
+        if let Some((usage, cores)) = progress.tree_usage() {
+            self.cx
+                .sink
+                .metrics()
+                .tree_usage(&self.cx.metrics.labels, &usage, cores);
+        }
         if let Some(cert) = progress.certificate() {
             self.cx.sink.metrics().tls_certificate(
                 &self.cx.metrics.labels,
