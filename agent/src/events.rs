@@ -427,6 +427,24 @@ impl Event for DrainBlocked<'_> {
     const NAME: &'static str = "drain_blocked";
 }
 
+/// The cluster's keys are in a key schema newer than this agent's: it takes no group until it
+/// is upgraded.
+#[derive(Serialize)]
+pub struct SchemaRefused<'a> {
+    /// This node.
+    pub node: &'a str,
+    /// The schema the cluster's keys are in.
+    pub cluster_schema: u32,
+    /// The newest schema this agent speaks.
+    pub own_schema: u32,
+    /// This agent's version.
+    pub version: &'a str,
+}
+
+impl Event for SchemaRefused<'_> {
+    const NAME: &'static str = "schema_refused";
+}
+
 /// The node, a group or a resource entered or left maintenance.
 #[derive(Serialize)]
 pub struct MaintenanceChanged<'a> {

@@ -29,6 +29,13 @@
 // Unsafe only for FFI that no safe crate wraps, each site allowed by name with its SAFETY note.
 #![deny(unsafe_code)]
 
+/// This build's version: `RESMON_VERSION` at build time when the packager stamps one, else the
+/// crate's. Published to the other nodes, which compare versions during a rolling upgrade.
+pub const VERSION: &str = match option_env!("RESMON_VERSION") {
+    Some(v) => v,
+    None => env!("CARGO_PKG_VERSION"),
+};
+
 pub mod cli;
 pub mod client;
 pub mod cluster;

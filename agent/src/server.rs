@@ -87,6 +87,7 @@ pub async fn run(
             &config.agent.state_dir,
             sink.clone(),
             maintenance.clone(),
+            config.identity.clone(),
         ),
         None => crate::cluster::Coordinator::embedded(&config.agent.node, sink.clone()),
     };
@@ -136,7 +137,7 @@ pub async fn run(
     let groups = config.groups.len();
     let mut agent = Agent::start(config, shared.clone());
     AgentStarted {
-        version: env!("CARGO_PKG_VERSION"),
+        version: crate::VERSION,
         config: &path.display().to_string(),
         groups,
         resources,

@@ -169,7 +169,7 @@ impl StatusBoard {
         let node = cluster.node.clone();
         AgentStatus {
             node: node.clone(),
-            version: env!("CARGO_PKG_VERSION").into(),
+            version: crate::VERSION.into(),
             groups: groups
                 .iter()
                 .map(|(name, slots)| GroupStatus {

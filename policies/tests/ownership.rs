@@ -6,10 +6,11 @@
 //! feeds an input at T (boot clock and Unix seconds both T; `hour=H` before the input sets the
 //! local hour): `register G [possible=A,B] [preferred=A,B] [threshold=N] [period=D]
 //! [failback=never|immediate|S-E] [apart=CLASS[:hard]] [uses=NAME:N,...] [with=G,...]`,
-//! `unregister G`, `session LEASE`, `node-up N [new] [snapshot] [capacity=NAME:N,...]`, `node-down N`, `owner G NODE LEASE REV`, `owner G -`, `target G TO FROM REASON
+//! `unregister G`, `session LEASE`, `node-up N [new] [snapshot] [capacity=NAME:N,...] [schema=N]`, `node-down N`, `owner G NODE LEASE REV`, `owner G -`, `target G TO FROM REASON
 //! REV`, `target G -`, `failovers G REV [T,T...]`, `sent`, `answered`, `ended [lease-gone]`,
 //! `paused N on|off`, `took G REV|-`, `key-released G`, `released G`, `run-refused G`,
-//! `frozen G on|off`,
+//! `frozen G on|off`, `schema N` (the cluster's key schema; this node speaks 1, a node-up may
+//! say `schema=N`),
 //! `evaluate`, `tick`,
 //! `failover G`, `move G [TO]`; `state` prints each group's owner and directive.
 
@@ -75,6 +76,9 @@ fn render(action: &Action) -> String {
         ),
         Action::DropTarget { group, revision } => format!("drop-target {group} rev={revision}"),
         Action::DrainBlocked { group, why } => format!("drain-blocked {group}: {why}"),
+        Action::SchemaRefused { cluster, own } => {
+            format!("schema-refused cluster={cluster} own={own}")
+        }
         Action::RequestMove { group, target } => {
             format!("request-move {group} {}", target_text(target))
         }
@@ -246,9 +250,17 @@ fn input(words: &[&str]) -> Input {
                     .find_map(|f| f.strip_prefix("capacity="))
                     .map(amounts)
                     .unwrap_or_default(),
+                schema: flags
+                    .iter()
+                    .find_map(|f| f.strip_prefix("schema="))
+                    .map(|n| n.parse().unwrap())
+                    .unwrap_or(1),
             },
             live: !flags.contains(&"snapshot"),
         },
+        ["schema", n] => observed(Observation::Schema {
+            schema: n.parse().unwrap(),
+        }),
         ["paused", node, on] => observed(Observation::Paused {
             node: node.to_string(),
             paused: *on == "on",
@@ -384,6 +396,7 @@ fn input_of(s: &Step) -> Input {
                 node: NODES[n].into(),
                 new,
                 capacity: BTreeMap::new(),
+                schema: 1,
             },
             live: true,
         },
@@ -537,6 +550,8 @@ enum Rule {
     Maintenance,
     /// This node is paused (drained), as every snapshot says.
     Paused,
+    /// The cluster's key schema is newer than this node's, as every snapshot says.
+    NewerSchema,
 }
 
 proptest! {
@@ -545,7 +560,8 @@ proptest! {
     /// Under any schedule: a hard anti-affinity pair never shares this node, a group is never
     /// taken beyond this node's capacity (takes under way count), and a colocated group is
     /// taken, and told to run, only while its provider is held or being taken here; a group in
-    /// maintenance here is never taken here, and a paused node takes nothing.
+    /// maintenance here is never taken here, and a paused node, or one behind the cluster's key
+    /// schema, takes nothing.
     #[test]
     fn placement_rules_hold_under_any_schedule(
         rule in prop_oneof![
@@ -553,7 +569,8 @@ proptest! {
             Just(Rule::Capacity),
             Just(Rule::Colocation),
             Just(Rule::Maintenance),
-            Just(Rule::Paused)
+            Just(Rule::Paused),
+            Just(Rule::NewerSchema)
         ],
         schedule in proptest::collection::vec((0u64..800, step()), 1..100)
     ) {
@@ -581,7 +598,7 @@ proptest! {
                     placement.uses = BTreeMap::from([("storage_groups".to_string(), 1)])
                 }
                 Rule::Colocation if i == 1 => placement.colocated_with = vec![GROUPS[0].into()],
-                Rule::Colocation | Rule::Maintenance | Rule::Paused => {}
+                Rule::Colocation | Rule::Maintenance | Rule::Paused | Rule::NewerSchema => {}
             }
             m.step(Input::Register { group: g.to_string(), placement }, now(t));
             if matches!(rule, Rule::Maintenance) && i == 1 {
@@ -603,6 +620,10 @@ proptest! {
                 let paused = Observation::Paused { node: "n1".into(), paused: true };
                 actions.extend(m.step(Input::Observed { change: paused, live: false }, now(t)));
             }
+            if matches!(rule, Rule::NewerSchema) && matches!(s, Step::Session(_)) {
+                let newer = Observation::Schema { schema: 2 };
+                actions.extend(m.step(Input::Observed { change: newer, live: false }, now(t)));
+            }
             for action in actions {
                 if let Action::Take { group, .. } = &action {
                     let g = GROUPS.iter().position(|x| x == group).unwrap();
@@ -619,6 +640,9 @@ proptest! {
                         Rule::Colocation => {}
                         Rule::Maintenance => prop_assert!(g != 1, "took {group} in maintenance"),
                         Rule::Paused => prop_assert!(false, "took {group} while paused"),
+                        Rule::NewerSchema => {
+                            prop_assert!(false, "took {group} under a newer key schema")
+                        }
                     }
                     taking[g] = true;
                 }

@@ -118,6 +118,8 @@ pub struct Agent {
     log: PathBuf,
     env: Vec<(String, String)>,
     netns: Option<String>,
+    /// The agent's binary when not this build's (a rolling upgrade runs two).
+    bin: Option<PathBuf>,
 }
 
 /// What [`Agent::measure`] saw.
@@ -175,6 +177,7 @@ impl Agent {
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
             netns: None,
+            bin: None,
         };
         agent.spawn();
         agent
@@ -184,6 +187,15 @@ impl Agent {
     /// caller's (its `[agent]` section included); `listen` is its `agent.listen`, reached from
     /// inside the namespace.
     pub fn start_in_netns(text: &str, listen: &str, netns: &str) -> Agent {
+        Self::netns_agent(text, listen, netns, None)
+    }
+
+    /// Like [`Agent::start_in_netns`], running the agent binary `bin`.
+    pub fn start_in_netns_with(text: &str, listen: &str, netns: &str, bin: &Path) -> Agent {
+        Self::netns_agent(text, listen, netns, Some(bin.to_path_buf()))
+    }
+
+    fn netns_agent(text: &str, listen: &str, netns: &str, bin: Option<PathBuf>) -> Agent {
         let dir = tempfile::Builder::new()
             .prefix("resmon-e2e")
             .tempdir()
@@ -198,9 +210,27 @@ impl Agent {
             address: listen.to_string(),
             env: Vec::new(),
             netns: Some(netns.to_string()),
+            bin,
         };
         agent.spawn();
         agent
+    }
+
+    /// The binary this agent runs, and its command line uses.
+    pub fn bin(&self) -> PathBuf {
+        self.bin.clone().unwrap_or_else(|| binary("resmon"))
+    }
+
+    /// Stops the agent (SIGTERM: what it keeps goes on running) and starts `bin` in its place
+    /// on the same config and state, as a package upgrade does.
+    pub fn upgrade(&mut self, bin: &Path) {
+        self.signal(libc::SIGTERM);
+        assert!(
+            self.wait_exit(Duration::from_secs(20)).is_some(),
+            "the agent did not exit on SIGTERM"
+        );
+        self.bin = Some(bin.to_path_buf());
+        self.spawn();
     }
 
     /// Starts (or restarts) the agent process on the same config and state.
@@ -228,10 +258,10 @@ impl Agent {
                         "mountpoint -q /sys/fs/cgroup || mount -t cgroup2 cgroup2 /sys/fs/cgroup; \
                          exec \"$0\" \"$@\"",
                     )
-                    .arg(binary("resmon"));
+                    .arg(self.bin());
                 c
             }
-            None => Command::new(binary("resmon")),
+            None => Command::new(self.bin()),
         };
         let child = command
             .arg("run")
@@ -301,7 +331,16 @@ impl Agent {
 
     /// Runs `resmon ARGS --config <this agent's config>`: exit code, stdout, stderr.
     pub fn cli(&self, args: &[&str]) -> (i32, String, String) {
-        let out = Command::new(binary("resmon"))
+        let mut command = match &self.netns {
+            // Inside the node's namespace, where etcd's address is reachable.
+            Some(netns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", netns]).arg(self.bin());
+                c
+            }
+            None => Command::new(self.bin()),
+        };
+        let out = command
             .args(args)
             .arg("--config")
             .arg(&self.config)
@@ -516,6 +555,19 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // What the agent said last, for a failure seen only in CI.
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let lines: Vec<&str> = log.lines().collect();
+            eprintln!(
+                "--- last lines of the agent at {} ({}):",
+                self.address,
+                self.netns.as_deref().unwrap_or("host")
+            );
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{line}");
+            }
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();

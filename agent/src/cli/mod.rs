@@ -1,7 +1,9 @@
 //! The `resmon` command line: `run`, `validate`, `simulate`, `status`; `control` has the
-//! commands that steer the running agent through its control socket.
+//! commands that steer the running agent through its control socket; `validate` compares a
+//! config with the live nodes of its cluster (`validate --cluster`).
 
 mod control;
+mod validate;
 
 use control::{control, events, maintenance, move_group, node};
 
@@ -14,7 +16,7 @@ use std::process::ExitCode;
 /// resmon: keeps a machine's services alive with the semantics of a failover-cluster resource
 /// monitor.
 #[derive(Debug, Parser)]
-#[command(name = "resmon", version, about, long_about = None)]
+#[command(name = "resmon", version = crate::VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]
@@ -37,6 +39,10 @@ pub enum Command {
         /// The config file.
         #[arg(long, short, default_value = DEFAULT_CONFIG_PATH)]
         config: PathBuf,
+        /// Also compare it with the live nodes of its cluster (read from etcd): versions, key
+        /// schemas, and every group's definition; a group defined differently is an error.
+        #[arg(long)]
+        cluster: bool,
     },
     /// Print what the controller would do for a scripted series of failures, step by step,
     /// without touching anything (the script format is in `resmon simulate --help`).
@@ -227,7 +233,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 }
             }
         }
-        Command::Validate { config } => validate(&config),
+        Command::Validate { config, cluster } => validate(&config, cluster),
         Command::GenerateDocs { dir } => generate_docs(&dir),
         Command::Simulate { config, script } => simulate(&config, &script),
         Command::Online(args) => control(args, "online"),
@@ -302,7 +308,7 @@ fn build_runtime(
     })
 }
 
-fn validate(path: &std::path::Path) -> ExitCode {
+fn validate(path: &std::path::Path, cluster: bool) -> ExitCode {
     match config::load(path) {
         Ok(loaded) => {
             for w in &loaded.warnings {
@@ -325,6 +331,9 @@ fn validate(path: &std::path::Path) -> ExitCode {
                 plural(resources, "resource"),
                 plural(loaded.warnings.len(), "warning")
             );
+            if cluster {
+                return validate::cluster(c);
+            }
             ExitCode::SUCCESS
         }
         Err(errors) => {
@@ -621,6 +630,18 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
     if !c.paused.is_empty() {
         out.push_str(&format!("paused (drained): {}\n", c.paused.join(", ")));
     }
+    if let Some(why) = &c.refused {
+        out.push_str(&format!("REFUSED: {why}\n"));
+    }
+    if c.skew.versions_differ() {
+        out.push_str(&format!(
+            "versions differ: {} (finish the rolling upgrade)\n",
+            c.skew.versions_text()
+        ));
+    }
+    for difference in &c.skew.differences {
+        out.push_str(&format!("config differs: {difference}\n"));
+    }
     if status.maintenance.node {
         out.push_str("this node is in maintenance\n");
     }
@@ -708,5 +729,24 @@ mod tests {
         let table = render_table(&status, 100.0);
         assert!(table.contains("paused (drained): n2\n"), "{table}");
         assert!(table.contains("this node is in maintenance\n"), "{table}");
+        assert!(!table.contains("differ"), "{table}");
+
+        status.cluster.skew.versions = [
+            ("0.1.0".to_string(), vec!["n2".to_string()]),
+            ("0.2.0".to_string(), vec!["n1".to_string()]),
+        ]
+        .into();
+        status.cluster.skew.differences = vec!["group \"g\" is defined differently: x".into()];
+        let table = render_table(&status, 100.0);
+        assert!(
+            table.contains(
+                "versions differ: 0.1.0 on n2; 0.2.0 on n1 (finish the rolling upgrade)\n"
+            ),
+            "{table}"
+        );
+        assert!(
+            table.contains("config differs: group \"g\" is defined differently: x\n"),
+            "{table}"
+        );
     }
 }

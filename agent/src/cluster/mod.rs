@@ -11,7 +11,8 @@
 //! - `clock`: the fence's clock, CLOCK_BOOTTIME; `watchdog`: the device that resets a node
 //!   whose agent stopped confirming its lease;
 //! - [`providers`]: the state of resources that other groups' resources depend on, here and,
-//!   under etcd, on every node.
+//!   under etcd, on every node;
+//! - [`skew`]: the versions and config fingerprints the nodes publish, compared.
 //!
 //! Where a group goes, and whether it may run here, is decided by the pure
 //! [`resmon_policies::ownership`] state machine and its [`resmon_policies::placement`] rules;
@@ -20,6 +21,7 @@
 mod clock;
 pub mod etcd;
 pub mod providers;
+pub mod skew;
 mod watchdog;
 
 use crate::config::ClusterConfig;
@@ -82,6 +84,8 @@ pub(crate) enum Request {
         name: String,
         online: bool,
     },
+    /// The config was reloaded: publish its fingerprints.
+    Identity(crate::config::identity::Identity),
 }
 
 /// A group's line to the coordinator.
@@ -136,6 +140,12 @@ pub struct ClusterView {
     pub paused: Vec<String>,
     /// Owner of every group the cluster knows; `None` while nobody holds it.
     pub owners: BTreeMap<String, Option<String>>,
+    /// The alive nodes' versions and the groups they define differently.
+    #[serde(default)]
+    pub skew: skew::Skew,
+    /// Why this node takes no group: the cluster's key schema is newer than its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refused: Option<String>,
 }
 
 /// The coordinator: cheap to clone, shared by the groups and the control API.
@@ -158,6 +168,8 @@ impl Coordinator {
             nodes: vec![node.to_string()],
             owners: BTreeMap::new(),
             paused: Vec::new(),
+            skew: Default::default(),
+            refused: None,
         }));
         tokio::spawn(embedded(node.to_string(), rx, view.clone(), sink));
         Coordinator {
@@ -175,6 +187,7 @@ impl Coordinator {
         state_dir: &std::path::Path,
         sink: Arc<crate::events::EventSink>,
         maintenance: Arc<crate::maintenance::Maintenance>,
+        identity: crate::config::identity::Identity,
     ) -> Coordinator {
         let (requests, rx) = mpsc::unbounded_channel();
         let view = Arc::new(Mutex::new(ClusterView {
@@ -193,6 +206,7 @@ impl Coordinator {
             etcd::Local {
                 providers: providers.clone(),
                 maintenance,
+                identity,
             },
         );
         Coordinator {
@@ -283,6 +297,11 @@ impl Coordinator {
         let _ = self.requests.send(Request::Maintenance);
     }
 
+    /// The config was reloaded: the other nodes are told its new fingerprints.
+    pub fn config_changed(&self, identity: crate::config::identity::Identity) {
+        let _ = self.requests.send(Request::Identity(identity));
+    }
+
     /// The cluster as this node sees it.
     pub fn view(&self) -> ClusterView {
         self.view.lock().unwrap_or_else(|e| e.into_inner()).clone()
@@ -329,7 +348,10 @@ async fn embedded(
                     detail: "no other node can own the group (single-node coordinator)".into(),
                 });
             }
-            Request::Released { .. } | Request::Provider { .. } | Request::Maintenance => {}
+            Request::Released { .. }
+            | Request::Provider { .. }
+            | Request::Maintenance
+            | Request::Identity(_) => {}
             Request::Drain { reply, .. } | Request::Resume { reply, .. } => {
                 let _ = reply.send(Err(
                     "this agent runs the single-node coordinator: there is no other node to drain to"

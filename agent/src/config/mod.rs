@@ -20,9 +20,11 @@
 //! - [`sections`]: `[agent]`, `[cluster]` and names;
 //! - `read`: the raw file shapes and the whole-file checks; `links`: dependencies between
 //!   groups (existence, cycles, colocations that cannot hold); [`notify`]: `[[notify]]` hooks;
-//! - [`props`]: the common properties and their type defaults; `locate`: key paths to lines.
+//! - [`props`]: the common properties and their type defaults; `locate`: key paths to lines;
+//! - [`identity`]: the fingerprints a node publishes so that nodes can compare configs.
 
 pub mod diagnostics;
+pub mod identity;
 mod links;
 mod locate;
 pub mod notify;
@@ -161,6 +163,8 @@ pub struct Config {
     pub groups: Vec<GroupConfig>,
     /// `[[notify]]`: commands run on chosen events.
     pub notify: Vec<notify::HookConfig>,
+    /// Its fingerprints, published to the other nodes.
+    pub identity: identity::Identity,
 }
 
 /// A config that passed validation, and its warnings.
@@ -208,11 +212,15 @@ pub fn parse(path: &Path, text: &str) -> Result<Loaded, ConfigErrors> {
             return Err(ConfigErrors(cx.found));
         }
     };
+    let identity = identity::of(&value);
     let raw: RawConfig = match cx.read(value, &[]) {
         Some(raw) => raw,
         None => return Err(ConfigErrors(cx.found)),
     };
-    let config = raw.validate(path, &mut cx);
+    let config = raw.validate(path, &mut cx).map(|mut c| {
+        c.identity = identity;
+        c
+    });
     let (errors, warnings): (Vec<_>, Vec<_>) = cx
         .found
         .into_iter()

@@ -172,6 +172,7 @@ impl RawConfig {
             cluster: self.cluster,
             groups,
             notify: self.notify,
+            identity: Default::default(),
         })
     }
 }

@@ -187,6 +187,9 @@ pub struct Metrics {
     listener_closed: Family<ListenerClosedLabels, Counter>,
     resource_unmanaged: Family<ResourceLabels, Gauge>,
     node_maintenance: Gauge,
+    cluster_versions: Gauge,
+    cluster_config_differences: Gauge,
+    cluster_schema_refused: Gauge,
     resource_timer: Family<TimerLabels, Gauge<f64, AtomicU64>>,
     damping_penalty: Family<ResourceLabels, Gauge>,
     notify_runs: Family<NotifyLabels, Counter>,
@@ -309,6 +312,24 @@ impl Metrics {
             "1 while the coordinator is in touch with the cluster and holds a lease",
             coordinator_up.clone(),
         );
+        let cluster_versions = Gauge::default();
+        registry.register(
+            "resmon_cluster_versions",
+            "Distinct agent versions among the alive nodes, as this node sees them; above 1 during a rolling upgrade",
+            cluster_versions.clone(),
+        );
+        let cluster_config_differences = Gauge::default();
+        registry.register(
+            "resmon_cluster_config_differences",
+            "Groups defined differently on two alive nodes (or on one and not another)",
+            cluster_config_differences.clone(),
+        );
+        let cluster_schema_refused = Gauge::default();
+        registry.register(
+            "resmon_cluster_schema_refused",
+            "1 while the cluster's key schema is newer than this agent's: it takes no group",
+            cluster_schema_refused.clone(),
+        );
         let heartbeat_age = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "resmon_heartbeat_age_seconds",
@@ -332,7 +353,7 @@ impl Metrics {
         let build_info = Family::<BuildLabels, Gauge>::default();
         build_info
             .get_or_create(&BuildLabels {
-                version: env!("CARGO_PKG_VERSION"),
+                version: crate::VERSION,
             })
             .set(1);
         registry.register(
@@ -447,6 +468,9 @@ impl Metrics {
             listener_closed,
             resource_unmanaged,
             node_maintenance,
+            cluster_versions,
+            cluster_config_differences,
+            cluster_schema_refused,
             resource_timer,
             damping_penalty,
             notify_runs,
@@ -531,6 +555,16 @@ impl Metrics {
     /// This node entered (`on`) or left maintenance.
     pub fn node_maintenance(&self, on: bool) {
         self.node_maintenance.set(i64::from(on));
+    }
+
+    /// What the nodes' records say: distinct versions, groups defined differently, and whether
+    /// this node refuses a newer key schema.
+    pub fn cluster_skew(&self, versions: usize, differences: usize, refused: bool) {
+        self.cluster_versions
+            .set(i64::try_from(versions).unwrap_or(i64::MAX));
+        self.cluster_config_differences
+            .set(i64::try_from(differences).unwrap_or(i64::MAX));
+        self.cluster_schema_refused.set(i64::from(refused));
     }
 
     /// Connections open on a listener (`http` or `control`).

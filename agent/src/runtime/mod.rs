@@ -251,6 +251,7 @@ impl Agent {
             event.removed.push(name);
         }
         event.emit(&self.shared.sink);
+        self.shared.coordinator.config_changed(new.identity);
         self.agent = new.agent;
         Ok(())
     }

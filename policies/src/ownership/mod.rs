@@ -28,6 +28,10 @@
 //! - *Maintenance* ([`Input::Frozen`]): a group in maintenance (its own, one of its
 //!   resources', or the node's) is not taken here, and while this node holds it no move,
 //!   failback or release is started: what an administrator works on stays where it is.
+//! - *Key schema* ([`Observation::Schema`]): the layout of the keys is numbered; a node never
+//!   acts on a schema newer than its own. It takes no group, moves none, says so once
+//!   ([`Action::SchemaRefused`]), and no group is placed on it, nor on any node that publishes
+//!   an older schema than the cluster's.
 //! - *The other groups* ([`Neighbours`]): a node takes a group only where it fits the node's
 //!   capacities, where no group of its hard anti-affinity class runs, and where the groups it
 //!   is colocated with run (or are being taken). A group whose colocated provider is held by
@@ -95,6 +99,13 @@ pub enum Observation {
         new: bool,
         /// What the node declares it can hold (`storage_groups = 4`).
         capacity: BTreeMap<String, u64>,
+        /// The key schema the node speaks (1 for nodes that do not say).
+        schema: u32,
+    },
+    /// `schema`: the key schema the cluster's keys are written in; 0 when absent.
+    Schema {
+        /// The schema number.
+        schema: u32,
     },
     /// `nodes/<node>` is gone: its lease expired or it left.
     NodeDown {
@@ -283,6 +294,14 @@ pub enum Action {
         /// Why, node by node.
         why: String,
     },
+    /// The cluster's keys are in a schema newer than this node's: it takes nothing until it is
+    /// upgraded (said once each time it starts refusing).
+    SchemaRefused {
+        /// The cluster's schema.
+        cluster: u32,
+        /// This node's.
+        own: u32,
+    },
     /// Every group this node ran was fenced: the session is over.
     Fenced {
         /// Groups that were running.
@@ -349,6 +368,14 @@ pub struct Ownership {
     paused: BTreeSet<String>,
     /// What each node declares it can hold, this node's own from its config.
     capacity: BTreeMap<String, BTreeMap<String, u64>>,
+    /// The key schema this node speaks.
+    schema: u32,
+    /// The cluster's key schema (0: not yet known).
+    cluster_schema: u32,
+    /// The key schema each alive node speaks.
+    schemas: BTreeMap<String, u32>,
+    /// [`Action::SchemaRefused`] was said for the present refusal.
+    refusal_said: bool,
     groups: BTreeMap<String, Group>,
 }
 
@@ -369,8 +396,23 @@ impl Ownership {
             alive: BTreeSet::new(),
             paused: BTreeSet::new(),
             capacity: BTreeMap::new(),
+            schema: 1,
+            cluster_schema: 0,
+            schemas: BTreeMap::new(),
+            refusal_said: false,
             groups: BTreeMap::new(),
         }
+    }
+
+    /// The key schema this node speaks (1 unless said).
+    pub fn with_schema(mut self, schema: u32) -> Self {
+        self.schema = schema;
+        self
+    }
+
+    /// The cluster's key schema while it is newer than this node's: it takes nothing.
+    pub fn refused(&self) -> Option<u32> {
+        (self.cluster_schema > self.schema).then_some(self.cluster_schema)
     }
 
     /// This node's capacities (`[cluster] capacity`): never above them, whatever the others
@@ -410,9 +452,15 @@ impl Ownership {
         self.paused.iter().cloned().collect()
     }
 
-    /// The nodes a group may be placed on: alive and not paused.
+    /// The nodes a group may be placed on: alive, not paused, and speaking the cluster's key
+    /// schema (a node behind it takes nothing: a group placed there would have no owner).
     fn candidates(&self) -> Vec<String> {
-        self.alive.difference(&self.paused).cloned().collect()
+        self.alive
+            .difference(&self.paused)
+            .filter(|n| self.schemas.get(*n).copied().unwrap_or(1) >= self.cluster_schema)
+            .filter(|n| *n != &self.node || self.refused().is_none())
+            .cloned()
+            .collect()
     }
 
     /// Each group's owner, as last seen.
@@ -546,6 +594,7 @@ impl Ownership {
                 self.unanswered.clear();
                 self.alive.clear();
                 self.paused.clear();
+                self.schemas.clear();
                 for g in self.groups.values_mut() {
                     g.owner = None;
                     g.target = None;
@@ -619,6 +668,17 @@ impl Ownership {
                 }
             }
             Input::Evaluate => {
+                match self.refused() {
+                    Some(cluster) if !self.refusal_said && self.lease != 0 => {
+                        self.refusal_said = true;
+                        out.push(Action::SchemaRefused {
+                            cluster,
+                            own: self.schema,
+                        });
+                    }
+                    None => self.refusal_said = false,
+                    _ => {}
+                }
                 let names: Vec<String> = self.groups.keys().cloned().collect();
                 for name in names {
                     self.evaluate(&name, now, &mut out);
@@ -702,10 +762,12 @@ impl Ownership {
                 node,
                 new,
                 capacity,
+                schema,
             } => {
                 if node != self.node {
                     self.capacity.insert(node.clone(), capacity);
                 }
+                self.schemas.insert(node.clone(), schema);
                 let joined = self.alive.insert(node.clone());
                 if live && joined && new {
                     let me = self.node.clone();
@@ -716,8 +778,10 @@ impl Ownership {
                     }
                 }
             }
+            Observation::Schema { schema } => self.cluster_schema = schema,
             Observation::NodeDown { node } => {
                 self.alive.remove(&node);
+                self.schemas.remove(&node);
                 if node != self.node {
                     self.capacity.remove(&node);
                 }
@@ -773,6 +837,17 @@ impl Ownership {
         let Some(g) = self.groups.get(name) else {
             return;
         };
+        if self.refused().is_some() {
+            // Keys in a schema this node cannot read: it changes none. What it holds (it held
+            // it before the schema moved on) keeps running under its lease; nothing else runs.
+            let directive = if self.owned(g) && !g.releasing {
+                Directive::Run
+            } else {
+                Directive::Stop
+            };
+            self.direct(name, directive, now.at, out);
+            return;
+        }
         if self.owned(g) && g.frozen && !g.releasing {
             // In maintenance: it stays, whatever failback would want, and a move request
             // (from another node, which cannot know) is dropped rather than kept for later.

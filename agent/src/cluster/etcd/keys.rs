@@ -16,15 +16,54 @@ pub(super) struct PausedRecord {
     pub(super) held: Vec<String>,
 }
 
+/// The key schema this build reads and writes: the layout of the keys below and of their
+/// values. A change an older build would misread takes a new number; a node never acts under
+/// a schema newer than its own (see [`resmon_policies::ownership`]).
+pub const KEY_SCHEMA: u32 = 1;
+
 /// The value of `nodes/<node>`: what the node says of itself to the others.
-#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
-pub(super) struct NodeRecord {
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct NodeRecord {
     /// The agent's version.
     #[serde(default)]
-    pub(super) version: String,
+    pub version: String,
     /// What the node can hold (`[cluster] capacity`).
     #[serde(default)]
-    pub(super) capacity: BTreeMap<String, u64>,
+    pub capacity: BTreeMap<String, u64>,
+    /// The key schema it speaks; nodes from before schemas were numbered speak 1.
+    #[serde(default = "first_schema")]
+    pub schema: u32,
+    /// The fingerprint of its shared config (see [`crate::config::identity`]); empty from
+    /// nodes that do not say.
+    #[serde(default)]
+    pub config: String,
+    /// The fingerprint of each group it defines.
+    #[serde(default)]
+    pub groups: BTreeMap<String, String>,
+}
+
+fn first_schema() -> u32 {
+    1
+}
+
+impl Default for NodeRecord {
+    fn default() -> Self {
+        NodeRecord {
+            version: String::new(),
+            capacity: BTreeMap::new(),
+            schema: first_schema(),
+            config: String::new(),
+            groups: BTreeMap::new(),
+        }
+    }
+}
+
+impl NodeRecord {
+    /// A value of `nodes/<node>`; one that is not a record (a node of an older version wrote
+    /// its name) says nothing beyond the node being alive.
+    pub fn parse(value: &[u8]) -> NodeRecord {
+        serde_json::from_slice(value).unwrap_or_default()
+    }
 }
 
 pub(super) struct Keys {
@@ -32,6 +71,14 @@ pub(super) struct Keys {
 }
 
 impl Keys {
+    /// The cluster's key schema: written once, by the first node, never under a lease.
+    pub(super) fn schema(&self) -> String {
+        format!("{}/schema", self.prefix)
+    }
+    /// Every node's key.
+    pub(super) fn nodes(&self) -> String {
+        format!("{}/nodes/", self.prefix)
+    }
     pub(super) fn node(&self, node: &str) -> String {
         format!("{}/nodes/{node}", self.prefix)
     }
@@ -65,6 +112,14 @@ impl Keys {
         Some(format!("{group}/{resource}"))
     }
 
+    /// The node a `nodes/<node>` key is about.
+    pub(super) fn node_of<'a>(&self, kv: &'a KeyValue) -> Option<&'a str> {
+        kv.key_str()
+            .ok()?
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/nodes/")
+    }
+
     /// What a key says, for the machine; `None` for a key of no interest.
     pub(super) fn observe(&self, kv: &KeyValue, deleted: bool) -> Option<Observation> {
         let rest = kv
@@ -75,6 +130,18 @@ impl Keys {
         if rest.contains("/online/") {
             // A provider's state: see `provider`.
             return None;
+        }
+        if rest == "schema" {
+            // A value this build cannot read is taken as newer than any it knows.
+            let schema = if deleted {
+                0
+            } else {
+                kv.value_str()
+                    .ok()
+                    .and_then(|v| v.trim().parse().ok())
+                    .unwrap_or(u32::MAX)
+            };
+            return Some(Observation::Schema { schema });
         }
         if let Some(node) = rest.strip_prefix("paused/") {
             return Some(Observation::Paused {
@@ -87,13 +154,12 @@ impl Keys {
             return Some(if deleted {
                 Observation::NodeDown { node }
             } else {
-                // A value that is not a record (a node of an older version wrote its name)
-                // declares no capacity.
-                let record: NodeRecord = serde_json::from_slice(kv.value()).unwrap_or_default();
+                let record = NodeRecord::parse(kv.value());
                 Observation::NodeUp {
                     node,
                     new: kv.version() == 1,
                     capacity: record.capacity,
+                    schema: record.schema,
                 }
             });
         }

@@ -5,8 +5,10 @@
 //!
 //! Keys, under `prefix` (default `/resmon`):
 //!
+//! - `schema`: the key schema the cluster's keys are written in ([`KEY_SCHEMA`]), put by the
+//!   first node if absent. A node never acts under a newer schema than its own.
 //! - `nodes/<node>`: present while the node's lease lives; the set of alive nodes. Its value
-//!   says the node's version and capacities (`{"version": .., "capacity": {..}}`).
+//!   ([`NodeRecord`]) says the node's version, key schema, capacities and config fingerprints.
 //! - `groups/<group>/owner`: the owner's name, held under the owner's lease. Created only by a
 //!   transaction that requires it absent (`create_revision == 0`), deleted only by a
 //!   transaction that requires it to still be this node's (value, lease and revision), or by
@@ -28,7 +30,8 @@
 //! Modules: `session` (a member, the lease, its renewals, the snapshot and the watch), `keys`
 //! (the key layout and what each key says to the machine), `fence` (the fencing task and what it
 //! shares with the session), `admin` (what is asked of the cluster from outside the machine:
-//! failover, drain and resume, provider states); this file carries the machine's actions out.
+//! failover, drain and resume, provider states), `survey` (the nodes' records, read once for
+//! `resmon validate --cluster`); this file carries the machine's actions out.
 
 use super::clock::BootInstant;
 use super::watchdog::Watchdog;
@@ -36,7 +39,7 @@ use super::{ClusterView, Directive, FailoverAnswer, Request};
 use crate::config::ClusterConfig;
 use crate::events::{
     CoordinatorDisconnected, DrainBlocked, Event, EventSink, MoveStarted, OwnershipAcquired,
-    OwnershipReleased, SelfFenced,
+    OwnershipReleased, SchemaRefused, SelfFenced,
 };
 use etcd_client::{Client, Compare, CompareOp, GetOptions, PutOptions, Txn, TxnOp};
 use resmon_policies::ownership::{Action, Input, MoveTarget, Ownership};
@@ -52,9 +55,12 @@ mod admin;
 mod fence;
 mod keys;
 mod session;
+mod survey;
 
 use fence::{fencing, Shared};
 use keys::Keys;
+pub use keys::{NodeRecord, KEY_SCHEMA};
+pub use survey::{survey, Survey};
 
 pub(super) fn spawn(
     node: String,
@@ -68,11 +74,14 @@ pub(super) fn spawn(
     let Local {
         providers,
         maintenance,
+        identity,
     } = local;
     let window = config.lease_ttl.0.saturating_sub(config.fence_margin());
     let shared = Arc::new(Shared {
         machine: Mutex::new(
-            Ownership::new(node.clone(), window, Time::ZERO).with_capacity(config.capacity.clone()),
+            Ownership::new(node.clone(), window, Time::ZERO)
+                .with_capacity(config.capacity.clone())
+                .with_schema(KEY_SCHEMA),
         ),
         directives: Mutex::new(BTreeMap::new()),
         origin: BootInstant::now(),
@@ -94,6 +103,8 @@ pub(super) fn spawn(
         watchdog,
         providers,
         maintenance,
+        identity,
+        records: BTreeMap::new(),
     };
     tokio::spawn(coordinator.run());
 }
@@ -104,6 +115,8 @@ pub(super) struct Local {
     pub(super) providers: Arc<super::providers::Providers>,
     /// What is in maintenance here.
     pub(super) maintenance: Arc<crate::maintenance::Maintenance>,
+    /// The config's fingerprints, published in this node's record.
+    pub(super) identity: crate::config::identity::Identity,
 }
 
 /// Why a session ended.
@@ -127,6 +140,10 @@ struct EtcdCoordinator {
     providers: Arc<super::providers::Providers>,
     /// What is in maintenance here: those groups are not taken or moved.
     maintenance: Arc<crate::maintenance::Maintenance>,
+    /// The config's fingerprints, published in this node's record.
+    identity: crate::config::identity::Identity,
+    /// What each alive node says of itself, for the skew shown in status.
+    records: BTreeMap<String, NodeRecord>,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> Broken {
@@ -255,6 +272,7 @@ impl EtcdCoordinator {
             }
             // Published again when the next session starts.
             Request::Provider { .. } => {}
+            Request::Identity(identity) => self.identity = identity,
             Request::Maintenance => {
                 let actions = self.refreeze();
                 self.act_offline(actions);
@@ -332,10 +350,33 @@ impl EtcdCoordinator {
                     groups,
                     since_renewal,
                 } => self.fenced(groups, since_renewal),
+                Action::SchemaRefused { cluster, own } => self.schema_refused(cluster, own),
                 other => tracing::warn!("without a session, cannot {other:?}"),
             }
         }
         self.publish();
+    }
+
+    fn schema_refused(&self, cluster: u32, own: u32) {
+        SchemaRefused {
+            node: &self.node,
+            cluster_schema: cluster,
+            own_schema: own,
+            version: crate::VERSION,
+        }
+        .emit(&self.sink);
+    }
+
+    /// This node's record, as `nodes/<node>` holds it.
+    fn record(&self) -> String {
+        serde_json::to_string(&NodeRecord {
+            version: crate::VERSION.to_string(),
+            capacity: self.config.capacity.clone(),
+            schema: KEY_SCHEMA,
+            config: self.identity.config.clone(),
+            groups: self.identity.groups.clone(),
+        })
+        .unwrap_or_default()
     }
 
     fn fenced(&self, groups: Vec<String>, since_renewal: Duration) {
@@ -381,9 +422,29 @@ impl EtcdCoordinator {
                     .group_owner(group, node, owner.as_deref() == Some(node));
             }
         }
+        let alive_records: BTreeMap<String, NodeRecord> = self
+            .records
+            .iter()
+            .filter(|(n, _)| alive.contains(n))
+            .map(|(n, r)| (n.clone(), r.clone()))
+            .collect();
+        let skew = super::skew::Skew::of(&alive_records);
+        let refused = self.shared.machine().refused().map(|cluster| {
+            format!(
+                "the cluster's key schema {cluster} is newer than this agent's ({KEY_SCHEMA}): \
+                 it takes no group until it is upgraded"
+            )
+        });
+        self.sink.metrics().cluster_skew(
+            skew.versions.len(),
+            skew.differences.len(),
+            refused.is_some(),
+        );
         let mut view = self.view();
         view.nodes = alive;
         view.paused = paused;
+        view.skew = skew;
+        view.refused = refused;
         for (group, owner) in owners {
             if let Some(shown) = view.owners.get_mut(&group) {
                 *shown = owner;
@@ -459,6 +520,7 @@ impl EtcdCoordinator {
                         queue.extend(self.shared.step(Input::KeyReleased { group }));
                     }
                 }
+                Action::SchemaRefused { cluster, own } => self.schema_refused(cluster, own),
                 Action::DrainBlocked { group, why } => DrainBlocked {
                     group: &group,
                     node: &self.node,
@@ -612,6 +674,21 @@ impl EtcdCoordinator {
             }
             Request::Provider { name, online } => {
                 self.publish_provider(client, &name, online).await?;
+                Vec::new()
+            }
+            Request::Identity(identity) => {
+                self.identity = identity;
+                let lease = self.shared.machine().lease();
+                bounded(
+                    limit,
+                    "publish this node's config fingerprints",
+                    client.put(
+                        self.keys.node(&self.node),
+                        self.record(),
+                        Some(etcd_client::PutOptions::new().with_lease(lease)),
+                    ),
+                )
+                .await?;
                 Vec::new()
             }
             Request::Maintenance => self.refreeze(),

@@ -2,13 +2,48 @@
 //! renewals, a snapshot and a watch of the keys, each fed to the ownership machine.
 
 use super::{bounded, etcd_error, Broken, EtcdCoordinator};
+use crate::config::ClusterConfig;
 use crate::events::{CoordinatorConnected, Event};
-use etcd_client::{Client, ConnectOptions, EventType, GetOptions, PutOptions, WatchOptions};
+use etcd_client::{
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
+    WatchOptions,
+};
 use resmon_policies::ownership::Input;
 use std::time::Duration;
 
 /// How soon a member that refused a session is asked again.
 const RETRY_MEMBER: Duration = Duration::from_millis(100);
+
+/// How to reach etcd: timeouts, the user, TLS, as `[cluster]` says.
+pub(super) fn connect_options(
+    config: &ClusterConfig,
+    op_timeout: Duration,
+) -> Result<ConnectOptions, Broken> {
+    let mut options = ConnectOptions::new()
+        .with_connect_timeout(op_timeout)
+        .with_timeout(config.lease_ttl.0)
+        .with_keep_alive(op_timeout, op_timeout);
+    if let (Some(user), Some(file)) = (&config.username, &config.password_file) {
+        let password =
+            std::fs::read_to_string(file).map_err(|e| format!("read {}: {e}", file.display()))?;
+        options = options.with_user(user, password.trim_end_matches(['\r', '\n']));
+    }
+    if config.ca_file.is_some() || config.cert_file.is_some() {
+        let mut tls = etcd_client::TlsOptions::new();
+        if let Some(ca) = &config.ca_file {
+            let pem = std::fs::read(ca).map_err(|e| format!("read {}: {e}", ca.display()))?;
+            tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
+        }
+        if let (Some(cert), Some(key)) = (&config.cert_file, &config.key_file) {
+            let cert_pem =
+                std::fs::read(cert).map_err(|e| format!("read {}: {e}", cert.display()))?;
+            let key_pem = std::fs::read(key).map_err(|e| format!("read {}: {e}", key.display()))?;
+            tls = tls.identity(etcd_client::Identity::from_pem(cert_pem, key_pem));
+        }
+        options = options.with_tls(tls);
+    }
+    Ok(options)
+}
 
 impl EtcdCoordinator {
     pub(super) fn read_lease_file(&self) -> Option<i64> {
@@ -20,30 +55,7 @@ impl EtcdCoordinator {
     }
 
     async fn connect(&self) -> Result<Client, Broken> {
-        let mut options = ConnectOptions::new()
-            .with_connect_timeout(self.op_timeout())
-            .with_timeout(self.config.lease_ttl.0)
-            .with_keep_alive(self.op_timeout(), self.op_timeout());
-        if let (Some(user), Some(file)) = (&self.config.username, &self.config.password_file) {
-            let password = std::fs::read_to_string(file)
-                .map_err(|e| format!("read {}: {e}", file.display()))?;
-            options = options.with_user(user, password.trim_end_matches(['\r', '\n']));
-        }
-        if self.config.ca_file.is_some() || self.config.cert_file.is_some() {
-            let mut tls = etcd_client::TlsOptions::new();
-            if let Some(ca) = &self.config.ca_file {
-                let pem = std::fs::read(ca).map_err(|e| format!("read {}: {e}", ca.display()))?;
-                tls = tls.ca_certificate(etcd_client::Certificate::from_pem(pem));
-            }
-            if let (Some(cert), Some(key)) = (&self.config.cert_file, &self.config.key_file) {
-                let cert_pem =
-                    std::fs::read(cert).map_err(|e| format!("read {}: {e}", cert.display()))?;
-                let key_pem =
-                    std::fs::read(key).map_err(|e| format!("read {}: {e}", key.display()))?;
-                tls = tls.identity(etcd_client::Identity::from_pem(cert_pem, key_pem));
-            }
-            options = options.with_tls(tls);
-        }
+        let options = connect_options(&self.config, self.op_timeout())?;
         // One member per session, not a balanced channel over all: a balanced channel keeps
         // sending a share of the calls to a member that is cut off, each waiting out its
         // timeout, while the fence's clock runs. Every member is tried at once and the first
@@ -172,16 +184,28 @@ impl EtcdCoordinator {
             }
         }
 
+        // The first node of a cluster writes the key schema; later ones read it with the rest.
+        let schema = self.keys.schema();
+        bounded(
+            limit,
+            "write the key schema",
+            client.txn(
+                Txn::new()
+                    .when([Compare::create_revision(
+                        schema.clone(),
+                        CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([TxnOp::put(schema, super::KEY_SCHEMA.to_string(), None)]),
+            ),
+        )
+        .await?;
         bounded(
             limit,
             "register this node",
             client.put(
                 self.keys.node(&self.node),
-                serde_json::to_string(&super::keys::NodeRecord {
-                    version: env!("CARGO_PKG_VERSION").to_string(),
-                    capacity: self.config.capacity.clone(),
-                })
-                .unwrap_or_default(),
+                self.record(),
                 Some(PutOptions::new().with_lease(lease)),
             ),
         )
@@ -207,6 +231,14 @@ impl EtcdCoordinator {
         for (name, online) in self.providers.here() {
             self.publish_provider(&mut client, &name, online).await?;
         }
+        self.records = snapshot
+            .kvs()
+            .iter()
+            .filter_map(|kv| {
+                let node = self.keys.node_of(kv)?;
+                Some((node.to_string(), super::NodeRecord::parse(kv.value())))
+            })
+            .collect();
         for kv in snapshot.kvs() {
             if let Some(change) = self.keys.observe(kv, false) {
                 actions.extend(self.shared.step(Input::Observed {
@@ -303,6 +335,14 @@ impl EtcdCoordinator {
                         if let Some(name) = self.keys.provider(kv) {
                             self.providers.cluster_changed(&name, !deleted);
                             continue;
+                        }
+                        if let Some(node) = self.keys.node_of(kv) {
+                            if deleted {
+                                self.records.remove(node);
+                            } else {
+                                self.records
+                                    .insert(node.to_string(), super::NodeRecord::parse(kv.value()));
+                            }
                         }
                         if let Some(change) = self.keys.observe(kv, deleted) {
                             actions.extend(self.shared.step(Input::Observed { change, live: true }));
