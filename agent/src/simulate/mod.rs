@@ -536,6 +536,29 @@ retry_period_on_failure = "1h"
     }
 
     #[test]
+    fn flap_damping_is_replayed() {
+        let config = crate::config::parse(
+            Path::new("sim.toml"),
+            "[[groups]]\nname = \"vs1\"\n\n[[groups.resources]]\nname = \"web\"\ntype = \"tcp\"\n\
+             address = \"127.0.0.1:80\"\nrestart_threshold = 100\n\
+             flap_damping = { suppress = 2500, reuse = 1000, half_life = \"1m\" }\n",
+        )
+        .unwrap()
+        .config;
+        let report = simulate(&config, "0s web fails\n10s web fails\n20s web fails\n").unwrap();
+        // Three failures in 20 s: 1000 each, less what decayed; above 2500, the restart waits
+        // until the penalty is back under 1000.
+        assert!(
+            report.contains("damp web (penalty 2685) until 1m45s482ms"),
+            "{report}"
+        );
+        assert!(
+            report.ends_with("end: group vs1\n  web: online\n"),
+            "{report}"
+        );
+    }
+
+    #[test]
     fn script_errors_name_the_line() {
         let config = crate::config::parse(Path::new("sim.toml"), CONFIG)
             .unwrap()
