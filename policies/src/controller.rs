@@ -20,6 +20,9 @@
 //!   `terminate`;
 //! - a provider that is not online takes its dependents offline; they come back when it is
 //!   online again; a provider in another group ([`Input::External`]) counts the same way;
+//! - a resource goes offline only after its dependents: those of its group, and those of other
+//!   groups on this node ([`Input::DependentsElsewhere`]); while it waits it is no longer
+//!   [`available`](GroupController::available), which is what takes those dependents offline;
 //! - an administrator's offline (`offline_by_admin`) is never restarted;
 //! - with flap damping, every failure adds to a penalty that halves every half-life; while it
 //!   is above its threshold a restart waits until it has decayed below the reuse level;
@@ -175,6 +178,14 @@ pub enum Input {
         provider: usize,
         /// Whether it is online.
         online: bool,
+    },
+    /// Whether a resource of another group on this node that depends on this one is up (not
+    /// offline, failed or offline by an administrator): an orderly offline waits for it.
+    DependentsElsewhere {
+        /// The provider, in this group.
+        resource: ResourceId,
+        /// One of its dependents elsewhere is up.
+        up: bool,
     },
     /// Maintenance on or off for one resource, or for the whole group (`None`).
     Maintenance {
@@ -490,6 +501,8 @@ pub struct GroupController {
     /// left running and one that does not is not started (an agent restart adopts a dependent
     /// before its provider's state is known).
     externals: Vec<Option<bool>>,
+    /// Whether each resource has a dependent up in another group on this node.
+    dependents_elsewhere: Vec<bool>,
     /// Something reconcile looks at changed since it last ran; a passing check changes nothing,
     /// so 10,000 of them a second cost no walk over the group.
     dirty: bool,
@@ -506,6 +519,7 @@ impl GroupController {
             .collect();
         GroupController {
             externals: vec![None; spec.externals()],
+            dependents_elsewhere: vec![false; spec.resources().len()],
             spec,
             mode: GroupMode::Passive,
             resources,
@@ -528,6 +542,14 @@ impl GroupController {
     /// The state of one resource.
     pub fn state(&self, id: ResourceId) -> State {
         self.resources[id.0].state
+    }
+
+    /// Whether resources of other groups may use this one: online, and not decided to go
+    /// offline. A provider that waits for its dependents elsewhere before its own offline is
+    /// not available, so that they go first.
+    pub fn available(&self, id: ResourceId) -> bool {
+        let r = &self.resources[id.0];
+        r.state == State::Online && !r.stopping
     }
 
     /// A view of one resource for status pages.
@@ -875,6 +897,11 @@ impl GroupController {
             Input::External { provider, online } => {
                 if let Some(e) = self.externals.get_mut(provider) {
                     *e = Some(online);
+                }
+            }
+            Input::DependentsElsewhere { resource, up } => {
+                if let Some(d) = self.dependents_elsewhere.get_mut(resource.0) {
+                    *d = up;
                 }
             }
             Input::Tick => {
@@ -1302,10 +1329,11 @@ impl GroupController {
                 {
                     continue;
                 }
-                let dependents_down = self.spec.dependents(id).iter().all(|d| {
-                    let d = &self.resources[d.0];
-                    d.pending.is_none() && d.state.is_down()
-                });
+                let dependents_down = !self.dependents_elsewhere[id.0]
+                    && self.spec.dependents(id).iter().all(|d| {
+                        let d = &self.resources[d.0];
+                        d.pending.is_none() && d.state.is_down()
+                    });
                 if dependents_down {
                     let cause = if self.mode == GroupMode::Stopping {
                         Cause::GroupStopping

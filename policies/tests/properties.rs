@@ -62,6 +62,11 @@ enum Step {
         pick: usize,
         alive: bool,
     },
+    /// A dependent in another group on this node came up or went down.
+    DependentsElsewhere {
+        resource: usize,
+        up: bool,
+    },
 }
 
 fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
@@ -81,6 +86,7 @@ fn step_strategy() -> impl Strategy<Value = (u64, Step)> {
         1 => Just(Step::Activate),
         2 => (proptest::option::of(any::<usize>()), any::<bool>()).prop_map(|(resource, on)| Step::Maintenance { resource, on }),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, alive)| Step::Reread { pick, alive }),
+        2 => (any::<usize>(), any::<bool>()).prop_map(|(resource, up)| Step::DependentsElsewhere { resource, up }),
     ];
     (0u64..4000, step)
 }
@@ -150,6 +156,8 @@ struct Checker {
     fenced: bool,
     /// Resources whose look (`Effect::Reread`) is out.
     rereads: Vec<ResourceId>,
+    /// Resources with a dependent up in another group on this node, as last told.
+    elsewhere_up: Vec<bool>,
 }
 
 impl Checker {
@@ -159,6 +167,9 @@ impl Checker {
             _ => None,
         };
         let fencing = input == Input::Fence;
+        if let Input::DependentsElsewhere { resource, up } = input {
+            self.elsewhere_up[resource.0] = up;
+        }
         match input {
             Input::Fence => self.fenced = true,
             Input::Activate
@@ -185,6 +196,10 @@ impl Checker {
                     prop_assert!(
                         fencing || !self.c.is_unmanaged(*r),
                         "{e:?} for {r} in maintenance"
+                    );
+                    prop_assert!(
+                        !(matches!(e, Effect::Offline(_)) && self.elsewhere_up[r.0]),
+                        "orderly offline of {r} while a dependent in another group is up"
                     );
                 }
                 _ => {}
@@ -292,6 +307,7 @@ proptest! {
             restarts: vec![Vec::new(); n],
             fenced: false,
             rereads: Vec::new(),
+            elsewhere_up: vec![false; n],
         };
         let mut now = Time::ZERO;
         for i in 0..n {
@@ -354,10 +370,26 @@ proptest! {
                     let resource = k.rereads.remove(pick % k.rereads.len());
                     Input::Reread { resource, alive }
                 }
+                Step::DependentsElsewhere { resource, up } => Input::DependentsElsewhere {
+                    resource: ResourceId(resource % n),
+                    up,
+                },
             };
             k.feed(now, input)?;
+            for i in 0..n {
+                let id = ResourceId(i);
+                prop_assert!(
+                    !k.c.available(id) || k.c.state(id) == State::Online,
+                    "{id} available while {}", k.c.state(id)
+                );
+            }
         }
 
+        // The dependents in other groups go down, as they do once their provider is not
+        // available.
+        for i in 0..n {
+            k.feed(now, Input::DependentsElsewhere { resource: ResourceId(i), up: false })?;
+        }
         // Every look still out is answered (not running), as the runtime always answers.
         while let Some(resource) = k.rereads.pop() {
             k.feed(now, Input::Reread { resource, alive: false })?;

@@ -14,8 +14,9 @@
 //!   `check NAME looks_alive|is_alive ok|REASON`, `signal NAME REASON`,
 //!   `admin online|offline|clear NAME`, `admin group-online|group-offline`,
 //!   `failover moved|nowhere`, `external N online|offline`, `maintenance on|off [NAME]`,
+//!   `dependents-elsewhere NAME up|down`,
 //!   `reread NAME alive|dead`, `tick`, `deactivate`, `fence`, `activate`;
-//! - `states` prints every resource's state.
+//! - `states` prints every resource's state; `available` which ones other groups may use.
 
 mod datadriven;
 
@@ -173,6 +174,19 @@ impl Harness {
                 );
                 self.render(&effects)
             }
+            ["available"] => {
+                let c = self.controller.as_ref().unwrap();
+                (0..c.spec().resources().len())
+                    .map(|i| {
+                        let yes = c.available(ResourceId(i));
+                        format!(
+                            "{}: {}",
+                            self.name(ResourceId(i)),
+                            if yes { "yes" } else { "no" }
+                        )
+                    })
+                    .collect()
+            }
             ["states"] => {
                 let c = self.controller.as_ref().unwrap();
                 (0..c.spec().resources().len())
@@ -256,6 +270,10 @@ impl Harness {
             ["reread", name, alive] => Input::Reread {
                 resource: self.id(name),
                 alive: *alive == "alive",
+            },
+            ["dependents-elsewhere", name, up] => Input::DependentsElsewhere {
+                resource: self.id(name),
+                up: *up == "up",
             },
             ["external", n, state] => Input::External {
                 provider: n.parse().unwrap(),

@@ -287,6 +287,52 @@ depends_on = ["port"]
 }
 
 #[test]
+fn a_provider_in_another_group_goes_offline_after_its_dependents_and_back_before_them() {
+    let (mta, routing) = (free_port(), free_port());
+    let body = format!(
+        "[[groups]]\nname = \"mta\"\n{}\n[[groups]]\nname = \"vs1\"\n{}",
+        server("server", mta, ""),
+        server("routing", routing, "depends_on = [\"mta/server\"]"),
+    );
+    let agent = Agent::start(&body);
+    agent.wait_state("vs1", "routing", "online", LONG);
+    let before = agent.events().len();
+    let (code, _, err) = agent.cli(&["offline", "mta"]);
+    assert_eq!(code, 0, "{err}");
+    agent.wait_state("mta", "server", "offline_by_admin", LONG);
+    let (code, _, err) = agent.cli(&["online", "mta"]);
+    assert_eq!(code, 0, "{err}");
+    agent.wait_state("vs1", "routing", "online", LONG);
+    let after: Vec<String> = agent.events()[before..]
+        .iter()
+        .filter(|e| e["event"] == "state_changed")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["resource"].as_str().unwrap(),
+                e["to"].as_str().unwrap()
+            )
+        })
+        .collect();
+    let pos = |s: &str| {
+        after
+            .iter()
+            .position(|x| x == s)
+            .unwrap_or_else(|| panic!("no {s} in {after:?}"))
+    };
+    // The other group's dependent is offline before the provider's offline starts, as a
+    // dependent of its own group would be; it comes back once the provider is online.
+    assert!(
+        pos("routing:offline") < pos("server:offline_pending"),
+        "{after:?}"
+    );
+    assert!(
+        pos("server:online") < pos("routing:online_pending"),
+        "{after:?}"
+    );
+}
+
+#[test]
 fn sighup_with_a_bad_config_keeps_the_running_one_and_a_good_one_applies_only_the_difference() {
     let port = free_port();
     let body = format!("[[groups]]\nname = \"app\"\n{}", server("daemon", port, ""));

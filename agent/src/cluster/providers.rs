@@ -1,7 +1,9 @@
 //! The state of resources that resources of other groups depend on (`depends_on =
 //! ["group/resource"]`, `depends_on_anywhere`): what the group tasks of this node report, and,
 //! under etcd, what every node publishes (`groups/<group>/online/<resource>`, held under the
-//! publishing node's lease, so that a dead node's providers go with it).
+//! publishing node's lease, so that a dead node's providers go with it). And the other way: which
+//! of this node's resources that depend on a provider are up, so that the provider's orderly
+//! offline waits for them, as it waits for the dependents of its own group.
 
 use crate::config::External;
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +24,9 @@ struct Inner {
     cluster: Option<BTreeSet<String>>,
     /// Whether a cluster coordinator publishes states (etcd), or this node is the cluster.
     clustered: bool,
+    /// `group/resource` of a provider → the resources of this node that depend on it and are
+    /// up (not offline, failed or offline by an administrator).
+    dependents: BTreeMap<String, BTreeSet<String>>,
 }
 
 impl Providers {
@@ -91,6 +96,45 @@ impl Providers {
             .map(|set| set.contains(&external.name))
     }
 
+    /// Whether `dependent` (`group/resource`), which depends on `provider`, is up here.
+    pub fn set_dependent(&self, provider: &str, dependent: &str, up: bool) {
+        let changed = {
+            let mut inner = self.inner();
+            let set = inner.dependents.entry(provider.to_string()).or_default();
+            if up {
+                set.insert(dependent.to_string())
+            } else {
+                set.remove(dependent)
+            }
+        };
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// `group`'s task is gone: its resources hold no provider up any more (what it left
+    /// running is unmanaged now).
+    pub fn forget_dependents_in(&self, group: &str) {
+        let prefix = format!("{group}/");
+        let mut changed = false;
+        for set in self.inner().dependents.values_mut() {
+            let before = set.len();
+            set.retain(|d| !d.starts_with(&prefix));
+            changed |= set.len() != before;
+        }
+        if changed {
+            self.bump();
+        }
+    }
+
+    /// Whether a resource of this node that depends on `provider` is up.
+    pub fn dependents_up(&self, provider: &str) -> bool {
+        self.inner()
+            .dependents
+            .get(provider)
+            .is_some_and(|set| !set.is_empty())
+    }
+
     /// Told whenever a state changes.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changed.subscribe()
@@ -129,5 +173,21 @@ mod tests {
         let alone = Providers::new(false);
         alone.set_here("mta/mta", true);
         assert_eq!(alone.state(&ext(false)), Some(true));
+    }
+
+    #[test]
+    fn dependents_are_counted_until_down_or_their_group_is_gone() {
+        let p = Providers::new(true);
+        let mut changes = p.subscribe();
+        assert!(!p.dependents_up("mta/mta"));
+        p.set_dependent("mta/mta", "evs1/routing", true);
+        p.set_dependent("mta/mta", "evs2/routing", true);
+        assert!(p.dependents_up("mta/mta") && changes.has_changed().unwrap());
+        changes.borrow_and_update();
+        p.set_dependent("mta/mta", "evs1/routing", false);
+        assert!(p.dependents_up("mta/mta"), "evs2's is still up");
+        p.forget_dependents_in("evs2");
+        assert!(!p.dependents_up("mta/mta"));
+        assert!(changes.has_changed().unwrap());
     }
 }

@@ -1,19 +1,62 @@
 //! What a group task hears from outside its group: the state of providers in other groups
-//! (and what it tells them of its own), and maintenance.
+//! (and what it tells them of its own), its dependents in other groups on this node (and what
+//! it tells their providers of them), and maintenance.
 
 use super::GroupTask;
 use resmon_policies::{Input, ResourceId};
 
 impl GroupTask {
-    /// Tells other groups that a resource they depend on is online here, or not.
-    pub(super) fn publish(&self, resource: ResourceId, online: bool) {
+    /// Tells other groups that a resource they depend on is available here, or not.
+    pub(super) fn publish(&mut self, resource: ResourceId, online: bool) {
+        self.told_available[resource.0] = Some(online);
         let name = format!("{}/{}", self.name, self.contexts[resource.0].name());
         self.shared.coordinator.provider_state(&name, online);
     }
 
-    /// Tells the controller what changed about the providers of other groups.
+    /// Publishes what changed of the resources other groups depend on: a provider is available
+    /// while online and not decided to go offline, so its dependents elsewhere leave first.
+    pub(super) fn publish_availability(&mut self) {
+        for i in 0..self.published.len() {
+            if !self.published[i] {
+                continue;
+            }
+            let available = self.controller.available(ResourceId(i));
+            if self.told_available[i] != Some(available) {
+                self.publish(ResourceId(i), available);
+            }
+        }
+    }
+
+    /// Tells the providers in other groups that `resource`, which depends on them, is up here,
+    /// or no longer.
+    pub(super) fn report_dependent(&self, resource: ResourceId, up: bool) {
+        let me = format!("{}/{}", self.name, self.contexts[resource.0].name());
+        let providers = self.shared.coordinator.providers();
+        for e in &self.controller.spec().resource(resource).external {
+            if let Some((external, _)) = self.externals.get(*e) {
+                providers.set_dependent(&external.name, &me, up);
+            }
+        }
+    }
+
+    /// Tells the controller what changed about the providers of other groups, and about the
+    /// dependents in other groups of its own resources.
     pub(super) fn feed_externals(&mut self) {
         let providers = self.shared.coordinator.providers().clone();
+        for i in 0..self.published.len() {
+            if !self.published[i] {
+                continue;
+            }
+            let name = format!("{}/{}", self.name, self.contexts[i].name());
+            let up = providers.dependents_up(&name);
+            if up != self.told_dependents[i] {
+                self.told_dependents[i] = up;
+                self.step(Input::DependentsElsewhere {
+                    resource: ResourceId(i),
+                    up,
+                });
+            }
+        }
         for i in 0..self.externals.len() {
             let now = providers.state(&self.externals[i].0);
             if now.is_some() && now != self.externals[i].1 {
@@ -50,6 +93,19 @@ impl GroupTask {
         let now = self.now();
         for i in 0..self.contexts.len() {
             self.refresh(ResourceId(i), now);
+        }
+    }
+}
+
+impl Drop for GroupTask {
+    fn drop(&mut self) {
+        // Gone (a reload replaced or removed it, the agent stops): its resources hold no
+        // provider up.
+        if !self.externals.is_empty() {
+            self.shared
+                .coordinator
+                .providers()
+                .forget_dependents_in(&self.name);
         }
     }
 }

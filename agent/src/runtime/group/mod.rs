@@ -135,6 +135,10 @@ struct GroupTask {
     failover: Option<oneshot::Receiver<FailoverAnswer>>,
     /// Which resources other groups depend on: their states are published.
     published: Vec<bool>,
+    /// What was published last of each (available to other groups, or not).
+    told_available: Vec<Option<bool>>,
+    /// What the controller was told last of each resource's dependents in other groups here.
+    told_dependents: Vec<bool>,
     /// The resources of other groups this group's resources depend on, and what the
     /// controller was told of each.
     externals: Vec<(crate::config::External, Option<bool>)>,
@@ -244,8 +248,9 @@ pub(crate) fn spawn_with(
     for id in &config.published {
         published[id.0] = true;
     }
-    let provider_changes =
-        (!config.externals.is_empty()).then(|| shared.coordinator.providers().subscribe());
+    // Dependents hear of their providers, providers of their dependents.
+    let provider_changes = (!config.externals.is_empty() || !config.published.is_empty())
+        .then(|| shared.coordinator.providers().subscribe());
     let task = GroupTask {
         name: config.name.to_string(),
         controller: GroupController::new(config.spec.clone()),
@@ -261,6 +266,8 @@ pub(crate) fn spawn_with(
         released: false,
         failover: None,
         published,
+        told_available: vec![None; config.resources.len()],
+        told_dependents: vec![false; config.resources.len()],
         externals: config.externals.iter().map(|e| (e.clone(), None)).collect(),
         provider_changes,
         maintenance_changes: shared.maintenance.subscribe(),
@@ -429,11 +436,19 @@ impl GroupTask {
         None
     }
 
-    /// Takes the group offline, dependents first, and waits until nothing is in flight.
+    /// Takes the group offline, dependents first (those in other groups here too), and waits
+    /// until nothing is in flight.
     async fn stop_resources(&mut self) {
         self.step(Input::Deactivate);
         while !self.controller.is_settled() {
-            match self.rx.recv().await {
+            let event = tokio::select! {
+                event = self.rx.recv() => event,
+                _ = feeds::provider_changed(&mut self.provider_changes) => {
+                    self.feed_externals();
+                    continue;
+                }
+            };
+            match event {
                 Some(GroupEvent::Input(input)) => self.step(input),
                 Some(GroupEvent::Admin { reply, .. }) => {
                     let _ = reply.send(Err("the group is being stopped".into()));
@@ -465,6 +480,7 @@ impl GroupTask {
                 self.refresh(resource, now);
             }
         }
+        self.publish_availability();
     }
 
     fn apply(&mut self, now: Time, effect: Effect) {
@@ -494,8 +510,14 @@ impl GroupTask {
                 }
                 .emit(&self.shared.sink);
                 *self.slots.mode.lock().unwrap_or_else(|e| e.into_inner()) = self.controller.mode();
-                if self.published[resource.0] && (from == State::Online || to == State::Online) {
-                    self.publish(resource, to == State::Online);
+                if !self
+                    .controller
+                    .spec()
+                    .resource(resource)
+                    .external
+                    .is_empty()
+                {
+                    self.report_dependent(resource, !to.is_down());
                 }
             }
             Effect::Online(r) => self.run_operation(r, Operation::Online, now),
