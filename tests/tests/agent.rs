@@ -193,6 +193,21 @@ retry_period_on_failure = "2s"
     ));
 }
 
+/// `resource:state` of every state change after the first `before` events.
+fn changes_since(agent: &Agent, before: usize) -> Vec<String> {
+    agent.events()[before..]
+        .iter()
+        .filter(|e| e["event"] == "state_changed")
+        .map(|e| {
+            format!(
+                "{}:{}",
+                e["resource"].as_str().unwrap(),
+                e["to"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
 #[test]
 fn a_dependency_chain_comes_up_in_order_goes_down_in_reverse_and_follows_its_provider() {
     let port = free_port();
@@ -252,17 +267,7 @@ depends_on = ["port"]
             .count()
             == 3
     });
-    let after: Vec<String> = agent.events()[before..]
-        .iter()
-        .filter(|e| e["event"] == "state_changed")
-        .map(|e| {
-            format!(
-                "{}:{}",
-                e["resource"].as_str().unwrap(),
-                e["to"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let after = changes_since(&agent, before);
     let pos = |s: &str| {
         after
             .iter()
@@ -303,17 +308,7 @@ fn a_provider_in_another_group_goes_offline_after_its_dependents_and_back_before
     let (code, _, err) = agent.cli(&["online", "mta"]);
     assert_eq!(code, 0, "{err}");
     agent.wait_state("vs1", "routing", "online", LONG);
-    let after: Vec<String> = agent.events()[before..]
-        .iter()
-        .filter(|e| e["event"] == "state_changed")
-        .map(|e| {
-            format!(
-                "{}:{}",
-                e["resource"].as_str().unwrap(),
-                e["to"].as_str().unwrap()
-            )
-        })
-        .collect();
+    let after = changes_since(&agent, before);
     let pos = |s: &str| {
         after
             .iter()
