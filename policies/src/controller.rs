@@ -24,6 +24,7 @@
 //!   groups on this node ([`Input::DependentsElsewhere`]); while it waits it is no longer
 //!   [`available`](GroupController::available), which is what takes those dependents offline;
 //! - an administrator's offline (`offline_by_admin`) is never restarted;
+//! - a group told to stop abandons the onlines under way: each is terminated at once;
 //! - with flap damping, every failure adds to a penalty that halves every half-life; while it
 //!   is above its threshold a restart waits until it has decayed below the reuse level;
 //! - a resource in maintenance (unmanaged, as Pacemaker's `is-managed=false`) is still checked
@@ -761,6 +762,19 @@ impl GroupController {
                 self.failover_requested = false;
                 for r in &mut self.resources {
                     r.escalation = Escalation::None;
+                }
+                // An online still under way is abandoned: the group is leaving, and waiting for
+                // it (a check-only online retrying against a server that is gone, up to its
+                // pending timeout) would hold a move or failover up for minutes. Nothing
+                // depends on it yet: what is not online has no dependent online.
+                for i in 0..self.resources.len() {
+                    let id = ResourceId(i);
+                    if self.resources[i].pending == Some(Operation::Online)
+                        && !self.is_unmanaged(id)
+                    {
+                        self.transition(id, State::OfflinePending, Cause::GroupStopping, out);
+                        self.start_terminate(id, AfterTerminate::Offline, out);
+                    }
                 }
             }
             Input::Fence => self.fence(out),

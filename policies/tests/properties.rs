@@ -167,6 +167,10 @@ impl Checker {
             _ => None,
         };
         let fencing = input == Input::Fence;
+        let deactivating = matches!(
+            input,
+            Input::Deactivate | Input::FailoverCompleted { moved: true }
+        );
         if let Input::DependentsElsewhere { resource, up } = input {
             self.elsewhere_up[resource.0] = up;
         }
@@ -226,6 +230,13 @@ impl Checker {
                 prop_assert_eq!(op, Operation::Terminate, "a fence only terminates");
                 // The operation in flight is superseded: its answer may still come.
                 if let Some(old) = self.in_flight.remove(&id) {
+                    superseded.push((id, old));
+                }
+            }
+            if deactivating && op == Operation::Terminate {
+                // Only an online under way is superseded by a stop.
+                if let Some(old) = self.in_flight.remove(&id) {
+                    prop_assert_eq!(old, Operation::Online, "a stop superseded {}", old);
                     superseded.push((id, old));
                 }
             }

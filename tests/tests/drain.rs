@@ -138,3 +138,55 @@ fn a_drained_node_moves_its_groups_away_in_order_and_gets_them_back_on_resume() 
         .as_array()
         .is_none_or(|p| p.is_empty()));
 }
+
+/// A group whose check is still coming online (its server never answers HTTP) is moved: the
+/// online under way is abandoned rather than waited for until its pending timeout, so the move
+/// completes in seconds.
+#[test]
+fn a_move_abandons_an_online_still_under_way() {
+    let cluster = Cluster::new(2);
+    let group = format!(
+        r#"
+[[groups]]
+name = "slow"
+preferred_owners = ["n1", "n2"]
+
+[[groups.resources]]
+name = "server"
+type = "process"
+command = ["{testd}", "--listen", "127.0.0.1:18300"]
+ready_tcp = "127.0.0.1:18300"
+
+[[groups.resources]]
+name = "check"
+type = "http"
+url = "http://127.0.0.1:18301/"
+depends_on = ["server"]
+pending_timeout = "10m"
+"#,
+        testd = testd()
+    );
+    let start = |n: &str| cluster.start_agent(n, &cluster.agent_config(n, "3s", &group));
+    let n1 = start("n1");
+    n1.wait_for("slow's check coming online on n1", LONG, |a| {
+        owner(a, "slow").as_deref() == Some("n1") && a.state("slow", "check") == "online_pending"
+    });
+    let n2 = start("n2");
+    n2.wait_for("n2 sees n1 own slow", LONG, |a| {
+        owner(a, "slow").as_deref() == Some("n1")
+    });
+    let asked = std::time::Instant::now();
+    let (code, _, err) = n1.cli(&["move", "slow", "--to", "n2"]);
+    assert_eq!(code, 0, "{err}");
+    n2.wait_for("slow's server online on n2", LONG, |a| {
+        owner(a, "slow").as_deref() == Some("n2") && a.state("slow", "server") == "online"
+    });
+    assert!(
+        asked.elapsed() < Duration::from_secs(15),
+        "the move took {:?}",
+        asked.elapsed()
+    );
+    assert!(n1
+        .transitions("check")
+        .contains(&"online_pending->offline_pending(group_stopping)".to_string()));
+}

@@ -48,9 +48,14 @@ impl Worker {
     pub(super) fn start_operation(&mut self, op: Operation, permit: Option<OwnedSemaphorePermit>) {
         self.unqueue();
         if let Some(running) = self.operation.take() {
-            // The policy never overlaps operations; a stray one is stopped rather than raced.
+            // A terminate supersedes what runs (a fence, or a stop that abandons an online);
+            // any other overlap is a stray one, stopped rather than raced.
             let previous = self.operation_kind;
-            tracing::warn!(group = %self.cx.group(), resource = %self.cx.name(), %previous, next = %op, "operation replaced");
+            if op == Operation::Terminate {
+                tracing::debug!(group = %self.cx.group(), resource = %self.cx.name(), %previous, "abandoned for terminate");
+            } else {
+                tracing::warn!(group = %self.cx.group(), resource = %self.cx.name(), %previous, next = %op, "operation replaced");
+            }
             running.handle.abort();
         }
         let resource = self.resource.clone();
