@@ -1,5 +1,8 @@
-//! `resmon validate --cluster`, as WSFC's cluster validation: the file against the live nodes.
-//! Each node publishes its version, the key schema it speaks and its config's fingerprints;
+//! `resmon validate`: every error and warning of a config file with its file, line and key, and
+//! what each resource's settings mean (how fast a failure is seen, what a fence costs).
+//!
+//! With `--cluster`, as WSFC's cluster validation, the file against the live nodes. Each node
+//! publishes its version, the key schema it speaks and its config's fingerprints;
 //! this reads them once (it writes nothing) and lists what differs. Versions that differ are a
 //! warning (a rolling upgrade is under way); a group defined differently on two nodes, or
 //! defined on one and not another, is an error, as is a key schema a node cannot act under.
@@ -7,7 +10,7 @@
 use super::{build_runtime, plural};
 use crate::cluster::etcd::{survey, NodeRecord, KEY_SCHEMA};
 use crate::cluster::skew::Skew;
-use crate::config::Config;
+use crate::config::{self, Config};
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -15,7 +18,109 @@ use std::time::Duration;
 /// How long etcd may take to answer all the reads.
 const LIMIT: Duration = Duration::from_secs(10);
 
-pub(super) fn cluster(config: &Config) -> ExitCode {
+pub(super) fn validate(path: &std::path::Path, cluster: bool) -> ExitCode {
+    match config::load(path) {
+        Ok(loaded) => {
+            for w in &loaded.warnings {
+                println!("{w}");
+            }
+            let c = &loaded.config;
+            for g in &c.groups {
+                for r in &g.resources {
+                    println!("{}/{}: {}", g.name, r.name, budget(r));
+                }
+                if let Some(cluster) = &c.cluster {
+                    println!("{}: {}", g.name, fence_time(g, cluster.fence_margin()));
+                }
+            }
+            let resources: usize = c.groups.iter().map(|g| g.resources.len()).sum();
+            println!(
+                "{}: ok ({}, {}, {})",
+                path.display(),
+                plural(c.groups.len(), "group"),
+                plural(resources, "resource"),
+                plural(loaded.warnings.len(), "warning")
+            );
+            if cluster {
+                return compare_with_cluster(c);
+            }
+            ExitCode::SUCCESS
+        }
+        Err(errors) => {
+            eprintln!("{errors}");
+            eprintln!("{}: {}", path.display(), plural(errors.0.len(), "error"));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The worst case of a fence of `g`: its slowest terminate that waits on a service's own stop
+/// (validation already refused one that does not fit in the margin).
+fn fence_time(g: &crate::config::GroupConfig, margin: std::time::Duration) -> String {
+    let d = |x: std::time::Duration| resmon_probes::HumanDuration(x).to_string();
+    let slowest = g
+        .resources
+        .iter()
+        .filter(|r| r.private.terminate_waits())
+        .filter_map(|r| Some((r.props.terminate_timeout.duration()?, r)))
+        .max_by_key(|(t, _)| *t);
+    match slowest {
+        Some((t, r)) => format!(
+            "a fence ends within {} (terminate_timeout of {}), inside fence_margin {}",
+            d(t),
+            r.name,
+            d(margin)
+        ),
+        None => format!(
+            "a fence only signals processes and removes addresses, inside fence_margin {}",
+            d(margin)
+        ),
+    }
+}
+
+/// What `validate` says of a resource: how fast a failure is seen, and what happens then.
+fn budget(r: &crate::config::ResourceConfig) -> String {
+    use resmon_policies::RestartAction;
+    let d = |x: std::time::Duration| resmon_probes::HumanDuration(x).to_string();
+    let p = &r.props;
+    let policy = p.restart_policy(r.private.provides_failure_signal());
+    let mut detection = format!(
+        "a failure is seen within {} (is_alive_interval {} + check_timeout {})",
+        d(p.is_alive_interval + p.check_timeout),
+        d(p.is_alive_interval),
+        d(p.check_timeout)
+    );
+    if policy.polls_looks_alive() && p.looks_alive_interval < p.is_alive_interval {
+        detection = format!(
+            "a failure is seen within {} (looks_alive_interval {} + check_timeout {}, then is_alive at once)",
+            d(p.looks_alive_interval + p.check_timeout * 2),
+            d(p.looks_alive_interval),
+            d(p.check_timeout)
+        );
+    }
+    if policy.provides_failure_signal {
+        detection = format!("{detection}, at once through its failure signal");
+    }
+    let next = match p.restart_action {
+        RestartAction::NoRestart => {
+            "no restart: a failure stays failed until an administrator acts".to_string()
+        }
+        action => format!(
+            "{} restarts per {}, then {}, retry after {}",
+            p.restart_threshold,
+            d(p.restart_period),
+            if action == RestartAction::RestartThenFailover {
+                "failover"
+            } else {
+                "no failover"
+            },
+            d(p.retry_period_on_failure)
+        ),
+    };
+    format!("{detection}; {next}")
+}
+
+fn compare_with_cluster(config: &Config) -> ExitCode {
     let Some(cluster) = &config.cluster else {
         eprintln!(
             "error: {}: --cluster needs a [cluster] section: without one this node is alone",
