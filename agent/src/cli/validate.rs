@@ -143,13 +143,7 @@ fn compare_with_cluster(config: &Config) -> ExitCode {
     let mut nodes = survey.nodes.clone();
     nodes.insert(
         file.clone(),
-        NodeRecord {
-            version: crate::VERSION.to_string(),
-            capacity: cluster.capacity.clone(),
-            schema: KEY_SCHEMA,
-            config: config.identity.config.clone(),
-            groups: config.identity.groups.clone(),
-        },
+        NodeRecord::of_this_build(&cluster.capacity, &config.identity),
     );
     let (text, errors, warnings) = report(survey.schema, &nodes);
     print!("{text}");

@@ -59,6 +59,20 @@ impl Default for NodeRecord {
 }
 
 impl NodeRecord {
+    /// What this build says of a node with `capacity` running a config of `identity`.
+    pub fn of_this_build(
+        capacity: &BTreeMap<String, u64>,
+        identity: &crate::config::identity::Identity,
+    ) -> NodeRecord {
+        NodeRecord {
+            version: crate::VERSION.to_string(),
+            capacity: capacity.clone(),
+            schema: KEY_SCHEMA,
+            config: identity.config.clone(),
+            groups: identity.groups.clone(),
+        }
+    }
+
     /// A value of `nodes/<node>`; one that is not a record (a node of an older version wrote
     /// its name) says nothing beyond the node being alive.
     pub fn parse(value: &[u8]) -> NodeRecord {

@@ -105,6 +105,7 @@ pub(super) fn spawn(
         maintenance,
         identity,
         records: BTreeMap::new(),
+        skew: Default::default(),
     };
     tokio::spawn(coordinator.run());
 }
@@ -144,6 +145,8 @@ struct EtcdCoordinator {
     identity: crate::config::identity::Identity,
     /// What each alive node says of itself, for the skew shown in status.
     records: BTreeMap<String, NodeRecord>,
+    /// What differs between those records: compared when one changes, not at each renewal.
+    skew: super::skew::Skew,
 }
 
 fn etcd_error(what: &str, e: etcd_client::Error) -> Broken {
@@ -207,6 +210,8 @@ impl EtcdCoordinator {
             let lease_gone = !self.lease_file.exists();
             let actions = self.shared.step(Input::SessionEnded { lease_gone });
             self.act_offline(actions);
+            self.records.clear();
+            self.compare_records();
             {
                 let mut view = self.view();
                 view.connected = false;
@@ -367,16 +372,25 @@ impl EtcdCoordinator {
         .emit(&self.sink);
     }
 
-    /// This node's record, as `nodes/<node>` holds it.
-    fn record(&self) -> String {
-        serde_json::to_string(&NodeRecord {
-            version: crate::VERSION.to_string(),
-            capacity: self.config.capacity.clone(),
-            schema: KEY_SCHEMA,
-            config: self.identity.config.clone(),
-            groups: self.identity.groups.clone(),
-        })
-        .unwrap_or_default()
+    /// Compares the nodes' records again, after one changed.
+    fn compare_records(&mut self) {
+        self.skew = super::skew::Skew::of(&self.records);
+    }
+
+    /// Puts this node's record in `nodes/<node>` under the session's lease.
+    async fn put_record(&self, client: &mut Client, lease: i64) -> Result<(), Broken> {
+        let record = NodeRecord::of_this_build(&self.config.capacity, &self.identity);
+        bounded(
+            self.op_timeout(),
+            "publish this node's record",
+            client.put(
+                self.keys.node(&self.node),
+                serde_json::to_string(&record).unwrap_or_default(),
+                Some(PutOptions::new().with_lease(lease)),
+            ),
+        )
+        .await
+        .map(drop)
     }
 
     fn fenced(&self, groups: Vec<String>, since_renewal: Duration) {
@@ -422,13 +436,7 @@ impl EtcdCoordinator {
                     .group_owner(group, node, owner.as_deref() == Some(node));
             }
         }
-        let alive_records: BTreeMap<String, NodeRecord> = self
-            .records
-            .iter()
-            .filter(|(n, _)| alive.contains(n))
-            .map(|(n, r)| (n.clone(), r.clone()))
-            .collect();
-        let skew = super::skew::Skew::of(&alive_records);
+        let skew = self.skew.clone();
         let refused = self.shared.machine().refused().map(|cluster| {
             format!(
                 "the cluster's key schema {cluster} is newer than this agent's ({KEY_SCHEMA}): \
@@ -679,16 +687,7 @@ impl EtcdCoordinator {
             Request::Identity(identity) => {
                 self.identity = identity;
                 let lease = self.shared.machine().lease();
-                bounded(
-                    limit,
-                    "publish this node's config fingerprints",
-                    client.put(
-                        self.keys.node(&self.node),
-                        self.record(),
-                        Some(etcd_client::PutOptions::new().with_lease(lease)),
-                    ),
-                )
-                .await?;
+                self.put_record(client, lease).await?;
                 Vec::new()
             }
             Request::Maintenance => self.refreeze(),

@@ -5,8 +5,7 @@ use super::{bounded, etcd_error, Broken, EtcdCoordinator};
 use crate::config::ClusterConfig;
 use crate::events::{CoordinatorConnected, Event};
 use etcd_client::{
-    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, PutOptions, Txn, TxnOp,
-    WatchOptions,
+    Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
 };
 use resmon_policies::ownership::Input;
 use std::time::Duration;
@@ -200,16 +199,7 @@ impl EtcdCoordinator {
             ),
         )
         .await?;
-        bounded(
-            limit,
-            "register this node",
-            client.put(
-                self.keys.node(&self.node),
-                self.record(),
-                Some(PutOptions::new().with_lease(lease)),
-            ),
-        )
-        .await?;
+        self.put_record(&mut client, lease).await?;
         let snapshot = bounded(
             limit,
             "read the cluster",
@@ -239,6 +229,7 @@ impl EtcdCoordinator {
                 Some((node.to_string(), super::NodeRecord::parse(kv.value())))
             })
             .collect();
+        self.compare_records();
         for kv in snapshot.kvs() {
             if let Some(change) = self.keys.observe(kv, false) {
                 actions.extend(self.shared.step(Input::Observed {
@@ -343,6 +334,7 @@ impl EtcdCoordinator {
                                 self.records
                                     .insert(node.to_string(), super::NodeRecord::parse(kv.value()));
                             }
+                            self.compare_records();
                         }
                         if let Some(change) = self.keys.observe(kv, deleted) {
                             actions.extend(self.shared.step(Input::Observed { change, live: true }));

@@ -5,24 +5,43 @@
 use super::GroupTask;
 use resmon_policies::{Input, ResourceId};
 
+/// A resource other groups depend on, and what was said of it last.
+pub(super) struct Published {
+    pub(super) id: ResourceId,
+    /// `group/resource`.
+    name: String,
+    /// Published last: available to other groups, or not.
+    available: Option<bool>,
+    /// Told the controller last: one of its dependents in another group here is up.
+    dependents_up: bool,
+}
+
+impl Published {
+    pub(super) fn new(id: ResourceId, name: String) -> Published {
+        Published {
+            id,
+            name,
+            available: None,
+            dependents_up: false,
+        }
+    }
+}
+
 impl GroupTask {
-    /// Tells other groups that a resource they depend on is available here, or not.
-    pub(super) fn publish(&mut self, resource: ResourceId, online: bool) {
-        self.told_available[resource.0] = Some(online);
-        let name = format!("{}/{}", self.name, self.contexts[resource.0].name());
-        self.shared.coordinator.provider_state(&name, online);
+    /// Tells other groups that the `k`th published resource is available here, or not.
+    pub(super) fn publish(&mut self, k: usize, available: bool) {
+        let p = &mut self.published[k];
+        p.available = Some(available);
+        self.shared.coordinator.provider_state(&p.name, available);
     }
 
     /// Publishes what changed of the resources other groups depend on: a provider is available
     /// while online and not decided to go offline, so its dependents elsewhere leave first.
     pub(super) fn publish_availability(&mut self) {
-        for i in 0..self.published.len() {
-            if !self.published[i] {
-                continue;
-            }
-            let available = self.controller.available(ResourceId(i));
-            if self.told_available[i] != Some(available) {
-                self.publish(ResourceId(i), available);
+        for k in 0..self.published.len() {
+            let available = self.controller.available(self.published[k].id);
+            if self.published[k].available != Some(available) {
+                self.publish(k, available);
             }
         }
     }
@@ -43,18 +62,12 @@ impl GroupTask {
     /// dependents in other groups of its own resources.
     pub(super) fn feed_externals(&mut self) {
         let providers = self.shared.coordinator.providers().clone();
-        for i in 0..self.published.len() {
-            if !self.published[i] {
-                continue;
-            }
-            let name = format!("{}/{}", self.name, self.contexts[i].name());
-            let up = providers.dependents_up(&name);
-            if up != self.told_dependents[i] {
-                self.told_dependents[i] = up;
-                self.step(Input::DependentsElsewhere {
-                    resource: ResourceId(i),
-                    up,
-                });
+        for k in 0..self.published.len() {
+            let up = providers.dependents_up(&self.published[k].name);
+            if up != self.published[k].dependents_up {
+                self.published[k].dependents_up = up;
+                let resource = self.published[k].id;
+                self.step(Input::DependentsElsewhere { resource, up });
             }
         }
         for i in 0..self.externals.len() {

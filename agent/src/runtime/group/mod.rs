@@ -133,12 +133,9 @@ struct GroupTask {
     released: bool,
     /// The coordinator's answer to a failover request, while it is awaited.
     failover: Option<oneshot::Receiver<FailoverAnswer>>,
-    /// Which resources other groups depend on: their states are published.
-    published: Vec<bool>,
-    /// What was published last of each (available to other groups, or not).
-    told_available: Vec<Option<bool>>,
-    /// What the controller was told last of each resource's dependents in other groups here.
-    told_dependents: Vec<bool>,
+    /// The resources other groups depend on, whose states are published (few or none: only
+    /// these are looked at after each step).
+    published: Vec<feeds::Published>,
     /// The resources of other groups this group's resources depend on, and what the
     /// controller was told of each.
     externals: Vec<(crate::config::External, Option<bool>)>,
@@ -244,10 +241,11 @@ pub(crate) fn spawn_with(
             },
         );
     let handle_contexts = contexts.clone();
-    let mut published = vec![false; config.resources.len()];
-    for id in &config.published {
-        published[id.0] = true;
-    }
+    let published = config
+        .published
+        .iter()
+        .map(|&id| feeds::Published::new(id, format!("{}/{}", config.name, contexts[id.0].name())))
+        .collect();
     // Dependents hear of their providers, providers of their dependents.
     let provider_changes = (!config.externals.is_empty() || !config.published.is_empty())
         .then(|| shared.coordinator.providers().subscribe());
@@ -266,8 +264,6 @@ pub(crate) fn spawn_with(
         released: false,
         failover: None,
         published,
-        told_available: vec![None; config.resources.len()],
-        told_dependents: vec![false; config.resources.len()],
         externals: config.externals.iter().map(|e| (e.clone(), None)).collect(),
         provider_changes,
         maintenance_changes: shared.maintenance.subscribe(),
@@ -308,10 +304,11 @@ impl GroupTask {
             if *a == Some(true) {
                 self.step(Input::Adopted(ResourceId(i)));
             }
-            // Other groups wait for this word on what they depend on.
-            if self.published[i] {
-                self.publish(ResourceId(i), *a == Some(true));
-            }
+        }
+        // Other groups wait for this word on what they depend on.
+        for k in 0..self.published.len() {
+            let alive = alive[self.published[k].id.0] == Some(true);
+            self.publish(k, alive);
         }
         self.feed_externals();
         // Before the first directive: a group in maintenance starts nothing at all.
