@@ -2,6 +2,7 @@
 //! release it, move it away (a request, failback, a drain), or leave it where it is.
 
 use super::{Action, Directive, MoveTarget, Now, OwnerKey, Ownership};
+use crate::placement::Neighbours;
 
 impl Ownership {
     /// Decides what this node does about one group, from what etcd said last.
@@ -87,6 +88,7 @@ impl Ownership {
                 return;
             }
             let g = &self.groups[name];
+            let nb = self.with_waiting(name, &alive, nb);
             if let Some(to) =
                 g.placement
                     .failback_target(&self.node, &alive, &g.returned, now.hour, &nb)
@@ -177,5 +179,23 @@ impl Ownership {
         // Run it, unless what changed while the take was out says otherwise (a colocated
         // provider that moved away).
         self.evaluate(name, now, out);
+    }
+
+    /// `nb`, with each group nobody holds counted on the node it would go to first: a failback
+    /// never takes the room a group without an owner is waiting for there (a node that returns
+    /// takes its own preferred groups, rather than lose its capacity to a group that runs).
+    fn with_waiting(&self, group: &str, alive: &[String], mut nb: Neighbours) -> Neighbours {
+        for (name, h) in &self.groups {
+            if name == group || self.location(name).is_some() {
+                continue;
+            }
+            if let Some(node) = h.placement.ranked(alive).first() {
+                let used = nb.used.entry(node.to_string()).or_default();
+                for (k, v) in &h.placement.uses {
+                    *used.entry(k.clone()).or_default() += v;
+                }
+            }
+        }
+        nb
     }
 }
