@@ -12,149 +12,37 @@
 //! # Layout
 //!
 //! - this module: the registry, every `prometheus-client` family (histograms per type, sparse
-//!   failure and timeout counters, events, cluster) and the handles workers hold; the
-//!   exposition in chunks.
+//!   failure and timeout counters, events, cluster); the exposition in chunks.
+//! - [`labels`]: the label sets, each value from a closed set or a config name, and the buckets.
+//! - [`handles`]: what a resource's worker holds ([`ResourceMetrics`]).
 //! - [`series`]: the four per-resource families, their atomics and their streaming encoder.
 //! - [`text`]: the Prometheus text format made from `prometheus-client`'s OpenMetrics, for
 //!   scrapers that do not ask for OpenMetrics.
 
+mod handles;
+mod labels;
 mod series;
+#[cfg(test)]
+mod tests;
 mod text;
 
+pub use handles::ResourceMetrics;
+use handles::{per_check, state_index};
+use labels::*;
+pub use labels::{ResourceLabels, TypeLabel, TIMERS};
 pub use series::ResourceSeries;
 use series::{SeriesCursor, SERIES_FAMILIES};
 use text::openmetrics_to_text;
 
-use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use resmon_policies::{CheckKind, FailureReason, Operation, State};
+use resmon_policies::{CheckKind, FailureReason, Operation};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, RwLock};
-
-/// `group`, `resource`, `type`.
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct ResourceLabels {
-    /// The group's name.
-    pub group: String,
-    /// The resource's name.
-    pub resource: String,
-    /// The resource type.
-    #[prometheus(flatten)]
-    pub kind: TypeLabel,
-}
-
-/// The `type` label alone (a struct because `type` is a keyword).
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct TypeLabel {
-    /// The resource type.
-    pub r#type: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TypeCheckLabels {
-    r#type: &'static str,
-    check: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct FailureLabels {
-    check: &'static str,
-    reason: &'static str,
-    #[prometheus(flatten)]
-    resource: ResourceLabels,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OperationLabels {
-    op: &'static str,
-    #[prometheus(flatten)]
-    resource: ResourceLabels,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TypeOperationLabels {
-    r#type: &'static str,
-    op: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerLabels {
-    listener: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ListenerClosedLabels {
-    listener: &'static str,
-    reason: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct GroupLabels {
-    group: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct TimerLabels {
-    timer: &'static str,
-    #[prometheus(flatten)]
-    resource: ResourceLabels,
-}
-
-/// A resource's timers, the `timer` label's values.
-pub const TIMERS: [&str; 4] = ["restart", "retry", "damped_until", "restart_window_frees"];
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct NotifyLabels {
-    hook: String,
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct OwnerLabels {
-    group: String,
-    node: String,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct EventLabels {
-    event: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ResultLabels {
-    result: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct BuildLabels {
-    version: &'static str,
-}
-
-fn check_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ]
-    .into_iter()
-}
-
-fn lateness_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0,
-    ]
-    .into_iter()
-}
-
-fn operation_buckets() -> impl Iterator<Item = f64> {
-    [
-        0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 180.0, 600.0,
-    ]
-    .into_iter()
-}
 
 /// The agent's metrics.
 pub struct Metrics {
@@ -830,185 +718,3 @@ impl Metrics {
 
 /// How much of the exposition is encoded at a time.
 pub const CHUNK_BYTES: usize = 64 * 1024;
-
-/// One resource's metric handles.
-#[derive(Clone)]
-pub struct ResourceMetrics {
-    /// Its labels.
-    pub labels: ResourceLabels,
-    series: Arc<ResourceSeries>,
-    duration: [Histogram; 2],
-    stuck: [Gauge; 2],
-    seen_late: [Counter; 2],
-    skipped: [Counter; 2],
-}
-
-impl ResourceMetrics {
-    /// Records a transition at `unix_seconds`.
-    pub fn transition(&self, to: State, unix_seconds: f64) {
-        self.series.state.store(state_index(to), Ordering::Relaxed);
-        self.series
-            .last_transition
-            .store(unix_seconds.to_bits(), Ordering::Relaxed);
-    }
-
-    /// Records a check's duration.
-    pub fn check_duration(&self, check: CheckKind, seconds: f64) {
-        let i = check_index(check);
-        self.series.last_duration[i].store(seconds.to_bits(), Ordering::Relaxed);
-        self.duration[i].observe(seconds);
-    }
-
-    /// A check passed its timeout without returning (+1), or finally returned (-1).
-    pub fn stuck(&self, check: CheckKind, delta: i64) {
-        self.stuck[check_index(check)].inc_by(delta);
-    }
-
-    /// Counts a check whose answer the busy agent first looked at after its deadline.
-    pub fn seen_late(&self, check: CheckKind) {
-        self.seen_late[check_index(check)].inc();
-    }
-
-    /// Counts `slots` scheduled checks of this resource that were skipped.
-    pub fn skipped(&self, check: CheckKind, slots: u64) {
-        self.skipped[check_index(check)].inc_by(slots);
-    }
-
-    /// Counts a restart.
-    pub fn restart(&self) {
-        self.series.restarts.fetch_add(1, Ordering::Relaxed);
-    }
-}
-
-/// The series of a type's two checks in `family`, resolved once per resource: the families'
-/// lookups (a lock and a hash) stay off the path of every check.
-fn per_check<M, C>(family: &Family<TypeCheckLabels, M, C>, r#type: &'static str) -> [M; 2]
-where
-    M: Clone,
-    C: prometheus_client::metrics::family::MetricConstructor<M>,
-{
-    CheckKind::ALL.map(|check| {
-        family
-            .get_or_create(&TypeCheckLabels {
-                r#type,
-                check: check.as_str(),
-            })
-            .clone()
-    })
-}
-
-pub(super) fn state_index(s: State) -> usize {
-    State::ALL
-        .iter()
-        .position(|x| *x == s)
-        .expect("State::ALL lists every state")
-}
-
-fn check_index(c: CheckKind) -> usize {
-    match c {
-        CheckKind::LooksAlive => 0,
-        CheckKind::IsAlive => 1,
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn counters_are_named_with_total_in_text_format() {
-        let m = Metrics::new();
-        let r = m.resource(ResourceLabels {
-            group: "g".into(),
-            resource: "r".into(),
-            kind: TypeLabel { r#type: "tcp" },
-        });
-        r.restart();
-        r.transition(State::Online, 1.0);
-        let text = m.encode_text();
-        assert!(
-            text.contains("# TYPE resmon_resource_restarts_total counter\n"),
-            "{text}"
-        );
-        assert!(
-            text.contains(
-                "resmon_resource_restarts_total{group=\"g\",resource=\"r\",type=\"tcp\"} 1\n"
-            ),
-            "{text}"
-        );
-        assert!(text.contains(
-            "resmon_resource_state{state=\"online\",group=\"g\",resource=\"r\",type=\"tcp\"} 1\n"
-        ));
-        assert!(!text.contains("# EOF"));
-        m.forget(&r.labels);
-        assert!(!m.encode_text().contains("resource=\"r\""));
-    }
-
-    #[test]
-    fn a_large_exposition_comes_in_bounded_chunks_that_add_up_to_every_series() {
-        let m = Metrics::new();
-        let handles: Vec<ResourceMetrics> = (0..3000)
-            .map(|i| {
-                m.resource(ResourceLabels {
-                    group: format!("g{}", i / 100),
-                    resource: format!("r{i}"),
-                    kind: TypeLabel { r#type: "smtp" },
-                })
-            })
-            .collect();
-        let chunks: Vec<String> = m.encode_chunks(false).collect();
-        assert!(chunks.len() > 10, "{} chunks", chunks.len());
-        for chunk in &chunks {
-            // A chunk stops at the first resource past the mark: one resource's lines more.
-            assert!(chunk.len() < CHUNK_BYTES + 2048, "{}", chunk.len());
-            assert!(chunk.is_empty() || chunk.ends_with('\n'));
-        }
-        let text = chunks.concat();
-        for family in SERIES_FAMILIES.map(|f| f.0) {
-            assert_eq!(
-                text.matches(&format!("# TYPE {family}")).count(),
-                1,
-                "{family}"
-            );
-        }
-        let mut lines_per_resource = std::collections::HashMap::new();
-        for line in text.lines().filter(|l| !l.starts_with('#')) {
-            if let Some(rest) = line.split("resource=\"").nth(1) {
-                let resource = rest.split('"').next().unwrap();
-                *lines_per_resource.entry(resource).or_insert(0) += 1;
-            }
-        }
-        assert_eq!(lines_per_resource.len(), handles.len());
-        for h in &handles {
-            // A line per state, per check kind, restarts and last transition.
-            let expected = State::ALL.len() + CheckKind::ALL.len() + 2;
-            assert_eq!(lines_per_resource[h.labels.resource.as_str()], expected);
-        }
-    }
-}
-
-#[cfg(test)]
-mod scrape_timing {
-    use super::*;
-
-    #[test]
-    #[ignore = "prints timings; run with --release --ignored"]
-    fn encode_timing() {
-        let m = Metrics::new();
-        let mut keep = Vec::new();
-        for i in 0..10_000 {
-            let r = m.resource(ResourceLabels {
-                group: format!("g{}", i / 100),
-                resource: format!("r{i}"),
-                kind: TypeLabel { r#type: "tcp" },
-            });
-            r.check_duration(CheckKind::IsAlive, 0.001);
-            keep.push(r);
-        }
-        for _ in 0..3 {
-            let t = std::time::Instant::now();
-            let text = m.encode_text();
-            println!("encode_text {:?} size {}", t.elapsed(), text.len());
-        }
-    }
-}
