@@ -1,7 +1,8 @@
 //! Node drain and resume with real agents on two nodes (network namespaces, a real etcd): a
 //! drained node moves its groups away two at a time, each an orderly move, takes none back
 //! while paused, says why about a group nobody else may hold, and gets its groups back on
-//! `resume --failback`.
+//! `resume --failback`. And the orderly moves beneath: one abandons an online under way, and a
+//! provider goes offline only after its dependents on the other node.
 
 use resmon_e2e::cluster::Cluster;
 use resmon_e2e::{event_time, testd, Agent};
@@ -189,4 +190,91 @@ pending_timeout = "10m"
     assert!(n1
         .transitions("check")
         .contains(&"online_pending->offline_pending(group_stopping)".to_string()));
+}
+
+/// The time of `resource`'s last transition to `to` on `agent`.
+fn last_transition(agent: &Agent, resource: &str, to: &str) -> f64 {
+    agent
+        .events_of("state_changed", resource)
+        .iter()
+        .rev()
+        .find(|e| e["to"] == to)
+        .map(event_time)
+        .unwrap_or_else(|| {
+            panic!(
+                "{resource} never went {to}: {:?}",
+                agent.transitions(resource)
+            )
+        })
+}
+
+#[test]
+fn a_provider_goes_offline_after_its_dependents_on_another_node() {
+    let cluster = Cluster::new(2);
+    let groups = format!(
+        r#"
+[[groups]]
+name = "mta"
+possible_owners = ["n1", "n2"]
+preferred_owners = ["n1"]
+
+[[groups.resources]]
+name = "server"
+type = "process"
+command = ["{testd}", "--listen", "127.0.0.1:18400"]
+ready_tcp = "127.0.0.1:18400"
+
+[[groups]]
+name = "vs"
+possible_owners = ["n2"]
+
+[[groups.resources]]
+name = "routing"
+type = "process"
+command = ["{testd}", "--listen", "127.0.0.1:18401"]
+ready_tcp = "127.0.0.1:18401"
+depends_on_anywhere = ["mta/server"]
+"#,
+        testd = testd()
+    );
+    let start = |n: &str| cluster.start_agent(n, &cluster.agent_config(n, "3s", &groups));
+    let n1 = start("n1");
+    n1.wait_for("mta online on n1", LONG, |a| {
+        owner(a, "mta").as_deref() == Some("n1") && a.state("mta", "server") == "online"
+    });
+    let n2 = start("n2");
+    n2.wait_state("vs", "routing", "online", LONG);
+    // n2 says in etcd that its dependent is up (what n1 waits on), before the move is asked.
+    let deadline = std::time::Instant::now() + LONG;
+    while !cluster
+        .etcdctl(&["get", "--keys-only", "/resmon/dependents/mta/server/n2"])
+        .contains("n2")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "n2 never published its dependent"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    let (code, _, err) = n1.cli(&["move", "mta", "--to", "n2"]);
+    assert_eq!(code, 0, "{err}");
+    n2.wait_for("mta and routing online on n2", LONG, |a| {
+        owner(a, "mta").as_deref() == Some("n2")
+            && a.state("mta", "server") == "online"
+            && a.state("vs", "routing") == "online"
+    });
+    // The dependent on n2 stopped before the provider on n1 began to stop, as Pacemaker's
+    // order constraint has it; it came back once the provider was online again, on n2.
+    let routing_offline = last_transition(&n2, "routing", "offline");
+    let server_stopping = last_transition(&n1, "server", "offline_pending");
+    assert!(
+        routing_offline <= server_stopping,
+        "routing offline at {routing_offline}, the server began to stop at {server_stopping}: {:?}",
+        n2.transitions("routing")
+    );
+    assert!(
+        last_transition(&n2, "server", "online")
+            <= last_transition(&n2, "routing", "online_pending")
+    );
 }

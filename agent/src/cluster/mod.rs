@@ -84,6 +84,12 @@ pub(crate) enum Request {
         name: String,
         online: bool,
     },
+    /// Whether a resource of this node that depends on `provider` (`group/resource`) is up
+    /// changed: publish it, so that the provider's node waits for it.
+    Dependents {
+        provider: String,
+        up: bool,
+    },
     /// The config was reloaded: publish its fingerprints.
     Identity(crate::config::identity::Identity),
 }
@@ -266,6 +272,26 @@ impl Coordinator {
         });
     }
 
+    /// `dependent` (`group/resource`), which depends on `provider`, is up here or no longer.
+    pub fn dependent_state(&self, provider: &str, dependent: &str, up: bool) {
+        if let Some(up) = self.providers.set_dependent(provider, dependent, up) {
+            let _ = self.requests.send(Request::Dependents {
+                provider: provider.to_string(),
+                up,
+            });
+        }
+    }
+
+    /// `group`'s task is gone: its resources hold no provider up any more.
+    pub fn forget_dependents_in(&self, group: &str) {
+        for provider in self.providers.forget_dependents_in(group) {
+            let _ = self.requests.send(Request::Dependents {
+                provider,
+                up: false,
+            });
+        }
+    }
+
     /// Pauses `node` (this one if `None`): it takes no group and its groups move to others.
     pub async fn drain(&self, node: Option<String>) -> Result<String, String> {
         let (reply, answer) = oneshot::channel();
@@ -350,6 +376,7 @@ async fn embedded(
             }
             Request::Released { .. }
             | Request::Provider { .. }
+            | Request::Dependents { .. }
             | Request::Maintenance
             | Request::Identity(_) => {}
             Request::Drain { reply, .. } | Request::Resume { reply, .. } => {

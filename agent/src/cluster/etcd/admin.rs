@@ -124,11 +124,36 @@ impl EtcdCoordinator {
         name: &str,
         online: bool,
     ) -> Result<(), Broken> {
-        let Some(key) = self.keys.online(name) else {
+        let key = self.keys.online(name);
+        self.put_while(client, key, online, "publish a provider")
+            .await
+    }
+
+    /// Publishes whether a resource of this node that depends on `provider` is up.
+    pub(super) async fn publish_dependents(
+        &self,
+        client: &mut Client,
+        provider: &str,
+        up: bool,
+    ) -> Result<(), Broken> {
+        let key = self.keys.dependents(provider, &self.node);
+        self.put_while(client, key, up, "publish dependents").await
+    }
+
+    /// `key` under this node's lease while `present`, naming this node; deleted when not,
+    /// only if it is this node's (under its lease).
+    async fn put_while(
+        &self,
+        client: &mut Client,
+        key: Option<String>,
+        present: bool,
+        what: &str,
+    ) -> Result<(), Broken> {
+        let Some(key) = key else {
             return Ok(());
         };
         let lease = self.shared.machine().lease();
-        let txn = if online {
+        let txn = if present {
             Txn::new().and_then([TxnOp::put(
                 key,
                 self.node.clone(),
@@ -139,7 +164,7 @@ impl EtcdCoordinator {
                 .when([Compare::lease(key.clone(), CompareOp::Equal, lease)])
                 .and_then([TxnOp::delete(key, None)])
         };
-        bounded(self.op_timeout(), "publish a provider", client.txn(txn)).await?;
+        bounded(self.op_timeout(), what, client.txn(txn)).await?;
         Ok(())
     }
 

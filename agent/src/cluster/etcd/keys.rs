@@ -126,6 +126,29 @@ impl Keys {
         Some(format!("{group}/{resource}"))
     }
 
+    /// `dependents/<group>/<resource>/<node>`: a resource of `node` that depends on the provider
+    /// `group/resource` is up. A key of its own prefix, which builds before it ignore.
+    pub(super) fn dependents(&self, provider: &str, node: &str) -> Option<String> {
+        let (group, resource) = provider.split_once('/')?;
+        Some(format!(
+            "{}/dependents/{group}/{resource}/{node}",
+            self.prefix
+        ))
+    }
+
+    /// The provider (`group/resource`) and the node a `dependents` key is about.
+    pub(super) fn dependent_of(&self, kv: &KeyValue) -> Option<(String, String)> {
+        let rest = kv
+            .key_str()
+            .ok()?
+            .strip_prefix(&self.prefix)?
+            .strip_prefix("/dependents/")?;
+        let (provider, node) = rest.rsplit_once('/')?;
+        provider
+            .contains('/')
+            .then(|| (provider.to_string(), node.to_string()))
+    }
+
     /// The node a `nodes/<node>` key is about.
     pub(super) fn node_of<'a>(&self, kv: &'a KeyValue) -> Option<&'a str> {
         kv.key_str()
@@ -141,8 +164,8 @@ impl Keys {
             .ok()?
             .strip_prefix(&self.prefix)?
             .strip_prefix('/')?;
-        if rest.contains("/online/") {
-            // A provider's state: see `provider`.
+        if rest.contains("/online/") || rest.starts_with("dependents/") {
+            // A provider's state or its dependents': see `provider` and `dependent_of`.
             return None;
         }
         if rest == "schema" {

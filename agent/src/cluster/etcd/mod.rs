@@ -208,6 +208,9 @@ impl EtcdCoordinator {
             // fence says the lease may be gone, and the next session reuses the lease if it
             // lives. Only a lease etcd declared expired stops them at once.
             let lease_gone = !self.lease_file.exists();
+            // Other nodes' dependents are not known without a session: nothing here waits for
+            // them (a fence, above all, must not).
+            self.providers.set_remote([]);
             let actions = self.shared.step(Input::SessionEnded { lease_gone });
             self.act_offline(actions);
             self.records.clear();
@@ -276,7 +279,7 @@ impl EtcdCoordinator {
                 let _ = reply.send(Err("the coordinator is not in touch with etcd".into()));
             }
             // Published again when the next session starts.
-            Request::Provider { .. } => {}
+            Request::Provider { .. } | Request::Dependents { .. } => {}
             Request::Identity(identity) => self.identity = identity,
             Request::Maintenance => {
                 let actions = self.refreeze();
@@ -682,6 +685,10 @@ impl EtcdCoordinator {
             }
             Request::Provider { name, online } => {
                 self.publish_provider(client, &name, online).await?;
+                Vec::new()
+            }
+            Request::Dependents { provider, up } => {
+                self.publish_dependents(client, &provider, up).await?;
                 Vec::new()
             }
             Request::Identity(identity) => {

@@ -217,9 +217,24 @@ impl EtcdCoordinator {
             .filter_map(|kv| self.keys.provider(kv))
             .collect();
         self.providers.set_cluster(online);
+        let (mine, remote): (Vec<_>, Vec<_>) = snapshot
+            .kvs()
+            .iter()
+            .filter_map(|kv| self.keys.dependent_of(kv))
+            .partition(|(_, node)| *node == self.node);
+        self.providers.set_remote(remote);
         // What changed here while there was no session (or under another lease).
         for (name, online) in self.providers.here() {
             self.publish_provider(&mut client, &name, online).await?;
+        }
+        let up_here = self.providers.dependents_here();
+        for (provider, _) in mine.iter().filter(|(p, _)| !up_here.contains(p)) {
+            self.publish_dependents(&mut client, provider, false)
+                .await?;
+        }
+        for provider in up_here {
+            self.publish_dependents(&mut client, &provider, true)
+                .await?;
         }
         self.records = snapshot
             .kvs()
@@ -325,6 +340,12 @@ impl EtcdCoordinator {
                         let deleted = event.event_type() == EventType::Delete;
                         if let Some(name) = self.keys.provider(kv) {
                             self.providers.cluster_changed(&name, !deleted);
+                            continue;
+                        }
+                        if let Some((provider, node)) = self.keys.dependent_of(kv) {
+                            if node != self.node {
+                                self.providers.remote_changed(&provider, &node, !deleted);
+                            }
                             continue;
                         }
                         if let Some(node) = self.keys.node_of(kv) {

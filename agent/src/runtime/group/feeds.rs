@@ -50,10 +50,11 @@ impl GroupTask {
     /// or no longer.
     pub(super) fn report_dependent(&self, resource: ResourceId, up: bool) {
         let me = format!("{}/{}", self.name, self.contexts[resource.0].name());
-        let providers = self.shared.coordinator.providers();
         for e in &self.controller.spec().resource(resource).external {
             if let Some((external, _)) = self.externals.get(*e) {
-                providers.set_dependent(&external.name, &me, up);
+                self.shared
+                    .coordinator
+                    .dependent_state(&external.name, &me, up);
             }
         }
     }
@@ -115,10 +116,7 @@ impl Drop for GroupTask {
         // Gone (a reload replaced or removed it, the agent stops): its resources hold no
         // provider up.
         if !self.externals.is_empty() {
-            self.shared
-                .coordinator
-                .providers()
-                .forget_dependents_in(&self.name);
+            self.shared.coordinator.forget_dependents_in(&self.name);
         }
     }
 }
