@@ -212,7 +212,8 @@ fn a_rolling_upgrade_moves_the_group_between_versions_and_shows_the_skew() {
     assert!(
         report.contains("error: group \"web\" is defined differently: ")
             && report.contains("n1, n1 (this file) have ")
-            && report.contains("n2 has "),
+            && report.contains("n2 has ")
+            && report.contains(" (in resource \"server\")\n"),
         "{report}"
     );
     assert!(report.contains("cluster: 1 error, 0 warnings"), "{report}");

@@ -17,6 +17,28 @@ pub struct Skew {
     pub unknown: Vec<String>,
 }
 
+/// The parts of `group` (a key, a resource, a type's defaults) that differ between the records
+/// that define it, when two or more define it and all of them say.
+fn where_they_differ(group: &str, definers: &[&NodeRecord]) -> Option<String> {
+    let parts: Vec<&BTreeMap<String, String>> = definers
+        .iter()
+        .map(|r| r.parts.get(group))
+        .collect::<Option<_>>()?;
+    if parts.len() < 2 {
+        return None;
+    }
+    let names: BTreeSet<&String> = parts.iter().flat_map(|p| p.keys()).collect();
+    let differ: Vec<&str> = names
+        .into_iter()
+        .filter(|name| {
+            let first = parts[0].get(*name);
+            parts.iter().any(|p| p.get(*name) != first)
+        })
+        .map(String::as_str)
+        .collect();
+    (!differ.is_empty()).then(|| differ.join(", "))
+}
+
 impl Skew {
     /// Compares the records of `nodes` (by the name each is shown with).
     pub fn of(nodes: &BTreeMap<String, NodeRecord>) -> Skew {
@@ -55,10 +77,19 @@ impl Skew {
                     }
                 })
                 .collect();
-            skew.differences.push(format!(
+            let mut line = format!(
                 "group {group:?} is defined differently: {}",
                 parts.join("; ")
-            ));
+            );
+            let definers: Vec<&NodeRecord> = known
+                .iter()
+                .map(|(_, r)| *r)
+                .filter(|r| r.groups.contains_key(group))
+                .collect();
+            if let Some(names) = where_they_differ(group, &definers) {
+                line.push_str(&format!(" (in {names})"));
+            }
+            skew.differences.push(line);
         }
         skew
     }
@@ -125,6 +156,45 @@ mod tests {
             ]
         );
         assert_eq!(skew.unknown, ["n4"]);
+    }
+
+    #[test]
+    fn the_parts_that_differ_are_named_when_every_definer_says() {
+        let with_parts = |web: &str, parts: &[(&str, &str)]| NodeRecord {
+            parts: BTreeMap::from([(
+                "web".to_string(),
+                parts
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            )]),
+            ..record("0.2.0", &[("web", web)])
+        };
+        let mut nodes = BTreeMap::from([
+            (
+                "n1".to_string(),
+                with_parts("aa", &[("failback", "1"), ("resource \"check\"", "2")]),
+            ),
+            (
+                "n2".to_string(),
+                with_parts(
+                    "bb",
+                    &[
+                        ("failback", "1"),
+                        ("resource \"check\"", "3"),
+                        ("resource_types.http", "4"),
+                    ],
+                ),
+            ),
+            ("n3".to_string(), record("0.2.0", &[])),
+        ]);
+        assert_eq!(
+            Skew::of(&nodes).differences,
+            ["group \"web\" is defined differently: n3 does not define it; n1 has aa; n2 has bb (in resource \"check\", resource_types.http)"]
+        );
+        // A node of a build that does not say: where is not known.
+        nodes.insert("n4".to_string(), record("0.1.0", &[("web", "cc")]));
+        assert!(!Skew::of(&nodes).differences[0].contains("(in "));
     }
 
     #[test]

@@ -7,7 +7,9 @@
 //! file to the same fingerprint, which is what a rolling upgrade compares. `[agent]` and
 //! `[cluster]` are left out of the whole-config fingerprint: they differ between nodes by
 //! design (the node's name, its capacities). A group's fingerprint covers its table and the
-//! `[resource_types.<type>]` defaults of the types it uses.
+//! `[resource_types.<type>]` defaults of the types it uses; beside it, a short fingerprint of
+//! each of its parts (each key of the group, each resource, each type's defaults) says where
+//! two definitions differ.
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -19,24 +21,59 @@ pub struct Identity {
     pub config: String,
     /// Each group's definition, by name.
     pub groups: BTreeMap<String, String>,
+    /// Each group's parts, by name: `failback`, `resource check`, `resource_types.http`.
+    pub parts: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// How many hex digits a fingerprint keeps: 64 bits, far beyond any chance collision between
 /// the configs of one cluster, and short enough to read in a table.
 const DIGITS: usize = 16;
 
+/// A part's fingerprint only names where two groups whose fingerprints differ differ: 32 bits.
+const PART_DIGITS: usize = 8;
+
 fn fingerprint(parts: &[&toml::Value]) -> String {
+    let mut f = digest(parts);
+    f.truncate(DIGITS);
+    f
+}
+
+fn digest(parts: &[&toml::Value]) -> String {
     let mut hash = Sha256::new();
     for part in parts {
         // toml's tables are ordered maps: the JSON text is the same for the same content.
         hash.update(serde_json::to_vec(part).unwrap_or_default());
         hash.update([0]);
     }
-    hash.finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<String>()[..DIGITS]
-        .to_string()
+    hash.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn part(value: &toml::Value) -> String {
+    let mut f = digest(&[value]);
+    f.truncate(PART_DIGITS);
+    f
+}
+
+/// The parts of `group` (its table) with the defaults of the types it uses.
+fn parts_of(group: &toml::Value, used: &BTreeMap<&str, &toml::Value>) -> BTreeMap<String, String> {
+    let mut parts = BTreeMap::new();
+    for (key, value) in group.as_table().into_iter().flatten() {
+        if key != "resources" {
+            parts.insert(key.clone(), part(value));
+        }
+    }
+    let resources = group.get("resources").and_then(|r| r.as_array());
+    for (i, resource) in resources.into_iter().flatten().enumerate() {
+        let name = match resource.get("name").and_then(|n| n.as_str()) {
+            Some(name) => format!("resource {name:?}"),
+            None => format!("resource #{}", i + 1),
+        };
+        parts.insert(name, part(resource));
+    }
+    for (t, defaults) in used {
+        parts.insert(format!("resource_types.{t}"), part(defaults));
+    }
+    parts
 }
 
 /// The fingerprints of a parsed (not yet validated) document.
@@ -47,6 +84,7 @@ pub fn of(doc: &toml::Value) -> Identity {
     shared.remove("cluster");
     let types = doc.get("resource_types").unwrap_or(&empty);
     let mut groups = BTreeMap::new();
+    let mut parts = BTreeMap::new();
     for group in doc
         .get("groups")
         .and_then(|g| g.as_array())
@@ -64,12 +102,14 @@ pub fn of(doc: &toml::Value) -> Identity {
             .filter_map(|r| r.get("type")?.as_str())
             .filter_map(|t| Some((t, types.get(t)?)))
             .collect();
+        parts.insert(name.to_string(), parts_of(group, &used));
         let used = toml::Value::try_from(used).unwrap_or_else(|_| empty.clone());
         groups.insert(name.to_string(), fingerprint(&[group, &used]));
     }
     Identity {
         config: fingerprint(&[&toml::Value::Table(shared)]),
         groups,
+        parts,
     }
 }
 
@@ -97,6 +137,12 @@ mod tests {
         );
         assert_ne!(a.groups["g"], c.groups["g"]);
         assert_ne!(a.config, c.config);
+        assert_ne!(
+            a.parts["g"]["resource \"r\""],
+            c.parts["g"]["resource \"r\""]
+        );
+        assert_eq!(a.parts["g"]["name"], c.parts["g"]["name"]);
+        assert_eq!(a.parts["g"]["resource \"r\""].len(), PART_DIGITS);
     }
 
     #[test]
@@ -111,5 +157,7 @@ mod tests {
         ));
         assert_ne!(plain.groups["g"], tcp.groups["g"]);
         assert_eq!(plain.groups["g"], http.groups["g"]);
+        assert!(tcp.parts["g"].contains_key("resource_types.tcp"));
+        assert!(!http.parts["g"].contains_key("resource_types.http"));
     }
 }

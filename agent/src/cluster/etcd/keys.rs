@@ -40,6 +40,10 @@ pub struct NodeRecord {
     /// The fingerprint of each group it defines.
     #[serde(default)]
     pub groups: BTreeMap<String, String>,
+    /// The fingerprints of each group's parts, which say where two definitions differ; empty
+    /// from nodes that do not say.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub parts: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 fn first_schema() -> u32 {
@@ -54,6 +58,7 @@ impl Default for NodeRecord {
             schema: first_schema(),
             config: String::new(),
             groups: BTreeMap::new(),
+            parts: BTreeMap::new(),
         }
     }
 }
@@ -70,6 +75,7 @@ impl NodeRecord {
             schema: KEY_SCHEMA,
             config: identity.config.clone(),
             groups: identity.groups.clone(),
+            parts: identity.parts.clone(),
         }
     }
 
