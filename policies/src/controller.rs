@@ -320,7 +320,8 @@ pub enum Effect {
     Unmonitor(ResourceId),
     /// Run `is_alive()` now (a `looks_alive` failed).
     RunIsAlive(ResourceId),
-    /// A failed `is_alive` below `failure_threshold`: counted, not yet a failure.
+    /// A failed `is_alive` below `failure_threshold` (or, over a usage limit, below
+    /// `limit_checks`): counted, not yet a failure.
     CheckFailureCounted {
         /// Which resource.
         resource: ResourceId,
@@ -427,6 +428,8 @@ struct ResourceRuntime {
     restart_at: Option<Time>,
     /// Failed `is_alive` checks in a row, below `failure_threshold`.
     failed_checks: u32,
+    /// `is_alive` checks in a row that found a usage limit exceeded, below `limit_checks`.
+    over_limit: u32,
     /// In maintenance of its own (the group's is [`GroupController`]'s).
     unmanaged: bool,
     /// Seen failing while unmanaged: nothing was done about it yet.
@@ -456,6 +459,7 @@ impl ResourceRuntime {
             restart_delay: Duration::ZERO,
             restart_at: None,
             failed_checks: 0,
+            over_limit: 0,
             unmanaged: false,
             failure_unhandled: false,
             rereading: false,
@@ -786,6 +790,7 @@ impl GroupController {
                 let Err(reason) = outcome else {
                     if check == CheckKind::IsAlive {
                         self.resources[resource.0].failed_checks = 0;
+                        self.resources[resource.0].over_limit = 0;
                         let r = &self.resources[resource.0];
                         if r.failure_unhandled && r.state == State::Failed && r.pending.is_none() {
                             // Seen to by hand while in maintenance: running again.
@@ -801,14 +806,23 @@ impl GroupController {
                 match check {
                     CheckKind::LooksAlive => out.push(Effect::RunIsAlive(resource)),
                     CheckKind::IsAlive => {
-                        let threshold = self.spec.resource(resource).policy.failure_threshold;
+                        let policy = &self.spec.resource(resource).policy;
                         let r = &mut self.resources[resource.0];
-                        r.failed_checks += 1;
-                        if r.failed_checks < threshold {
+                        // A tree over a usage limit still answers: its count is its own, and
+                        // either kind of check breaks the other's row.
+                        let (count, threshold) = if reason == FailureReason::ResourceLimit {
+                            r.failed_checks = 0;
+                            (&mut r.over_limit, policy.limit_checks)
+                        } else {
+                            r.over_limit = 0;
+                            (&mut r.failed_checks, policy.failure_threshold)
+                        };
+                        *count += 1;
+                        if *count < threshold {
                             // Below the threshold: the next scheduled is_alive decides.
                             out.push(Effect::CheckFailureCounted {
                                 resource,
-                                in_a_row: r.failed_checks,
+                                in_a_row: *count,
                             });
                             return;
                         }
@@ -1379,6 +1393,7 @@ impl GroupController {
         }
         if to != State::Online {
             self.resources[id.0].failed_checks = 0;
+            self.resources[id.0].over_limit = 0;
         }
         let from = std::mem::replace(&mut self.resources[id.0].state, to);
         if from != to {

@@ -101,6 +101,10 @@ pub struct RestartPolicy {
     /// HAProxy's fall). 1, the WSFC-faithful default: the first one does. A failure signal is
     /// never counted: it is a failure at once.
     pub failure_threshold: u32,
+    /// Consecutive `is_alive` checks that find a usage limit exceeded (reason `resource_limit`)
+    /// that make a failure (monit's `for N cycles`): `limits.for_checks`. Counted apart from
+    /// `failure_threshold`; a check that finds no limit exceeded starts the count over.
+    pub limit_checks: u32,
     /// The resource type reports failures the moment they happen (child exit, netlink event).
     pub provides_failure_signal: bool,
     /// Explicit choice to poll `looks_alive`; `None` lets the policy decide: a resource that
@@ -124,6 +128,7 @@ impl Default for RestartPolicy {
             restart_delay: Duration::ZERO,
             restart_delay_max: None,
             failure_threshold: 1,
+            limit_checks: 1,
             provides_failure_signal: false,
             poll_looks_alive: None,
             flap_damping: None,

@@ -129,6 +129,7 @@ fn group_strategy() -> impl Strategy<Value = Vec<ResourceSpec>> {
                             }),
                             restart_delay_max: Some(Duration::from_secs(4)),
                             failure_threshold: 1 + (period as u32 % 3),
+                            limit_checks: 1 + (period as u32 % 2),
                             provides_failure_signal: signal,
                             poll_looks_alive: None,
                             // Half with flap damping: it only ever delays a restart.
@@ -345,7 +346,12 @@ proptest! {
                 Step::Check { resource, looks, ok } => Input::CheckCompleted {
                     resource: ResourceId(resource % n),
                     check: if looks { CheckKind::LooksAlive } else { CheckKind::IsAlive },
-                    outcome: if ok { Ok(()) } else { Err(FailureReason::Refused) },
+                    // Some checks find a usage limit exceeded: counted by another threshold.
+                    outcome: match (ok, (resource / n) % 2) {
+                        (true, _) => Ok(()),
+                        (false, 0) => Err(FailureReason::Refused),
+                        (false, _) => Err(FailureReason::ResourceLimit),
+                    },
                 },
                 Step::Signal { resource } => Input::FailureSignalled { resource: ResourceId(resource % n), reason: FailureReason::Exited },
                 // Refused in maintenance: nothing to follow.

@@ -106,6 +106,7 @@ impl Harness {
                         "delay" => policy.restart_delay = parse_duration(v),
                         "delay_max" => policy.restart_delay_max = Some(parse_duration(v)),
                         "fall" => policy.failure_threshold = v.parse().unwrap(),
+                        "for_checks" => policy.limit_checks = v.parse().unwrap(),
                         "signal" => policy.provides_failure_signal = true,
                         "poll_looks_alive" => policy.poll_looks_alive = Some(v == "true"),
                         "fence_first" => fence_first = true,

@@ -90,6 +90,14 @@ macro_rules! resource_types {
                 }
             }
 
+            /// Checks in a row over a usage limit that make a failure (see
+            /// [`TypeConfig::limit_checks`]).
+            pub fn limit_checks(&self) -> u32 {
+                match self {
+                    $(ResourceConfig::$variant(c) => TypeConfig::limit_checks(c),)+
+                }
+            }
+
             /// Builds the runnable resource (WSFC's Open: no side effect on the service).
             pub fn build(&self, cx: &BuildContext) -> Arc<dyn Resource> {
                 match self {

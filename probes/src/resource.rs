@@ -446,6 +446,12 @@ pub trait TypeConfig {
         None
     }
 
+    /// How many checks in a row must find a usage limit exceeded before it is a failure
+    /// (`limits.for_checks`, for the types that have `limits`); the controller counts them.
+    fn limit_checks(&self) -> u32 {
+        1
+    }
+
     /// The runnable resource (WSFC's Open: no side effect on the service).
     fn build(&self, cx: &BuildContext) -> Arc<dyn Resource>;
 }

@@ -148,6 +148,10 @@ impl TypeConfig for ServiceConfig {
     const NAME: &'static str = "service";
     const FAILURE_SIGNAL: bool = true;
 
+    fn limit_checks(&self) -> u32 {
+        self.limits.as_ref().map_or(1, |l| l.for_checks)
+    }
+
     fn validate(&self) -> Vec<(&'static str, String)> {
         ServiceConfig::validate(self)
     }
@@ -231,13 +235,13 @@ mod tests {
         ))
         .unwrap();
         assert!(config.validate().is_empty());
+        assert_eq!(config.limit_checks(), 2, "the controller's count");
         let unit = ServiceResource::new(config, &cx());
         let progress = Progress::default();
         unit.online(&progress).await.unwrap();
-        unit.is_alive(&progress).await.unwrap();
+        let failure = unit.is_alive(&progress).await.unwrap_err();
         let (usage, _) = progress.tree_usage().expect("usage read at is_alive");
         assert!(usage.memory_bytes > 1000 && usage.threads >= 1, "{usage:?}");
-        let failure = unit.is_alive(&progress).await.unwrap_err();
         assert_eq!(failure.reason, FailureReason::ResourceLimit, "{failure:?}");
         assert!(failure.detail.starts_with("memory "), "{}", failure.detail);
         unit.terminate().await.unwrap();

@@ -2,13 +2,13 @@
 //! `if totalmem > 200 MB for 5 cycles then restart`: at each `is_alive`, the CPU, memory,
 //! threads and open descriptors of the process tree (the main process and every descendant,
 //! read from `/proc`) are read, exported, and compared with the resource's `limits`; a limit
-//! exceeded at `for_checks` checks in a row fails the check with the reason `resource_limit`.
+//! exceeded fails the check with the reason `resource_limit`, which the controller counts:
+//! `for_checks` of them in a row are a failure.
 
 use crate::resource::{Failure, Progress};
 use resmon_policies::FailureReason;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
 use std::time::Instant;
 
@@ -192,10 +192,10 @@ fn page_size() -> u64 {
         .map_or(4096, |p| p as u64)
 }
 
-/// One resource's limits and how many checks in a row found one exceeded.
+/// One resource's limits, and its previous reading for the CPU rate. How many checks in a row
+/// found a limit exceeded is the controller's to count (`limits.for_checks`).
 pub struct UsageWatch {
     limits: Option<UsageLimits>,
-    over: AtomicU32,
     /// The previous reading's time and CPU seconds, for the CPU rate.
     last_cpu: Mutex<Option<(Instant, f64)>>,
 }
@@ -205,7 +205,6 @@ impl UsageWatch {
     pub fn new(limits: Option<UsageLimits>) -> UsageWatch {
         UsageWatch {
             limits,
-            over: AtomicU32::new(0),
             last_cpu: Mutex::new(None),
         }
     }
@@ -256,22 +255,11 @@ impl UsageWatch {
             }
         }
         if over.is_empty() {
-            self.over.store(0, Ordering::Relaxed);
             return Ok(());
         }
-        let n = self.over.fetch_add(1, Ordering::Relaxed) + 1;
-        if n < limits.for_checks {
-            return Ok(());
-        }
-        // The failure restarts the tree (or not): either way a new run earns its own count.
-        self.over.store(0, Ordering::Relaxed);
         Err(Failure::new(
             FailureReason::ResourceLimit,
-            format!(
-                "{} ({n} checks in a row, {} processes)",
-                over.join(", "),
-                usage.processes
-            ),
+            format!("{} ({} processes)", over.join(", "), usage.processes),
         ))
     }
 }
@@ -289,7 +277,7 @@ mod tests {
     }
 
     #[test]
-    fn this_process_tree_is_read_and_a_limit_counts_only_in_a_row() {
+    fn this_process_tree_is_read_and_judged_at_each_check() {
         let usage = tree_usage(std::process::id() as i32).unwrap();
         assert!(usage.memory_bytes > 1_000_000, "{usage:?}");
         assert!(usage.threads >= 1 && usage.fds >= 3 && usage.processes >= 1);
@@ -300,21 +288,15 @@ mod tests {
             max_fds: None,
             for_checks: 2,
         }));
-        assert!(
-            watch.judge(&usage, None).is_ok(),
-            "the first time over is counted"
-        );
         let e = watch.judge(&usage, None).unwrap_err();
         assert_eq!(e.reason, FailureReason::ResourceLimit);
-        assert!(e.detail.contains("2 checks in a row"), "{}", e.detail);
         assert!(
-            watch.judge(&usage, None).is_ok(),
-            "after a failure the count starts over"
+            e.detail
+                .starts_with(&format!("memory {} > 1 bytes (", usage.memory_bytes)),
+            "{}",
+            e.detail
         );
         assert!(watch.judge(&Usage::default(), None).is_ok());
-        assert!(
-            watch.judge(&usage, None).is_ok(),
-            "under once: the count starts over"
-        );
+        assert!(UsageWatch::new(None).judge(&usage, None).is_ok());
     }
 }

@@ -83,7 +83,7 @@ fn budget(r: &crate::config::ResourceConfig) -> String {
     use resmon_policies::RestartAction;
     let d = |x: std::time::Duration| resmon_probes::HumanDuration(x).to_string();
     let p = &r.props;
-    let policy = p.restart_policy(r.private.provides_failure_signal());
+    let policy = p.restart_policy(&r.private);
     let mut detection = format!(
         "a failure is seen within {} (is_alive_interval {} + check_timeout {})",
         d(p.is_alive_interval + p.check_timeout),

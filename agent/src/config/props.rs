@@ -293,8 +293,9 @@ impl CommonProps {
 }
 
 impl ResourceProps {
-    /// The policy's view of these properties.
-    pub fn restart_policy(&self, provides_failure_signal: bool) -> RestartPolicy {
+    /// The policy's view of these properties, and of what the resource's type says (its
+    /// failure signal, its `limits.for_checks`).
+    pub fn restart_policy(&self, private: &resmon_probes::ResourceConfig) -> RestartPolicy {
         RestartPolicy {
             restart_action: self.restart_action,
             restart_threshold: self.restart_threshold,
@@ -303,7 +304,8 @@ impl ResourceProps {
             restart_delay: self.restart_delay,
             restart_delay_max: self.restart_delay_max,
             failure_threshold: self.failure_threshold,
-            provides_failure_signal,
+            limit_checks: private.limit_checks(),
+            provides_failure_signal: private.provides_failure_signal(),
             poll_looks_alive: self.poll_looks_alive,
             flap_damping: self.flap_damping,
         }

@@ -501,7 +501,7 @@ pub(super) fn read_group(
         specs.push(ResourceSpec {
             name: r.name.to_string(),
             depends_on,
-            policy: r.props.restart_policy(r.private.provides_failure_signal()),
+            policy: r.props.restart_policy(&r.private),
             fence_first: matches!(r.private, PrivateConfig::Ip(_)),
             external,
         });

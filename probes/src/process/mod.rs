@@ -845,6 +845,10 @@ impl TypeConfig for ProcessConfig {
         crate::secret::world_readable("env_files", &self.env_files)
     }
 
+    fn limit_checks(&self) -> u32 {
+        self.limits.as_ref().map_or(1, |l| l.for_checks)
+    }
+
     fn validate(&self) -> Vec<(&'static str, String)> {
         self.validate()
             .into_iter()
