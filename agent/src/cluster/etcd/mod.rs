@@ -20,6 +20,9 @@
 //!   revision, for `failover_threshold` within `failover_period`.
 //! - `groups/<group>/online/<resource>`: present while a resource that other groups depend on
 //!   is online on the node that holds it, under that node's lease (`depends_on_anywhere`).
+//! - `dependents/<group>/<resource>/<node>`: present while a resource of `<node>` that depends
+//!   on that provider is up, under `<node>`'s lease, so that the provider's orderly offline
+//!   waits for dependents on other nodes too.
 //!
 //! Self-fencing: a task apart from the session ticks the machine at least every 50 ms on
 //! CLOCK_BOOTTIME (which counts a suspend), so the fence deadline (the sending of the last
