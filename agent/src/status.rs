@@ -91,6 +91,40 @@ pub struct ResourceStatus {
     pub restart_window_frees_at: Option<f64>,
 }
 
+impl ResourceStatus {
+    /// A resource the agent has not acted on yet: offline since `since`, nothing counted.
+    pub fn new(
+        name: String,
+        r#type: Cow<'static, str>,
+        depends_on: Vec<String>,
+        restart_threshold: u32,
+        since: f64,
+    ) -> ResourceStatus {
+        ResourceStatus {
+            name,
+            r#type,
+            state: State::Offline,
+            since,
+            cause: "agent_started".into(),
+            pending: None,
+            depends_on,
+            restarts_total: 0,
+            restarts_in_period: 0,
+            restart_threshold,
+            retry_at: None,
+            restart_at: None,
+            needs_admin: false,
+            looks_alive: CheckStatus::default(),
+            is_alive: CheckStatus::default(),
+            online_attempt: None,
+            unmanaged: false,
+            damping_penalty: 0,
+            damped_until: None,
+            restart_window_frees_at: None,
+        }
+    }
+}
+
 /// A shared, lockable resource status.
 pub type ResourceSlot = Arc<Mutex<ResourceStatus>>;
 

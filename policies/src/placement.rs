@@ -89,6 +89,16 @@ pub struct Neighbours {
     pub providers: Vec<(String, Option<String>)>,
 }
 
+impl Neighbours {
+    /// Counts what a group `uses` on `node`.
+    pub fn add_use(&mut self, node: &str, uses: &BTreeMap<String, u64>) {
+        let used = self.used.entry(node.to_string()).or_default();
+        for (k, v) in uses {
+            *used.entry(k.clone()).or_default() += v;
+        }
+    }
+}
+
 /// Why a failover was not done.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FailoverRefusal {

@@ -149,7 +149,7 @@ impl TypeConfig for ServiceConfig {
     const FAILURE_SIGNAL: bool = true;
 
     fn limit_checks(&self) -> u32 {
-        self.limits.as_ref().map_or(1, |l| l.for_checks)
+        crate::usage::UsageLimits::checks(self.limits.as_ref())
     }
 
     fn validate(&self) -> Vec<(&'static str, String)> {

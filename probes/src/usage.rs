@@ -75,6 +75,11 @@ fn one() -> u32 {
 }
 
 impl UsageLimits {
+    /// The controller's count for a resource with `limits`: `for_checks`, or 1 without limits.
+    pub fn checks(limits: Option<&UsageLimits>) -> u32 {
+        limits.map_or(1, |l| l.for_checks)
+    }
+
     /// A limit that could never be met, or limits that say nothing, are config errors.
     pub fn validate(&self) -> Vec<(&'static str, String)> {
         let mut errors = Vec::new();

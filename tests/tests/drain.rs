@@ -245,17 +245,11 @@ depends_on_anywhere = ["mta/server"]
     let n2 = start("n2");
     n2.wait_state("vs", "routing", "online", LONG);
     // n2 says in etcd that its dependent is up (what n1 waits on), before the move is asked.
-    let deadline = std::time::Instant::now() + LONG;
-    while !cluster
-        .etcdctl(&["get", "--keys-only", "/resmon/dependents/mta/server/n2"])
-        .contains("n2")
-    {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "n2 never published its dependent"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    n2.wait_for("n2 to publish its dependent", LONG, |_| {
+        cluster
+            .etcdctl(&["get", "--keys-only", "/resmon/dependents/mta/server/n2"])
+            .contains("n2")
+    });
 
     let (code, _, err) = n1.cli(&["move", "mta", "--to", "n2"]);
     assert_eq!(code, 0, "{err}");

@@ -202,32 +202,20 @@ pub fn render_table(status: &AgentStatus, now: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::status::{CheckStatus, GroupStatus, ResourceStatus};
+    use crate::status::{GroupStatus, ResourceStatus};
 
     #[test]
     fn the_table_says_when_a_failed_resource_restarts_or_retries() {
         let resource =
             |name: &str, restart_at: Option<f64>, retry_at: Option<f64>| ResourceStatus {
-                name: name.into(),
-                r#type: "tcp".into(),
                 state: resmon_policies::State::Failed,
                 since: 100.0,
                 cause: "is_alive_failed:refused".into(),
-                pending: None,
-                depends_on: Vec::new(),
                 restarts_total: 1,
                 restarts_in_period: 1,
-                restart_threshold: 3,
                 retry_at,
                 restart_at,
-                needs_admin: false,
-                looks_alive: CheckStatus::default(),
-                is_alive: CheckStatus::default(),
-                online_attempt: None,
-                unmanaged: false,
-                damping_penalty: 0,
-                damped_until: None,
-                restart_window_frees_at: None,
+                ..ResourceStatus::new(name.into(), "tcp".into(), Vec::new(), 3, 0.0)
             };
         let status = AgentStatus {
             node: "n1".into(),

@@ -65,10 +65,7 @@ impl ClusterModel {
             if class.is_some() && p.anti_affinity.as_ref().map(|a| &a.class) == class {
                 nb.crowded.push(at.clone());
             }
-            let used = nb.used.entry(at.clone()).or_default();
-            for (k, v) in &p.uses {
-                *used.entry(k.clone()).or_default() += v;
-            }
+            nb.add_use(at, &p.uses);
         }
         nb.providers = me
             .colocated_with

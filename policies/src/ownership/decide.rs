@@ -190,10 +190,7 @@ impl Ownership {
                 continue;
             }
             if let Some(node) = h.placement.ranked(alive).first() {
-                let used = nb.used.entry(node.to_string()).or_default();
-                for (k, v) in &h.placement.uses {
-                    *used.entry(k.clone()).or_default() += v;
-                }
+                nb.add_use(node, &h.placement.uses);
             }
         }
         nb

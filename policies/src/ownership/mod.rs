@@ -266,10 +266,7 @@ impl Ownership {
             if class.is_some() && same == class {
                 nb.crowded.push(at.clone());
             }
-            let used = nb.used.entry(at).or_default();
-            for (k, v) in &h.placement.uses {
-                *used.entry(k.clone()).or_default() += v;
-            }
+            nb.add_use(&at, &h.placement.uses);
         }
         for provider in &g.placement.colocated_with {
             if !self.groups.contains_key(provider) {

@@ -846,7 +846,7 @@ impl TypeConfig for ProcessConfig {
     }
 
     fn limit_checks(&self) -> u32 {
-        self.limits.as_ref().map_or(1, |l| l.for_checks)
+        crate::usage::UsageLimits::checks(self.limits.as_ref())
     }
 
     fn validate(&self) -> Vec<(&'static str, String)> {

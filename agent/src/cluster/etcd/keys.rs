@@ -163,6 +163,25 @@ impl Keys {
             .strip_prefix("/nodes/")
     }
 
+    /// What a `nodes/<node>` key says to the machine: its `record` as parsed, `None` when the
+    /// key was deleted (the node's lease is gone).
+    pub(super) fn node_observation(
+        node: &str,
+        kv: &KeyValue,
+        record: Option<&NodeRecord>,
+    ) -> Observation {
+        let node = node.to_string();
+        match record {
+            None => Observation::NodeDown { node },
+            Some(record) => Observation::NodeUp {
+                node,
+                new: kv.version() == 1,
+                capacity: record.capacity.clone(),
+                schema: record.schema,
+            },
+        }
+    }
+
     /// What a key says, for the machine; `None` for a key of no interest.
     pub(super) fn observe(&self, kv: &KeyValue, deleted: bool) -> Option<Observation> {
         let rest = kv
@@ -192,19 +211,10 @@ impl Keys {
                 paused: !deleted,
             });
         }
-        if let Some(node) = rest.strip_prefix("nodes/") {
-            let node = node.to_string();
-            return Some(if deleted {
-                Observation::NodeDown { node }
-            } else {
-                let record = NodeRecord::parse(kv.value());
-                Observation::NodeUp {
-                    node,
-                    new: kv.version() == 1,
-                    capacity: record.capacity,
-                    schema: record.schema,
-                }
-            });
+        if rest.starts_with("nodes/") {
+            // The session parses a node's record once, for the skew and for the machine: see
+            // `node_observation`.
+            return None;
         }
         let (group, kind) = rest.strip_prefix("groups/")?.rsplit_once('/')?;
         let group = group.to_string();

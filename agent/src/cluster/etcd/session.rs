@@ -1,13 +1,14 @@
 //! One session with etcd: a member that answers, a lease (reused after an agent restart), its
 //! renewals, a snapshot and a watch of the keys, each fed to the ownership machine.
 
+use super::keys::Keys;
 use super::{bounded, etcd_error, Broken, EtcdCoordinator};
 use crate::config::ClusterConfig;
 use crate::events::{CoordinatorConnected, Event};
 use etcd_client::{
     Client, Compare, CompareOp, ConnectOptions, EventType, GetOptions, Txn, TxnOp, WatchOptions,
 };
-use resmon_policies::ownership::Input;
+use resmon_policies::ownership::{Input, Observation};
 use std::time::Duration;
 
 /// How soon a member that refused a session is asked again.
@@ -111,6 +112,19 @@ impl EtcdCoordinator {
         futures::future::select_ok(tries)
             .await
             .map(|(client, _)| client)
+    }
+
+    /// A node's key, read or changed: its record, parsed once, kept for the skew and told to
+    /// the machine.
+    fn node_seen(&mut self, node: &str, kv: &etcd_client::KeyValue, deleted: bool) -> Observation {
+        if deleted {
+            self.records.remove(node);
+            return Keys::node_observation(node, kv, None);
+        }
+        let record = super::NodeRecord::parse(kv.value());
+        let change = Keys::node_observation(node, kv, Some(&record));
+        self.records.insert(node.to_string(), record);
+        change
     }
 
     /// One session: connect, hold a lease, follow the keys, until something breaks.
@@ -236,23 +250,20 @@ impl EtcdCoordinator {
             self.publish_dependents(&mut client, &provider, true)
                 .await?;
         }
-        self.records = snapshot
-            .kvs()
-            .iter()
-            .filter_map(|kv| {
-                let node = self.keys.node_of(kv)?;
-                Some((node.to_string(), super::NodeRecord::parse(kv.value())))
-            })
-            .collect();
-        self.compare_records();
+        self.records.clear();
         for kv in snapshot.kvs() {
-            if let Some(change) = self.keys.observe(kv, false) {
+            let change = match self.keys.node_of(kv) {
+                Some(node) => Some(self.node_seen(node, kv, false)),
+                None => self.keys.observe(kv, false),
+            };
+            if let Some(change) = change {
                 actions.extend(self.shared.step(Input::Observed {
                     change,
                     live: false,
                 }));
             }
         }
+        self.compare_records();
         self.act(&mut client, actions).await?;
         let mut watch = bounded(
             limit,
@@ -348,16 +359,15 @@ impl EtcdCoordinator {
                             }
                             continue;
                         }
-                        if let Some(node) = self.keys.node_of(kv) {
-                            if deleted {
-                                self.records.remove(node);
-                            } else {
-                                self.records
-                                    .insert(node.to_string(), super::NodeRecord::parse(kv.value()));
+                        let change = match self.keys.node_of(kv) {
+                            Some(node) => {
+                                let change = self.node_seen(node, kv, deleted);
+                                self.compare_records();
+                                Some(change)
                             }
-                            self.compare_records();
-                        }
-                        if let Some(change) = self.keys.observe(kv, deleted) {
+                            None => self.keys.observe(kv, deleted),
+                        };
+                        if let Some(change) = change {
                             actions.extend(self.shared.step(Input::Observed { change, live: true }));
                         }
                     }

@@ -13,9 +13,9 @@ use crate::events::{
     RestartRequested, RetryScheduled, StateChanged,
 };
 use crate::metrics::{ResourceLabels, TypeLabel};
-use crate::status::{self, CheckStatus, GroupSlots, ResourceStatus};
+use crate::status::{self, GroupSlots, ResourceStatus};
 use resmon_policies::{
-    AdminCommand, Effect, GroupController, GroupMode, Input, Operation, ResourceId, State, Time,
+    AdminCommand, Effect, GroupController, GroupMode, Input, Operation, ResourceId, Time,
 };
 use resmon_probes::tls::TrustCache;
 use std::collections::VecDeque;
@@ -179,28 +179,13 @@ pub(crate) fn spawn_with(
                 r#type: r.type_name(),
             },
         };
-        let slot = Arc::new(Mutex::new(ResourceStatus {
-            name: r.name.to_string(),
-            r#type: r.type_name().into(),
-            state: State::Offline,
-            since: crate::events::unix_now(),
-            cause: "agent_started".into(),
-            pending: None,
-            depends_on: r.depends_on.clone(),
-            restarts_total: 0,
-            restarts_in_period: 0,
-            restart_threshold: r.props.restart_threshold,
-            retry_at: None,
-            restart_at: None,
-            needs_admin: false,
-            looks_alive: CheckStatus::default(),
-            is_alive: CheckStatus::default(),
-            online_attempt: None,
-            unmanaged: false,
-            damping_penalty: 0,
-            damped_until: None,
-            restart_window_frees_at: None,
-        }));
+        let slot = Arc::new(Mutex::new(ResourceStatus::new(
+            r.name.to_string(),
+            r.type_name().into(),
+            r.depends_on.clone(),
+            r.props.restart_threshold,
+            crate::events::unix_now(),
+        )));
         slots.push(slot.clone());
         let cx = Arc::new(ResourceContext {
             id: ResourceId(i),
